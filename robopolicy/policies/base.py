@@ -1,0 +1,241 @@
+"""The one policy interface every family implements.
+
+A policy sees observations in robot units (dataset feature names such as ``observation.state``),
+normalizes them itself, and returns actions in robot units. Vocabulary follows Diffusion Policy:
+``n_obs_steps`` = To (observation history), ``horizon`` = T (predicted actions per chunk),
+``n_action_steps`` = Ta (actions executed from each chunk before predicting again).
+
+Checkpoints are a directory with ``config.json`` (family name + hyper-parameters),
+``model.safetensors`` (weights) and ``normalization.json`` (dataset statistics); nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from abc import ABC, abstractmethod
+from collections import deque
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
+from torch import Tensor, nn
+
+from robopolicy.data.normalize import Normalizer
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+NORMALIZATION_FILE = "normalization.json"
+
+
+@dataclasses.dataclass
+class FeatureSpec:
+    """Shape of one observation or action feature, as the dataset names it."""
+
+    key: str
+    shape: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FeatureSpec:
+        return cls(key=d["key"], shape=tuple(d["shape"]))
+
+
+@dataclasses.dataclass
+class PolicyConfig:
+    """Fields shared by every policy family; families subclass and add their own."""
+
+    type: str = ""
+    n_obs_steps: int = 2  # To
+    horizon: int = 16  # T
+    n_action_steps: int = 8  # Ta
+    input_features: list[FeatureSpec] = dataclasses.field(default_factory=list)
+    output_features: list[FeatureSpec] = dataclasses.field(default_factory=list)
+    # Per-feature normalization mode: "min_max" (to [-1, 1]) or "mean_std".
+    normalization: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.input_features = [f if isinstance(f, FeatureSpec) else FeatureSpec.from_dict(f) for f in self.input_features]
+        self.output_features = [
+            f if isinstance(f, FeatureSpec) else FeatureSpec.from_dict(f) for f in self.output_features
+        ]
+        if self.n_action_steps > self.horizon - self.n_obs_steps + 1:
+            raise ValueError(
+                f"n_action_steps (Ta={self.n_action_steps}) must be at most horizon - n_obs_steps + 1 "
+                f"(T={self.horizon}, To={self.n_obs_steps}): the executed actions start at the latest observation"
+            )
+
+    @property
+    def action_feature(self) -> FeatureSpec:
+        if len(self.output_features) != 1:
+            raise ValueError(f"expected exactly one action feature, got {[f.key for f in self.output_features]}")
+        return self.output_features[0]
+
+    @property
+    def action_dim(self) -> int:
+        return int(np.prod(self.action_feature.shape))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["input_features"] = [f.to_dict() for f in self.input_features]
+        d["output_features"] = [f.to_dict() for f in self.output_features]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PolicyConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown config fields {sorted(unknown)}")
+        return cls(**d)
+
+
+class Policy(nn.Module, ABC):
+    """Base class: observation queue, action queue, normalization and (de)serialization.
+
+    Families implement :meth:`compute_loss` (training) and :meth:`predict_chunk` (inference on a
+    normalized observation history). Everything downstream (evaluation, export, the control loop)
+    talks to this class only.
+    """
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[PolicyConfig]] = PolicyConfig
+
+    def __init__(self, config: PolicyConfig, normalizer: Normalizer):
+        super().__init__()
+        self.config = config
+        self.normalizer = normalizer
+        self._obs_queue: deque[dict[str, Tensor]] = deque(maxlen=config.n_obs_steps)
+        self._action_queue: deque[Tensor] = deque()
+
+    # ---- what each family provides -------------------------------------------------------
+    @abstractmethod
+    def compute_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """Training loss on a normalized batch: observations (B, To, ...) and ``action`` (B, T, A)."""
+
+    @abstractmethod
+    def generate_actions(self, obs: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
+        """Normalized action chunk (B, T, A) from a normalized observation history (B, To, ...)."""
+
+    # ---- the shared inference surface -----------------------------------------------------
+    @property
+    def action_key(self) -> str:
+        return self.config.action_feature.key
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.parameters())).device
+
+    @property
+    def needs_new_chunk(self) -> bool:
+        """True when the next :meth:`select_action` call will run inference (the action queue is empty)."""
+        return not self._action_queue
+
+    def reset(self) -> None:
+        """Forget the observation history and any queued actions (call at episode start)."""
+        self._obs_queue.clear()
+        self._action_queue.clear()
+
+    @torch.no_grad()
+    def predict_chunk(self, obs_history: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
+        """Action chunk (B, T, A) in robot units from an observation history (B, To, ...) in robot units."""
+        normalized = {f.key: self.normalizer.normalize(f.key, obs_history[f.key]) for f in self.config.input_features}
+        actions = self.generate_actions(normalized, generator=generator)
+        return self.normalizer.unnormalize(self.action_key, actions)
+
+    def executable_actions(self, chunk: Tensor) -> Tensor:
+        """The Ta actions to execute from a chunk: the first is aligned with the latest observation."""
+        start = self.config.n_obs_steps - 1
+        return chunk[:, start : start + self.config.n_action_steps]
+
+    @torch.no_grad()
+    def select_action(self, observation: dict[str, Any], generator: torch.Generator | None = None) -> np.ndarray:
+        """One action in robot units for the current observation (single env or batched).
+
+        Keeps the last To observations (repeating the first at episode start) and an internal queue
+        of Ta actions: a new chunk is predicted only when the queue runs dry.
+        """
+        obs = {f.key: _as_batched_tensor(observation[f.key], f.shape, self.device) for f in self.config.input_features}
+        if not self._obs_queue:
+            for _ in range(self.config.n_obs_steps):
+                self._obs_queue.append(obs)
+        else:
+            self._obs_queue.append(obs)
+        if not self._action_queue:
+            history = {k: torch.stack([o[k] for o in self._obs_queue], dim=1) for k in obs}
+            chunk = self.executable_actions(self.predict_chunk(history, generator=generator))
+            self._action_queue.extend(chunk.transpose(0, 1))  # Ta tensors of shape (B, A)
+        action = self._action_queue.popleft()
+        unbatched = np.asarray(observation[self.config.input_features[0].key]).ndim == len(
+            self.config.input_features[0].shape
+        )
+        out = action.cpu().numpy()
+        return out[0] if unbatched else out
+
+    # ---- serialization --------------------------------------------------------------------
+    def save(self, directory: str | Path) -> None:
+        """Write config.json, model.safetensors and normalization.json (atomically, file by file)."""
+        from robopolicy.utils.io import atomic_write_bytes, atomic_write_text
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {"type": self.name, **{k: v for k, v in self.config.to_dict().items() if k != "type"}}
+        atomic_write_text(directory / CONFIG_FILE, json.dumps(config, indent=2))
+        atomic_write_text(directory / NORMALIZATION_FILE, json.dumps(self.normalizer.to_dict(), indent=2))
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if not k.startswith("normalizer.")}
+        atomic_write_bytes(directory / WEIGHTS_FILE, safetensors_bytes(state))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str = "cpu") -> Policy:
+        directory = Path(directory)
+        config = read_policy_config(directory)
+        normalizer = Normalizer.from_dict(_read_json(directory / NORMALIZATION_FILE))
+        policy = cls(config, normalizer)
+        weights_path = directory / WEIGHTS_FILE
+        if not weights_path.is_file():
+            raise FileNotFoundError(f"{weights_path}: missing policy weights (expected a safetensors file)")
+        state = load_file(str(weights_path), device=map_location)
+        missing, unexpected = policy.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("normalizer.")]
+        if missing or unexpected:
+            raise ValueError(f"{weights_path}: weights do not match the config (missing {missing}, unexpected {unexpected})")
+        return policy.to(map_location).eval()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing file")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON ({e})") from e
+
+
+def read_policy_config(directory: str | Path) -> PolicyConfig:
+    """The typed config stored with a checkpoint, for the family its ``type`` names."""
+    from robopolicy.policies.registry import get_policy_class
+
+    path = Path(directory) / CONFIG_FILE
+    raw = _read_json(path)
+    if "type" not in raw:
+        raise ValueError(f"{path}: field 'type' (the policy family) is missing")
+    policy_cls = get_policy_class(raw["type"])
+    try:
+        return policy_cls.config_class.from_dict(raw)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from e
+
+
+def _as_batched_tensor(value: Any, feature_shape: tuple[int, ...], device: torch.device) -> Tensor:
+    t = torch.as_tensor(np.asarray(value), dtype=torch.float32, device=device)
+    if t.ndim == len(feature_shape):
+        t = t.unsqueeze(0)
+    return t
+
+
+__all__ = ["Policy", "PolicyConfig", "FeatureSpec", "read_policy_config"]
