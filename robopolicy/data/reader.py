@@ -1,0 +1,257 @@
+"""Read LeRobotDataset v3.0 and v2.1 into memory, checking it on the way in.
+
+Training here wants the whole (small, low-dimensional) dataset as arrays, so the reader loads the
+parquet data eagerly and decodes camera streams on request. Every inconsistency raises
+:class:`DatasetError` naming the file and field.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from robopolicy.data import format as fmt
+from robopolicy.data.format import DatasetError
+from robopolicy.data.stats import aggregate_stats, from_jsonable
+from robopolicy.data.video import decode_frames
+
+
+@dataclass
+class EpisodeVideo:
+    path: Path
+    from_timestamp: float
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise DatasetError(f"{path}: missing file")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path}: invalid JSON ({e})") from e
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise DatasetError(f"{path}: missing file")
+    rows = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DatasetError(f"{path}:{lineno}: invalid JSON line ({e})") from e
+    return rows
+
+
+def read_parquet(path: Path) -> pa.Table:
+    if not path.is_file():
+        raise DatasetError(f"{path}: missing file")
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DatasetError(f"{path}: unreadable parquet, truncated or corrupt ({e})") from e
+
+
+def _require(row: dict[str, Any], field: str, where: str) -> Any:
+    if field not in row:
+        raise DatasetError(f"{where}: field {field!r} is missing")
+    return row[field]
+
+
+class LeRobotDataset:
+    """A LeRobot dataset on disk. ``column(key)`` gives (N, *shape) arrays in frame order."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DatasetError(f"{self.root}: dataset directory does not exist")
+        info_path = self.root / fmt.INFO_PATH
+        self.info: dict[str, Any] = _read_json(info_path)
+        for field in ("codebase_version", "fps", "features", "total_episodes", "total_frames", "data_path"):
+            _require(self.info, field, str(info_path))
+        self.version = self.info["codebase_version"]
+        if self.version not in fmt.READABLE_VERSIONS:
+            raise DatasetError(
+                f"{info_path}: codebase_version {self.version!r} is not supported (expected one of {fmt.READABLE_VERSIONS})"
+            )
+        self.features: dict[str, dict[str, Any]] = self.info["features"]
+        fmt.validate_features(self.features, str(info_path))
+        self.fps = int(self.info["fps"])
+        self.video_keys = fmt.video_keys(self.features)
+        if self.version == "v3.0":
+            self._load_v30_meta()
+        else:
+            self._load_v21_meta()
+        self._check_episodes()
+        self._load_data()
+
+    # ---- metadata ------------------------------------------------------------------------------
+    def _load_v30_meta(self) -> None:
+        files = sorted((self.root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
+        if not files:
+            raise DatasetError(f"{self.root / 'meta/episodes'}: no episode metadata files (expected chunk-XXX/file-XXX.parquet)")
+        rows: list[dict[str, Any]] = []
+        for path in files:
+            rows.extend(read_parquet(path).to_pylist())
+        self.episodes = rows
+        tasks = read_parquet(self.root / fmt.TASKS_PATH)
+        if "task_index" not in tasks.column_names:
+            raise DatasetError(f"{self.root / fmt.TASKS_PATH}: field 'task_index' is missing")
+        task_col = "task" if "task" in tasks.column_names else "__index_level_0__"
+        if task_col not in tasks.column_names:
+            raise DatasetError(f"{self.root / fmt.TASKS_PATH}: no task strings (expected index or column 'task')")
+        self.tasks = dict(zip(tasks.column("task_index").to_pylist(), tasks.column(task_col).to_pylist()))
+        self.stats = from_jsonable(_read_json(self.root / fmt.STATS_PATH))
+        where = str(files[0])
+        self._data_files: list[Path] = []
+        self._videos: dict[str, list[EpisodeVideo]] = {k: [] for k in self.video_keys}
+        seen_files: set[Path] = set()
+        for row in rows:
+            c, f = _require(row, "data/chunk_index", where), _require(row, "data/file_index", where)
+            path = self.root / self.info["data_path"].format(chunk_index=c, file_index=f)
+            if path not in seen_files:
+                seen_files.add(path)
+                self._data_files.append(path)
+            for key in self.video_keys:
+                vc = _require(row, f"videos/{key}/chunk_index", where)
+                vf = _require(row, f"videos/{key}/file_index", where)
+                vpath = self.root / self.info["video_path"].format(video_key=key, chunk_index=vc, file_index=vf)
+                self._videos[key].append(EpisodeVideo(vpath, float(_require(row, f"videos/{key}/from_timestamp", where))))
+
+    def _load_v21_meta(self) -> None:
+        self.episodes = _read_jsonl(self.root / fmt.V21_EPISODES_PATH)
+        self.episodes.sort(key=lambda e: e.get("episode_index", -1))
+        tasks = _read_jsonl(self.root / fmt.V21_TASKS_PATH)
+        self.tasks = {int(_require(t, "task_index", fmt.V21_TASKS_PATH)): _require(t, "task", fmt.V21_TASKS_PATH) for t in tasks}
+        chunks_size = int(self.info.get("chunks_size", fmt.DEFAULT_CHUNKS_SIZE))
+        start = 0
+        self._data_files = []
+        self._videos = {k: [] for k in self.video_keys}
+        where = str(self.root / fmt.V21_EPISODES_PATH)
+        for ep in self.episodes:
+            index = int(_require(ep, "episode_index", where))
+            length = int(_require(ep, "length", where))
+            ep["dataset_from_index"], ep["dataset_to_index"] = start, start + length
+            start += length
+            chunk = index // chunks_size
+            self._data_files.append(self.root / self.info["data_path"].format(episode_chunk=chunk, episode_index=index))
+            for key in self.video_keys:
+                path = self.root / self.info["video_path"].format(episode_chunk=chunk, video_key=key, episode_index=index)
+                self._videos[key].append(EpisodeVideo(path, 0.0))
+        stats_path = self.root / fmt.STATS_PATH
+        if stats_path.is_file():
+            self.stats = from_jsonable(_read_json(stats_path))
+        else:  # v2.1 keeps only per-episode statistics
+            per_episode = [from_jsonable(_require(r, "stats", fmt.V21_EPISODES_STATS_PATH))
+                           for r in _read_jsonl(self.root / fmt.V21_EPISODES_STATS_PATH)]
+            self.stats = {k: aggregate_stats([s[k] for s in per_episode]) for k in per_episode[0]} if per_episode else {}
+
+    def _check_episodes(self) -> None:
+        where = self.root / ("meta/episodes" if self.version == "v3.0" else fmt.V21_EPISODES_PATH)
+        indices = [int(_require(e, "episode_index", str(where))) for e in self.episodes]
+        expected = list(range(len(indices)))
+        if indices != expected:
+            gap = next((i for i, (a, b) in enumerate(zip(indices, expected)) if a != b), len(expected))
+            raise DatasetError(
+                f"{where}: episode_index has gaps or duplicates: expected 0..{len(indices) - 1} in order, "
+                f"found {indices[gap] if gap < len(indices) else 'end'} at position {gap}"
+            )
+        if len(indices) != self.info["total_episodes"]:
+            raise DatasetError(f"{where}: {len(indices)} episodes listed, info.json total_episodes says {self.info['total_episodes']}")
+        position = 0
+        for e in self.episodes:
+            f, t = int(e["dataset_from_index"]), int(e["dataset_to_index"])
+            if f != position or t - f != int(_require(e, "length", str(where))):
+                raise DatasetError(
+                    f"{where}: episode {e['episode_index']} covers frames [{f}, {t}) with length {e['length']}, "
+                    f"expected to start at frame {position}"
+                )
+            position = t
+        if position != self.info["total_frames"]:
+            raise DatasetError(f"{where}: episodes cover {position} frames, info.json total_frames says {self.info['total_frames']}")
+
+    # ---- data ----------------------------------------------------------------------------------
+    def _load_data(self) -> None:
+        tables = [read_parquet(p) for p in self._data_files]
+        self._columns: dict[str, np.ndarray] = {}
+        for key, ft in self.features.items():
+            if ft["dtype"] in fmt.VISUAL_DTYPES or ft["dtype"] == "string":
+                continue
+            parts = []
+            for path, table in zip(self._data_files, tables):
+                if key not in table.column_names:
+                    raise DatasetError(f"{path}: column {key!r} declared in info.json is missing")
+                parts.append(fmt.column_to_numpy(table.column(key), ft, f"{path}: column {key!r}"))
+            self._columns[key] = np.concatenate(parts)
+        n = self.info["total_frames"]
+        index = self._columns["index"].reshape(-1)
+        if len(index) != n:
+            raise DatasetError(f"{self.root / 'data'}: {len(index)} rows, info.json total_frames says {n}")
+        if not np.array_equal(index, np.arange(n)):
+            bad = int(np.argmax(index != np.arange(n)))
+            raise DatasetError(f"{self.root / 'data'}: column 'index' is not contiguous: row {bad} has index {index[bad]}")
+        episode_of_row = self._columns["episode_index"].reshape(-1)
+        expected = np.repeat(np.arange(len(self.episodes)), [e["length"] for e in self.episodes])
+        if not np.array_equal(episode_of_row, expected):
+            bad = int(np.argmax(episode_of_row != expected))
+            raise DatasetError(
+                f"{self.root / 'data'}: column 'episode_index' is {episode_of_row[bad]} at frame {bad}, "
+                f"but the episode metadata puts that frame in episode {expected[bad]}"
+            )
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.info["total_frames"])
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.episodes)
+
+    @property
+    def episode_bounds(self) -> np.ndarray:
+        """(E, 2) array of [from, to) frame indices per episode."""
+        return np.array([[e["dataset_from_index"], e["dataset_to_index"]] for e in self.episodes], dtype=np.int64)
+
+    def column(self, key: str) -> np.ndarray:
+        if key in self.video_keys:
+            return self.video_frames(key)
+        if key not in self._columns:
+            raise KeyError(f"{self.root}: no numeric feature {key!r} (features: {sorted(self._columns)})")
+        return self._columns[key]
+
+    def video_frames(self, key: str, episode_index: int | None = None) -> np.ndarray:
+        """Decoded uint8 frames (N, H, W, 3) of one episode, or of the whole dataset in frame order."""
+        if key not in self.video_keys:
+            raise KeyError(f"{self.root}: no video feature {key!r} (video features: {self.video_keys})")
+        episodes = range(self.num_episodes) if episode_index is None else [episode_index]
+        out = []
+        for e in episodes:
+            video = self._videos[key][e]
+            ts = self.column("timestamp").reshape(-1)[self.episodes[e]["dataset_from_index"] : self.episodes[e]["dataset_to_index"]]
+            frames = decode_frames(video.path, video.from_timestamp + ts.astype(np.float64), fps=self.fps)
+            expected = tuple(self.features[key]["shape"])
+            if frames.shape[1:] != expected:
+                raise DatasetError(f"{video.path}: frames of shape {frames.shape[1:]}, info.json declares {key!r} as {expected}")
+            out.append(frames)
+        return np.concatenate(out) if len(out) > 1 else out[0]
+
+    def __len__(self) -> int:
+        return self.num_frames
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not 0 <= i < self.num_frames:
+            raise IndexError(i)
+        frame: dict[str, Any] = {k: v[i] for k, v in self._columns.items()}
+        e = int(frame["episode_index"][0])
+        for key in self.video_keys:
+            video = self._videos[key][e]
+            frame[key] = decode_frames(video.path, np.array([video.from_timestamp + float(frame["timestamp"][0])]), fps=self.fps)[0]
+        frame["task"] = self.tasks.get(int(frame["task_index"][0]))
+        return frame

@@ -1,0 +1,88 @@
+"""Feature statistics in LeRobot's form: min, max, mean, std, count and quantiles q01..q99.
+
+Numeric features get per-dimension statistics; camera features get per-channel statistics of pixel
+values scaled to [0, 1], shaped (C, 1, 1) as LeRobot stores them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from robopolicy.data.format import QUANTILES, STAT_NAMES
+
+# Pixels sampled per image feature for quantiles: exact quantiles over millions of pixels buy nothing.
+_MAX_PIXELS_FOR_QUANTILES = 2_000_000
+
+
+def numeric_stats(values: np.ndarray) -> dict[str, np.ndarray]:
+    """Statistics over axis 0 of an (N, *shape) array."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[:, None]
+    out = {
+        "min": x.min(axis=0),
+        "max": x.max(axis=0),
+        "mean": x.mean(axis=0),
+        "std": x.std(axis=0),
+        "count": np.array([x.shape[0]]),
+    }
+    q = np.quantile(x, list(QUANTILES.values()), axis=0)
+    for i, name in enumerate(QUANTILES):
+        out[name] = q[i]
+    return out
+
+
+def image_stats(frames: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    """Per-channel statistics of uint8 (N, H, W, C) frames as [0, 1] values, each shaped (C, 1, 1)."""
+    n, _, _, c = frames.shape
+    pixels = frames.reshape(-1, c)
+    out = {
+        "min": pixels.min(axis=0) / 255.0,
+        "max": pixels.max(axis=0) / 255.0,
+        "mean": pixels.mean(axis=0, dtype=np.float64) / 255.0,
+        "std": pixels.astype(np.float32).std(axis=0, dtype=np.float64) / 255.0,
+    }
+    if pixels.shape[0] > _MAX_PIXELS_FOR_QUANTILES:
+        rng = rng or np.random.default_rng(0)
+        pixels = pixels[rng.choice(pixels.shape[0], _MAX_PIXELS_FOR_QUANTILES, replace=False)]
+    q = np.quantile(pixels, list(QUANTILES.values()), axis=0) / 255.0
+    for i, name in enumerate(QUANTILES):
+        out[name] = q[i]
+    out = {k: np.asarray(v, dtype=np.float64).reshape(c, 1, 1) for k, v in out.items()}
+    out["count"] = np.array([n])
+    return out
+
+
+def aggregate_stats(per_episode: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Combine per-episode statistics exactly for min/max/mean/std/count; quantiles by count-weighted mean.
+
+    (LeRobot aggregates quantiles the same approximate way; callers holding all the data should
+    prefer computing quantiles over it directly.)
+    """
+    counts = np.array([float(s["count"][0]) for s in per_episode])
+    total = counts.sum()
+    w = counts / total
+    shape_ones = (-1,) + (1,) * (np.ndim(per_episode[0]["mean"]))
+    means = np.stack([s["mean"] for s in per_episode])
+    mean = (w.reshape(shape_ones) * means).sum(axis=0)
+    second = (w.reshape(shape_ones) * (np.stack([s["std"] for s in per_episode]) ** 2 + means**2)).sum(axis=0)
+    out = {
+        "min": np.min(np.stack([s["min"] for s in per_episode]), axis=0),
+        "max": np.max(np.stack([s["max"] for s in per_episode]), axis=0),
+        "mean": mean,
+        "std": np.sqrt(np.maximum(second - mean**2, 0.0)),
+        "count": np.array([int(total)]),
+    }
+    for name in QUANTILES:
+        out[name] = (w.reshape(shape_ones) * np.stack([s[name] for s in per_episode])).sum(axis=0)
+    return out
+
+
+def to_jsonable(stats: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, Any]]:
+    return {k: {name: np.asarray(v[name]).tolist() for name in STAT_NAMES if name in v} for k, v in stats.items()}
+
+
+def from_jsonable(stats: dict[str, dict[str, Any]]) -> dict[str, dict[str, np.ndarray]]:
+    return {k: {name: np.asarray(v) for name, v in s.items()} for k, s in stats.items()}
