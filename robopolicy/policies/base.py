@@ -115,8 +115,11 @@ class Policy(nn.Module, ABC):
 
     # ---- what each family provides -------------------------------------------------------
     @abstractmethod
-    def compute_loss(self, batch: dict[str, Tensor]) -> Tensor:
-        """Training loss on a normalized batch: observations (B, To, ...) and ``action`` (B, T, A)."""
+    def compute_loss(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
+        """Training loss on a normalized batch: observations (B, To, ...) and the action (B, T, A).
+
+        All randomness (noise, timesteps) comes from ``generator`` so a resumed run repeats exactly.
+        """
 
     @abstractmethod
     def generate_actions(self, obs: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:

@@ -1,0 +1,144 @@
+"""Typed configuration for every command, composed by Hydra from ``configs/``.
+
+The dataclasses are the schema: Hydra composes the YAML files in ``configs/`` plus command-line
+overrides, and the result is validated against these types (a misspelt key or a string where a
+number belongs is an error naming the key).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def config_dir() -> Path:
+    """``configs/`` of the checkout (or ``$ROBOPOLICY_CONFIG_DIR``)."""
+    path = Path(os.environ.get("ROBOPOLICY_CONFIG_DIR", REPO_ROOT / "configs"))
+    if not (path / "train.yaml").is_file():
+        raise FileNotFoundError(f"{path}: Hydra config directory not found (set ROBOPOLICY_CONFIG_DIR)")
+    return path
+
+
+def resolve_path(path: str | Path) -> Path:
+    """Relative paths in configs are relative to the repository root, wherever the command runs."""
+    p = Path(os.path.expanduser(str(path)))
+    return p if p.is_absolute() else REPO_ROOT / p
+
+
+@dataclass
+class DatasetConfig:
+    root: str = "datasets/pusht/lerobot"
+    observation_keys: list[str] = field(default_factory=lambda: ["observation.state", "observation.environment_state"])
+    action_key: str = "action"
+    normalization: str = "min_max"  # per-feature mode for all of them: min_max | mean_std
+    # Episodes held out from training (the last N), to watch for overfitting.
+    val_episodes: int = 0
+
+
+@dataclass
+class EnvConfig:
+    name: str = "pusht"
+    obs_mode: str = "state"
+    max_steps: int = 300
+
+
+@dataclass
+class EvalConfig:
+    checkpoint: str = ""
+    n_episodes: int = 50
+    start_seed: int = 100000
+    max_steps: int = 300
+    n_workers: int = 2
+    n_videos: int = 4
+    success_threshold: float = 0.95
+    # Optional sampler overrides for diffusion policies (null keeps the checkpoint's).
+    noise_scheduler_type: str | None = None
+    num_inference_steps: int | None = None
+    output_dir: str | None = None
+    env: EnvConfig = field(default_factory=EnvConfig)
+
+
+@dataclass
+class TrainConfig:
+    policy: Any = None  # a policy family's config; validated against its dataclass at run time
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    steps: int = 12000
+    # Stop after this many minutes even if steps remain (0 = no limit); the final checkpoint is saved.
+    time_budget_min: float = 0.0
+    batch_size: int = 256
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.95, 0.999])
+    weight_decay: float = 1e-6
+    warmup_steps: int = 500
+    grad_clip_norm: float = 1.0
+    ema: bool = True
+    ema_power: float = 0.75
+    ema_max_decay: float = 0.9999
+    seed: int = 0
+    num_threads: int = 0  # 0 = all cores
+    log_every: int = 50
+    save_every: int = 1000
+    keep_checkpoints: int = 2
+    eval_every: int = 0  # 0 = no evaluation during training
+    eval_episodes: int = 20
+    eval_workers: int = 2
+    output_dir: str | None = None
+    resume: bool = False
+    progress: bool = True
+
+
+@dataclass
+class ConvertConfig:
+    source: str = "pusht_zarr"
+    input: str = "../shared/data/pusht/pusht_cchi_v7_replay.zarr"
+    output: str = "datasets/pusht/lerobot"
+    max_episodes: int | None = None
+    with_images: bool = True
+    overwrite: bool = False
+    video_codec: str = "libx264"
+    video_crf: int = 18
+
+
+@dataclass
+class DemoConfig:
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output_dir: str | None = None
+
+
+SCHEMAS = {"train": TrainConfig, "eval": EvalConfig, "convert": ConvertConfig, "demo": DemoConfig}
+
+
+def register_schemas() -> None:
+    cs = ConfigStore.instance()
+    for name, schema in SCHEMAS.items():
+        cs.store(name=f"{name}_schema", node=schema)
+
+
+def load_config(command: str, overrides: list[str] | None = None) -> DictConfig:
+    """Compose ``configs/<command>.yaml`` with overrides and type-check it against the schema."""
+    register_schemas()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose(config_name=command, overrides=list(overrides or []))
+    OmegaConf.set_struct(cfg, False)
+    return cfg
+
+
+def policy_config_from(cfg: DictConfig | dict[str, Any], **extra: Any):
+    """The typed config of the family ``cfg.type`` names, from a (possibly partial) mapping."""
+    from robopolicy.policies.registry import get_policy_class
+
+    raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    raw.update(extra)
+    if "type" not in raw:
+        raise ValueError("policy config needs a 'type' (the policy family)")
+    return get_policy_class(raw["type"]).config_class.from_dict(raw)

@@ -1,0 +1,40 @@
+"""Diffusion Policy hyper-parameters (Chi et al., RSS 2023), sized by default for a CPU budget."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from robopolicy.policies.base import PolicyConfig
+
+SCHEDULERS = ("DDPM", "DDIM", "DPMSolver++", "UniPC")
+
+
+@dataclass
+class DiffusionConfig(PolicyConfig):
+    type: str = "diffusion"
+    # Network. The paper's low-dim UNet is (256, 512, 1024), ~66 M parameters, far too slow to
+    # train in an hour on two CPU cores; see docs/benchmarks.md for the size that is.
+    down_dims: list[int] = field(default_factory=lambda: [64, 128, 256])
+    kernel_size: int = 5
+    n_groups: int = 8
+    step_embed_dim: int = 128
+    # Training noise schedule (DDPM, as in the paper).
+    num_train_timesteps: int = 100
+    beta_schedule: str = "squaredcos_cap_v2"
+    prediction_type: str = "epsilon"
+    clip_sample: bool = True
+    clip_sample_range: float = 1.0
+    # Sampling.
+    noise_scheduler_type: str = "DDIM"
+    num_inference_steps: int = 10
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.noise_scheduler_type not in SCHEDULERS:
+            raise ValueError(f"noise_scheduler_type must be one of {SCHEDULERS}, got {self.noise_scheduler_type!r}")
+        if not 1 <= self.num_inference_steps <= self.num_train_timesteps:
+            raise ValueError(f"num_inference_steps must be in [1, {self.num_train_timesteps}], got {self.num_inference_steps}")
+        if self.prediction_type not in ("epsilon", "sample"):
+            raise ValueError(f"prediction_type must be 'epsilon' or 'sample', got {self.prediction_type!r}")
+        if self.horizon % (2 ** (len(self.down_dims) - 1)):
+            raise ValueError(f"horizon {self.horizon} must be divisible by 2^(len(down_dims)-1) for the U-Net")

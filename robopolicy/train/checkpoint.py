@@ -1,0 +1,103 @@
+"""Training checkpoints that survive ``kill -9``.
+
+A checkpoint is a directory ``checkpoints/step-XXXXXXXX`` holding the EMA policy (loadable on its
+own) and the full training state (raw weights, optimizer, EMA, LR schedule, RNG). It is written
+under a temporary name and renamed into place, and ``checkpoints/LATEST`` is replaced atomically
+afterwards, so at any instant LATEST names a complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from robopolicy.utils.io import atomic_write_text, fsync_dir
+
+LATEST = "LATEST"
+STATE_TENSORS = "training_state.safetensors"
+STATE_JSON = "training_state.json"
+POLICY_DIR = "policy"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def save_checkpoint(root: Path, step: int, policy_to_save, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+                    keep: int = 2) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / checkpoint_name(step)
+    tmp = root / f".{checkpoint_name(step)}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    policy_to_save.save(tmp / POLICY_DIR)
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / STATE_TENSORS))
+    (tmp / STATE_JSON).write_text(json.dumps(meta, indent=2))
+    for path in (tmp / STATE_TENSORS, tmp / STATE_JSON):
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+    fsync_dir(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    fsync_dir(root)
+    atomic_write_text(root / LATEST, final.name)
+    for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name) and (p / STATE_JSON).is_file()]
+    return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The checkpoint LATEST names, or the newest complete one if LATEST is missing or stale."""
+    pointer = root / LATEST
+    if pointer.is_file():
+        candidate = root / pointer.read_text().strip()
+        if (candidate / STATE_JSON).is_file() and (candidate / STATE_TENSORS).is_file():
+            return candidate
+    complete = [p for p in list_checkpoints(root) if (p / STATE_TENSORS).is_file()]
+    return complete[-1] if complete else None
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    return load_file(str(path / STATE_TENSORS)), json.loads((path / STATE_JSON).read_text())
+
+
+def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Optimizer state as safetensors-able tensors plus JSON (no pickle)."""
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for pid, state in sd["state"].items():
+        for name, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{pid}.{name}"] = value
+            else:
+                scalars[f"{pid}.{name}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_flat(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = value
+    for key, value in meta["scalars"].items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})

@@ -1,0 +1,266 @@
+"""The training loop: in-memory windows, AdamW + cosine warm-up, EMA, crash-safe checkpoints.
+
+Everything random (batch indices, noise, diffusion timesteps) draws from one torch.Generator whose
+state is checkpointed, so ``resume=true`` continues the exact same run after a crash.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from robopolicy.configs import REPO_ROOT, policy_config_from, resolve_path
+from robopolicy.data.normalize import Normalizer
+from robopolicy.data.reader import LeRobotDataset
+from robopolicy.data.sampler import WindowSampler
+from robopolicy.policies.base import FeatureSpec, Policy
+from robopolicy.policies.registry import get_policy_class
+from robopolicy.train import checkpoint as ckpt
+
+console = Console()
+LOG_FIELDS = ["step", "loss", "val_loss", "lr", "grad_norm", "samples_per_s", "elapsed_s", "eval_success", "eval_coverage"]
+
+
+def make_policy_for_dataset(policy_cfg: DictConfig | dict[str, Any], dataset: LeRobotDataset, obs_keys: list[str],
+                            action_key: str, normalization: str) -> Policy:
+    """A fresh policy whose feature specs and normalization come from the dataset."""
+    for key in [*obs_keys, action_key]:
+        if key not in dataset.features:
+            raise KeyError(f"{dataset.root}: feature {key!r} not in dataset (has {sorted(dataset.features)})")
+    spec = lambda k: FeatureSpec(k, tuple(dataset.features[k]["shape"]))  # noqa: E731
+    modes = {k: normalization for k in [*obs_keys, action_key]}
+    config = policy_config_from(policy_cfg, input_features=[spec(k) for k in obs_keys],
+                                output_features=[spec(action_key)], normalization=modes)
+    stats = {k: {name: np.asarray(v, dtype=np.float64).tolist() for name, v in dataset.stats[k].items()} for k in modes}
+    return get_policy_class(config.type)(config, Normalizer(stats, modes))
+
+
+def _new_run_dir(cfg: DictConfig) -> Path:
+    if cfg.output_dir:
+        return resolve_path(cfg.output_dir)
+    return REPO_ROOT / "outputs" / "train" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def _find_resume_dir(cfg: DictConfig) -> Path:
+    if cfg.output_dir:
+        return resolve_path(cfg.output_dir)
+    runs = sorted((REPO_ROOT / "outputs" / "train").glob("*/checkpoints"))
+    if not runs:
+        raise FileNotFoundError("resume=true but no output_dir given and no earlier run under outputs/train/")
+    return runs[-1].parent
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig):
+        if cfg.resume:
+            self.run_dir = _find_resume_dir(cfg)
+            saved = self.run_dir / "config.yaml"
+            if not saved.is_file():
+                raise FileNotFoundError(f"{saved}: cannot resume, the run has no saved config")
+            # The run's own config wins; only how long to train may change on resume.
+            resumed = OmegaConf.load(saved)
+            for key in ("steps", "time_budget_min", "progress", "eval_every"):
+                resumed[key] = cfg[key]
+            resumed.resume = True
+            cfg = resumed
+        else:
+            self.run_dir = _new_run_dir(cfg)
+            if (self.run_dir / "checkpoints").exists():
+                raise FileExistsError(f"{self.run_dir}: a run already exists here (use resume=true or another output_dir)")
+        self.cfg = cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        torch.manual_seed(cfg.seed)
+
+        self.dataset = LeRobotDataset(resolve_path(cfg.dataset.root))
+        obs_keys, action_key = list(cfg.dataset.observation_keys), cfg.dataset.action_key
+        self.policy = make_policy_for_dataset(cfg.policy, self.dataset, obs_keys, action_key, cfg.dataset.normalization)
+        pc = self.policy.config
+        bounds = self.dataset.episode_bounds
+        n_val = int(cfg.dataset.val_episodes)
+        if n_val >= len(bounds):
+            raise ValueError(f"dataset.val_episodes={n_val} leaves no training episodes (dataset has {len(bounds)})")
+        with torch.no_grad():
+            data = {k: self.policy.normalizer.normalize(k, torch.from_numpy(self.dataset.column(k)).float())
+                    for k in [*obs_keys, action_key]}
+        make = lambda b: WindowSampler(data, b, obs_keys, action_key, pc.n_obs_steps, pc.horizon, pc.n_action_steps)  # noqa: E731
+        self.sampler = make(bounds[: len(bounds) - n_val])
+        self.val_sampler = make(bounds[len(bounds) - n_val :]) if n_val else None
+
+        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
+                                           weight_decay=cfg.weight_decay)
+        self.lr_scheduler = get_scheduler("cosine", self.optimizer, num_warmup_steps=cfg.warmup_steps,
+                                          num_training_steps=cfg.steps)
+        self.ema = EMAModel(self.policy.parameters(), decay=cfg.ema_max_decay, use_ema_warmup=True,
+                            power=cfg.ema_power) if cfg.ema else None
+        self.ema_policy = copy.deepcopy(self.policy) if cfg.ema else self.policy
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.step = 0
+        self.elapsed_before = 0.0
+        if cfg.resume:
+            self._restore()
+        else:
+            OmegaConf.save(cfg, self.run_dir / "config.yaml")
+
+    # ---- checkpointing -------------------------------------------------------------------------
+    def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors = {f"model.{k}": v for k, v in self.policy.state_dict().items()}
+        opt_tensors, opt_meta = ckpt.optimizer_to_flat(self.optimizer)
+        tensors.update(opt_tensors)
+        tensors["rng.generator"] = self.generator.get_state()
+        tensors["rng.torch"] = torch.get_rng_state()
+        meta: dict[str, Any] = {"step": self.step, "optimizer": opt_meta, "elapsed_s": self.elapsed(),
+                                "lr_scheduler": {k: v for k, v in self.lr_scheduler.state_dict().items() if k != "lr_lambdas"}}
+        if self.ema is not None:
+            ema_sd = self.ema.state_dict()
+            for i, p in enumerate(ema_sd.pop("shadow_params")):
+                tensors[f"ema.{i}"] = p
+            meta["ema"] = ema_sd
+        return tensors, meta
+
+    def save(self) -> Path:
+        self._sync_ema()
+        tensors, meta = self._state()
+        return ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step, self.ema_policy, tensors, meta,
+                                    keep=self.cfg.keep_checkpoints)
+
+    def _restore(self) -> None:
+        path = ckpt.latest_checkpoint(self.run_dir / "checkpoints")
+        if path is None:
+            raise FileNotFoundError(f"{self.run_dir / 'checkpoints'}: no complete checkpoint to resume from")
+        tensors, meta = ckpt.load_checkpoint(path)
+        model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        self.policy.load_state_dict(model)
+        ckpt.optimizer_from_flat(self.optimizer, tensors, meta["optimizer"])
+        self.lr_scheduler.load_state_dict({**meta["lr_scheduler"], "lr_lambdas": [None] * len(self.optimizer.param_groups)})
+        self.generator.set_state(tensors["rng.generator"])
+        torch.set_rng_state(tensors["rng.torch"])
+        if self.ema is not None:
+            shadow = [tensors[f"ema.{i}"] for i in range(len(list(self.policy.parameters())))]
+            self.ema.load_state_dict({**meta["ema"], "shadow_params": shadow})
+        self.step = int(meta["step"])
+        self.elapsed_before = float(meta.get("elapsed_s", 0.0))
+        console.print(f"resumed from {path} at step {self.step}")
+
+    def _sync_ema(self) -> None:
+        if self.ema is not None:
+            self.ema.copy_to(self.ema_policy.parameters())
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + (time.perf_counter() - self._t0 if hasattr(self, "_t0") else 0.0)
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def train_step(self) -> tuple[float, float]:
+        self.policy.train()
+        batch = self.sampler.sample(self.cfg.batch_size, generator=self.generator)
+        loss = self.policy.compute_loss(batch, generator=self.generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.grad_clip_norm)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        if self.ema is not None:
+            self.ema.step(self.policy.parameters())
+        self.step += 1
+        return loss.item(), grad_norm.item()
+
+    @torch.no_grad()
+    def validation_loss(self, n_batches: int = 4) -> float:
+        if self.val_sampler is None:
+            return float("nan")
+        self._sync_ema()
+        self.ema_policy.eval()
+        g = torch.Generator().manual_seed(1234)  # fixed batches: comparable across steps
+        return float(np.mean([float(self.ema_policy.compute_loss(self.val_sampler.sample(self.cfg.batch_size, g), g))
+                              for _ in range(n_batches)]))
+
+    def evaluate(self) -> dict[str, Any]:
+        from functools import partial
+
+        from robopolicy.policies.registry import load_policy
+        from robopolicy.sim.evaluate import evaluate
+
+        self._sync_ema()
+        snapshot = self.run_dir / "eval" / ckpt.checkpoint_name(self.step)
+        self.ema_policy.save(snapshot / "policy")
+        result = evaluate(partial(load_policy, str(snapshot / "policy")), n_episodes=self.cfg.eval_episodes,
+                          n_workers=self.cfg.eval_workers, max_steps=self.cfg.env.max_steps, n_videos=1,
+                          output_dir=snapshot, progress=False)
+        return result.to_dict()
+
+    def fit(self) -> Path:
+        cfg = self.cfg
+        log_path = self.run_dir / "train_log.csv"
+        new_log = not log_path.exists()
+        log_file = open(log_path, "a", newline="")
+        writer = csv.DictWriter(log_file, fieldnames=LOG_FIELDS)
+        if new_log:
+            writer.writeheader()
+        self._t0 = time.perf_counter()
+        budget_s = cfg.time_budget_min * 60 if cfg.time_budget_min else math.inf
+        window_loss, window_n, window_t = 0.0, 0, time.perf_counter()
+        n_params = sum(p.numel() for p in self.policy.parameters())
+        console.print(f"training {self.policy.name} ({n_params / 1e6:.2f} M parameters) on {self.dataset.num_episodes} "
+                      f"episodes / {len(self.sampler)} windows -> {self.run_dir}")
+        columns = [TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+                   TimeElapsedColumn(), TimeRemainingColumn()]
+        with Progress(*columns, console=console, disable=not cfg.progress) as bar:
+            task = bar.add_task("train", total=cfg.steps, completed=self.step, status="")
+            while self.step < cfg.steps and self.elapsed() < budget_s:
+                loss, grad_norm = self.train_step()
+                window_loss += loss
+                window_n += 1
+                bar.update(task, completed=self.step)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    dt = time.perf_counter() - window_t
+                    row = {"step": self.step, "loss": window_loss / window_n, "lr": self.lr_scheduler.get_last_lr()[0],
+                           "grad_norm": grad_norm, "samples_per_s": window_n * cfg.batch_size / dt,
+                           "elapsed_s": round(self.elapsed(), 2)}
+                    if self.val_sampler is not None:
+                        row["val_loss"] = self.validation_loss()
+                    bar.update(task, status=f"loss {row['loss']:.4f} | {row['samples_per_s']:.0f} samples/s")
+                    if cfg.eval_every and self.step % cfg.eval_every == 0:
+                        result = self.evaluate()
+                        row["eval_success"], row["eval_coverage"] = result["success_rate"], result["mean_max_coverage"]
+                        console.print(f"step {self.step}: success {result['success_rate']:.2f}, "
+                                      f"mean max coverage {result['mean_max_coverage']:.3f}")
+                    writer.writerow(row)
+                    log_file.flush()
+                    window_loss, window_n, window_t = 0.0, 0, time.perf_counter()
+                if self.step % cfg.save_every == 0:
+                    self.save()
+        self.save()
+        log_file.close()
+        self._sync_ema()
+        self.ema_policy.save(self.run_dir / "policy")
+        summary = {"steps": self.step, "train_time_s": round(self.elapsed(), 1), "batch_size": cfg.batch_size,
+                   "parameters": n_params, "policy_dir": str(self.run_dir / "policy")}
+        (self.run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        console.print(f"done: {self.step} steps in {summary['train_time_s']:.0f} s; policy saved to {self.run_dir / 'policy'}")
+        return self.run_dir
+
+
+def train(cfg: DictConfig) -> Path:
+    return Trainer(cfg).fit()
