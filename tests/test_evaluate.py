@@ -44,7 +44,7 @@ class ChunkedPusher:
             block = obs[ENV_STATE_KEY].reshape(8, 2).mean(axis=0)
             noise = torch.randn(self.chunk, 2, dtype=torch.float64).numpy() * 10.0
             steps = np.linspace(0.25, 1.0, self.chunk)[:, None]
-            self.queue = list(agent + steps * (block - agent) + noise)
+            self.queue = list(np.clip(agent + steps * (block - agent) + noise, 0.0, 512.0))
         return self.queue.pop(0)
 
 
@@ -87,7 +87,7 @@ def test_results_do_not_depend_on_worker_count(tmp_path: Path) -> None:
     report = json.loads((tmp_path / REPORT_FILE).read_text())
     assert report["n_episodes"] == 3 and report["seeds"] == parallel.seeds
     assert [e["max_coverage"] for e in report["episodes"]] == [e.max_coverage for e in parallel.episodes]
-    assert report["success_ci95_wilson"] == list(wilson_interval(parallel.n_successes, 3))
+    assert report["success_ci95"] == list(wilson_interval(parallel.n_successes, 3))
     assert report["latency_ms"]["n"] == sum(e.steps for e in parallel.episodes)
     assert (tmp_path / PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     videos = sorted(p.name for p in (tmp_path / "videos").iterdir())
@@ -178,6 +178,7 @@ def test_eval_result_aggregates() -> None:
     assert (lo, hi) == pytest.approx((0.72 - half, 0.72 + half), abs=1e-5)
     assert result.latency_ms["n"] == 6 and result.latency_ms["mean"] == pytest.approx(2.0)
     assert latency_stats([1.0, 2.0, 3.0, 4.0, 5.0])["p50"] == 3.0
+    assert "success 1/3 = 33.3%" in result.summary()
 
 
 def test_bad_policies_and_arguments_fail_clearly() -> None:

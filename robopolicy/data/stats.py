@@ -75,8 +75,9 @@ def aggregate_stats(per_episode: list[dict[str, np.ndarray]]) -> dict[str, np.nd
         "std": np.sqrt(np.maximum(second - mean**2, 0.0)),
         "count": np.array([int(total)]),
     }
-    for name in QUANTILES:
-        out[name] = (w.reshape(shape_ones) * np.stack([s[name] for s in per_episode])).sum(axis=0)
+    for name in QUANTILES:  # v2.1 datasets carry no quantiles
+        if all(name in s for s in per_episode):
+            out[name] = (w.reshape(shape_ones) * np.stack([s[name] for s in per_episode])).sum(axis=0)
     return out
 
 

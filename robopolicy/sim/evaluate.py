@@ -112,14 +112,15 @@ class EvalResult:
     max_steps: int
     n_workers: int
     wall_s: float
-    n_episodes: int = 0
-    n_successes: int = 0
-    success_rate: float = 0.0
-    success_ci: tuple[float, float] = (0.0, 1.0)  # 95% Wilson
-    mean_max_coverage: float = 0.0
-    max_coverage_ci: tuple[float, float] | None = None  # 95% normal approximation
-    latency_ms: dict[str, Any] = dataclasses.field(default_factory=dict)
-    chunk_latency_ms: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Aggregates, computed from the episodes.
+    n_episodes: int = dataclasses.field(init=False)
+    n_successes: int = dataclasses.field(init=False)
+    success_rate: float = dataclasses.field(init=False)
+    success_ci: tuple[float, float] = dataclasses.field(init=False)  # 95% Wilson
+    mean_max_coverage: float = dataclasses.field(init=False)
+    max_coverage_ci: tuple[float, float] | None = dataclasses.field(init=False)  # 95% normal approx.
+    latency_ms: dict[str, Any] = dataclasses.field(init=False)  # all select_action calls
+    chunk_latency_ms: dict[str, Any] = dataclasses.field(init=False)  # calls that ran inference
 
     def __post_init__(self) -> None:
         if not self.episodes:
@@ -131,7 +132,9 @@ class EvalResult:
         self.success_ci = wilson_interval(self.n_successes, self.n_episodes)
         cover = [e.max_coverage for e in self.episodes]
         self.mean_max_coverage = float(np.mean(cover))
-        self.max_coverage_ci = mean_interval(cover)
+        ci = mean_interval(cover)
+        # Coverage lives in [0, 1]; the normal approximation does not know that with few episodes.
+        self.max_coverage_ci = None if ci is None else (max(0.0, ci[0]), min(1.0, ci[1]))
         self.latency_ms = latency_stats([x for e in self.episodes for x in e.latencies_ms])
         self.chunk_latency_ms = latency_stats([x for e in self.episodes for x in e.chunk_latencies_ms])
 
@@ -139,12 +142,29 @@ class EvalResult:
     def seeds(self) -> list[int]:
         return [e.seed for e in self.episodes]
 
+    def summary(self) -> str:
+        """A few human-readable lines for the terminal."""
+        lo, hi = self.success_ci
+        lines = [
+            f"success {self.n_successes}/{self.n_episodes} = {self.success_rate:.1%} (95% Wilson [{lo:.1%}, {hi:.1%}])",
+            f"mean max coverage {self.mean_max_coverage:.3f}"
+            + ("" if self.max_coverage_ci is None else " (95% CI [{:.3f}, {:.3f}])".format(*self.max_coverage_ci)),
+        ]
+        for name, stats in (("select_action", self.latency_ms), ("chunk calls", self.chunk_latency_ms)):
+            if stats["n"]:
+                lines.append(
+                    f"{name} latency ms: p50 {stats['p50']:.2f}  p90 {stats['p90']:.2f}  p99 {stats['p99']:.2f}  "
+                    f"max {stats['max']:.2f}  (n={stats['n']})"
+                )
+        lines.append(f"{self.n_episodes} episodes in {self.wall_s:.1f} s with {self.n_workers} worker(s)")
+        return "\n".join(lines)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "n_episodes": self.n_episodes,
             "n_successes": self.n_successes,
             "success_rate": self.success_rate,
-            "success_ci95_wilson": list(self.success_ci),
+            "success_ci95": list(self.success_ci),  # Wilson score interval
             "mean_max_coverage": self.mean_max_coverage,
             "max_coverage_ci95": None if self.max_coverage_ci is None else list(self.max_coverage_ci),
             "success_threshold": self.success_threshold,

@@ -141,7 +141,7 @@ class PushTFeatureObservation(gym.Wrapper):
         if state is not None:
             # gym-pusht's reset already stepped physics on a random start; if its bodies overlapped,
             # pymunk keeps that contact cached and it would still shove the block on our first step.
-            pass
+            pusht._setup()
             set_pusht_state(pusht, state)
             info.update(pusht._get_info())
         coverage = float(pusht._get_coverage())

@@ -112,7 +112,7 @@ def plot_eval(result: EvalResult, path: str | Path) -> Path:
     ax_seed.set_ylim(-0.02, 1.02)
     ax_seed.set_xlabel("episode seed")
     ax_seed.set_ylabel("max coverage")
-    ax_seed.legend(loc="lower right")
+    ax_seed.legend(loc="best")
     ax_seed.ticklabel_format(axis="x", style="plain", useOffset=False)  # show seeds as written
     for ax in (ax_hist.yaxis, ax_seed.xaxis):
         ax.set_major_locator(MaxNLocator(integer=True))

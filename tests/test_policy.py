@@ -1,0 +1,183 @@
+"""The policy interface on Diffusion Policy: shapes, queues, save/load, learning a mapping, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from robopolicy.configs import load_config
+from robopolicy.data.reader import LeRobotDataset
+from robopolicy.policies import available_policies, load_policy
+from robopolicy.policies.registry import get_policy_class
+from robopolicy.train.checkpoint import latest_checkpoint, list_checkpoints
+from robopolicy.train.trainer import Trainer, make_policy_for_dataset
+
+TINY_POLICY = {"type": "diffusion", "n_obs_steps": 1, "horizon": 4, "n_action_steps": 2, "down_dims": [32, 64],
+               "step_embed_dim": 32, "num_inference_steps": 10}
+
+
+def tiny_policy(dataset_root: Path, **overrides):
+    ds = LeRobotDataset(dataset_root)
+    return make_policy_for_dataset({**TINY_POLICY, **overrides}, ds, ["observation.state"], "action", "min_max")
+
+
+def train_cfg(dataset_root: Path, out: Path, **overrides):
+    cfg = load_config("train", [f"dataset.root={dataset_root}", "dataset.observation_keys=[observation.state]",
+                                f"output_dir={out}", "progress=false", "num_threads=1"])
+    cfg.policy = OmegaConf.create(TINY_POLICY)
+    for k, v in {"batch_size": 64, "lr": 3e-3, "warmup_steps": 20, "log_every": 10, "save_every": 10, **overrides}.items():
+        cfg[k] = v
+    return cfg
+
+
+def test_registry():
+    assert "diffusion" in available_policies()
+    assert get_policy_class("diffusion").name == "diffusion"
+    with pytest.raises(KeyError, match="unknown policy family 'nope'"):
+        get_policy_class("nope")
+
+
+def test_config_validation(lowdim_dataset):
+    with pytest.raises(ValueError, match="n_action_steps"):
+        tiny_policy(lowdim_dataset, n_action_steps=8)
+    with pytest.raises(ValueError, match="noise_scheduler_type"):
+        tiny_policy(lowdim_dataset, noise_scheduler_type="Euler")
+    with pytest.raises(ValueError, match=r"unknown config fields \['bogus'\]"):
+        tiny_policy(lowdim_dataset, bogus=1)
+
+
+def test_chunk_shapes_units_and_action_queue(lowdim_dataset):
+    policy = tiny_policy(lowdim_dataset).eval()
+    obs = {"observation.state": torch.zeros(3, 1, 2)}
+    chunk = policy.predict_chunk(obs, generator=torch.Generator().manual_seed(0))
+    assert chunk.shape == (3, 4, 2)
+    # Robot units: the clipped sampler keeps actions inside the dataset's action range.
+    stats = LeRobotDataset(lowdim_dataset).stats["action"]
+    assert (chunk >= torch.tensor(stats["min"]) - 1e-4).all() and (chunk <= torch.tensor(stats["max"]) + 1e-4).all()
+    policy.reset()
+    calls = 0
+    original = policy.generate_actions
+
+    def counting(*a, **k):
+        nonlocal calls
+        calls += 1
+        return original(*a, **k)
+
+    policy.generate_actions = counting
+    for i in range(5):
+        assert policy.needs_new_chunk == (i % 2 == 0)
+        action = policy.select_action({"observation.state": np.zeros(2, np.float32)})
+        assert action.shape == (2,)
+    assert calls == 3  # Ta = 2: inference at steps 0, 2, 4
+    policy.reset()
+    assert policy.needs_new_chunk
+
+
+@pytest.mark.parametrize("sampler", ["DDPM", "DDIM", "DPMSolver++", "UniPC"])
+def test_every_diffusers_sampler_runs(lowdim_dataset, sampler):
+    policy = tiny_policy(lowdim_dataset).eval()
+    policy.set_sampler(sampler, 100 if sampler == "DDPM" else 5)
+    chunk = policy.predict_chunk({"observation.state": torch.zeros(2, 1, 2)}, generator=torch.Generator().manual_seed(0))
+    assert chunk.shape == (2, 4, 2) and torch.isfinite(chunk).all()
+
+
+def test_save_load_gives_identical_actions(lowdim_dataset, tmp_path):
+    policy = tiny_policy(lowdim_dataset).eval()
+    policy.save(tmp_path / "p")
+    assert sorted(os.listdir(tmp_path / "p")) == ["config.json", "model.safetensors", "normalization.json"]
+    loaded = load_policy(tmp_path / "p")
+    obs = {"observation.state": torch.randn(4, 1, 2)}
+    a = policy.predict_chunk(obs, generator=torch.Generator().manual_seed(7))
+    b = loaded.predict_chunk(obs, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert json.loads((tmp_path / "p/config.json").read_text())["type"] == "diffusion"
+
+
+def test_load_errors(lowdim_dataset, tmp_path):
+    policy = tiny_policy(lowdim_dataset)
+    policy.save(tmp_path / "p")
+    (tmp_path / "p/model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors: missing policy weights"):
+        load_policy(tmp_path / "p")
+    cfg = json.loads((tmp_path / "p/config.json").read_text())
+    del cfg["type"]
+    (tmp_path / "p/config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="config.json: field 'type'"):
+        load_policy(tmp_path / "p")
+
+
+def test_tiny_training_learns_the_mapping(lowdim_dataset, tmp_path):
+    """Loss falls, and the trained policy reproduces action = f(state) on held-in states."""
+    torch.manual_seed(0)
+    trainer = Trainer(train_cfg(lowdim_dataset, tmp_path / "run", steps=400, save_every=400))
+    run_dir = trainer.fit()
+    log = np.genfromtxt(run_dir / "train_log.csv", delimiter=",", names=True)
+    assert log["loss"][-3:].mean() < 0.5 * log["loss"][:2].mean()
+    policy = load_policy(run_dir / "policy")
+    states = torch.tensor([[0.5, -0.5], [-0.8, 0.2], [0.1, 0.9], [-0.3, -0.7]])
+    expected = torch.stack([states[:, 0] + 0.5 * states[:, 1], -states[:, 1]], dim=1)
+    chunk = policy.predict_chunk({"observation.state": states[:, None]}, generator=torch.Generator().manual_seed(0))
+    err = (chunk[:, 0] - expected).abs().mean()
+    assert err < 0.15, f"first action error {err:.3f}"  # action range is about [-1.5, 1.5]
+
+
+def test_resume_continues_exactly(lowdim_dataset, tmp_path):
+    straight = Trainer(train_cfg(lowdim_dataset, tmp_path / "a", steps=20))
+    straight.fit()
+    half = Trainer(train_cfg(lowdim_dataset, tmp_path / "b", steps=10))
+    half.fit()
+    resumed = Trainer(train_cfg(lowdim_dataset, tmp_path / "b", steps=20, resume=True))
+    assert resumed.step == 10
+    resumed.fit()
+    for (k, a), b in zip(straight.policy.state_dict().items(), resumed.policy.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+    for a, b in zip(straight.ema_policy.parameters(), resumed.ema_policy.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_new_run_refuses_to_overwrite(lowdim_dataset, tmp_path):
+    Trainer(train_cfg(lowdim_dataset, tmp_path / "a", steps=10)).fit()
+    with pytest.raises(FileExistsError, match="a run already exists"):
+        Trainer(train_cfg(lowdim_dataset, tmp_path / "a", steps=10))
+
+
+def test_checkpoints_survive_kill_9(lowdim_dataset, tmp_path):
+    """kill -9 mid-training leaves a loadable latest checkpoint, and resume finishes the run."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "robopolicy.cli", "train", f"dataset.root={lowdim_dataset}",
+           "dataset.observation_keys=[observation.state]", f"output_dir={out}", "progress=false", "num_threads=1",
+           "policy.down_dims=[32,64]", "policy.horizon=4", "policy.n_obs_steps=1", "policy.n_action_steps=2",
+           "batch_size=32", "steps=100000", "save_every=5", "log_every=5", "keep_checkpoints=2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 90
+    while time.time() < deadline and len(list_checkpoints(out / "checkpoints")) < 2:
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(list_checkpoints(out / "checkpoints")) >= 1, proc.stderr.read().decode()[-2000:]
+    latest = latest_checkpoint(out / "checkpoints")
+    load_policy(latest / "policy")  # complete and loadable
+    step = int(latest.name.split("-")[1])
+    resume = subprocess.run([*cmd[:-4], f"steps={step + 5}", "save_every=5", "log_every=5", "resume=true"],
+                            capture_output=True, text=True, timeout=120)
+    assert resume.returncode == 0, resume.stderr[-2000:]
+    assert json.loads((out / "train_summary.json").read_text())["steps"] == step + 5
+
+
+def test_cli_composes_typed_config():
+    cfg = load_config("train", ["policy.num_inference_steps=16", "steps=5"])
+    assert cfg.policy.num_inference_steps == 16 and cfg.steps == 5
+    from omegaconf.errors import ConfigCompositionException, ValidationError
+
+    with pytest.raises((ValidationError, ConfigCompositionException)):
+        load_config("train", ["steps=many"])
