@@ -177,7 +177,8 @@ def test_checkpoints_survive_kill_9(lowdim_dataset, tmp_path):
 def test_cli_composes_typed_config():
     cfg = load_config("train", ["policy.num_inference_steps=16", "steps=5"])
     assert cfg.policy.num_inference_steps == 16 and cfg.steps == 5
-    from omegaconf.errors import ConfigCompositionException, ValidationError
+    from hydra.errors import ConfigCompositionException
+    from omegaconf.errors import ValidationError
 
-    with pytest.raises((ValidationError, ConfigCompositionException)):
+    with pytest.raises((ValidationError, ConfigCompositionException), match="steps"):
         load_config("train", ["steps=many"])

@@ -13,6 +13,10 @@ _REGISTRY: dict[str, type[Policy]] = {}
 # Families are imported lazily so that importing one does not pull in the others.
 _BUILTIN_MODULES = {
     "diffusion": "robopolicy.policies.diffusion.modeling",
+    "flow": "robopolicy.policies.flow.modeling",
+    "sfp": "robopolicy.policies.sfp.modeling",
+    "act": "robopolicy.policies.act.modeling",
+    "mlp": "robopolicy.policies.mlp.modeling",
 }
 
 
