@@ -92,7 +92,7 @@ def cmd_eval(cfg: DictConfig) -> dict:
     report = result.to_dict()
     lo, hi = report["success_ci95"]
     console.print(f"[bold]{policy_dir}[/]: success {report['success_rate']:.1%} (95% CI {lo:.1%}–{hi:.1%}), "
-                  f"mean max coverage {report['mean_max_coverage']:.3f} over {report['n_episodes']} episodes -> {out}")
+                  f"mean max coverage {report['mean_max_coverage']:.3f} (reward {report['mean_max_reward']:.3f}) over {report['n_episodes']} episodes -> {out}")
     return report
 
 
@@ -111,7 +111,7 @@ def cmd_demo(cfg: DictConfig) -> dict:
     summary = {
         "dataset": str(dataset_root),
         "train": json.loads((run_dir / "train_summary.json").read_text()),
-        "eval": {k: report[k] for k in ("n_episodes", "success_rate", "success_ci95", "mean_max_coverage") if k in report},
+        "eval": {k: report[k] for k in ("n_episodes", "success_rate", "success_ci95", "mean_max_coverage", "mean_max_reward") if k in report},
         "latency_ms": report.get("latency_ms"),
         "total_time_s": round(time.perf_counter() - t0, 1),
         "artifacts": {"policy": str(run_dir / "policy"), "eval": str(out / "eval")},

@@ -118,6 +118,8 @@ class EvalResult:
     success_rate: float = dataclasses.field(init=False)
     success_ci: tuple[float, float] = dataclasses.field(init=False)  # 95% Wilson
     mean_max_coverage: float = dataclasses.field(init=False)
+    # Diffusion Policy's paper metric: max over the episode of min(coverage / threshold, 1).
+    mean_max_reward: float = dataclasses.field(init=False)
     max_coverage_ci: tuple[float, float] | None = dataclasses.field(init=False)  # 95% normal approx.
     latency_ms: dict[str, Any] = dataclasses.field(init=False)  # all select_action calls
     chunk_latency_ms: dict[str, Any] = dataclasses.field(init=False)  # calls that ran inference
@@ -132,6 +134,7 @@ class EvalResult:
         self.success_ci = wilson_interval(self.n_successes, self.n_episodes)
         cover = [e.max_coverage for e in self.episodes]
         self.mean_max_coverage = float(np.mean(cover))
+        self.mean_max_reward = float(np.mean(np.minimum(np.asarray(cover) / self.success_threshold, 1.0)))
         ci = mean_interval(cover)
         # Coverage lives in [0, 1]; the normal approximation does not know that with few episodes.
         self.max_coverage_ci = None if ci is None else (max(0.0, ci[0]), min(1.0, ci[1]))
@@ -148,7 +151,8 @@ class EvalResult:
         lines = [
             f"success {self.n_successes}/{self.n_episodes} = {self.success_rate:.1%} (95% Wilson [{lo:.1%}, {hi:.1%}])",
             f"mean max coverage {self.mean_max_coverage:.3f}"
-            + ("" if self.max_coverage_ci is None else " (95% CI [{:.3f}, {:.3f}])".format(*self.max_coverage_ci)),
+            + ("" if self.max_coverage_ci is None else " (95% CI [{:.3f}, {:.3f}])".format(*self.max_coverage_ci))
+            + f"; mean max reward {self.mean_max_reward:.3f} (Diffusion Policy's metric)",
         ]
         for name, stats in (("select_action", self.latency_ms), ("chunk calls", self.chunk_latency_ms)):
             if stats["n"]:
@@ -166,6 +170,7 @@ class EvalResult:
             "success_rate": self.success_rate,
             "success_ci95": list(self.success_ci),  # Wilson score interval
             "mean_max_coverage": self.mean_max_coverage,
+            "mean_max_reward": self.mean_max_reward,
             "max_coverage_ci95": None if self.max_coverage_ci is None else list(self.max_coverage_ci),
             "success_threshold": self.success_threshold,
             "max_steps": self.max_steps,

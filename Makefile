@@ -1,0 +1,31 @@
+# Two commands do all the set-up on a fresh machine (Python 3.11 with pip):
+#   make demo   # environment + install + the main job on the bundled PushT demos
+#   make test   # environment + install + the full test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test bench-pusht clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# The CPU build of torch first, so nothing later reaches for CUDA wheels.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[sim,runtime,dev]'
+	@if $(PY) -m pip list 2>/dev/null | grep -qi '^nvidia-'; then echo "CUDA wheels were installed; refusing" >&2; exit 1; fi
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/robopolicy demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench-pusht: $(STAMP)
+	$(PY) bench/pusht_diffusion.py all
+
+clean:
+	rm -rf $(VENV) outputs
