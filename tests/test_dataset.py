@@ -310,7 +310,6 @@ def test_data_rows_disagree_with_episode_metadata(lowdim_dataset):
 
 def test_writer_rejects_wrong_frame_shape(tmp_path):
     from robopolicy.data.writer import LeRobotDatasetWriter
-
     from tests.conftest import LOWDIM_FEATURES
 
     with LeRobotDatasetWriter(tmp_path / "w", fps=10, features=LOWDIM_FEATURES) as w:

@@ -35,6 +35,7 @@ from robopolicy.data.normalize import Normalizer
 from robopolicy.data.reader import LeRobotDataset
 from robopolicy.data.sampler import WindowSampler
 from robopolicy.policies.base import FeatureSpec, Policy
+from robopolicy.policies.encoders import set_image_stats
 from robopolicy.policies.registry import get_policy_class
 from robopolicy.train import checkpoint as ckpt
 
@@ -49,11 +50,15 @@ def make_policy_for_dataset(policy_cfg: DictConfig | dict[str, Any], dataset: Le
         if key not in dataset.features:
             raise KeyError(f"{dataset.root}: feature {key!r} not in dataset (has {sorted(dataset.features)})")
     spec = lambda k: FeatureSpec(k, tuple(dataset.features[k]["shape"]))  # noqa: E731
-    modes = {k: normalization for k in [*obs_keys, action_key]}
+    # Cameras stay raw pixels (uint8, 0..255); the policy's image encoder scales and normalizes them.
+    cameras = [k for k in obs_keys if k in dataset.video_keys]
+    modes = {k: "identity" if k in cameras else normalization for k in [*obs_keys, action_key]}
     config = policy_config_from(policy_cfg, input_features=[spec(k) for k in obs_keys],
                                 output_features=[spec(action_key)], normalization=modes)
     stats = {k: {name: np.asarray(v, dtype=np.float64).tolist() for name, v in dataset.stats[k].items()} for k in modes}
-    return get_policy_class(config.type)(config, Normalizer(stats, modes))
+    policy = get_policy_class(config.type)(config, Normalizer(stats, modes))
+    set_image_stats(policy, {k: dataset.stats[k] for k in cameras})
+    return policy
 
 
 def _new_run_dir(cfg: DictConfig) -> Path:
@@ -103,7 +108,9 @@ class Trainer:
         if n_val >= len(bounds):
             raise ValueError(f"dataset.val_episodes={n_val} leaves no training episodes (dataset has {len(bounds)})")
         with torch.no_grad():
-            data = {k: self.policy.normalizer.normalize(k, torch.from_numpy(self.dataset.column(k)).float())
+            # Camera frames stay uint8 (N, H, W, C); the encoder converts each batch.
+            data = {k: torch.from_numpy(self.dataset.video_frames(k)) if k in self.dataset.video_keys
+                    else self.policy.normalizer.normalize(k, torch.from_numpy(self.dataset.column(k)).float())
                     for k in [*obs_keys, action_key]}
         make = lambda b: WindowSampler(data, b, obs_keys, action_key, pc.n_obs_steps, pc.horizon, pc.n_action_steps)  # noqa: E731
         self.sampler = make(bounds[: len(bounds) - n_val])
@@ -201,11 +208,14 @@ class Trainer:
 
         from robopolicy.policies.registry import load_policy
         from robopolicy.sim.evaluate import evaluate
+        from robopolicy.sim.pusht import make_pusht_env, pusht_obs_mode_for
 
         self._sync_ema()
         snapshot = self.run_dir / "eval" / ckpt.checkpoint_name(self.step)
         self.ema_policy.save(snapshot / "policy")
+        obs_mode = pusht_obs_mode_for(f.key for f in self.policy.config.input_features)
         result = evaluate(partial(load_policy, str(snapshot / "policy")), n_episodes=self.cfg.eval_episodes,
+                          env_factory=partial(make_pusht_env, obs_mode=obs_mode),
                           n_workers=self.cfg.eval_workers, max_steps=self.cfg.env.max_steps, n_videos=1,
                           output_dir=snapshot, progress=False)
         return result.to_dict()

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from robopolicy.policies.base import PolicyConfig
+from robopolicy.policies.encoders import ImageEncoderConfig
 
+SAMPLING_MODES = ("standard", "warm_start", "streaming")  # see fast_sampling.py
 SCHEDULERS = ("DDPM", "DDIM", "DPMSolver++", "UniPC")
 
 
@@ -27,9 +29,29 @@ class DiffusionConfig(PolicyConfig):
     # Sampling.
     noise_scheduler_type: str = "DDIM"
     num_inference_steps: int = 10
+    # ---- camera encoder and fast sampling (encoders.py, fast_sampling.py) ----
+    image_encoder: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+    # standard | warm_start (previous chunk, shifted, denoised from mid-schedule) | streaming
+    # (rolling buffer with a noise ramp; needs per_position_noise).
+    sampling_mode: str = "standard"
+    warm_start_fraction: float = 0.5  # share of num_inference_steps a warm start runs (and its noise level)
+    streaming_steps: int = 1  # network evaluations per streaming call
+    per_position_noise: bool = False  # train with a noise level per chunk position (needed by streaming)
+    # ---- end of camera encoder and fast sampling options ----
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        # ---- camera encoder and fast sampling ----
+        self.image_encoder = ImageEncoderConfig.coerce(self.image_encoder)
+        if self.sampling_mode not in SAMPLING_MODES:
+            raise ValueError(f"sampling_mode must be one of {SAMPLING_MODES}, got {self.sampling_mode!r}")
+        if not 0.0 < self.warm_start_fraction <= 1.0:
+            raise ValueError(f"warm_start_fraction must be in (0, 1], got {self.warm_start_fraction}")
+        if self.streaming_steps < 1:
+            raise ValueError(f"streaming_steps must be at least 1, got {self.streaming_steps}")
+        if self.sampling_mode == "streaming" and not self.per_position_noise:
+            raise ValueError("sampling_mode 'streaming' needs a network trained with per_position_noise: true")
+        # ---- end ----
         if self.noise_scheduler_type not in SCHEDULERS:
             raise ValueError(f"noise_scheduler_type must be one of {SCHEDULERS}, got {self.noise_scheduler_type!r}")
         if not 1 <= self.num_inference_steps <= self.num_train_timesteps:

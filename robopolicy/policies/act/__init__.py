@@ -1,0 +1,1 @@
+"""ACT: Action Chunking with Transformers (Zhao et al., RSS 2023)."""

@@ -1,0 +1,183 @@
+"""ACT: a CVAE transformer encoder-decoder that predicts a chunk of k actions (Zhao et al., RSS 2023).
+
+Training: a CVAE encoder reads [CLS, observation token, k action tokens] and gives the mean and
+log-variance of a latent z (the demonstrator's "style"). The decoder is a transformer encoder over
+[z token, one token per observation feature and time step] and a transformer decoder whose k learned
+queries cross-attend to it and become the k actions. Loss: L1 + kl_weight * KL(q(z) || N(0, I)).
+
+Inference: z = 0 (the prior's mean). Without temporal ensembling the base class executes Ta actions
+per chunk; with it the policy is queried every step and :class:`TemporalEnsembler` averages every
+live chunk's prediction for the current time.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from robopolicy.data.normalize import Normalizer
+from robopolicy.policies.act.configuration import ACTConfig
+from robopolicy.policies.base import Policy
+from robopolicy.policies.encoders import make_observation_encoder
+from robopolicy.policies.registry import register_policy
+
+ArrayT = TypeVar("ArrayT")  # torch.Tensor or numpy.ndarray
+
+
+class TemporalEnsembler:
+    """ACT's temporal ensembling: one action per step from every chunk that still covers it.
+
+    Each :meth:`update` takes the chunk just predicted, whose first action is for the current step,
+    and returns the weighted mean of all live chunks' predictions for the current step, with
+    weights exp(-m * i) where i = 0 is the OLDEST chunk (m > 0 trusts old chunks more, smoothing
+    the motion). A chunk of length k stays live for k steps. Works on torch tensors and numpy
+    arrays alike (the ONNX runtime reuses it).
+    """
+
+    def __init__(self, coeff: float):
+        self.coeff = float(coeff)
+        self._chunks: list = []  # oldest first
+        self._ages: list[int] = []  # steps since each chunk was predicted
+
+    def reset(self) -> None:
+        self._chunks.clear()
+        self._ages.clear()
+
+    @property
+    def num_live(self) -> int:
+        return len(self._chunks)
+
+    def weights(self, n: int) -> list[float]:
+        """Normalized weights of n live chunks, oldest first."""
+        w = [math.exp(-self.coeff * i) for i in range(n)]
+        total = sum(w)
+        return [x / total for x in w]
+
+    def update(self, chunk: ArrayT) -> ArrayT:
+        """(B, k, A) predictions for now, now+1, ... -> (B, A) ensembled action for now."""
+        if self._chunks and tuple(chunk.shape) != tuple(self._chunks[-1].shape):
+            raise ValueError(f"temporal ensembling: chunk shape {tuple(chunk.shape)} differs from the previous "
+                             f"{tuple(self._chunks[-1].shape)}; call reset() between episodes")
+        self._chunks.append(chunk)
+        self._ages.append(0)
+        weights = self.weights(len(self._chunks))
+        action = sum(w * c[:, age] for w, c, age in zip(weights, self._chunks, self._ages))
+        # Age every chunk by one step and drop those with nothing left for the next step.
+        self._ages = [a + 1 for a in self._ages]
+        live = [i for i, (c, a) in enumerate(zip(self._chunks, self._ages)) if a < c.shape[1]]
+        self._chunks = [self._chunks[i] for i in live]
+        self._ages = [self._ages[i] for i in live]
+        return action
+
+
+def _transformer_encoder(config: ACTConfig, n_layers: int) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(config.dim_model, config.n_heads, config.dim_feedforward, config.dropout,
+                                       activation="gelu", batch_first=True, norm_first=True)
+    return nn.TransformerEncoder(layer, n_layers, norm=nn.LayerNorm(config.dim_model), enable_nested_tensor=False)
+
+
+def _module_name(key: str) -> str:
+    return key.replace(".", "__")
+
+
+@register_policy("act")
+class ACTPolicy(Policy):
+    config_class = ACTConfig
+
+    def __init__(self, config: ACTConfig, normalizer: Normalizer):
+        super().__init__(config, normalizer)
+        self.config: ACTConfig = config
+        d, k, n_to = config.dim_model, config.horizon, config.n_obs_steps
+        if not config.input_features:
+            raise ValueError("ACT needs at least one observation feature (input_features is empty)")
+        self.encoder = make_observation_encoder(config.input_features, n_to, config.image_encoder)
+        # One token per observation feature and time step, each feature with its own projection.
+        self.obs_proj = nn.ModuleDict({_module_name(key): nn.Linear(dim, d) for key, dim in self.encoder.token_dims.items()})
+        n_obs_tokens = n_to * len(self.encoder.token_dims)
+
+        # CVAE encoder over [CLS, low-dim observation, actions] (cameras stay out, as in ACT).
+        self.vae_obs_dim = n_to * sum(self.encoder.token_dims[key] for key in self.encoder.lowdim_keys)
+        if config.use_vae:
+            self.vae_cls = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+            self.vae_obs_proj = nn.Linear(self.vae_obs_dim, d) if self.vae_obs_dim else None
+            self.vae_action_proj = nn.Linear(config.action_dim, d)
+            n_vae_tokens = 1 + (1 if self.vae_obs_dim else 0) + k
+            self.vae_pos = nn.Parameter(torch.randn(1, n_vae_tokens, d) * 0.02)
+            self.vae_encoder = _transformer_encoder(config, config.n_vae_encoder_layers)
+            self.vae_to_latent = nn.Linear(d, 2 * config.latent_dim)
+
+        # Decoder side: transformer encoder over [z, observation tokens], k queries cross-attending.
+        self.latent_proj = nn.Linear(config.latent_dim, d)
+        self.memory_pos = nn.Parameter(torch.randn(1, 1 + n_obs_tokens, d) * 0.02)
+        self.transformer_encoder = _transformer_encoder(config, config.n_encoder_layers)
+        self.queries = nn.Parameter(torch.randn(1, k, d) * 0.02)
+        layer = nn.TransformerDecoderLayer(d, config.n_heads, config.dim_feedforward, config.dropout,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.transformer_decoder = nn.TransformerDecoder(layer, config.n_decoder_layers, norm=nn.LayerNorm(d))
+        self.action_head = nn.Linear(d, config.action_dim)
+
+        coeff = config.temporal_ensemble_coeff
+        self.ensembler = TemporalEnsembler(coeff) if coeff is not None else None
+
+    # ---- model --------------------------------------------------------------------------------
+    def _latent_posterior(self, tokens: dict[str, Tensor], actions: Tensor) -> tuple[Tensor, Tensor]:
+        """mu, log_var (B, latent_dim) of q(z | observation, action chunk)."""
+        b = actions.shape[0]
+        parts = [self.vae_cls.expand(b, -1, -1)]
+        if self.vae_obs_proj is not None:
+            lowdim = torch.cat([tokens[key] for key in self.encoder.lowdim_keys], dim=-1).flatten(1)
+            parts.append(self.vae_obs_proj(lowdim)[:, None])
+        parts.append(self.vae_action_proj(actions))
+        h = self.vae_encoder(torch.cat(parts, dim=1) + self.vae_pos)
+        mu, log_var = self.vae_to_latent(h[:, 0]).chunk(2, dim=-1)
+        return mu, log_var
+
+    def _decode(self, tokens: dict[str, Tensor], z: Tensor) -> Tensor:
+        """Normalized action chunk (B, k, A) from observation tokens and a latent z (B, latent_dim)."""
+        obs = [self.obs_proj[_module_name(key)](t) for key, t in tokens.items()]  # each (B, To, d)
+        memory = torch.cat([self.latent_proj(z)[:, None], *obs], dim=1) + self.memory_pos
+        memory = self.transformer_encoder(memory)
+        h = self.transformer_decoder(self.queries.expand(z.shape[0], -1, -1), memory)
+        return self.action_head(h)
+
+    def compute_loss(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
+        actions = batch[self.action_key]
+        tokens = self.encoder.feature_tokens(batch, generator=generator)
+        b, latent_dim = actions.shape[0], self.config.latent_dim
+        if self.config.use_vae:
+            mu, log_var = self._latent_posterior(tokens, actions)
+            eps = torch.randn(mu.shape, generator=generator).to(mu.device)
+            z = mu + (0.5 * log_var).exp() * eps
+            kl = (-0.5 * (1 + log_var - mu.pow(2) - log_var.exp())).sum(-1).mean()
+        else:
+            z = actions.new_zeros(b, latent_dim)
+            kl = actions.new_zeros(())
+        l1 = F.l1_loss(self._decode(tokens, z), actions)
+        return l1 + self.config.kl_weight * kl
+
+    def generate_actions(self, obs: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
+        tokens = self.encoder.feature_tokens(obs)
+        b = next(iter(tokens.values())).shape[0]
+        z = torch.zeros(b, self.config.latent_dim, device=self.memory_pos.device)  # the prior's mean
+        return self._decode(tokens, z)
+
+    # ---- execution ----------------------------------------------------------------------------
+    def executable_actions(self, chunk: Tensor) -> Tensor:
+        """Ta actions from a chunk; with temporal ensembling the one ensembled action for now.
+
+        With ensembling this is stateful (one call per control step, as select_action makes);
+        :meth:`reset` clears it.
+        """
+        if self.ensembler is None:
+            return super().executable_actions(chunk)
+        now = chunk[:, self.config.n_obs_steps - 1 :]  # the first action is aligned with the latest observation
+        return self.ensembler.update(now)[:, None]
+
+    def reset(self) -> None:
+        super().reset()
+        if self.ensembler is not None:
+            self.ensembler.reset()

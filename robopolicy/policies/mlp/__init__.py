@@ -1,0 +1,1 @@
+"""MLP behaviour cloning: the deterministic baseline (and the one that fits on a microcontroller)."""

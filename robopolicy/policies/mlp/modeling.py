@@ -1,0 +1,55 @@
+"""MLP behaviour cloning: flattened To observations -> a (T, A) action chunk, trained with MSE.
+
+The deterministic baseline: with multimodal demonstrations (go left or right around an obstacle)
+MSE regression predicts the mean of the modes, which diffusion and flow policies avoid. Its layout
+is a plain ``nn.Sequential`` of Linear and activation layers, easy to export to C.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from robopolicy.data.normalize import Normalizer
+from robopolicy.policies.base import Policy
+from robopolicy.policies.encoders import make_observation_encoder
+from robopolicy.policies.mlp.configuration import MLPConfig
+from robopolicy.policies.registry import register_policy
+
+ACTIVATION_LAYERS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU}
+
+
+def make_mlp(in_dim: int, hidden_dims: list[int], out_dim: int, activation: str = "relu",
+             layer_norm: bool = False) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for h in hidden_dims:
+        layers.append(nn.Linear(in_dim, h))
+        if layer_norm:
+            layers.append(nn.LayerNorm(h))
+        layers.append(ACTIVATION_LAYERS[activation]())
+        in_dim = h
+    layers.append(nn.Linear(in_dim, out_dim))
+    return nn.Sequential(*layers)
+
+
+@register_policy("mlp")
+class MLPPolicy(Policy):
+    config_class = MLPConfig
+
+    def __init__(self, config: MLPConfig, normalizer: Normalizer):
+        super().__init__(config, normalizer)
+        self.config: MLPConfig = config
+        self.encoder = make_observation_encoder(config.input_features, config.n_obs_steps, config.image_encoder)
+        self.net = make_mlp(self.encoder.output_dim, config.hidden_dims, config.horizon * config.action_dim,
+                            config.activation, config.layer_norm)
+
+    def _predict(self, obs: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
+        features = self.encoder(obs, generator=generator)
+        return self.net(features).view(-1, self.config.horizon, self.config.action_dim)
+
+    def compute_loss(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
+        return F.mse_loss(self._predict(batch, generator), batch[self.action_key])
+
+    def generate_actions(self, obs: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
+        return self._predict(obs)

@@ -1,0 +1,1 @@
+"""Streaming Flow Policy (Jiang et al., CoRL 2025): ``modeling.StreamingFlowPolicy``."""

@@ -1,0 +1,235 @@
+"""ACT and MLP behaviour cloning: shapes, save/load, seeds, learning, temporal ensembling, mode averaging."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from robopolicy.data.reader import LeRobotDataset
+from robopolicy.data.sampler import WindowSampler
+from robopolicy.policies import load_policy
+from robopolicy.policies.act.modeling import TemporalEnsembler
+from robopolicy.policies.registry import get_policy_class
+from robopolicy.train.trainer import make_policy_for_dataset
+from tests.conftest import write_dataset
+
+TINY = {
+    "act": {"type": "act", "n_obs_steps": 1, "chunk_size": 4, "n_action_steps": 2, "dim_model": 32, "n_heads": 4,
+            "dim_feedforward": 64, "n_encoder_layers": 1, "n_decoder_layers": 1, "n_vae_encoder_layers": 1,
+            "latent_dim": 8, "dropout": 0.0, "kl_weight": 1.0},
+    "mlp": {"type": "mlp", "n_obs_steps": 2, "horizon": 4, "n_action_steps": 2, "hidden_dims": [64, 64]},
+}
+FAMILIES = list(TINY)
+
+
+def tiny_policy(root: Path, family: str, **overrides):
+    ds = LeRobotDataset(root)
+    return make_policy_for_dataset({**TINY[family], **overrides}, ds, ["observation.state"], "action", "min_max")
+
+
+def train(policy, root: Path, steps: int, lr: float = 3e-3, batch_size: int = 64, seed: int = 0) -> list[float]:
+    """A bare training loop over in-memory windows (the trainer's sampling, without its bookkeeping)."""
+    ds = LeRobotDataset(root)
+    c = policy.config
+    keys = [f.key for f in c.input_features]
+    data = {k: policy.normalizer.normalize(k, torch.from_numpy(ds.column(k)).float()) for k in [*keys, policy.action_key]}
+    sampler = WindowSampler(data, ds.episode_bounds, keys, policy.action_key, c.n_obs_steps, c.horizon, c.n_action_steps)
+    opt = torch.optim.AdamW(policy.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    policy.train()
+    losses = []
+    for _ in range(steps):
+        loss = policy.compute_loss(sampler.sample(batch_size, g), g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    policy.eval()
+    return losses
+
+
+# ---- both families ----------------------------------------------------------------------------
+@pytest.mark.parametrize("family", FAMILIES)
+def test_registry_and_config_errors(lowdim_dataset, family):
+    assert get_policy_class(family).name == family
+    with pytest.raises(ValueError, match="unknown config fields"):
+        tiny_policy(lowdim_dataset, family, bogus=1)
+    with pytest.raises(ValueError, match="image_encoder: unknown options"):
+        tiny_policy(lowdim_dataset, family, image_encoder={"widht": 16})
+    bad = {"act": {"dim_model": 30}, "mlp": {"activation": "gelu"}}[family]
+    with pytest.raises(ValueError, match="dim_model|activation"):
+        tiny_policy(lowdim_dataset, family, **bad)
+
+
+def test_act_chunk_size_is_the_horizon(lowdim_dataset):
+    assert tiny_policy(lowdim_dataset, "act", chunk_size=6).config.horizon == 6
+    assert tiny_policy(lowdim_dataset, "act", chunk_size=None, horizon=6).config.chunk_size == 6
+    with pytest.raises(ValueError, match="chunk_size .* is the horizon"):
+        tiny_policy(lowdim_dataset, "act", chunk_size=6, horizon=8)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_shapes_and_action_queue(lowdim_dataset, family):
+    policy = tiny_policy(lowdim_dataset, family).eval()
+    chunk = policy.predict_chunk({"observation.state": torch.zeros(3, policy.config.n_obs_steps, 2)})
+    assert chunk.shape == (3, 4, 2) and torch.isfinite(chunk).all()
+    calls = 0
+    original = policy.generate_actions
+
+    def counting(*a, **k):
+        nonlocal calls
+        calls += 1
+        return original(*a, **k)
+
+    policy.generate_actions = counting
+    for _ in range(5):
+        assert policy.select_action({"observation.state": np.zeros(2, np.float32)}).shape == (2,)
+    assert calls == 3  # Ta = 2: a new chunk at steps 0, 2, 4
+    policy.reset()
+    assert policy.select_action({"observation.state": np.zeros((4, 2), np.float32)}).shape == (4, 2)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_save_load_gives_identical_actions(lowdim_dataset, tmp_path, family):
+    policy = tiny_policy(lowdim_dataset, family)
+    train(policy, lowdim_dataset, steps=3)
+    policy.save(tmp_path / "p")
+    loaded = load_policy(tmp_path / "p")
+    assert type(loaded) is type(policy) and loaded.config == policy.config
+    obs = {"observation.state": torch.randn(4, policy.config.n_obs_steps, 2)}
+    torch.testing.assert_close(policy.predict_chunk(obs), loaded.predict_chunk(obs), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_seeds(lowdim_dataset, family):
+    """Same seed, same weights and loss; inference is deterministic (ACT samples z = 0)."""
+    torch.manual_seed(0)
+    a = tiny_policy(lowdim_dataset, family)
+    torch.manual_seed(0)
+    b = tiny_policy(lowdim_dataset, family)
+    for (k, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=0, msg=k)
+    batch = {"observation.state": torch.randn(8, a.config.n_obs_steps, 2), "action": torch.randn(8, 4, 2)}
+    loss = lambda p, s: p.compute_loss(batch, torch.Generator().manual_seed(s))  # noqa: E731
+    assert loss(a, 1) == loss(b, 1)
+    if family == "act":  # the CVAE's reparameterization noise comes from the generator
+        assert loss(a, 1) != loss(a, 2)
+    a.eval()
+    obs = {"observation.state": batch["observation.state"]}
+    torch.testing.assert_close(a.predict_chunk(obs, torch.Generator().manual_seed(1)),
+                               a.predict_chunk(obs, torch.Generator().manual_seed(2)), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_loss_falls(lowdim_dataset, family):
+    torch.manual_seed(0)
+    policy = tiny_policy(lowdim_dataset, family)
+    losses = train(policy, lowdim_dataset, steps=150)
+    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5]), (losses[:5], losses[-10:])
+    # And it learned action = f(state) (range about [-1.5, 1.5]).
+    states = torch.tensor([[0.5, -0.5], [-0.8, 0.2], [0.1, 0.9], [-0.3, -0.7]])
+    expected = torch.stack([states[:, 0] + 0.5 * states[:, 1], -states[:, 1]], dim=1)
+    history = states[:, None].expand(-1, policy.config.n_obs_steps, -1)
+    chunk = policy.predict_chunk({"observation.state": history})
+    now = policy.config.n_obs_steps - 1
+    assert (chunk[:, now] - expected).abs().mean() < 0.25
+
+
+# ---- ACT specifics ------------------------------------------------------------------------------
+def test_act_without_vae_and_image_free_vae_token(lowdim_dataset):
+    policy = tiny_policy(lowdim_dataset, "act", use_vae=False)
+    assert not any(name.startswith("vae_") for name, _ in policy.named_parameters())
+    batch = {"observation.state": torch.randn(4, 1, 2), "action": torch.randn(4, 4, 2)}
+    assert torch.isfinite(policy.compute_loss(batch))
+
+
+def test_temporal_ensembler_weights_oldest_first():
+    m = 0.5
+    ens = TemporalEnsembler(m)
+    w = ens.weights(3)
+    assert w[0] > w[1] > w[2]
+    np.testing.assert_allclose(w, np.exp(-m * np.arange(3)) / np.exp(-m * np.arange(3)).sum())
+    # Chunk c is predicted at step c; its entry i is its prediction for step c + i: 100 * c + i.
+    k = 3
+    chunk = lambda c: torch.tensor([[[100.0 * c + i] for i in range(k)]])  # noqa: E731  (1, k, 1)
+    outputs = [ens.update(chunk(c)).item() for c in range(5)]
+    assert outputs[0] == 0.0  # alone: chunk 0's prediction for step 0
+    e = lambda i: math.exp(-m * i)  # noqa: E731
+    assert outputs[1] == pytest.approx((e(0) * 1 + e(1) * 100) / (e(0) + e(1)))
+    # Step 3: chunk 0 (length 3) has expired; live are 1, 2, 3 -> predictions 102, 201, 300, oldest first.
+    assert outputs[3] == pytest.approx((e(0) * 102 + e(1) * 201 + e(2) * 300) / (e(0) + e(1) + e(2)))
+    assert ens.num_live == k - 1  # after step 4: chunk 2 is used up, chunks 3 and 4 remain
+    ens.reset()
+    assert ens.num_live == 0
+    assert ens.update(chunk(7)).item() == 700.0
+    with pytest.raises(ValueError, match="reset"):
+        ens.update(torch.zeros(2, k, 1))
+
+
+def test_temporal_ensembler_on_numpy():
+    ens = TemporalEnsembler(0.01)
+    a = ens.update(np.ones((2, 4, 3)))
+    b = ens.update(np.zeros((2, 4, 3)))
+    assert isinstance(b, np.ndarray) and a.shape == (2, 3)
+    np.testing.assert_allclose(b, 1 / (1 + math.exp(-0.01)))
+
+
+def test_act_temporal_ensembling_through_select_action(lowdim_dataset):
+    """Inference every step; the action is the ensemble of hand-made chunks, aligned at To-1."""
+    policy = tiny_policy(lowdim_dataset, "act", n_obs_steps=2, chunk_size=5, temporal_ensemble_coeff=0.1).eval()
+    step = 0
+
+    def fake_chunk(history, generator=None):  # chunk predicted at step s: value 10 * s + index
+        nonlocal step
+        out = (10.0 * step + torch.arange(5.0))[None, :, None].expand(1, 5, 2)
+        step += 1
+        return out
+
+    policy.predict_chunk = fake_chunk
+    reference = TemporalEnsembler(0.1)
+    for s in range(6):
+        assert policy.needs_new_chunk
+        action = policy.select_action({"observation.state": np.zeros(2, np.float32)})
+        expected = reference.update((10.0 * s + torch.arange(5.0))[None, 1:, None]).item()  # index To-1 = 1 is "now"
+        np.testing.assert_allclose(action, [expected, expected], rtol=1e-6)
+    assert step == 6
+    policy.reset()
+    step = 0
+    assert policy.ensembler.num_live == 0
+    np.testing.assert_allclose(policy.select_action({"observation.state": np.zeros(2, np.float32)}), [1.0, 1.0])
+
+
+# ---- MLP specifics ------------------------------------------------------------------------------
+def test_mlp_is_plain_linear_and_activation(lowdim_dataset):
+    for act, layer in [("relu", nn.ReLU), ("tanh", nn.Tanh), ("elu", nn.ELU)]:
+        policy = tiny_policy(lowdim_dataset, "mlp", activation=act)
+        assert {type(m) for m in policy.net} == {nn.Linear, layer}
+        assert not list(policy.encoder.parameters())
+    single = tiny_policy(lowdim_dataset, "mlp", n_obs_steps=1, horizon=1, n_action_steps=1)
+    assert single.net[-1].out_features == 2
+    assert single.predict_chunk({"observation.state": torch.zeros(1, 1, 2)}).shape == (1, 1, 2)
+
+
+def test_mlp_averages_two_modes(tmp_path):
+    """Identical states lead half the episodes to +0.8 and half to -0.8: MSE regression answers the
+    mean, between the modes (the failure diffusion and flow policies avoid)."""
+    length = 20
+    episodes = []
+    for e in range(10):
+        state = np.stack([np.linspace(-1, 1, length), np.zeros(length)], axis=1).astype(np.float32)
+        sign = 1.0 if e % 2 == 0 else -1.0
+        episodes.append({"observation.state": state, "action": np.full((length, 2), 0.8 * sign, np.float32)})
+    root = write_dataset(tmp_path / "two_modes", episodes)
+    torch.manual_seed(0)
+    policy = tiny_policy(root, "mlp")
+    losses = train(policy, root, steps=150)
+    # Normalized modes are ±1: no deterministic answer gets the MSE below 1, and the mean (0) reaches it.
+    assert 0.9 < np.mean(losses[-10:]) < 1.1
+    states = torch.from_numpy(episodes[0]["observation.state"])[:, None].expand(-1, 2, -1)
+    chunk = policy.predict_chunk({"observation.state": states})
+    assert chunk.abs().max() < 0.4, f"MLP predictions {chunk.abs().max():.2f} should lie between the modes ±0.8"
