@@ -27,6 +27,9 @@ commands:
   train     train a policy (configs/train.yaml; policy=<family>)
   eval      evaluate a policy in simulation (configs/eval.yaml; checkpoint=<policy dir>)
   demo      the main job end to end on the bundled PushT demos (configs/demo.yaml)
+  serve     serve a policy over ZeroMQ (configs/serve.yaml; checkpoint=<policy dir or ONNX artifact>)
+  run       drive a robot from a policy server (configs/run.yaml; robot=<name> server=<address>)
+  keys      generate CurveZMQ keypairs (configs/keys.yaml; dir=<dir>)
 
 Add --cfg to print the composed config and exit. Overrides use Hydra syntax.
 """
@@ -122,7 +125,57 @@ def cmd_demo(cfg: DictConfig) -> dict:
     return summary
 
 
-COMMANDS = {"convert": cmd_convert, "train": cmd_train, "eval": cmd_eval, "demo": cmd_demo}
+def cmd_serve(cfg: DictConfig) -> dict:
+    from robopolicy.deploy.adapter import load_policy_adapter
+    from robopolicy.deploy.keys import ServerCurve
+    from robopolicy.deploy.server import serve
+
+    if not cfg.checkpoint:
+        raise ValueError("serve: give checkpoint=<policy dir, run dir or ONNX artifact dir>")
+    path = resolve_path(cfg.checkpoint)
+    policy_dir = path if (path / "manifest.json").is_file() else _resolve_policy_dir(cfg.checkpoint)
+    curve = None
+    if cfg.curve_secret:
+        if not cfg.allowed_clients:
+            raise ValueError("serve: curve_secret needs allowed_clients=<dir of client .key files>")
+        curve = ServerCurve.load(resolve_path(cfg.curve_secret), resolve_path(cfg.allowed_clients))
+    server = serve(load_policy_adapter(policy_dir, fps=cfg.fps), address=cfg.address, curve=curve,
+                   max_message_bytes=cfg.max_message_bytes, status_every_s=cfg.status_every_s,
+                   status_fn=console.print, max_runtime_s=cfg.max_runtime_s)
+    return server.stats.snapshot()
+
+
+def cmd_run(cfg: DictConfig) -> dict:
+    from robopolicy.deploy.client import ControlLoop, ControlLoopConfig
+    from robopolicy.deploy.keys import ClientCurve
+    from robopolicy.robots import make_robot
+
+    curve = (ClientCurve.load(resolve_path(cfg.curve_secret), resolve_path(cfg.server_public))
+             if cfg.curve_secret else None)
+    robot = make_robot(cfg.robot, **({"seed": cfg.seed} if cfg.robot == "sim_pusht" else {}))
+    loop_cfg = ControlLoopConfig(control_hz=cfg.control_hz, blend=cfg.blend, watchdog_s=cfg.watchdog_s,
+                                 latency_margin_s=cfg.latency_margin_s, rtc_soft_steps=cfg.rtc_soft_steps)
+    with robot:
+        loop = ControlLoop(robot, cfg.server, loop_cfg, curve=curve)
+        try:
+            summary = loop.run(cfg.duration_s)
+        finally:
+            loop.close()
+    console.print_json(json.dumps(summary, default=str))
+    return summary
+
+
+def cmd_keys(cfg: DictConfig) -> dict:
+    from robopolicy.deploy.keys import generate_keys
+
+    out = generate_keys(resolve_path(cfg.dir), tuple(cfg.names))
+    for name, (pub, sec) in out.items():
+        console.print(f"{name}: public {pub}  secret {sec} (keep on its machine)")
+    return {k: [str(p), str(s)] for k, (p, s) in out.items()}
+
+
+COMMANDS = {"convert": cmd_convert, "train": cmd_train, "eval": cmd_eval, "demo": cmd_demo,
+            "serve": cmd_serve, "run": cmd_run, "keys": cmd_keys}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,11 +71,11 @@ class TrainConfig:
     policy: Any = None  # a policy family's config; validated against its dataclass at run time
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
-    steps: int = 12000
+    steps: int = 10000
     # Stop after this many minutes even if steps remain (0 = no limit); the final checkpoint is saved.
     time_budget_min: float = 0.0
     batch_size: int = 256
-    lr: float = 1e-3
+    lr: float = 5e-4
     betas: list[float] = field(default_factory=lambda: [0.95, 0.999])
     weight_decay: float = 1e-6
     warmup_steps: int = 500
@@ -115,7 +115,41 @@ class DemoConfig:
     output_dir: str | None = None
 
 
-SCHEMAS = {"train": TrainConfig, "eval": EvalConfig, "convert": ConvertConfig, "demo": DemoConfig}
+@dataclass
+class ServeConfig:
+    checkpoint: str = ""  # torch policy dir / run dir, or ONNX artifact dir (manifest.json)
+    address: str = "tcp://127.0.0.1:5555"
+    fps: float = 10.0
+    curve_secret: str | None = None  # server .key_secret; enables CURVE
+    allowed_clients: str | None = None  # dir of allowed client *.key files
+    max_message_bytes: int = 16 * 1024 * 1024
+    status_every_s: float = 5.0
+    max_runtime_s: float | None = None
+
+
+@dataclass
+class RunConfig:
+    robot: str = "sim_pusht"
+    server: str = "tcp://127.0.0.1:5555"
+    duration_s: float = 60.0
+    seed: int = 0
+    control_hz: float = 100.0
+    blend: str = "rtc"  # rtc | ensemble | replace
+    watchdog_s: float = 0.1
+    latency_margin_s: float = 0.0
+    rtc_soft_steps: int = 0
+    curve_secret: str | None = None  # client .key_secret
+    server_public: str | None = None  # server .key
+
+
+@dataclass
+class KeysConfig:
+    dir: str = "keys"
+    names: list[str] = field(default_factory=lambda: ["server", "client"])
+
+
+SCHEMAS = {"train": TrainConfig, "eval": EvalConfig, "convert": ConvertConfig, "demo": DemoConfig,
+           "serve": ServeConfig, "run": RunConfig, "keys": KeysConfig}
 
 
 def register_schemas() -> None:

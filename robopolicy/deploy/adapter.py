@@ -1,0 +1,124 @@
+"""A small adapter so the server can serve any policy backend.
+
+The server needs only: a :class:`~robopolicy.deploy.protocol.PolicySpec` (features, To/T/Ta, fps)
+and ``predict(obs_history) -> (T, A)`` on numpy arrays in robot units. :func:`adapter_from_policy`
+wraps anything with ``predict_chunk(obs_history (B, To, ...)) -> (B, T, A)`` and a ``config`` with
+``n_obs_steps/horizon/n_action_steps/input_features/output_features`` (the torch
+:class:`~robopolicy.policies.base.Policy` and the ONNX runtime's ``OnnxPolicy``).
+:func:`load_policy_adapter` picks the backend from what a directory holds.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from robopolicy.deploy.protocol import PolicySpec
+
+DEFAULT_FPS = 10.0  # PushT's control rate; checkpoints do not record one
+
+
+class PolicyAdapter:
+    """``predict(obs_history: {key: (To, *shape)}) -> (T, A) float32`` plus the spec to announce."""
+
+    def __init__(self, spec: PolicySpec, predict: Callable[[dict[str, np.ndarray]], np.ndarray],
+                 reset: Callable[[], None] | None = None):
+        self.spec = spec
+        self._predict = predict
+        self._reset = reset
+
+    def predict(self, obs_history: dict[str, np.ndarray]) -> np.ndarray:
+        chunk = np.asarray(self._predict(obs_history), dtype=np.float32)
+        if chunk.ndim == 3 and chunk.shape[0] == 1:
+            chunk = chunk[0]
+        want = (self.spec.horizon, self.spec.action_dim)
+        if chunk.shape != want:
+            raise ValueError(f"policy returned a chunk of shape {chunk.shape}, expected {want}")
+        return chunk
+
+    def reset(self) -> None:
+        if self._reset is not None:
+            self._reset()
+
+
+def _feature_list(features: Any) -> list[tuple[str, tuple[int, ...]]]:
+    out = []
+    for f in features:
+        if isinstance(f, dict):
+            out.append((f["key"], tuple(f["shape"])))
+        else:
+            out.append((f.key, tuple(f.shape)))
+    return out
+
+
+def spec_from_config(config: Any, fps: float = DEFAULT_FPS, name: str = "") -> PolicySpec:
+    """A spec from a policy config (torch ``PolicyConfig`` or any object / dict with the same fields)."""
+    get = (lambda k: config[k]) if isinstance(config, dict) else (lambda k: getattr(config, k))
+    outputs = _feature_list(get("output_features"))
+    if len(outputs) != 1:
+        raise ValueError(f"expected exactly one action feature, got {[k for k, _ in outputs]}")
+    action_key, action_shape = outputs[0]
+    return PolicySpec(input_features=dict(_feature_list(get("input_features"))), action_key=action_key,
+                      action_dim=int(np.prod(action_shape)), n_obs_steps=int(get("n_obs_steps")),
+                      horizon=int(get("horizon")), n_action_steps=int(get("n_action_steps")), fps=float(fps), name=name)
+
+
+def adapter_from_policy(policy: Any, fps: float = DEFAULT_FPS) -> PolicyAdapter:
+    """Wrap a torch ``Policy`` or any object with ``predict_chunk`` + ``config`` (e.g. ``OnnxPolicy``)."""
+    name = str(getattr(policy, "name", None) or getattr(policy, "family", None) or type(policy).__name__)
+    if hasattr(policy, "config"):
+        spec = spec_from_config(policy.config, fps=fps, name=name)
+    else:  # OnnxPolicy: the same fields as attributes, input_features as (key, shape, graph input) tuples
+        spec = PolicySpec(input_features={f[0]: tuple(f[1]) for f in policy.input_features},
+                          action_key=policy.action_key, action_dim=int(policy.action_dim),
+                          n_obs_steps=int(policy.n_obs_steps), horizon=int(policy.horizon),
+                          n_action_steps=int(policy.n_action_steps), fps=float(getattr(policy, "fps", None) or fps),
+                          name=name)
+    is_torch = False
+    try:
+        import torch
+
+        is_torch = isinstance(policy, torch.nn.Module)
+    except ImportError:  # a torch-free robot/runtime install
+        pass
+
+    if is_torch:
+        import torch
+
+        def predict(obs: dict[str, np.ndarray]) -> np.ndarray:
+            batch = {k: torch.as_tensor(np.asarray(v, dtype=np.float32)).unsqueeze(0) for k, v in obs.items()}
+            with torch.inference_mode():
+                return policy.predict_chunk(batch)[0].detach().cpu().numpy()
+    else:
+
+        def predict(obs: dict[str, np.ndarray]) -> np.ndarray:
+            batch = {k: np.asarray(v, dtype=np.float32)[None] for k, v in obs.items()}
+            return np.asarray(policy.predict_chunk(batch))[0]
+
+    return PolicyAdapter(spec, predict, getattr(policy, "reset", None))
+
+
+def load_policy_adapter(directory: str | Path, fps: float = DEFAULT_FPS) -> PolicyAdapter:
+    """Serve a torch checkpoint dir (``config.json``) or an ONNX artifact dir (``manifest.json``)."""
+    directory = Path(directory)
+    if (directory / "manifest.json").is_file():
+        from robopolicy.runtime import onnx_policy  # written alongside; imported only when needed
+
+        cls = onnx_policy.OnnxPolicy
+        loader = getattr(cls, "from_pretrained", None) or getattr(cls, "load", None) or cls
+        policy = loader(directory)
+        manifest = json.loads((directory / "manifest.json").read_text())
+        fps = float(manifest.get("fps") or fps) if isinstance(manifest, dict) else fps
+        return adapter_from_policy(policy, fps=fps)
+    if (directory / "config.json").is_file():
+        from robopolicy.policies.registry import load_policy
+
+        return adapter_from_policy(load_policy(directory), fps=fps)
+    raise FileNotFoundError(f"{directory}: neither manifest.json (ONNX artifact) nor config.json (torch checkpoint)")
+
+
+__all__ = ["DEFAULT_FPS", "PolicyAdapter", "adapter_from_policy", "load_policy_adapter", "spec_from_config"]

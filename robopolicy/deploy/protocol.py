@@ -1,0 +1,298 @@
+"""Wire protocol between the policy server and robot clients (see ``docs/protocol.md``).
+
+A message is a ZeroMQ multipart message:
+
+- frame 0: a msgpack map, the header: ``{"v": PROTOCOL_VERSION, "type": str, "seq": int,
+  "t_send": float, "frames": [{"name", "dtype", "shape"}, ...], ...type-specific fields}``
+- frames 1..n: raw little-endian C-ordered array bytes, one per entry of ``header["frames"]``.
+
+Nothing is pickled. :func:`decode` validates everything before touching the payload (sizes, frame
+count, version, type, dtypes, shape products against frame byte lengths, finiteness) and raises
+:class:`ProtocolError` with a machine-readable ``kind`` that the server echoes in an ``error`` reply.
+
+This module imports neither torch nor zmq, so it can run on a robot computer with numpy + msgpack.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgpack
+import numpy as np
+
+PROTOCOL_VERSION = 1
+
+# client -> server: hello, infer, ping, estop, clear_estop
+# server -> client: hello (reply), chunk, pong, ack, error
+MSG_TYPES = frozenset({"hello", "infer", "chunk", "ping", "pong", "error", "estop", "clear_estop", "ack"})
+REQUEST_TYPES = frozenset({"hello", "infer", "ping", "estop", "clear_estop"})
+
+ALLOWED_DTYPES: dict[str, np.dtype] = {
+    "float32": np.dtype("<f4"),
+    "float64": np.dtype("<f8"),
+    "int64": np.dtype("<i8"),
+    "uint8": np.dtype("u1"),
+}
+
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # whole multipart message
+MAX_HEADER_BYTES = 64 * 1024
+MAX_FRAMES = 64  # array frames per message
+MAX_NDIM = 8
+MAX_NAME_LEN = 128
+_INT64_MAX = 2**63 - 1
+
+# Error kinds, as sent in ``error`` replies (``header["kind"]``).
+ERROR_KINDS = (
+    "malformed",  # undecodable header, wrong field types, frame table mismatch
+    "too_large",  # message, header or array over the limits
+    "version",  # unknown protocol version
+    "type",  # unknown message type, or a type the receiver does not accept
+    "dtype",  # array dtype not in ALLOWED_DTYPES
+    "shape",  # shape product vs frame byte length, or shape not what the policy expects
+    "nonfinite",  # NaN or inf in a float array or timestamp
+    "missing_feature",  # an observation feature the policy needs is absent
+    "unknown_feature",  # an array the policy does not read
+    "busy",  # the server's inference queue is full
+    "estopped",  # the server is e-stopped (latched until clear_estop)
+    "policy",  # the policy raised, or returned a non-finite / wrongly shaped chunk
+    "internal",  # anything else on the server (a bug; it keeps serving)
+)
+
+
+class ProtocolError(ValueError):
+    """A message that cannot be accepted; ``kind`` is one of :data:`ERROR_KINDS`."""
+
+    def __init__(self, kind: str, message: str, seq: int | None = None):
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+        self.message = message
+        self.seq = seq
+
+
+@dataclasses.dataclass
+class Message:
+    type: str
+    seq: int
+    header: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.header.get(key, default)
+
+
+# ---- encoding ---------------------------------------------------------------------------------
+
+
+def _dtype_name(a: np.ndarray) -> str:
+    for name, dt in ALLOWED_DTYPES.items():
+        if a.dtype.kind == dt.kind and a.dtype.itemsize == dt.itemsize:
+            return name
+    raise ProtocolError("dtype", f"dtype {a.dtype} is not allowed (allowed: {sorted(ALLOWED_DTYPES)})")
+
+
+def encode(msg_type: str, seq: int, arrays: Mapping[str, np.ndarray] | None = None, *,
+           t_send: float | None = None, **fields: Any) -> list[bytes]:
+    """Frames of one message. ``fields`` must be msgpack-able (numbers, strings, lists, maps)."""
+    if msg_type not in MSG_TYPES:
+        raise ProtocolError("type", f"unknown message type {msg_type!r}")
+    table = []
+    payload: list[bytes] = []
+    for name, value in (arrays or {}).items():
+        a = np.asarray(value)
+        dname = _dtype_name(a)
+        a = np.ascontiguousarray(a, dtype=ALLOWED_DTYPES[dname])
+        table.append({"name": str(name), "dtype": dname, "shape": list(a.shape)})
+        payload.append(a.tobytes())
+    header = {**fields, "v": PROTOCOL_VERSION, "type": msg_type, "seq": int(seq),
+              "t_send": time.monotonic() if t_send is None else float(t_send), "frames": table}
+    return [msgpack.packb(header, use_bin_type=True), *payload]
+
+
+def error_frames(kind: str, message: str, seq: int, reply_to: int | None = None) -> list[bytes]:
+    return encode("error", seq, kind=kind, message=message[:500], reply_to=reply_to)
+
+
+# ---- decoding ---------------------------------------------------------------------------------
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x: Any) -> bool:
+    return (isinstance(x, int | float)) and not isinstance(x, bool)
+
+
+def _frame_bytes(f: Any) -> memoryview:
+    # zmq.Frame exposes .buffer; bytes / bytearray / memoryview work directly.
+    buf = getattr(f, "buffer", f)
+    return memoryview(buf).cast("B") if not isinstance(buf, bytes) else memoryview(buf)
+
+
+def decode(frames: Sequence[Any], max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+           check_finite: bool = True) -> Message:
+    """Validate and decode one multipart message; raises :class:`ProtocolError` on anything wrong."""
+    if len(frames) == 0:
+        raise ProtocolError("malformed", "empty message")
+    if len(frames) - 1 > MAX_FRAMES:
+        raise ProtocolError("too_large", f"{len(frames) - 1} array frames (max {MAX_FRAMES})")
+    views = [_frame_bytes(f) for f in frames]
+    total = sum(v.nbytes for v in views)
+    if total > max_message_bytes:
+        raise ProtocolError("too_large", f"message of {total} bytes (max {max_message_bytes})")
+    if views[0].nbytes > MAX_HEADER_BYTES:
+        raise ProtocolError("too_large", f"header of {views[0].nbytes} bytes (max {MAX_HEADER_BYTES})")
+    try:
+        header = msgpack.unpackb(views[0], raw=False, strict_map_key=True, use_list=True)
+    except Exception as e:  # msgpack raises many types (ExtraData, ValueError, UnicodeDecodeError, ...)
+        raise ProtocolError("malformed", f"header is not valid msgpack ({type(e).__name__})") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("malformed", "header is not a map")
+    seq = header.get("seq")
+    seq = seq if _is_int(seq) and 0 <= seq <= _INT64_MAX else None
+    if "v" not in header:
+        raise ProtocolError("malformed", "header has no protocol version 'v'", seq)
+    if header["v"] != PROTOCOL_VERSION:
+        raise ProtocolError("version", f"protocol version {header['v']!r} (this side speaks {PROTOCOL_VERSION})", seq)
+    msg_type = header.get("type")
+    if not isinstance(msg_type, str) or msg_type not in MSG_TYPES:
+        raise ProtocolError("type", f"unknown message type {str(msg_type)[:40]!r}", seq)
+    if seq is None:
+        raise ProtocolError("malformed", "'seq' must be an integer in [0, 2**63)")
+    t_send = header.get("t_send")
+    if t_send is not None and not (_is_number(t_send) and math.isfinite(t_send)):
+        raise ProtocolError("nonfinite" if _is_number(t_send) else "malformed", "'t_send' must be a finite number", seq)
+    table = header.get("frames", [])
+    if not isinstance(table, list):
+        raise ProtocolError("malformed", "'frames' must be a list", seq)
+    if len(table) != len(frames) - 1:
+        raise ProtocolError("malformed", f"header lists {len(table)} arrays but {len(frames) - 1} frames follow", seq)
+    arrays: dict[str, np.ndarray] = {}
+    for entry, view in zip(table, views[1:]):
+        arrays_name, array = _decode_array(entry, view, seq, check_finite)
+        if arrays_name in arrays:
+            raise ProtocolError("malformed", f"array {arrays_name!r} appears twice", seq)
+        arrays[arrays_name] = array
+    return Message(type=msg_type, seq=seq, header=header, arrays=arrays)
+
+
+def _decode_array(entry: Any, view: memoryview, seq: int, check_finite: bool) -> tuple[str, np.ndarray]:
+    if not isinstance(entry, dict):
+        raise ProtocolError("malformed", "frame table entries must be maps", seq)
+    name, dname, shape = entry.get("name"), entry.get("dtype"), entry.get("shape")
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LEN:
+        raise ProtocolError("malformed", "array name must be a non-empty string", seq)
+    if not isinstance(dname, str) or dname not in ALLOWED_DTYPES:
+        raise ProtocolError("dtype", f"array {name!r}: dtype {str(dname)[:20]!r} not allowed "
+                            f"(allowed: {sorted(ALLOWED_DTYPES)})", seq)
+    if not isinstance(shape, list) or len(shape) > MAX_NDIM or not all(_is_int(d) and 0 <= d <= 2**31 for d in shape):
+        raise ProtocolError("shape", f"array {name!r}: shape must be a list of at most {MAX_NDIM} "
+                            "non-negative integers", seq)
+    dtype = ALLOWED_DTYPES[dname]
+    expected = math.prod(shape) * dtype.itemsize  # python ints: no overflow
+    if expected != view.nbytes:
+        raise ProtocolError("shape", f"array {name!r}: shape {shape} x {dname} needs {expected} bytes, "
+                            f"frame has {view.nbytes}", seq)
+    array = np.frombuffer(view, dtype=dtype).reshape(shape).copy()
+    if check_finite and dtype.kind == "f" and not np.isfinite(array).all():
+        raise ProtocolError("nonfinite", f"array {name!r} contains NaN or inf", seq)
+    return name, array
+
+
+# ---- policy description exchanged by hello ------------------------------------------------------
+
+
+@dataclasses.dataclass
+class PolicySpec:
+    """What a client must know about the served policy (sent in the ``hello`` reply)."""
+
+    input_features: dict[str, tuple[int, ...]]  # feature key -> per-step shape
+    action_key: str
+    action_dim: int
+    n_obs_steps: int  # To
+    horizon: int  # T
+    n_action_steps: int  # Ta
+    fps: float  # rate of the observation history and of the actions (dt = 1 / fps)
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.input_features = {str(k): tuple(int(d) for d in v) for k, v in self.input_features.items()}
+        if not (self.n_obs_steps >= 1 and self.horizon >= self.n_obs_steps and self.n_action_steps >= 1):
+            raise ValueError(f"inconsistent To/T/Ta = {self.n_obs_steps}/{self.horizon}/{self.n_action_steps}")
+        if not (self.fps > 0 and math.isfinite(self.fps)):
+            raise ValueError(f"fps must be positive, got {self.fps}")
+        if self.action_dim < 1:
+            raise ValueError(f"action_dim must be positive, got {self.action_dim}")
+
+    @property
+    def dt(self) -> float:
+        return 1.0 / self.fps
+
+    def action_times(self, t_obs: float) -> np.ndarray:
+        """``t_i = t_obs + (i - (To - 1)) * dt``: the time each of the T actions of a chunk refers to."""
+        return t_obs + (np.arange(self.horizon) - (self.n_obs_steps - 1)) * self.dt
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["input_features"] = {k: list(v) for k, v in self.input_features.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any) -> PolicySpec:
+        if not isinstance(d, dict):
+            raise ProtocolError("malformed", "policy spec must be a map")
+        try:
+            return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+        except (TypeError, ValueError) as e:
+            raise ProtocolError("malformed", f"bad policy spec: {e}") from None
+
+
+def validate_infer(msg: Message, spec: PolicySpec) -> tuple[dict[str, np.ndarray], float]:
+    """Observation history (each ``(To, *shape)``) and ``t_obs`` of an ``infer`` request."""
+    t_obs = msg.get("t_obs")
+    if not _is_number(t_obs):
+        raise ProtocolError("malformed", "infer needs a numeric 't_obs'", msg.seq)
+    if not math.isfinite(t_obs):
+        raise ProtocolError("nonfinite", "'t_obs' is not finite", msg.seq)
+    missing = [k for k in spec.input_features if k not in msg.arrays]
+    if missing:
+        raise ProtocolError("missing_feature", f"missing observation features {missing}", msg.seq)
+    extra = [k for k in msg.arrays if k not in spec.input_features]
+    if extra:
+        raise ProtocolError("unknown_feature", f"policy does not read {extra[:8]}", msg.seq)
+    obs = {}
+    for key, shape in spec.input_features.items():
+        a = msg.arrays[key]
+        want = (spec.n_obs_steps, *shape)
+        if a.shape != want:
+            raise ProtocolError("shape", f"{key!r}: expected shape {list(want)} (To, ...), got {list(a.shape)}", msg.seq)
+        if a.dtype.kind == "f" and not np.isfinite(a).all():  # decode(check_finite=False) callers
+            raise ProtocolError("nonfinite", f"{key!r} contains NaN or inf", msg.seq)
+        obs[key] = a
+    return obs, float(t_obs)
+
+
+def validate_chunk(msg: Message, spec: PolicySpec) -> tuple[np.ndarray, float, float]:
+    """Actions ``(T, A)``, ``t_first`` and ``dt`` of a ``chunk`` reply."""
+    a = msg.arrays.get(spec.action_key)
+    if a is None:
+        raise ProtocolError("missing_feature", f"chunk has no {spec.action_key!r} array", msg.seq)
+    if a.ndim != 2 or a.shape[1] != spec.action_dim or a.shape[0] < 1:
+        raise ProtocolError("shape", f"chunk actions must be (T, {spec.action_dim}), got {list(a.shape)}", msg.seq)
+    if not np.isfinite(a).all():
+        raise ProtocolError("nonfinite", "chunk contains NaN or inf", msg.seq)
+    t_first, dt = msg.get("t_first"), msg.get("dt")
+    if not (_is_number(t_first) and _is_number(dt) and math.isfinite(t_first) and math.isfinite(dt) and dt > 0):
+        raise ProtocolError("malformed", "chunk needs finite 't_first' and positive 'dt'", msg.seq)
+    return a.astype(np.float64), float(t_first), float(dt)
+
+
+__all__ = [
+    "ALLOWED_DTYPES", "DEFAULT_MAX_MESSAGE_BYTES", "ERROR_KINDS", "MAX_FRAMES", "MAX_HEADER_BYTES", "MSG_TYPES",
+    "PROTOCOL_VERSION", "REQUEST_TYPES", "Message", "PolicySpec", "ProtocolError", "decode", "encode",
+    "error_frames", "validate_chunk", "validate_infer",
+]

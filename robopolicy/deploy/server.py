@@ -1,0 +1,353 @@
+"""The policy server: a ZeroMQ ROUTER that answers ``hello``/``infer``/``ping``/``estop`` requests.
+
+Threads: the socket thread owns the ROUTER, validates every message (see
+:func:`robopolicy.deploy.protocol.decode`) and answers pings, hellos and e-stops at once; one
+inference worker runs the policy, one request at a time, and hands its reply back over an inproc
+PAIR socket (ZeroMQ sockets are not shared between threads). So a client's heartbeat is answered
+even while a slow policy computes, and a dead server is noticed by its silence.
+
+No input can crash the loop: protocol violations get an ``error`` reply with a ``kind`` (and are
+counted); what cannot be answered (an empty message) is dropped and counted; an unexpected
+exception is logged, counted as ``internal`` and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import zmq
+
+from robopolicy.deploy.adapter import PolicyAdapter
+from robopolicy.deploy.keys import ServerCurve, apply_server_curve, start_authenticator
+from robopolicy.deploy.protocol import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    REQUEST_TYPES,
+    ProtocolError,
+    decode,
+    encode,
+    error_frames,
+    validate_infer,
+)
+
+log = logging.getLogger("robopolicy.deploy.server")
+DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
+
+
+class ServerStats:
+    """Counters (read them with :meth:`snapshot`; written by the server threads)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.received = 0
+        self.by_type: collections.Counter[str] = collections.Counter()
+        self.errors: collections.Counter[str] = collections.Counter()
+        self.dropped = 0
+        self.inferences = 0
+        self.infer_ms: collections.deque[float] = collections.deque(maxlen=2000)
+        self.queue_ms: collections.deque[float] = collections.deque(maxlen=2000)
+
+    def error(self, kind: str) -> None:
+        with self.lock:
+            self.errors[kind] += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            lat = np.asarray(self.infer_ms, dtype=np.float64)
+            return {
+                "received": self.received, "by_type": dict(self.by_type), "errors": dict(self.errors),
+                "dropped": self.dropped, "inferences": self.inferences,
+                "infer_ms_p50": float(np.percentile(lat, 50)) if len(lat) else None,
+                "infer_ms_p99": float(np.percentile(lat, 99)) if len(lat) else None,
+            }
+
+
+class PolicyServer:
+    """Serve one :class:`~robopolicy.deploy.adapter.PolicyAdapter` on ``address``.
+
+    ``curve``: a :class:`~robopolicy.deploy.keys.ServerCurve`; with it, only clients whose public key
+    is allowed complete the handshake (the others get no answer at all).
+    Use :meth:`run` (blocking) or :meth:`start`/:meth:`stop` (a background thread, for tests).
+    """
+
+    def __init__(self, adapter: PolicyAdapter, address: str = DEFAULT_ADDRESS, curve: ServerCurve | None = None,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, queue_size: int = 2,
+                 status_every_s: float = 5.0, status_fn: Callable[[str], None] | None = None):
+        self.adapter = adapter
+        self.spec = adapter.spec
+        self.address = address
+        self.curve = curve
+        self.max_message_bytes = int(max_message_bytes)
+        self.status_every_s = status_every_s
+        self.status_fn = status_fn or log.info
+        self.stats = ServerStats()
+        self.estopped = False
+        self.endpoint: str | None = None
+        self.ready = threading.Event()
+        self._stop = threading.Event()
+        self._jobs: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._results_addr = f"inproc://robopolicy-results-{uuid.uuid4().hex}"
+        self.auth_denied = 0
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+    def start(self, timeout_s: float = 10.0) -> PolicyServer:
+        """Run in a daemon thread; returns once the socket is bound."""
+        self._thread = threading.Thread(target=self.run, name="policy-server", daemon=True)
+        self._thread.start()
+        if not self.ready.wait(timeout_s):
+            raise RuntimeError(f"policy server did not start on {self.address} within {timeout_s}s")
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def __enter__(self) -> PolicyServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # ---- the socket thread ----------------------------------------------------------------------
+    def run(self, stop_event: threading.Event | None = None, max_runtime_s: float | None = None) -> None:
+        """Serve until ``stop_event`` (or :meth:`stop`) is set or ``max_runtime_s`` has passed."""
+        stop = stop_event or self._stop
+        ctx = zmq.Context()
+        auth = allow = None
+        router = results = None
+        worker = None
+        try:
+            if self.curve is not None:
+                auth, allow = start_authenticator(ctx, self.curve)
+            router = ctx.socket(zmq.ROUTER)
+            router.linger = 0
+            router.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes + 1)  # per frame; libzmq drops the peer
+            router.sndhwm = 1000
+            router.rcvhwm = 1000
+            if self.curve is not None:
+                apply_server_curve(router, self.curve)
+            router.bind(self.address)
+            self.endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
+            results = ctx.socket(zmq.PAIR)
+            results.linger = 0
+            results.bind(self._results_addr)
+            worker = threading.Thread(target=self._worker, args=(ctx, stop), name="policy-infer", daemon=True)
+            worker.start()
+            poller = zmq.Poller()
+            poller.register(router, zmq.POLLIN)
+            poller.register(results, zmq.POLLIN)
+            self.ready.set()
+            log.info("policy server on %s (%s, To=%d T=%d Ta=%d, %s Hz)%s", self.endpoint, self.spec.name,
+                     self.spec.n_obs_steps, self.spec.horizon, self.spec.n_action_steps, self.spec.fps,
+                     " with CURVE" if self.curve else "")
+            t_start = last_status = time.monotonic()
+            last_received = 0
+            while not stop.is_set() and not self._stop.is_set():
+                now = time.monotonic()
+                if max_runtime_s is not None and now - t_start > max_runtime_s:
+                    break
+                events = dict(poller.poll(50))
+                if results in events:
+                    for _ in range(100):
+                        try:
+                            frames = results.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self._send(router, frames[0], frames[1:])
+                if router in events:
+                    for _ in range(1000):  # bounded batch, then service the results socket again
+                        try:
+                            frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        try:
+                            self._handle(router, frames)
+                        except Exception:  # a bug must not take the server down
+                            self.stats.error("internal")
+                            log.exception("internal error while handling a message")
+                if self.status_every_s and now - last_status >= self.status_every_s:
+                    with self.stats.lock:
+                        received = self.stats.received
+                    self.status_fn(self.status_line(rate=(received - last_received) / (now - last_status)))
+                    last_status, last_received = now, received
+                if allow is not None:
+                    self.auth_denied = allow.denied
+        finally:
+            self._stop.set()
+            if worker is not None:
+                worker.join(2.0)
+            for sock in (router, results):
+                if sock is not None:
+                    sock.close(0)
+            if auth is not None:
+                auth.stop()
+            ctx.term()
+            self.ready.set()
+
+    def status_line(self, rate: float | None = None) -> str:
+        s = self.stats.snapshot()
+        lat = (f"infer p50 {s['infer_ms_p50']:.1f} ms p99 {s['infer_ms_p99']:.1f} ms"
+               if s["infer_ms_p50"] is not None else "no inference yet")
+        r = f"{rate:.1f} msg/s, " if rate is not None else ""
+        return (f"[policy server] {r}{s['received']} received, {s['inferences']} chunks, {lat}, "
+                f"errors {s['errors'] or 0}, dropped {s['dropped']}{', E-STOPPED' if self.estopped else ''}")
+
+    def _send(self, router: zmq.Socket, identity: bytes, frames: list[bytes]) -> None:
+        try:
+            router.send_multipart([identity, *frames], zmq.NOBLOCK)  # unknown peers are silently dropped
+        except zmq.ZMQError:  # HWM reached (client not reading): drop the reply rather than block
+            with self.stats.lock:
+                self.stats.dropped += 1
+
+    def _reply_error(self, router: zmq.Socket, identity: bytes, kind: str, message: str, reply_to: int | None) -> None:
+        self.stats.error(kind)
+        self._send(router, identity, error_frames(kind, message, next(self._seq), reply_to))
+
+    def _handle(self, router: zmq.Socket, frames: list[Any]) -> None:
+        with self.stats.lock:
+            self.stats.received += 1
+        if len(frames) < 2:  # nothing but the routing identity: nothing to answer
+            with self.stats.lock:
+                self.stats.dropped += 1
+            return
+        identity = frames[0].bytes
+        t_recv = time.monotonic()
+        try:
+            msg = decode(frames[1:], max_message_bytes=self.max_message_bytes)
+        except ProtocolError as e:
+            self._reply_error(router, identity, e.kind, e.message, e.seq)
+            return
+        with self.stats.lock:
+            self.stats.by_type[msg.type] += 1
+        if msg.type not in REQUEST_TYPES:
+            self._reply_error(router, identity, "type", f"a server does not accept {msg.type!r} messages", msg.seq)
+            return
+        seq = next(self._seq)
+        if msg.type == "ping":
+            self._send(router, identity, encode("pong", seq, reply_to=msg.seq, t_ping=msg.get("t_send"),
+                                                t_server=t_recv, estopped=self.estopped))
+        elif msg.type == "hello":
+            self._send(router, identity, encode("hello", seq, reply_to=msg.seq, spec=self.spec.to_dict(),
+                                                estopped=self.estopped, server="robopolicy"))
+        elif msg.type == "estop":
+            if not self.estopped:
+                log.warning("E-STOP latched by a client")
+            self.estopped = True
+            self._send(router, identity, encode("ack", seq, reply_to=msg.seq, estopped=True))
+        elif msg.type == "clear_estop":
+            self.estopped = False
+            self._send(router, identity, encode("ack", seq, reply_to=msg.seq, estopped=False))
+        elif msg.type == "infer":
+            if self.estopped:
+                self._reply_error(router, identity, "estopped", "server is e-stopped; send clear_estop", msg.seq)
+                return
+            try:
+                obs, t_obs = validate_infer(msg, self.spec)
+            except ProtocolError as e:
+                self._reply_error(router, identity, e.kind, e.message, msg.seq)
+                return
+            try:
+                self._jobs.put_nowait((identity, msg.seq, obs, t_obs, t_recv))
+            except queue.Full:
+                self._reply_error(router, identity, "busy", "inference queue full", msg.seq)
+
+    # ---- the inference worker -------------------------------------------------------------------
+    def _worker(self, ctx: zmq.Context, stop: threading.Event) -> None:
+        out = ctx.socket(zmq.PAIR)
+        out.linger = 0
+        out.connect(self._results_addr)
+        try:
+            while not stop.is_set() and not self._stop.is_set():
+                try:
+                    identity, req_seq, obs, t_obs, t_recv = self._jobs.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+                t0 = time.monotonic()
+                try:
+                    chunk = self.adapter.predict(obs)
+                    if not np.isfinite(chunk).all():
+                        raise ValueError("policy returned NaN or inf")
+                except Exception as e:
+                    self.stats.error("policy")
+                    log.warning("policy failed: %s", e)
+                    frames = error_frames("policy", f"{type(e).__name__}: {e}", next(self._seq), req_seq)
+                else:
+                    t1 = time.monotonic()
+                    with self.stats.lock:
+                        self.stats.inferences += 1
+                        self.stats.infer_ms.append((t1 - t0) * 1e3)
+                        self.stats.queue_ms.append((t0 - t_recv) * 1e3)
+                    dt = self.spec.dt
+                    frames = encode("chunk", next(self._seq), {self.spec.action_key: chunk}, reply_to=req_seq,
+                                    t_obs=t_obs, t_first=t_obs - (self.spec.n_obs_steps - 1) * dt, dt=dt,
+                                    t_recv=t_recv, t_reply=t1, infer_ms=(t1 - t0) * 1e3)
+                try:
+                    out.send_multipart([identity, *frames])
+                except zmq.ZMQError:
+                    break
+        finally:
+            out.close(0)
+
+
+def serve(policy_adapter: PolicyAdapter, address: str = DEFAULT_ADDRESS, curve: ServerCurve | None = None,
+          max_runtime_s: float | None = None, **kwargs: Any) -> PolicyServer:
+    """Serve in the foreground until SIGINT/SIGTERM (or ``max_runtime_s``)."""
+    server = PolicyServer(policy_adapter, address=address, curve=curve, **kwargs)
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+    server.run(stop, max_runtime_s=max_runtime_s)
+    return server
+
+
+def _server_process_main(factory: Callable[..., PolicyAdapter], factory_kwargs: dict[str, Any], address: str,
+                         curve: ServerCurve | None, ready: Any, max_runtime_s: float, server_kwargs: dict) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+    server = PolicyServer(factory(**factory_kwargs), address=address, curve=curve, **server_kwargs)
+    threading.Thread(target=lambda: (server.ready.wait(), ready.set()), daemon=True).start()
+    server.run(max_runtime_s=max_runtime_s)
+
+
+def start_server_process(factory: Callable[..., PolicyAdapter], address: str, factory_kwargs: dict | None = None,
+                         curve: ServerCurve | None = None, max_runtime_s: float = 120.0, timeout_s: float = 30.0,
+                         **server_kwargs: Any):
+    """A server in its own (spawned) process, e.g. to ``kill -9`` it in tests; ``factory`` must be picklable."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    proc = ctx.Process(target=_server_process_main, daemon=True,
+                       args=(factory, factory_kwargs or {}, address, curve, ready, max_runtime_s, server_kwargs))
+    proc.start()
+    if not ready.wait(timeout_s):
+        proc.kill()
+        raise RuntimeError(f"server process did not come up on {address} within {timeout_s}s")
+    return proc
+
+
+__all__ = ["DEFAULT_ADDRESS", "PolicyServer", "ServerStats", "serve", "start_server_process"]
+

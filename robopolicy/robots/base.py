@@ -1,0 +1,136 @@
+"""The robot interface the control loop drives, and a trivial in-process robot for tests."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+SAFE_ACTIONS = ("hold", "stop")
+
+
+@dataclasses.dataclass
+class RobotSpec:
+    """Limits and rates of a robot, in the units of its action (robot units, like the dataset's)."""
+
+    name: str
+    action_dim: int
+    action_low: np.ndarray
+    action_high: np.ndarray
+    max_velocity: np.ndarray | None = None  # action units per second
+    max_acceleration: np.ndarray | None = None  # action units per second^2
+    control_hz: float = 10.0  # the robot driver's own rate
+    safe_action: str | np.ndarray = "hold"  # "hold" (keep the current position), "stop", or a fixed action
+    observation_keys: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.action_low = np.asarray(self.action_low, dtype=np.float64).reshape(self.action_dim)
+        self.action_high = np.asarray(self.action_high, dtype=np.float64).reshape(self.action_dim)
+        for name in ("max_velocity", "max_acceleration"):
+            v = getattr(self, name)
+            if v is not None:
+                setattr(self, name, np.broadcast_to(np.asarray(v, dtype=np.float64), (self.action_dim,)).copy())
+        if isinstance(self.safe_action, str):
+            if self.safe_action not in SAFE_ACTIONS:
+                raise ValueError(f"safe_action must be one of {SAFE_ACTIONS} or an action, got {self.safe_action!r}")
+        else:
+            a = np.asarray(self.safe_action, dtype=np.float64).reshape(-1)
+            if a.shape != (self.action_dim,) or not np.isfinite(a).all():
+                raise ValueError(f"a fixed safe action must be {self.action_dim} finite numbers")
+            self.safe_action = a
+
+
+@dataclasses.dataclass
+class RobotState:
+    observation: dict[str, np.ndarray]
+    t: float  # time.monotonic() at which the observation holds
+    seq: int  # increases with every new observation
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class Robot(ABC):
+    spec: RobotSpec
+
+    @abstractmethod
+    def connect(self) -> None: ...
+
+    @abstractmethod
+    def read_state(self) -> RobotState | None:
+        """The latest observation (non-blocking; None before the first one)."""
+
+    @abstractmethod
+    def send_command(self, action: np.ndarray) -> None:
+        """Set the target the robot tracks until the next command (latest command wins)."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Bring the robot to rest (the ``"stop"`` safe action)."""
+
+    def hold_action(self, state: RobotState | None) -> np.ndarray | None:
+        """The command that keeps the robot where it is (the ``"hold"`` safe action)."""
+        return None
+
+    def safe_command(self, state: RobotState | None) -> np.ndarray | None:
+        """The safe action as a command, or None when the safe action is to call :meth:`stop`."""
+        sa = self.spec.safe_action
+        if isinstance(sa, np.ndarray):
+            return sa.copy()
+        if sa == "hold":
+            return self.hold_action(state)
+        return None
+
+    def disconnect(self) -> None:
+        self.stop()
+
+    def __enter__(self) -> Robot:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.disconnect()
+
+
+class EchoRobot(Robot):
+    """In-process test robot: its position jumps to each command; observations at ``control_hz``."""
+
+    def __init__(self, dim: int = 2, hz: float = 10.0, state_key: str = "observation.state",
+                 low: float = -1e6, high: float = 1e6, start: np.ndarray | None = None, **spec_kw: Any):
+        self.spec = RobotSpec(name="echo", action_dim=dim, action_low=np.full(dim, low), action_high=np.full(dim, high),
+                              control_hz=hz, observation_keys=(state_key,), **spec_kw)
+        self.state_key = state_key
+        self.position = np.zeros(dim) if start is None else np.asarray(start, dtype=np.float64)
+        self.commands: list[tuple[float, np.ndarray]] = []
+        self.stops = 0
+        self.nan_observations = False
+        self._t0 = None
+        self._lock = threading.Lock()
+
+    def connect(self) -> None:
+        self._t0 = time.monotonic()
+
+    def read_state(self) -> RobotState | None:
+        if self._t0 is None:
+            return None
+        k = int((time.monotonic() - self._t0) * self.spec.control_hz)
+        obs = self.position.astype(np.float32)
+        if self.nan_observations:
+            obs = np.full_like(obs, np.nan)
+        return RobotState({self.state_key: obs}, self._t0 + k / self.spec.control_hz, k)
+
+    def send_command(self, action: np.ndarray) -> None:
+        with self._lock:
+            self.commands.append((time.monotonic(), np.asarray(action, dtype=np.float64).copy()))
+            self.position = np.asarray(action, dtype=np.float64).copy()
+
+    def stop(self) -> None:
+        self.stops += 1
+
+    def hold_action(self, state: RobotState | None) -> np.ndarray | None:
+        return self.position.copy()
+
+
+__all__ = ["EchoRobot", "Robot", "RobotSpec", "RobotState", "SAFE_ACTIONS"]
