@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# The CPU build of torch first, so nothing later reaches for CUDA wheels.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[sim,runtime,dev]'
+	$(PY) -m pip install --quiet -e '.[all]'
 	@if $(PY) -m pip list 2>/dev/null | grep -qi '^nvidia-'; then echo "CUDA wheels were installed; refusing" >&2; exit 1; fi
 	touch $(STAMP)
 

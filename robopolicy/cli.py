@@ -27,6 +27,7 @@ commands:
   train     train a policy (configs/train.yaml; policy=<family>)
   eval      evaluate a policy in simulation (configs/eval.yaml; checkpoint=<policy dir>)
   demo      the main job end to end on the bundled PushT demos (configs/demo.yaml)
+  export    export a policy to ONNX / TensorRT (configs/export.yaml; checkpoint=<policy dir>)
   serve     serve a policy over ZeroMQ (configs/serve.yaml; checkpoint=<policy dir or ONNX artifact>)
   run       drive a robot from a policy server (configs/run.yaml; robot=<name> server=<address>)
   keys      generate CurveZMQ keypairs (configs/keys.yaml; dir=<dir>)
@@ -125,6 +126,31 @@ def cmd_demo(cfg: DictConfig) -> dict:
     return summary
 
 
+def cmd_export(cfg: DictConfig) -> Path:
+    """Checkpoint -> ONNX artifact (manifest.json + graphs) for robopolicy.runtime; format=tensorrt adds engines."""
+    import torch
+
+    from robopolicy.export import export_policy
+
+    if not cfg.checkpoint:
+        raise ValueError("export: give checkpoint=<policy dir or training run dir>")
+    if cfg.format not in ("onnx", "tensorrt"):
+        raise ValueError(f"export: format must be 'onnx' or 'tensorrt', got {cfg.format!r}")
+    torch.set_num_threads(1)
+    policy_dir = _resolve_policy_dir(cfg.checkpoint)
+    out = resolve_path(cfg.output) if cfg.output else REPO_ROOT / "outputs" / "export" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    policy = load_policy_for_eval(str(policy_dir), cfg.noise_scheduler_type, cfg.num_inference_steps)
+    path = export_policy(policy, out, graph_kinds=tuple(cfg.graph_kinds), opset=cfg.opset, fused_steps=cfg.fused_steps,
+                         exporter=cfg.exporter, fps=cfg.fps)
+    console.print(f"wrote ONNX artifact of {policy_dir} to {path}")
+    if cfg.format == "tensorrt":
+        from robopolicy.export.tensorrt import build_engines
+
+        engines = build_engines(path, precision=cfg.precision, max_batch=cfg.max_batch)
+        console.print(f"built {len(engines)} TensorRT {cfg.precision} engine(s) in {path / 'tensorrt'}")
+    return path
+
+
 def cmd_serve(cfg: DictConfig) -> dict:
     from robopolicy.deploy.adapter import load_policy_adapter
     from robopolicy.deploy.keys import ServerCurve
@@ -174,7 +200,7 @@ def cmd_keys(cfg: DictConfig) -> dict:
     return {k: [str(p), str(s)] for k, (p, s) in out.items()}
 
 
-COMMANDS = {"convert": cmd_convert, "train": cmd_train, "eval": cmd_eval, "demo": cmd_demo,
+COMMANDS = {"convert": cmd_convert, "train": cmd_train, "eval": cmd_eval, "demo": cmd_demo, "export": cmd_export,
             "serve": cmd_serve, "run": cmd_run, "keys": cmd_keys}
 
 

@@ -148,7 +148,23 @@ class KeysConfig:
     names: list[str] = field(default_factory=lambda: ["server", "client"])
 
 
-SCHEMAS = {"train": TrainConfig, "eval": EvalConfig, "convert": ConvertConfig, "demo": DemoConfig,
+@dataclass
+class ExportConfig:
+    checkpoint: str = ""
+    format: str = "onnx"  # onnx | tensorrt (ONNX, then TensorRT engines from it; needs tensorrt + a CUDA GPU)
+    output: str | None = None  # default outputs/export/<time>
+    graph_kinds: list[str] = field(default_factory=lambda: ["per_step", "fused"])
+    opset: int = 18
+    fused_steps: int | None = None  # steps unrolled into fused.onnx (default: the policy's)
+    exporter: str = "legacy"  # legacy | dynamo
+    fps: float | None = None
+    noise_scheduler_type: str | None = None  # sampler overrides applied before export
+    num_inference_steps: int | None = None
+    precision: str = "fp32"  # tensorrt: fp32 | fp16
+    max_batch: int = 8  # tensorrt optimization profile: batch 1..max_batch
+
+
+SCHEMAS = {"train": TrainConfig, "export": ExportConfig, "eval": EvalConfig, "convert": ConvertConfig, "demo": DemoConfig,
            "serve": ServeConfig, "run": RunConfig, "keys": KeysConfig}
 
 

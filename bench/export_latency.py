@@ -1,0 +1,139 @@
+"""Batch-1 latency of every policy family: torch eager vs ONNX Runtime per-step vs ONNX Runtime fused.
+
+    python bench/export_latency.py [--families diffusion,flow_unet,...] [--seconds 2] [--out DIR]
+
+Default-sized configs (each family's dataclass defaults) with untrained weights, a PushT-like low-dim
+observation (agent position (2,) + block pose (5,)), one thread everywhere (torch, OMP, ORT
+intra-op). Each chunk is a full ``predict_chunk`` in robot units (normalization included). Peak RSS
+is that of a separate runtime-only process (torch blocked from importing) that loads the artifact
+and predicts chunks with both graph kinds. Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+FAMILIES = {
+    "diffusion": {"type": "diffusion"},  # UNet (64, 128, 256), DDIM 10 steps
+    "flow_unet": {"type": "flow", "backbone": "unet"},  # Euler 10 steps
+    "flow_transformer": {"type": "flow", "backbone": "transformer"},
+    "sfp_d": {"type": "sfp", "variant": "deterministic"},  # 15 actions x 6 Euler steps
+    "sfp_s": {"type": "sfp", "variant": "stochastic"},
+    "act": {"type": "act"},
+    "mlp": {"type": "mlp"},
+}
+FEATURES = {"observation.state": (2,), "observation.environment_state": (5,)}
+
+RSS_PROBE = """
+import importlib.abc, sys
+class _Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch blocked")
+sys.meta_path.insert(0, _Block())
+import numpy as np
+from robopolicy.runtime import OnnxPolicy
+for graph in ("per_step", "fused"):
+    p = OnnxPolicy.load(sys.argv[1], graph=graph)
+    obs = {f[0]: np.random.default_rng(0).standard_normal((1, p.n_obs_steps, *f[1])).astype(np.float32)
+           for f in p.input_features}
+    for _ in range(5):
+        p.predict_chunk(obs)
+# VmHWM, not ru_maxrss: the latter keeps the forking parent's high-water mark across exec.
+hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM")][0]
+print(int(hwm.split()[1]) / 1024)
+"""
+
+
+def make_policy(cfg: dict):
+    from robopolicy.configs import policy_config_from
+    from robopolicy.data.normalize import Normalizer
+    from robopolicy.policies.base import FeatureSpec
+    from robopolicy.policies.registry import get_policy_class
+
+    inputs = [FeatureSpec(k, s) for k, s in FEATURES.items()]
+    config = policy_config_from(cfg, input_features=inputs, output_features=[FeatureSpec("action", (2,))],
+                                normalization={k: "min_max" for k in [*FEATURES, "action"]})
+    stats = {k: {"min": [-1.0] * s[0], "max": [1.0] * s[0]} for k, s in {**FEATURES, "action": (2,)}.items()}
+    policy = get_policy_class(config.type)(config, Normalizer(stats, config.normalization))
+    return policy.eval()
+
+
+def timeit(fn, seconds: float, min_iters: int = 10, max_iters: int = 500) -> np.ndarray:
+    fn()  # warm-up
+    fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < max_iters and (len(times) < min_iters or time.perf_counter() - start < seconds):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return np.asarray(times)
+
+
+def fmt(ms: np.ndarray) -> str:
+    return f"{np.percentile(ms, 50):.2f} / {np.percentile(ms, 99):.2f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--families", default=",".join(FAMILIES))
+    ap.add_argument("--seconds", type=float, default=1.5, help="timing budget per measurement")
+    ap.add_argument("--out", default=None, help="where to write the artifacts (default: a temp dir)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    from robopolicy.export import export_policy
+    from robopolicy.runtime import OnnxPolicy
+
+    out_root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="export_latency_"))
+    rows = []
+    for name in args.families.split(","):
+        policy = make_policy(FAMILIES[name])
+        n_params = sum(p.numel() for p in policy.parameters())
+        t0 = time.perf_counter()
+        path = export_policy(policy, out_root / name)
+        export_s = time.perf_counter() - t0
+        rng = np.random.default_rng(0)
+        obs_np = {k: rng.uniform(-1, 1, (1, policy.config.n_obs_steps, *s)).astype(np.float32)
+                  for k, s in FEATURES.items()}
+        obs_t = {k: torch.as_tensor(v) for k, v in obs_np.items()}
+        gen = torch.Generator().manual_seed(0)
+        eager = timeit(lambda p=policy, o=obs_t, g=gen: p.predict_chunk(o, generator=g), args.seconds)
+        results = {}
+        for graph in ("per_step", "fused"):
+            rt = OnnxPolicy.load(path, graph=graph, intra_op_threads=1)
+            results[graph] = timeit(lambda rt=rt, o=obs_np, r=rng: rt.predict_chunk(o, rng=r), args.seconds)
+        probe = subprocess.run([sys.executable, "-c", RSS_PROBE, str(path)], capture_output=True, text=True,
+                               env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}, timeout=300)
+        rss = f"{float(probe.stdout.strip().splitlines()[-1]):.0f}" if probe.returncode == 0 else "error"
+        if probe.returncode != 0:
+            print(probe.stderr, file=sys.stderr)
+        size_mb = sum((path / f).stat().st_size for f in os.listdir(path)) / 1e6
+        rows.append((name, f"{n_params / 1e6:.2f}", fmt(eager), fmt(results["per_step"]), fmt(results["fused"]),
+                     f"{np.median(eager) / np.median(results['per_step']):.1f}x",
+                     f"{np.median(eager) / np.median(results['fused']):.1f}x", rss, f"{size_mb:.1f}", f"{export_s:.1f}"))
+        print(f"done {name}", file=sys.stderr, flush=True)
+    header = ("family", "params (M)", "torch eager p50/p99 ms", "ORT per-step p50/p99 ms", "ORT fused p50/p99 ms",
+              "speed-up per-step", "speed-up fused", "runtime peak RSS (MiB)", "artifact (MB)", "export (s)")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---" for _ in header) + "|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    print(f"\nbatch 1, 1 thread (torch, OMP, ORT intra-op); artifacts in {out_root}")
+
+
+if __name__ == "__main__":
+    main()

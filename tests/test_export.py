@@ -1,0 +1,348 @@
+"""ONNX export and the torch-free runtime: parity with torch for every family and graph kind, queues,
+SFP streaming, ACT ensembling, and clear errors for bad artifacts."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from robopolicy.data.reader import LeRobotDataset
+from robopolicy.export import export_policy
+from robopolicy.runtime import ArtifactError, OnnxPolicy, sha256_file
+from robopolicy.train.trainer import make_policy_for_dataset
+
+TOL = 1e-4
+B = 3
+
+CONFIGS = {
+    "diffusion": {"type": "diffusion", "n_obs_steps": 2, "horizon": 8, "n_action_steps": 4, "down_dims": [32, 64],
+                  "step_embed_dim": 32, "num_inference_steps": 5, "noise_scheduler_type": "DDIM"},
+    "flow_unet": {"type": "flow", "backbone": "unet", "n_obs_steps": 2, "horizon": 8, "n_action_steps": 4,
+                  "down_dims": [32, 64], "step_embed_dim": 32, "num_inference_steps": 3, "integrator": "rk4"},
+    "flow_transformer": {"type": "flow", "backbone": "transformer", "n_obs_steps": 2, "horizon": 8,
+                         "n_action_steps": 4, "n_embd": 32, "n_layer": 2, "n_head": 2, "num_inference_steps": 4,
+                         "integrator": "euler"},
+    "sfp_d": {"type": "sfp", "variant": "deterministic", "n_obs_steps": 2, "horizon": 6, "n_action_steps": 3,
+              "hidden_dim": 32, "n_layers": 2, "time_embed_dim": 16, "integration_steps_per_action": 2},
+    "sfp_s": {"type": "sfp", "variant": "stochastic", "n_obs_steps": 2, "horizon": 6, "n_action_steps": 3,
+              "hidden_dim": 32, "n_layers": 2, "time_embed_dim": 16, "integration_steps_per_action": 2,
+              "integrator": "midpoint", "start_from_observation_key": "observation.state"},
+    "act": {"type": "act", "n_obs_steps": 1, "horizon": 6, "n_action_steps": 3, "dim_model": 32, "n_heads": 4,
+            "dim_feedforward": 64, "n_encoder_layers": 1, "n_decoder_layers": 1, "latent_dim": 8,
+            "n_vae_encoder_layers": 1, "temporal_ensemble_coeff": 0.01},
+    "mlp": {"type": "mlp", "n_obs_steps": 2, "horizon": 4, "n_action_steps": 2, "hidden_dims": [32, 32]},
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def make_policy(dataset_root: Path, name: str, **overrides):
+    ds = LeRobotDataset(dataset_root)
+    policy = make_policy_for_dataset({**CONFIGS[name], **overrides}, ds, ["observation.state"], "action", "min_max")
+    torch.manual_seed(0)
+    with torch.no_grad():  # random, non-trivial weights (some families zero-init their last layer)
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return policy.eval()
+
+
+def random_history(policy, batch: int = B, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    c = policy.config
+    return {f.key: rng.uniform(-1.5, 1.5, (batch, c.n_obs_steps, *f.shape)).astype(np.float32)
+            for f in c.input_features}
+
+
+def noise_shape(policy, batch: int = B) -> tuple[int, ...]:
+    if policy.name == "sfp":
+        return (batch, policy.state_dim)
+    return (batch, policy.config.horizon, policy.config.action_dim)
+
+
+@torch.no_grad()
+def torch_chunk(policy, history: dict[str, np.ndarray], noise: np.ndarray | None) -> np.ndarray:
+    obs = {k: policy.normalizer.normalize(k, torch.as_tensor(v)) for k, v in history.items()}
+    kwargs = {} if noise is None else {"noise": torch.as_tensor(noise)}
+    out = policy.generate_actions(obs, **kwargs)
+    return policy.normalizer.unnormalize(policy.action_key, out).numpy()
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    """One exported artifact per family config (exports cost a few seconds; share them)."""
+    from tests.conftest import linear_mapping_episodes, write_dataset
+
+    root = tmp_path_factory.mktemp("export")
+    dataset = write_dataset(root / "ds", linear_mapping_episodes())
+    torch.set_num_threads(1)
+    out = {}
+    for name in CONFIGS:
+        policy = make_policy(dataset, name)
+        path = export_policy(policy, root / name, fps=10)
+        out[name] = (policy, path)
+    return out
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("graph", ["per_step", "fused"])
+def test_parity_random_inputs(artifacts, name, graph):
+    policy, path = artifacts[name]
+    runtime = OnnxPolicy.load(path, graph=graph)
+    history = random_history(policy, seed=1)
+    noise = None if name in ("act", "mlp") else np.random.default_rng(2).standard_normal(noise_shape(policy)).astype(np.float32)
+    policy.reset()
+    expected = torch_chunk(policy, history, noise)
+    got = runtime.predict_chunk(history, noise=noise)
+    assert got.shape == (B, policy.config.horizon, policy.config.action_dim)
+    assert np.abs(expected).max() > 1e-3  # not a trivially-zero comparison
+    np.testing.assert_allclose(got, expected, atol=TOL, rtol=0)
+
+
+def test_manifest_contents(artifacts):
+    policy, path = artifacts["diffusion"]
+    m = json.loads((path / "manifest.json").read_text())
+    assert m["family"] == "diffusion" and m["opset"] == 18 and m["fps"] == 10
+    assert (m["n_obs_steps"], m["horizon"], m["n_action_steps"]) == (2, 8, 4)
+    assert set(m["files"]) == {"encoder.onnx", "step.onnx", "fused.onnx"}
+    s = m["sampler"]
+    sched = policy.sampling_scheduler
+    sched.set_timesteps(policy.config.num_inference_steps)
+    assert s["tables"]["timesteps"] == [int(t) for t in sched.timesteps]
+    assert len(s["alphas_cumprod"]) == policy.config.num_train_timesteps
+    assert m["graphs"]["fused"]["sampler"] == "DDIM"
+    assert m["normalization"]["modes"] == {"observation.state": "min_max", "action": "min_max"}
+    import onnx
+
+    for f in m["files"]:
+        model = onnx.load(str(path / f))
+        assert {o.domain: o.version for o in model.opset_import}.get("", 0) == 18
+        for inp in model.graph.input:  # only the batch axis is dynamic
+            dims = inp.type.tensor_type.shape.dim
+            assert dims[0].dim_param and all(d.dim_value > 0 for d in dims[1:]), (f, inp.name)
+    assert json.loads((artifacts["act"][1] / "manifest.json").read_text())["sampler"] == {"temporal_ensemble_coeff": 0.01}
+    sfp = json.loads((artifacts["sfp_s"][1] / "manifest.json").read_text())["sampler"]
+    assert sfp["variant"] == "stochastic" and sfp["n_knots"] == 6 and sfp["state_dim"] == 4
+
+
+def _drive_torch(policy, observations, noises):
+    """torch select_action with the given noise for each new chunk."""
+    original = policy.generate_actions
+    it = iter(noises)
+    policy.generate_actions = lambda obs, generator=None: original(obs, noise=torch.as_tensor(next(it)))
+    try:
+        policy.reset()
+        return [policy.select_action(o) for o in observations]
+    finally:
+        del policy.generate_actions
+
+
+def _drive_runtime(runtime, observations, noises):
+    it = iter(noises)
+    runtime.reset()
+    out = []
+    for o in observations:
+        noise = next(it) if runtime.needs_new_chunk else None
+        out.append(runtime.select_action(o, noise=noise))
+    return out
+
+
+@pytest.mark.parametrize("name,graph", [("diffusion", "per_step"), ("diffusion", "fused"), ("sfp_d", "per_step"),
+                                        ("sfp_s", "fused"), ("flow_unet", "per_step")])
+def test_select_action_sequence_matches_torch(artifacts, name, graph):
+    policy, path = artifacts[name]
+    runtime = OnnxPolicy.load(path, graph=graph)
+    rng = np.random.default_rng(3)
+    observations = [{"observation.state": rng.uniform(-1, 1, 2).astype(np.float32)} for _ in range(9)]
+    noises = [rng.standard_normal(noise_shape(policy, 1)).astype(np.float32) for _ in range(9)]
+    expected = _drive_torch(policy, observations, noises)
+    got = _drive_runtime(runtime, observations, noises)
+    assert got[0].shape == (2,)
+    np.testing.assert_allclose(np.stack(got), np.stack(expected), atol=TOL, rtol=0)
+    if name.startswith("sfp"):
+        np.testing.assert_allclose(runtime.last_action, policy.last_action.numpy(), atol=TOL)
+
+
+def test_act_temporal_ensembling_matches_torch(artifacts):
+    policy, path = artifacts["act"]
+    runtime = OnnxPolicy.load(path)
+    assert runtime.ensembler is not None
+    rng = np.random.default_rng(4)
+    observations = [{"observation.state": rng.uniform(-1, 1, (2, 2)).astype(np.float32)} for _ in range(10)]
+    policy.reset()
+    runtime.reset()
+    expected = [policy.select_action(o) for o in observations]
+    got = [runtime.select_action(o) for o in observations]
+    assert got[0].shape == (2, 2)  # batched
+    assert runtime.ensembler.num_live == policy.ensembler.num_live == policy.config.horizon - 1
+    np.testing.assert_allclose(np.stack(got), np.stack(expected), atol=TOL, rtol=0)
+
+
+def test_sfp_stream_order_matches_torch(artifacts):
+    policy, path = artifacts["sfp_s"]
+    history = random_history(policy, batch=2, seed=5)
+    noise = np.random.default_rng(6).standard_normal((2, policy.state_dim)).astype(np.float32)
+    policy.reset()
+    expected = [a.numpy() for a in policy.stream_actions(history, noise=torch.as_tensor(noise), n_actions=4)]
+    for graph in ("per_step", "fused"):
+        runtime = OnnxPolicy.load(path, graph=graph)
+        got = list(runtime.stream_actions(history, noise=noise, n_actions=4))
+        assert len(got) == 4
+        np.testing.assert_allclose(np.stack(got), np.stack(expected), atol=TOL, rtol=0)
+        np.testing.assert_allclose(runtime.last_action, expected[-1], atol=TOL)
+
+
+def test_diffusion_warm_start_matches_torch(artifacts, tmp_path):
+    policy, _ = artifacts["diffusion"]
+    policy.set_sampling_mode("warm_start", warm_start_fraction=0.6)
+    try:
+        path = export_policy(policy, tmp_path / "warm", graph_kinds=("per_step",))
+        runtime = OnnxPolicy.load(path)
+        rng = np.random.default_rng(7)
+        observations = [{"observation.state": rng.uniform(-1, 1, 2).astype(np.float32)} for _ in range(12)]
+        noises = [rng.standard_normal(noise_shape(policy, 1)).astype(np.float32) for _ in range(12)]
+        expected = _drive_torch(policy, observations, noises)
+        got = _drive_runtime(runtime, observations, noises)
+        np.testing.assert_allclose(np.stack(got), np.stack(expected), atol=TOL, rtol=0)
+    finally:
+        policy.set_sampling_mode("standard")
+
+
+def test_host_sampler_overrides(artifacts):
+    policy, path = artifacts["diffusion"]
+    runtime = OnnxPolicy.load(path)
+    history = random_history(policy, seed=8)
+    noise = np.random.default_rng(9).standard_normal(noise_shape(policy)).astype(np.float32)
+    runtime.set_sampler("DDIM", 10)  # any step count from the per-step graph
+    policy.set_sampler("DDIM", 10)
+    try:
+        np.testing.assert_allclose(runtime.predict_chunk(history, noise=noise), torch_chunk(policy, history, noise),
+                                   atol=TOL)
+    finally:
+        policy.set_sampler("DDIM", 5)
+    runtime.set_sampler("DDPM", 5)  # stochastic: runs, stays in the clipped action range
+    chunk = runtime.predict_chunk(history, rng=np.random.default_rng(0))
+    lo, hi = (np.asarray(runtime.manifest["normalization"]["stats"]["action"][k]) for k in ("min", "max"))
+    assert np.all(chunk >= lo - 1e-4) and np.all(chunk <= hi + 1e-4)
+
+
+def test_evaluate_factory_is_picklable(artifacts):
+    import pickle
+
+    _, path = artifacts["mlp"]
+    factory = functools.partial(OnnxPolicy.load, str(path))
+    policy = pickle.loads(pickle.dumps(factory))()
+    policy.reset()
+    assert policy.needs_new_chunk
+    assert policy.select_action({"observation.state": np.zeros(2, np.float32)}).shape == (2,)
+    assert not policy.needs_new_chunk
+
+
+# ---- bad artifacts ---------------------------------------------------------------------------------
+def _copy(path: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    dst = tmp_path / "copy"
+    shutil.copytree(path, dst)
+    return dst
+
+
+def test_missing_file(artifacts, tmp_path):
+    d = _copy(artifacts["mlp"][1], tmp_path)
+    (d / "policy.onnx").unlink()
+    with pytest.raises(ArtifactError, match="policy.onnx: missing file"):
+        OnnxPolicy.load(d)
+    (d / "manifest.json").unlink()
+    with pytest.raises(ArtifactError, match="missing manifest"):
+        OnnxPolicy.load(d)
+
+
+def test_altered_file(artifacts, tmp_path):
+    d = _copy(artifacts["mlp"][1], tmp_path)
+    data = bytearray((d / "policy.onnx").read_bytes())
+    data[-10] ^= 0xFF
+    (d / "policy.onnx").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="policy.onnx: hash mismatch, artifact altered"):
+        OnnxPolicy.load(d)
+
+
+def test_manifest_version_mismatch(artifacts, tmp_path):
+    d = _copy(artifacts["mlp"][1], tmp_path)
+    m = json.loads((d / "manifest.json").read_text())
+    m["format_version"] = 99
+    (d / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match="format_version 99 is not supported"):
+        OnnxPolicy.load(d)
+
+
+def test_unsupported_opset(artifacts, tmp_path):
+    import onnx
+
+    d = _copy(artifacts["mlp"][1], tmp_path)
+    model = onnx.load(str(d / "policy.onnx"))
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            o.version = 99
+    onnx.save(model, str(d / "policy.onnx"))
+    m = json.loads((d / "manifest.json").read_text())
+    m["files"]["policy.onnx"] = sha256_file(d / "policy.onnx")  # a consistent artifact, just unsupported
+    (d / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match="policy.onnx: ONNX Runtime .* cannot load this graph"):
+        OnnxPolicy.load(d)
+
+
+def test_wrong_input_shapes(artifacts):
+    policy, path = artifacts["diffusion"]
+    runtime = OnnxPolicy.load(path)
+    with pytest.raises(ValueError, match=r"observation 'observation.state': expected shape \(B, 2, 2\), got \(3, 2, 5\)"):
+        runtime.predict_chunk({"observation.state": np.zeros((3, 2, 5), np.float32)})
+    with pytest.raises(ValueError, match=r"observation 'observation.state': expected shape \(2,\)"):
+        runtime.select_action({"observation.state": np.zeros(3, np.float32)})
+    with pytest.raises(ValueError, match=r"noise must have shape \(3, 8, 2\)"):
+        runtime.predict_chunk(random_history(policy), noise=np.zeros((3, 8, 3), np.float32))
+    with pytest.raises(KeyError, match="observation.state"):
+        runtime.select_action({"state": np.zeros(2, np.float32)})
+
+
+def test_missing_provider_is_a_clear_error(artifacts):
+    with pytest.raises(RuntimeError, match="execution provider 'CUDAExecutionProvider' is not available"):
+        OnnxPolicy.load(artifacts["mlp"][1], providers=("cuda", "cpu"))
+
+
+def test_unsupported_sampler_is_a_clear_error(artifacts, tmp_path):
+    policy, _ = artifacts["diffusion"]
+    policy.set_sampler("DPMSolver++")
+    try:
+        path = export_policy(policy, tmp_path / "dpm", graph_kinds=("per_step",))
+    finally:
+        policy.set_sampler("DDIM")
+    runtime = OnnxPolicy.load(path)
+    with pytest.raises(NotImplementedError, match="set_sampler\\('DDIM'\\)"):
+        runtime.predict_chunk(random_history(policy))
+    runtime.set_sampler("DDIM")
+    assert runtime.predict_chunk(random_history(policy)).shape == (B, 8, 2)
+
+
+def test_tensorrt_without_tensorrt_is_a_clear_error(artifacts, tmp_path):
+    from robopolicy.export import tensorrt as trt_export
+
+    if trt_export.tensorrt_available():
+        pytest.skip("TensorRT is installed here; the engine build is covered by test_tensorrt_engines")
+    with pytest.raises(RuntimeError, match="TensorRT"):
+        trt_export.build_engines(artifacts["mlp"][1], tmp_path / "engines")
+
+
+def test_tensorrt_engines(artifacts, tmp_path):
+    from robopolicy.export import tensorrt as trt_export
+
+    if not trt_export.tensorrt_available():
+        pytest.skip("needs the tensorrt Python package and a CUDA GPU (none on this machine)")
+    engines = trt_export.build_engines(artifacts["mlp"][1], tmp_path / "engines", precision="fp16", max_batch=4)
+    assert engines and all(p.is_file() for p in engines.values())
