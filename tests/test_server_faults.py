@@ -94,7 +94,7 @@ def test_server_survives_edge_cases_and_counts(fuzz_server):
     sock.send_multipart(encode("chunk", 3, {"action": np.zeros((4, 2))}, t_first=0.0, dt=0.1))  # wrong direction
     sock.send_multipart(encode("infer", 4, {"observation.state": np.full((2, 2), np.nan, np.float32)}, t_obs=0.0))
     kinds = []
-    deadline = time.monotonic() + 2
+    deadline = time.monotonic() + 10  # generous: CI machines are loaded
     while len(kinds) < 4 and time.monotonic() < deadline:
         if sock.poll(100):
             kinds.append(decode(sock.recv_multipart()).get("kind"))
