@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	# The CPU build of torch first, so nothing later reaches for CUDA wheels.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[all]'
+	# robosuite without its mink pin (numpy<2 breaks pyarrow); the Panda OSC controllers don't use mink.
+	$(PY) -m pip install --quiet --no-deps 'robosuite==1.5.*'
 	@if $(PY) -m pip list 2>/dev/null | grep -qi '^nvidia-'; then echo "CUDA wheels were installed; refusing" >&2; exit 1; fi
 	touch $(STAMP)
 

@@ -37,8 +37,16 @@ Add --cfg to print the composed config and exit. Overrides use Hydra syntax.
 
 
 def cmd_convert(cfg: DictConfig) -> Path:
+    if cfg.source == "robomimic_hdf5":
+        from robopolicy.data.importers.robomimic_hdf5 import convert_robomimic_hdf5
+
+        out = convert_robomimic_hdf5(resolve_path(cfg.input), resolve_path(cfg.output), max_episodes=cfg.max_episodes,
+                                     image_keys=None if cfg.with_images else [], overwrite=cfg.overwrite,
+                                     video_codec=cfg.video_codec, video_crf=cfg.video_crf)
+        console.print(f"wrote LeRobot v3.0 dataset to {out}")
+        return out
     if cfg.source != "pusht_zarr":
-        raise ValueError(f"convert: unknown source {cfg.source!r} (known: pusht_zarr)")
+        raise ValueError(f"convert: unknown source {cfg.source!r} (known: pusht_zarr, robomimic_hdf5)")
     from robopolicy.data.importers.diffusion_policy_zarr import convert_pusht_zarr
 
     out = convert_pusht_zarr(resolve_path(cfg.input), resolve_path(cfg.output), max_episodes=cfg.max_episodes,

@@ -98,7 +98,7 @@ class TrainConfig:
 
 @dataclass
 class ConvertConfig:
-    source: str = "pusht_zarr"
+    source: str = "pusht_zarr"  # pusht_zarr | robomimic_hdf5
     input: str = "../shared/data/pusht/pusht_cchi_v7_replay.zarr"
     output: str = "datasets/pusht/lerobot"
     max_episodes: int | None = None

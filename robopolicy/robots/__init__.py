@@ -14,11 +14,19 @@ def make_robot(name: str, **kwargs: Any) -> Robot:
         return SimPushTRobot(**kwargs)
     if name == "echo":
         return EchoRobot(**kwargs)
+    if name == "sim_arm":
+        from robopolicy.robots.sim_arm import SimArm
+
+        return SimArm(**kwargs)
+    if name == "bridge_arm":
+        from robopolicy.robots.sim_arm import BridgeArm
+
+        return BridgeArm(**kwargs)
     raise KeyError(f"unknown robot {name!r}; available: {available_robots()}")
 
 
 def available_robots() -> list[str]:
-    return ["echo", "sim_pusht"]
+    return ["bridge_arm", "echo", "sim_arm", "sim_pusht"]
 
 
 __all__ = ["EchoRobot", "Robot", "RobotSpec", "RobotState", "available_robots", "make_robot"]

@@ -1,0 +1,1 @@
+"""Scripted expert controllers that produce the same actions a policy would (for demonstrations)."""

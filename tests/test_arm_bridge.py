@@ -1,0 +1,146 @@
+"""Arm bridge message set over loopback ipc: state stream, latest-wins commands, watchdog, e-stop, validation."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+zmq = pytest.importorskip("zmq")
+
+from robopolicy.deploy.arm_bridge import (  # noqa: E402
+    ArmBridge,
+    ArmClient,
+    ArmSpec,
+    KinematicArm,
+    decode_arm,
+    encode_arm,
+    pack_frames,
+    unpack_frames,
+)
+from robopolicy.deploy.protocol import ProtocolError  # noqa: E402
+
+
+def addrs():
+    base = f"ipc:///tmp/robopolicy-test-arm-{uuid.uuid4().hex[:8]}"
+    return f"{base}-s", f"{base}-c", f"{base}-r"
+
+
+@pytest.fixture
+def bridge():
+    a = addrs()
+    arm = KinematicArm(ArmSpec(dof=0, rate_hz=100.0, watchdog_s=0.15, max_step_pos=0.05))
+    b = ArmBridge(arm, *a)
+    t = threading.Thread(target=b.run, kwargs={"max_runtime_s": 20.0}, daemon=True)
+    t.start()
+    client = ArmClient(*a, timeout_s=2.0)
+    yield b, arm, client
+    client.close()
+    b.stop()
+    t.join(5)
+    b.close()
+
+
+def wait_for(pred, timeout=3.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_codec_roundtrip_and_rejections():
+    frames = encode_arm("arm_cmd", 3, {"target": np.arange(6.0), "gripper": np.array([1.0])}, mode="ee_delta")
+    msg = decode_arm(frames)
+    assert msg.type == "arm_cmd" and msg.get("mode") == "ee_delta"
+    np.testing.assert_array_equal(msg.arrays["target"], np.arange(6.0))
+    bad = encode_arm("arm_cmd", 4, {"target": np.array([np.nan] * 6)}, mode="ee_delta")
+    with pytest.raises(ProtocolError) as e:
+        decode_arm(bad)
+    assert e.value.kind == "nonfinite"
+    with pytest.raises(ProtocolError):
+        encode_arm("launch_missiles", 1)
+    assert decode_arm(unpack_frames(pack_frames(frames))).arrays["gripper"][0] == 1.0
+    with pytest.raises(ProtocolError):
+        unpack_frames(b"\x93\x01\x02\x03")  # a list, but not of binary frames
+    with pytest.raises(ProtocolError) as e:
+        decode_arm([frames[0], b"\0" * 3, frames[2]])
+    assert e.value.kind == "shape"
+
+
+def test_state_commands_watchdog_and_estop(bridge):
+    b, arm, client = bridge
+    spec = client.hello()
+    assert spec["rate_hz"] == 100.0 and "ee_delta" in spec["modes"]
+    assert wait_for(lambda: client.poll_state() is not None)
+    z0 = float(client.state.arrays["ee_pos"][2])
+    # ee_pose target far away: approached at most max_step_pos per tick
+    n = 0
+    t_end = time.monotonic() + 0.3
+    while time.monotonic() < t_end:
+        client.send("ee_pose", np.array([0.0, 0.0, z0 + 0.2, 0, 0, 0, 1]), 1.0)
+        n += 1
+        time.sleep(0.01)
+    assert wait_for(lambda: abs(client.poll_state().arrays["ee_pos"][2] - (z0 + 0.2)) < 1e-6)
+    assert client.state.arrays["gripper"][0] == 1.0
+    assert n < 100  # bounded traffic
+    # watchdog: stale commands are not applied
+    before = b.watchdog_holds
+    time.sleep(0.3)
+    assert b.watchdog_holds > before
+    # NaN, wrong shape and unsupported mode are rejected on the arm side
+    rejected = b.rejected
+    client.push.send(pack_frames(encode_arm("arm_cmd", 99, {"target": np.zeros(3)}, mode="ee_delta")))
+    assert wait_for(lambda: b.rejected >= rejected + 1)
+    client.push.send(pack_frames(encode_arm("arm_cmd", 100, {"target": np.zeros(5)}, mode="joint")))
+    assert wait_for(lambda: b.rejected >= rejected + 2)
+    client.push.send(b"not msgpack frames")
+    assert wait_for(lambda: b.rejected >= rejected + 3)
+    # e-stop latches: commands are ignored until clear_estop
+    client.estop()
+    pos = client.poll_state(0.1).arrays["ee_pos"].copy()
+    for _ in range(10):
+        client.send("ee_delta", np.array([0.01, 0, 0, 0, 0, 0]), 1.0)
+        time.sleep(0.01)
+    state = client.poll_state(0.1)
+    assert state.get("estopped") is True
+    np.testing.assert_allclose(state.arrays["ee_pos"], pos)
+    client.clear_estop()
+    assert wait_for(lambda: client.poll_state().get("estopped") is False)
+    for _ in range(5):
+        client.send("ee_delta", np.array([0.01, 0, 0, 0, 0, 0]), 1.0)
+        time.sleep(0.02)
+    assert wait_for(lambda: client.poll_state().arrays["ee_pos"][0] > pos[0] + 0.005)
+    # control channel rejects command types with an error reply
+    with pytest.raises(ProtocolError):
+        client.request("arm_state")
+
+
+def test_client_times_out_without_an_arm():
+    client = ArmClient(*addrs(), timeout_s=0.2)
+    try:
+        with pytest.raises(TimeoutError):
+            client.hello()
+        assert client.poll_state(0.05) is None
+    finally:
+        client.close()
+
+
+def test_sim_arm_robot_with_kinematic_bridge_process():
+    from robopolicy.robots.sim_arm import SimArm
+
+    robot = SimArm(backend="kinematic", rate_hz=50.0, max_runtime_s=60.0)
+    with robot:
+        st = robot.read_state()
+        assert st is not None and st.observation["observation.state"].shape == (8,)
+        z0 = st.observation["observation.state"][2]
+        assert robot.safe_command(st).tolist() == [0, 0, 0, 0, 0, 0, -1.0]
+        for _ in range(10):
+            robot.send_command(np.array([0, 0, 1.0, 0, 0, 0, 1.0]))
+            time.sleep(0.03)
+        assert wait_for(lambda: robot.read_state().observation["observation.state"][2] > z0 + 0.04)
+        assert robot.read_state().observation["observation.state"][7] == 1.0

@@ -1,0 +1,135 @@
+"""Quadrotor simulator (L2F), SE(3) expert, DART recording to LeRobot v3.0, setpoint teleop."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("l2f", reason="L2F not installed (pip install l2f: an sdist, builds with gcc)")
+
+from robopolicy.experts.quadrotor import (  # noqa: E402
+    KeyboardSetpoints,
+    SE3Controller,
+    SetpointTeleop,
+    expert_rollout,
+    record_demonstrations,
+    scripted_setpoints,
+)
+from robopolicy.sim.quadrotor import (  # noqa: E402
+    OBS_DIM,
+    STATE_KEY,
+    QuadrotorConfig,
+    QuadrotorEnv,
+    QuadrotorVecEnv,
+    crazyflie_model,
+    figure8_target,
+    summarize,
+)
+
+
+def test_model_hover_action_balances_gravity():
+    m = crazyflie_model()
+    assert 0.02 < m.mass < 0.05 and m.gravity == pytest.approx(9.81)
+    a = m.hover_action
+    assert -1 < a < 1
+    assert 4 * m.action_to_thrust(np.array([a]))[0] == pytest.approx(m.mass * m.gravity, rel=1e-6)
+
+
+def test_observation_layout_matches_state():
+    env = QuadrotorVecEnv(2, task="hover", seed=3)
+    obs = env.reset(seed=3)
+    assert obs.shape == (2, OBS_DIM) and np.isfinite(obs).all()
+    R = obs[:, 3:12].reshape(2, 3, 3)
+    np.testing.assert_allclose(R @ np.transpose(R, (0, 2, 1)), np.broadcast_to(np.eye(3), (2, 3, 3)), atol=1e-5)
+    states = env.backend.state.states
+    for i in range(2):
+        np.testing.assert_allclose(obs[i, 0:3], np.asarray(states[i].position), atol=1e-6)
+        np.testing.assert_allclose(obs[i, 12:15], np.asarray(states[i].linear_velocity), atol=1e-6)
+        np.testing.assert_allclose(obs[i, 15:18], np.asarray(states[i].angular_velocity), atol=1e-6)
+
+
+def test_free_fall_crashes_into_the_ground():
+    env = QuadrotorVecEnv(1, task="waypoint", seed=0)
+    env.reset(seed=0)
+    states = env.backend.state.states  # a copy: level, at rest, equal rotor speeds
+    s = states[0]
+    s.position, s.orientation, s.linear_velocity, s.angular_velocity, s.rpm = [0, 0, 0], [1, 0, 0, 0], [0] * 3, [0] * 3, [0.5] * 4
+    env.backend.state.states = states
+    for _ in range(200):
+        _, _, term, _, infos = env.step(-np.ones((1, 4)))
+        if term[0]:
+            break
+    assert term[0] and infos["final"][0][1].crash and infos["final"][0][1].crash_reason == "ground"
+
+
+def test_gym_env_api():
+    env = QuadrotorEnv(QuadrotorConfig(task="hover", episode_s=0.2))
+    obs, info = env.reset(seed=1)
+    assert obs[STATE_KEY].shape == (OBS_DIM,) and env.action_space.shape == (4,)
+    done, steps = False, 0
+    while not done:
+        obs, r, term, trunc, info = env.step(env.action_space.sample())
+        done, steps = term or trunc, steps + 1
+    assert "episode" in info and steps <= 20
+
+
+def test_expert_hovers_and_recovers():
+    stats = expert_rollout("hover", n_episodes=16, n_envs=8, seed=0)
+    s = summarize(stats)
+    assert s["success_rate"] >= 0.9 and s["crash_rate"] == 0.0, s
+
+
+def test_expert_reaches_waypoints():
+    s = summarize(expert_rollout("waypoint", n_episodes=16, n_envs=8, seed=1))
+    assert s["success_rate"] >= 0.9 and s["crash_rate"] == 0.0, s
+
+
+def test_expert_tracks_figure8():
+    s = summarize(expert_rollout("figure8", n_episodes=4, n_envs=4, seed=2))
+    assert s["crash_rate"] == 0.0 and s["rmse_mean"] < 0.15, s
+
+
+def test_figure8_target_derivatives():
+    cfg = QuadrotorConfig(task="figure8")
+    t = np.linspace(0, 10, 2001)
+    p, v, a = figure8_target(t, cfg)
+    dt = t[1] - t[0]
+    np.testing.assert_allclose(np.gradient(p, dt, axis=0)[5:-5], v[5:-5], atol=2e-3)
+    smooth = np.abs(t - cfg.figure8_ramp_s) > 0.01  # the acceleration steps where the speed-up ramp ends
+    smooth[:5] = smooth[-5:] = False
+    np.testing.assert_allclose(np.gradient(v, dt, axis=0)[smooth], a[smooth], atol=2e-2)
+    assert np.allclose(p[0], 0) and np.allclose(v[0], 0)
+
+
+def test_record_dart_demonstrations(tmp_path):
+    out = record_demonstrations(tmp_path / "ds", task="hover", n_episodes=4, n_envs=4, seed=0, dart_noise=0.05,
+                                config=QuadrotorConfig(episode_s=3.0))
+    assert out["episodes_run"] == 4 and out["episodes_kept"] >= 3
+    info = json.loads((tmp_path / "ds/meta/info.json").read_text())
+    assert info["codebase_version"] == "v3.0" and info["total_episodes"] == out["episodes_kept"]
+    assert info["features"][STATE_KEY]["shape"] == [OBS_DIM] and info["fps"] == 100
+    from robopolicy.data.reader import LeRobotDataset
+
+    ds = LeRobotDataset(tmp_path / "ds")
+    assert len(ds) == info["total_frames"]
+
+
+def test_teleop_setpoint_stream_and_record(tmp_path):
+    tele = SetpointTeleop(seed=0)
+    ep = tele.run(scripted_setpoints([(0.0, 0.0, 0.0), (0.5, 0.0, 0.2)], hold_steps=300))
+    assert ep[STATE_KEY].shape == (600, OBS_DIM)
+    assert np.linalg.norm(ep[STATE_KEY][-1, 0:3]) < 0.1  # reached the last setpoint
+    n = tele.record(tmp_path / "tele", [scripted_setpoints([(0, 0, 0.3)], hold_steps=50)])
+    assert n == 1 and (tmp_path / "tele/meta/info.json").is_file()
+    with pytest.raises(RuntimeError, match="not available"):
+        KeyboardSetpoints()
+
+
+def test_controller_batched_shape():
+    ctrl = SE3Controller()
+    obs = np.zeros((5, OBS_DIM), dtype=np.float32)
+    obs[:, 3:12] = np.eye(3).reshape(-1)
+    a = ctrl(obs)
+    assert a.shape == (5, 4) and np.allclose(a, ctrl.model.hover_action, atol=1e-5)

@@ -1,0 +1,195 @@
+"""Teleop devices: keyboard through a real pty, ZeroMQ leader stream, scripted device, recording loop."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from robopolicy.data.reader import LeRobotDataset
+from robopolicy.data.recorder import DatasetRecorder
+from robopolicy.teleop import DeviceNotAvailable, KeyboardDevice, ScriptedDevice, TeleopCommand
+from robopolicy.teleop.base import ArmPose, axis_angle_to_quat, pose_delta, quat_mul, quat_to_axis_angle
+from robopolicy.teleop.keyboard import parse_keys
+from robopolicy.teleop.record import record_teleop
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_parse_keys_arrows():
+    assert parse_keys("w\x1b[Ad \r") == ["w", "\x1b[A", "d", " ", "\r"]
+
+
+def test_keyboard_over_a_pty_raw_mode_and_hold():
+    master, slave = os.openpty()
+    clock = FakeClock()
+    dev = KeyboardDevice(fd=slave, pos_step=0.01, rot_step=0.1, hold_s=0.25, clock=clock)
+    try:
+        dev.start()
+        import termios
+
+        assert not termios.tcgetattr(slave)[3] & termios.ECHO  # raw: no echo
+        assert dev.read().delta_pos.tolist() == [0, 0, 0]  # nothing typed: no blocking, no motion
+        os.write(master, b"w\x1b[Cz ")
+        time.sleep(0.05)
+        cmd = dev.read()
+        np.testing.assert_allclose(cmd.delta_pos, [0.01, -0.01, 0.0])
+        np.testing.assert_allclose(cmd.delta_rot, [0.1, 0.0, 0.0])
+        assert cmd.gripper == 1.0 and not cmd.events
+        clock.t = 0.2
+        assert dev.read().delta_pos[0] == 0.01  # still held
+        clock.t = 0.3
+        assert not dev.read().is_motion  # released after hold_s
+        os.write(master, b"\r")
+        time.sleep(0.05)
+        assert dev.read().events == {"save"}
+        os.write(master, b"\x7f\x03")
+        time.sleep(0.05)
+        assert dev.read().events == {"discard", "quit"}
+    finally:
+        dev.close()
+        assert termios.tcgetattr(slave)[3] & termios.ECHO  # terminal restored
+        os.close(master)
+        os.close(slave)
+
+
+def test_keyboard_on_a_pipe_without_tty():
+    r, w = os.pipe()
+    dev = KeyboardDevice(fd=r)
+    with dev:
+        os.write(w, b"rrf")
+        time.sleep(0.02)
+        assert dev.read().delta_pos[2] == -dev.pos_step  # the last press on an axis wins
+    os.close(r)
+    os.close(w)
+
+
+def test_quaternion_helpers_and_pose_delta():
+    v = np.array([0.1, -0.2, 0.3])
+    np.testing.assert_allclose(quat_to_axis_angle(axis_angle_to_quat(v)), v, atol=1e-12)
+    q = axis_angle_to_quat([0, 0, 0.4])
+    np.testing.assert_allclose(quat_to_axis_angle(quat_mul(q, q)), [0, 0, 0.8], atol=1e-12)
+    pose = ArmPose(np.zeros(3), np.array([0, 0, 0, 1.0]))
+    dp, dr = pose_delta(pose, [0.3, 0, 0], axis_angle_to_quat([0, 0, 1.0]), max_pos=0.02, max_rot=0.2)
+    np.testing.assert_allclose(dp, [0.02, 0, 0])
+    np.testing.assert_allclose(dr, [0, 0, 0.2], atol=1e-12)
+
+
+def test_zmq_leader_latest_wins_timeout_and_bad_messages():
+    pytest.importorskip("zmq")
+    import zmq
+
+    from robopolicy.teleop.zmq_leader import LeaderPublisher, ZmqLeaderDevice
+
+    addr = f"ipc:///tmp/robopolicy-test-leader-{uuid.uuid4().hex[:8]}"
+    ctx = zmq.Context()
+    pub = LeaderPublisher(addr, context=ctx)
+    dev = ZmqLeaderDevice(addr, max_pos=0.05, max_rot=0.5, timeout_s=0.3, context=ctx)
+    dev.start()
+    try:
+        pose = ArmPose(np.array([0.0, 0.0, 1.0]), np.array([0, 0, 0, 1.0]))
+        deadline = time.monotonic() + 5
+        while dev.read(pose).gripper is None:  # slow joiner: publish until the subscription is up
+            pub.publish([0.0, 0.0, 1.0], [0, 0, 0, 1], gripper=-1)
+            time.sleep(0.01)
+            assert time.monotonic() < deadline
+        pub.sock.send(b"\xc1garbage")
+        time.sleep(0.05)
+        dev.read(pose)
+        assert dev.rejected == 1
+        for x in (0.01, 0.02, 0.03):
+            pub.publish([x, 0.0, 1.0], [0, 0, 0, 1], gripper=1.0)
+        time.sleep(0.05)
+        cmd = dev.read(pose)
+        np.testing.assert_allclose(cmd.delta_pos, [0.03, 0, 0], atol=1e-12)  # newest target (conflated)
+        assert cmd.gripper == 1.0
+        pub.publish([0.0, 0.0, 1.0], [0, 0, 0, 1], events=["save"])
+        time.sleep(0.05)
+        assert dev.read(pose).events == {"save"}
+        pub.publish([0.5, 0.0, 1.0], [0, 0, 0, 1], clutch=False)
+        time.sleep(0.05)
+        assert not dev.read(pose).is_motion  # clutch released: no motion
+        pub.publish([0.5, 0.0, 1.0], [0, 0, 0, 1])
+        time.sleep(0.05)
+        np.testing.assert_allclose(dev.read(pose).delta_pos, [0.05, 0, 0])  # clipped step
+        time.sleep(0.35)
+        assert not dev.read(pose).is_motion  # stale leader: hold
+    finally:
+        dev.close()
+        pub.close()
+        ctx.term()
+
+
+def test_gamepad_and_spacemouse_report_unavailable_clearly(monkeypatch):
+    from robopolicy.teleop.gamepad import GamepadDevice, SpaceMouseDevice
+
+    monkeypatch.setenv("SDL_JOYSTICK_DEVICE", "/nonexistent")
+    try:
+        GamepadDevice(index=7).start()
+    except DeviceNotAvailable as e:
+        assert "gamepad" in str(e)
+    try:
+        SpaceMouseDevice().start()
+    except DeviceNotAvailable as e:
+        assert "SpaceMouse" in str(e) or "hidapi" in str(e)
+
+
+class PointEnv:
+    """A minimal arm env: the end effector is a point; success when it is above z = 0.05."""
+
+    fps = 10
+
+    def __init__(self):
+        self.p = np.zeros(3)
+        self.gripper = -1.0
+        self.t = 0
+
+    def features(self):
+        return {"observation.state": {"dtype": "float32", "shape": [4], "names": None},
+                "action": {"dtype": "float32", "shape": [4], "names": None}}
+
+    def _obs(self):
+        return {"observation.state": np.r_[self.p, self.gripper].astype(np.float32)}
+
+    def reset(self, seed=None):
+        self.p[:] = 0
+        self.t = 0
+        return self._obs(), {"is_success": False}
+
+    def ee_pose(self):
+        return ArmPose(self.p.copy(), np.array([0, 0, 0, 1.0]), self.gripper)
+
+    def teleop_action(self, cmd: TeleopCommand):
+        return np.r_[cmd.delta_pos, self.gripper if cmd.gripper is None else cmd.gripper]
+
+    def step(self, a):
+        self.p += a[:3]
+        self.gripper = a[3]
+        self.t += 1
+        return self._obs(), 0.0, False, self.t >= 50, {"is_success": bool(self.p[2] > 0.05)}
+
+
+def test_record_teleop_with_scripted_device_saves_discards_and_quits(tmp_path: Path):
+    up = TeleopCommand(delta_pos=[0, 0, 0.01], gripper=1.0)
+    script = ([up] * 3 + [TeleopCommand(events={"discard"})]  # attempt 1: operator discards
+              + [up] * 4 + [TeleopCommand(events={"save"})]  # attempt 2: operator saves (4 frames)
+              + [up] * 7  # attempt 3: z > 0.05 from step 6, held 2 steps -> saved with 7 frames
+              + [up] * 2 + [TeleopCommand(events={"quit"})])  # attempt 4: quit, unsaved frames dropped
+    env = PointEnv()
+    rec = DatasetRecorder(tmp_path / "ds", fps=10, features=env.features())
+    summary = record_teleop(env, ScriptedDevice(script), rec, task="go up", num_episodes=5, success_hold_steps=2)
+    assert summary.saved == [0, 1] and summary.discarded == 1 and summary.quit
+    ds = LeRobotDataset(tmp_path / "ds")
+    assert [e["length"] for e in ds.episodes] == [4, 7]
+    np.testing.assert_allclose(ds.column("action")[:4, 2], 0.01)
+    np.testing.assert_allclose(ds.column("observation.state")[4:, 2], np.arange(7) * 0.01, atol=1e-6)
