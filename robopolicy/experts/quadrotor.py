@@ -82,9 +82,17 @@ class SE3Controller:
         self.f_min = float(m.action_to_thrust(np.array([-1.0]))[0])
         self.f_max = float(m.action_to_thrust(np.array([1.0]))[0])
 
-    def reset(self, mask: np.ndarray | None = None) -> None:
-        """Forget the rotor estimate (all envs, or those where ``mask`` is True)."""
-        if self.u_est is None or mask is None:
+    def reset(self, mask: np.ndarray | None = None, throttle: np.ndarray | None = None) -> None:
+        """Re-initialize the rotor estimate (all envs, or where ``mask`` is True): to the privileged
+        initial rotor ``throttle`` (n, 4) when given (``infos['initial_throttle']``), else to hover."""
+        if throttle is not None:
+            throttle = np.asarray(throttle, dtype=np.float64)
+            if self.u_est is None or mask is None or self.u_est.shape != throttle.shape:
+                self.u_est = throttle.copy()
+            else:
+                m = np.asarray(mask, dtype=bool)
+                self.u_est[m] = throttle[m]
+        elif self.u_est is None or mask is None:
             self.u_est = None
         else:
             self.u_est[np.asarray(mask, dtype=bool)] = self._u_hover
@@ -136,6 +144,9 @@ class SE3Controller:
         Jw = w @ m.J.T
         tau = alpha @ m.J.T + np.cross(w, Jw)
         f = np.concatenate([thrust[:, None], tau], axis=1) @ self.mixer.T
+        # attitude priority: shift the collective so the torque survives the rotor limits
+        f = f + np.maximum(self.f_min - f.min(axis=1, keepdims=True), 0.0)
+        f = f - np.maximum(f.max(axis=1, keepdims=True) - self.f_max, 0.0)
         f = np.clip(f, self.f_min, self.f_max)
         action = m.thrust_to_action(f).reshape(n, ACTION_DIM)
         if self.motor_compensation:
@@ -156,7 +167,7 @@ def expert_rollout(task: str = "hover", n_episodes: int = 16, n_envs: int = 16, 
 
     def act(obs: np.ndarray, infos: dict[str, Any]) -> np.ndarray:
         if "reset" in infos:
-            ctrl.reset(infos["reset"])
+            ctrl.reset(infos["reset"], infos.get("initial_throttle"))
         a = ctrl(obs, infos.get("target_acc"))
         if dart_noise:
             a = np.clip(a + rng.normal(0.0, dart_noise, a.shape), -1, 1)
@@ -190,7 +201,7 @@ def record_demonstrations(root: str | Path, task: str = "hover", n_episodes: int
     env = QuadrotorVecEnv(n_envs, cfg, seed=seed)
     rng = np.random.default_rng(seed + 1)
     obs = env.reset(seed=seed)
-    ctrl.reset()
+    ctrl.reset(throttle=env.initial_throttle)
     target_acc = env.target_acc.copy()
     buffers: list[dict[str, list[np.ndarray]]] = [{k: [] for k in DATASET_FEATURES} for _ in range(n_envs)]
     stats: list[EpisodeStats] = []
@@ -210,7 +221,8 @@ def record_demonstrations(root: str | Path, task: str = "hover", n_episodes: int
                 b["observation.target"].append(targets[i])
             obs, _, _, _, infos = env.step(executed)
             target_acc = infos["target_acc"] if not infos["final"] else env.target_acc.copy()
-            ctrl.reset(np.isin(np.arange(n_envs), [i for i, _ in infos["final"]]))
+            if infos["final"]:
+                ctrl.reset(np.isin(np.arange(n_envs), [i for i, _ in infos["final"]]), env.initial_throttle)
             for i, st in infos["final"]:
                 if active[i] and len(stats) < n_episodes:
                     stats.append(st)
@@ -273,6 +285,7 @@ class SetpointTeleop:
         """One episode (until the stream ends or a crash); returns the arrays of the dataset features."""
         env = self.env
         obs = env.reset(seed=self.seed)
+        self.ctrl.reset(throttle=env.initial_throttle)
         sp = np.zeros(3)
         out: dict[str, list[np.ndarray]] = {k: [] for k in DATASET_FEATURES}
         for s in setpoints:

@@ -252,8 +252,9 @@ class EpisodeStats:
 
 
 # Gentle initial states (waypoint and figure-8 tasks): near the origin, nearly level, nearly at rest.
+# Rotors start at the hover throttle (L2F's default samples them below it, in [0, 0.5]).
 GENTLE_INIT = {"guidance": 0.0, "max_position": 0.05, "max_angle": 0.1, "max_linear_velocity": 0.1,
-               "max_angular_velocity": 0.1}
+               "max_angular_velocity": 0.1, "relative_rpm": True}
 
 
 class QuadrotorVecEnv:
@@ -269,9 +270,14 @@ class QuadrotorVecEnv:
     def __init__(self, n: int = 1, config: QuadrotorConfig | None = None, seed: int = 0, **overrides: Any):
         self.config = cfg = dataclasses.replace(config or QuadrotorConfig(), **overrides)
         self.n = n
-        init = None if cfg.task == "hover" else GENTLE_INIT
-        self.backend = _Backend(n, seed=seed, sim_hz=cfg.sim_hz, init=init, action_noise=cfg.action_noise)
+        self.backend = _Backend(n, seed=seed, sim_hz=cfg.sim_hz, action_noise=cfg.action_noise)
         self.model = crazyflie_model(self.backend.parameters)
+        if cfg.task != "hover":
+            hover = self.model.hover_action
+            self.backend.configure(cfg.sim_hz, {**GENTLE_INIT, "min_rpm": hover, "max_rpm": hover}, cfg.action_noise)
+        # Privileged: each rotor's throttle at the start of the episode (for experts, never in the observation).
+        self._initial_throttle = np.zeros((n, ACTION_DIM))
+        self._throttle_stale = np.ones(n, dtype=bool)
         self.np_random = np.random.default_rng(seed)
         self.t = np.zeros(n, dtype=np.int64)
         self.target_pos = np.zeros((n, 3))
@@ -283,6 +289,8 @@ class QuadrotorVecEnv:
         self._in_radius_run = np.zeros(n, dtype=np.int64)
         self._cos_tilt_limit = math.cos(math.radians(cfg.tilt_limit_deg))
         self.observation = np.zeros((n, OBS_DIM), dtype=np.float32)
+        self._episode_steps = cfg.episode_steps
+        self._rmse_from_step = 0 if cfg.task == "figure8" else cfg.episode_steps // 2
 
     # ---- targets ------------------------------------------------------------------------------
     def _new_targets(self, idx: np.ndarray) -> None:
@@ -302,12 +310,11 @@ class QuadrotorVecEnv:
 
     # ---- observation / metrics ----------------------------------------------------------------
     def _observe(self) -> np.ndarray:
-        raw = self.backend.obs[: self.n]
         o = self.observation
-        o[:, 0:3] = raw[:, 0:3] - self.target_pos
-        o[:, 3:12] = raw[:, 3:12]
-        o[:, 12:15] = raw[:, 12:15] - self.target_vel
-        o[:, 15:18] = raw[:, 15:18]
+        o[:, 0:18] = self.backend.obs[: self.n, 0:18]
+        o[:, 0:3] -= self.target_pos
+        if self.config.task == "figure8" or self.target_vel.any():
+            o[:, 12:15] -= self.target_vel
         o[:, 18:22] = self.prev_action
         return o.copy()
 
@@ -315,17 +322,15 @@ class QuadrotorVecEnv:
         """World positions (n, 3) (L2F's observed position: the origin is the hover point)."""
         return self.backend.obs[: self.n, 0:3].astype(np.float64)
 
-    def _crash(self) -> tuple[np.ndarray, list[str]]:
-        raw = self.backend.obs[: self.n]
-        p = raw[:, 0:3]
-        finite = np.isfinite(raw[:, :L2F_STATE_DIM]).all(axis=1)
-        out = (np.abs(p) > self.config.bound).any(axis=1)
-        ground = p[:, 2] < -self.config.ground_depth
-        tilt = raw[:, 11] < self._cos_tilt_limit  # R[2, 2] = cos(tilt)
-        crash = ~finite | out | ground | tilt
-        reasons = ["nonfinite" if not f else "out_of_bounds" if o else "ground" if g else "tilt" if t else ""
-                   for f, o, g, t in zip(finite, out, ground, tilt)]
-        return crash, reasons
+    def _crash_reason(self, i: int) -> str:
+        r = self.backend.obs[i]
+        if not np.isfinite(r[:L2F_STATE_DIM]).all():
+            return "nonfinite"
+        if (np.abs(r[0:3]) > self.config.bound).any():
+            return "out_of_bounds"
+        if r[2] < -self.config.ground_depth:
+            return "ground"
+        return "tilt" if r[11] < self._cos_tilt_limit else ""
 
     # ---- API ----------------------------------------------------------------------------------
     def reset(self, seed: int | None = None) -> np.ndarray:
@@ -337,7 +342,23 @@ class QuadrotorVecEnv:
         self._reset_slots(all_idx)
         return self._observe()
 
+    def rotor_throttle(self) -> np.ndarray:
+        """Privileged (n, 4) rotor throttles in [0, 1] (reads every L2F state: O(n) Python, use sparingly)."""
+        states = self.backend.state.states
+        return np.array([np.asarray(states[i].rpm, dtype=np.float64) for i in range(self.n)])
+
+    @property
+    def initial_throttle(self) -> np.ndarray:
+        """Privileged (n, 4) rotor throttles at each episode's start, read lazily (L2F hands out all
+        states at once, O(n) Python), so runs that never ask for it pay nothing."""
+        if self._throttle_stale.any():
+            stale = self._throttle_stale
+            self._initial_throttle[stale] = self.rotor_throttle()[stale]
+            stale[:] = False
+        return self._initial_throttle
+
     def _reset_slots(self, idx: np.ndarray) -> None:
+        self._throttle_stale[idx] = True  # valid until the first step: read before stepping
         self.t[idx] = 0
         self._sq_err[idx] = 0.0
         self._n_err[idx] = 0
@@ -348,23 +369,31 @@ class QuadrotorVecEnv:
         self.prev_action[idx] = self.model.hover_action
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        a = np.asarray(actions, dtype=np.float32).reshape(self.n, ACTION_DIM)
-        a = np.clip(np.nan_to_num(a, nan=-1.0), -1.0, 1.0)
+        # Kept to few numpy calls: at small n the per-call overhead, not the arithmetic, is the cost.
+        n, cfg = self.n, self.config
+        a = self.prev_action
+        a[:] = np.reshape(actions, (n, ACTION_DIM))
+        np.clip(a, -1.0, 1.0, out=a)
+        if not np.isfinite(a.sum()):  # a non-finite command means motors off
+            a[~np.isfinite(a)] = -1.0
         self.backend.step(a)
-        self.prev_action[:] = a
         self.t += 1
-        self._update_moving_targets()
-        cfg = self.config
-        err = np.linalg.norm(self.positions() - self.target_pos, axis=1)
-        err = np.where(np.isfinite(err), err, np.inf)
-        counts = self.t > (cfg.episode_steps // 2 if cfg.task != "figure8" else 0)
-        self._sq_err += np.where(counts, np.minimum(err, 1e3) ** 2, 0.0)
+        if cfg.task == "figure8":
+            self._update_moving_targets()
+        raw = self.backend.obs[:n]
+        d = raw[:, 0:3] - self.target_pos
+        err = np.sqrt(np.einsum("ij,ij->i", d, d))
+        ok = err < np.inf  # False for NaN
+        counts = self.t > self._rmse_from_step
+        e2 = np.where(ok, np.minimum(err, 1e3), 1e3) ** 2
+        self._sq_err += counts * e2
         self._n_err += counts
-        self._in_radius_run = np.where(err < cfg.success_radius, self._in_radius_run + 1, 0)
-        crash, reasons = self._crash()
-        truncated = (self.t >= cfg.episode_steps) & ~crash
+        self._in_radius_run = (self._in_radius_run + 1) * (err < cfg.success_radius)
+        crash = ~ok | (np.abs(raw[:, 0:3]).max(axis=1) > cfg.bound) | (raw[:, 2] < -cfg.ground_depth)
+        crash |= ~(raw[:, 11] >= self._cos_tilt_limit)  # R[2, 2] = cos(tilt); also NaN
+        truncated = (self.t >= self._episode_steps) & ~crash
         terminated = crash
-        reward = -err - 10.0 * crash
+        reward = -np.where(ok, err, 1e3) - 10.0 * crash
         obs = self._observe()
         infos: dict[str, Any] = {"target_pos": self.target_pos.copy(), "target_vel": self.target_vel.copy(),
                                  "target_acc": self.target_acc.copy(), "error": err, "final": []}
@@ -374,8 +403,9 @@ class QuadrotorVecEnv:
             for i in done:
                 rmse = math.sqrt(self._sq_err[i] / max(self._n_err[i], 1))
                 success = bool(not crash[i] and self._in_radius_run[i] >= cfg.hold_steps)
+                reason = self._crash_reason(int(i)) if crash[i] else ""
                 infos["final"].append((int(i), EpisodeStats(success, bool(crash[i]), rmse, float(err[i]),
-                                                            int(self.t[i]), reasons[i])))
+                                                            int(self.t[i]), reason)))
             mask = np.zeros(self.n, dtype=bool)
             mask[done] = True
             self.backend.reset(mask)
@@ -447,7 +477,8 @@ def rollout(controller: Callable[[np.ndarray, dict[str, Any]], np.ndarray], n_ep
     env = QuadrotorVecEnv(n_envs, cfg, seed=seed)
     obs = env.reset(seed=seed)
     infos = {"target_pos": env.target_pos.copy(), "target_vel": env.target_vel.copy(),
-             "target_acc": env.target_acc.copy(), "final": [], "reset": np.ones(n_envs, dtype=bool)}
+             "target_acc": env.target_acc.copy(), "final": [], "reset": np.ones(n_envs, dtype=bool),
+             "initial_throttle": env.initial_throttle}
     results: list[EpisodeStats] = []
     started = n_envs
     active = np.ones(n_envs, dtype=bool)
@@ -469,6 +500,8 @@ def rollout(controller: Callable[[np.ndarray, dict[str, Any]], np.ndarray], n_ep
                 started += 1
             reset[i] = True
         infos["reset"] = reset
+        if reset.any():
+            infos["initial_throttle"] = env.initial_throttle
     return results[:n_episodes]
 
 
