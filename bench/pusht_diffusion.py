@@ -4,6 +4,7 @@
     python bench/pusht_diffusion.py curve  --run-dir DIR [--episodes 50]     # success vs training time
     python bench/pusht_diffusion.py final  --run-dir DIR [--episodes 200]    # the headline evaluation
     python bench/pusht_diffusion.py timing --run-dir DIR                     # time per chunk at 100/16/10 steps
+    python bench/pusht_diffusion.py onnx   --run-dir DIR [--episodes 200]    # closed loop through ONNX Runtime
     python bench/pusht_diffusion.py all    [--run-dir DIR]
 
 Results land in ``<run-dir>/bench/*.json`` (and a learning-curve plot); docs/benchmarks.md quotes them.
@@ -122,9 +123,28 @@ def cmd_timing(run_dir: Path, repeats: int = 50) -> None:
     write(run_dir, "chunk_timing", {"batch": 1, "repeats": repeats, "rows": rows})
 
 
+def cmd_onnx(run_dir: Path, episodes: int) -> None:
+    """Export the trained policy and evaluate it through the torch-free runtime on the same seeds."""
+    from robopolicy.export import export_policy
+    from robopolicy.policies.registry import load_policy
+    from robopolicy.runtime import OnnxPolicy
+    from robopolicy.sim.evaluate import evaluate
+
+    artifact = export_policy(load_policy(run_dir / "policy"), run_dir / "onnx")
+    keep = ("n_episodes", "success_rate", "success_ci95", "mean_max_coverage", "max_coverage_ci95", "mean_max_reward",
+            "chunk_latency_ms")
+    rows = {}
+    for graph in ("fused", "per_step"):
+        result = evaluate(partial(OnnxPolicy.load, str(artifact), graph=graph), n_episodes=episodes, n_workers=2,
+                          n_videos=0, progress=True).to_dict()
+        rows[graph] = {k: result.get(k) for k in keep}
+        print(graph, rows[graph])
+    write(run_dir, "onnx_closed_loop", {"artifact": str(artifact), "results": rows})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["train", "curve", "final", "timing", "all"])
+    parser.add_argument("command", choices=["train", "curve", "final", "timing", "onnx", "all"])
     parser.add_argument("--run-dir", type=Path, default=REPO / "outputs" / "bench" / "pusht_diffusion")
     parser.add_argument("--minutes", type=float, default=60.0)
     parser.add_argument("--episodes", type=int, default=None)
@@ -138,6 +158,8 @@ def main() -> None:
         cmd_final(run_dir, args.episodes or 200)
     if args.command in ("timing", "all"):
         cmd_timing(run_dir)
+    if args.command in ("onnx", "all"):
+        cmd_onnx(run_dir, args.episodes or 200)
 
 
 if __name__ == "__main__":
