@@ -109,7 +109,9 @@ def cmd_eval(cfg: DictConfig) -> dict:
 
 
 def cmd_demo(cfg: DictConfig) -> dict:
-    """Bundled demos -> train -> evaluate -> report."""
+    """Bundled demos -> train -> evaluate -> export to ONNX -> closed loop through the ZeroMQ control loop."""
+    from robopolicy.deploy.closed_loop import run_served_episodes
+
     out = resolve_path(cfg.output_dir) if cfg.output_dir else REPO_ROOT / "outputs" / "demo" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     t0 = time.perf_counter()
     dataset_root = resolve_path(cfg.train.dataset.root)
@@ -120,14 +122,22 @@ def cmd_demo(cfg: DictConfig) -> dict:
     cfg.eval.checkpoint = str(run_dir / "policy")
     cfg.eval.output_dir = str(out / "eval")
     report = cmd_eval(cfg.eval)
+    artifact = cmd_export(OmegaConf.merge(load_config("export"), {"checkpoint": str(run_dir / "policy"),
+                                                                   "output": str(out / "onnx")}))
     summary = {
         "dataset": str(dataset_root),
         "train": json.loads((run_dir / "train_summary.json").read_text()),
         "eval": {k: report[k] for k in ("n_episodes", "success_rate", "success_ci95", "mean_max_coverage", "mean_max_reward") if k in report},
         "latency_ms": report.get("latency_ms"),
-        "total_time_s": round(time.perf_counter() - t0, 1),
-        "artifacts": {"policy": str(run_dir / "policy"), "eval": str(out / "eval")},
+        "artifacts": {"policy": str(run_dir / "policy"), "eval": str(out / "eval"), "onnx": str(artifact)},
     }
+    if cfg.control_episodes > 0:
+        console.print(f"closed loop: ONNX artifact -> policy server -> control loop -> simulated PushT robot, "
+                      f"{cfg.control_episodes} real-time episode(s)")
+        served = run_served_episodes(str(artifact), cfg.control_episodes, start_seed=cfg.eval.start_seed, verbose=False)
+        summary["control_loop"] = {k: served[k] for k in ("n_episodes", "success_rate", "success_ci95", "mean_max_coverage")}
+        summary["control_loop"]["episodes"] = served["episodes"]
+    summary["total_time_s"] = round(time.perf_counter() - t0, 1)
     (out / "demo_report.json").write_text(json.dumps(summary, indent=2))
     console.print_json(json.dumps(summary))
     console.print(f"demo report written to {out / 'demo_report.json'}")

@@ -112,6 +112,9 @@ class ConvertConfig:
 class DemoConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # After evaluation: export to ONNX and drive the simulated robot through the ZeroMQ server + control loop
+    # (real time, up to 30 s per episode) with the exported artifact. 0 skips the control-loop stage.
+    control_episodes: int = 2
     output_dir: str | None = None
 
 
