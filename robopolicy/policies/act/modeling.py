@@ -12,9 +12,6 @@ live chunk's prediction for the current time.
 
 from __future__ import annotations
 
-import math
-from typing import TypeVar
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -24,54 +21,7 @@ from robopolicy.policies.act.configuration import ACTConfig
 from robopolicy.policies.base import Policy
 from robopolicy.policies.encoders import make_observation_encoder
 from robopolicy.policies.registry import register_policy
-
-ArrayT = TypeVar("ArrayT")  # torch.Tensor or numpy.ndarray
-
-
-class TemporalEnsembler:
-    """ACT's temporal ensembling: one action per step from every chunk that still covers it.
-
-    Each :meth:`update` takes the chunk just predicted, whose first action is for the current step,
-    and returns the weighted mean of all live chunks' predictions for the current step, with
-    weights exp(-m * i) where i = 0 is the OLDEST chunk (m > 0 trusts old chunks more, smoothing
-    the motion). A chunk of length k stays live for k steps. Works on torch tensors and numpy
-    arrays alike (the ONNX runtime reuses it).
-    """
-
-    def __init__(self, coeff: float):
-        self.coeff = float(coeff)
-        self._chunks: list = []  # oldest first
-        self._ages: list[int] = []  # steps since each chunk was predicted
-
-    def reset(self) -> None:
-        self._chunks.clear()
-        self._ages.clear()
-
-    @property
-    def num_live(self) -> int:
-        return len(self._chunks)
-
-    def weights(self, n: int) -> list[float]:
-        """Normalized weights of n live chunks, oldest first."""
-        w = [math.exp(-self.coeff * i) for i in range(n)]
-        total = sum(w)
-        return [x / total for x in w]
-
-    def update(self, chunk: ArrayT) -> ArrayT:
-        """(B, k, A) predictions for now, now+1, ... -> (B, A) ensembled action for now."""
-        if self._chunks and tuple(chunk.shape) != tuple(self._chunks[-1].shape):
-            raise ValueError(f"temporal ensembling: chunk shape {tuple(chunk.shape)} differs from the previous "
-                             f"{tuple(self._chunks[-1].shape)}; call reset() between episodes")
-        self._chunks.append(chunk)
-        self._ages.append(0)
-        weights = self.weights(len(self._chunks))
-        action = sum(w * c[:, age] for w, c, age in zip(weights, self._chunks, self._ages))
-        # Age every chunk by one step and drop those with nothing left for the next step.
-        self._ages = [a + 1 for a in self._ages]
-        live = [i for i, (c, a) in enumerate(zip(self._chunks, self._ages)) if a < c.shape[1]]
-        self._chunks = [self._chunks[i] for i in live]
-        self._ages = [self._ages[i] for i in live]
-        return action
+from robopolicy.runtime.ensemble import TemporalEnsembler
 
 
 def _transformer_encoder(config: ACTConfig, n_layers: int) -> nn.TransformerEncoder:
