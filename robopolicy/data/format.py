@@ -128,5 +128,53 @@ def column_to_numpy(column: pa.ChunkedArray | pa.Array, feature: dict[str, Any],
     return flat.astype(dtype, copy=False).reshape((n, *key_shape))
 
 
+VIDEO_CODEC_NAMES = {"libx264": "h264", "libx264rgb": "h264", "libsvtav1": "av1"}
+
+
+def info_features(features: dict[str, dict[str, Any]], fps: int, video_codec: str) -> dict[str, dict[str, Any]]:
+    """``info.json`` feature entries; video features get LeRobot's ``info`` block unless they carry one."""
+    out = {}
+    for key, ft in features.items():
+        entry = {"dtype": ft["dtype"], "shape": list(ft["shape"]), "names": ft.get("names")}
+        if ft["dtype"] == "video":
+            h, w, c = ft["shape"]
+            entry["names"] = ft.get("names") or ["height", "width", "channels"]
+            entry["info"] = ft.get("info") or {
+                "video.height": h,
+                "video.width": w,
+                "video.codec": VIDEO_CODEC_NAMES.get(video_codec, video_codec),
+                "video.pix_fmt": "yuv420p",
+                "video.is_depth_map": False,
+                "video.fps": fps,
+                "video.channels": c,
+                "has_audio": False,
+            }
+        out[key] = entry
+    return out
+
+
+def build_info(*, features: dict[str, dict[str, Any]], fps: int, robot_type: str | None, video_codec: str,
+               total_episodes: int, total_frames: int, total_tasks: int, chunks_size: int,
+               data_files_size_in_mb: float, video_files_size_in_mb: float,
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A complete v3.0 ``meta/info.json``."""
+    return {
+        "codebase_version": CODEBASE_VERSION,
+        "robot_type": robot_type,
+        "total_episodes": total_episodes,
+        "total_frames": total_frames,
+        "total_tasks": total_tasks,
+        "chunks_size": chunks_size,
+        "data_files_size_in_mb": data_files_size_in_mb,
+        "video_files_size_in_mb": video_files_size_in_mb,
+        **(extra or {}),
+        "fps": fps,
+        "splits": {"train": f"0:{total_episodes}"},
+        "data_path": DATA_PATH,
+        "video_path": VIDEO_PATH if video_keys(features) else None,
+        "features": info_features(features, fps, video_codec),
+    }
+
+
 def fsize_mb(path: Path) -> float:
     return path.stat().st_size / 1024**2

@@ -410,40 +410,15 @@ class DatasetRecorder:
         fsync_dir(self.root)
 
     def _info(self, total_episodes: int, total_frames: int, total_tasks: int) -> dict[str, Any]:
-        features = {}
-        for key, ft in self.features.items():
-            entry = {"dtype": ft["dtype"], "shape": list(ft["shape"]), "names": ft.get("names")}
-            if ft["dtype"] == "video":
-                h, w, c = ft["shape"]
-                entry["names"] = ft.get("names") or ["height", "width", "channels"]
-                entry["info"] = ft.get("info") or {
-                    "video.height": h,
-                    "video.width": w,
-                    "video.codec": {"libx264": "h264", "libsvtav1": "av1", "libx264rgb": "h264"}.get(
-                        self.video_codec, self.video_codec),
-                    "video.pix_fmt": "yuv420p",
-                    "video.is_depth_map": False,
-                    "video.fps": self.fps,
-                    "video.channels": c,
-                    "has_audio": False,
-                }
-            features[key] = entry
-        return {
-            "codebase_version": fmt.CODEBASE_VERSION,
-            "robot_type": self.robot_type,
-            "total_episodes": total_episodes,
-            "total_frames": total_frames,
-            "total_tasks": total_tasks,
-            "chunks_size": self.chunks_size,
-            "data_files_size_in_mb": self._info_extra.get("data_files_size_in_mb", fmt.DEFAULT_DATA_FILE_SIZE_MB),
-            "video_files_size_in_mb": self._info_extra.get("video_files_size_in_mb", fmt.DEFAULT_VIDEO_FILE_SIZE_MB),
-            **{k: v for k, v in self._info_extra.items() if k not in ("data_files_size_in_mb", "video_files_size_in_mb")},
-            "fps": self.fps,
-            "splits": {"train": f"0:{total_episodes}"},
-            "data_path": fmt.DATA_PATH,
-            "video_path": fmt.VIDEO_PATH if self.video_keys else None,
-            "features": features,
-        }
+        extra = dict(self._info_extra)
+        return fmt.build_info(
+            features=self.features, fps=self.fps, robot_type=self.robot_type, video_codec=self.video_codec,
+            total_episodes=total_episodes, total_frames=total_frames, total_tasks=total_tasks,
+            chunks_size=self.chunks_size,
+            data_files_size_in_mb=extra.pop("data_files_size_in_mb", fmt.DEFAULT_DATA_FILE_SIZE_MB),
+            video_files_size_in_mb=extra.pop("video_files_size_in_mb", fmt.DEFAULT_VIDEO_FILE_SIZE_MB),
+            extra=extra,
+        )
 
     # ---- closing -----------------------------------------------------------------------------
     def close(self) -> None:

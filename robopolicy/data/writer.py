@@ -255,38 +255,11 @@ class LeRobotDatasetWriter:
         write_parquet_atomic(tasks_table(self.tasks), self.root / fmt.TASKS_PATH)
 
     def _info(self) -> dict[str, Any]:
-        features = {}
-        for key, ft in self.features.items():
-            entry = {"dtype": ft["dtype"], "shape": list(ft["shape"]), "names": ft.get("names")}
-            if ft["dtype"] == "video":
-                h, w, c = ft["shape"]
-                entry["names"] = ft.get("names") or ["height", "width", "channels"]
-                entry["info"] = {
-                    "video.height": h,
-                    "video.width": w,
-                    "video.codec": {"libx264": "h264", "libsvtav1": "av1", "libx264rgb": "h264"}.get(self.video_codec, self.video_codec),
-                    "video.pix_fmt": "yuv420p",
-                    "video.is_depth_map": False,
-                    "video.fps": self.fps,
-                    "video.channels": c,
-                    "has_audio": False,
-                }
-            features[key] = entry
-        return {
-            "codebase_version": fmt.CODEBASE_VERSION,
-            "robot_type": self.robot_type,
-            "total_episodes": len(self.episodes),
-            "total_frames": self.total_frames,
-            "total_tasks": len(self.tasks),
-            "chunks_size": self.chunks_size,
-            "data_files_size_in_mb": self.data_files_size_in_mb,
-            "video_files_size_in_mb": self.video_files_size_in_mb,
-            "fps": self.fps,
-            "splits": {"train": f"0:{len(self.episodes)}"},
-            "data_path": fmt.DATA_PATH,
-            "video_path": fmt.VIDEO_PATH if self.video_keys else None,
-            "features": features,
-        }
+        return fmt.build_info(features=self.features, fps=self.fps, robot_type=self.robot_type,
+                              video_codec=self.video_codec, total_episodes=len(self.episodes),
+                              total_frames=self.total_frames, total_tasks=len(self.tasks), chunks_size=self.chunks_size,
+                              data_files_size_in_mb=self.data_files_size_in_mb,
+                              video_files_size_in_mb=self.video_files_size_in_mb)
 
     def __enter__(self) -> LeRobotDatasetWriter:
         return self
