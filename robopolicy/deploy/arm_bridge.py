@@ -50,16 +50,13 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from robopolicy.deploy.protocol import ALLOWED_DTYPES as _DTYPES
 from robopolicy.deploy.protocol import (
     MAX_FRAMES,
-    MAX_HEADER_BYTES,
-    PROTOCOL_VERSION,
     Message,
     ProtocolError,
-    _decode_array,
-    _dtype_name,
     _frame_bytes,
+    decode,
+    encode,
 )
 from robopolicy.teleop.base import axis_angle_to_quat, quat_mul
 
@@ -73,55 +70,13 @@ MAX_ARM_MESSAGE_BYTES = 1024 * 1024
 
 def encode_arm(msg_type: str, seq: int, arrays: Mapping[str, np.ndarray] | None = None, *,
                t_send: float | None = None, **fields: Any) -> list[bytes]:
-    """Frames of one arm message (same layout as :func:`robopolicy.deploy.protocol.encode`)."""
-    if msg_type not in ARM_MSG_TYPES:
-        raise ProtocolError("type", f"unknown arm message type {msg_type!r}")
-    table, payload = [], []
-    for name, value in (arrays or {}).items():
-        a = np.asarray(value)
-        dname = _dtype_name(a)
-        a = np.ascontiguousarray(a, dtype=_DTYPES[dname])
-        table.append({"name": str(name), "dtype": dname, "shape": list(a.shape)})
-        payload.append(a.tobytes())
-    header = {**fields, "v": PROTOCOL_VERSION, "type": msg_type, "seq": int(seq),
-              "t_send": time.monotonic() if t_send is None else float(t_send), "frames": table}
-    return [msgpack.packb(header, use_bin_type=True), *payload]
+    """Frames of one arm message: the control-loop protocol's framing with the arm message set."""
+    return encode(msg_type, seq, arrays, t_send=t_send, msg_types=ARM_MSG_TYPES, **fields)
 
 
 def decode_arm(frames: list[Any], max_message_bytes: int = MAX_ARM_MESSAGE_BYTES) -> Message:
     """Validate and decode an arm message; :class:`ProtocolError` on anything wrong (NaN included)."""
-    if not frames:
-        raise ProtocolError("malformed", "empty message")
-    if len(frames) - 1 > MAX_FRAMES:
-        raise ProtocolError("too_large", f"{len(frames) - 1} array frames (max {MAX_FRAMES})")
-    views = [_frame_bytes(f) for f in frames]
-    if sum(v.nbytes for v in views) > max_message_bytes:
-        raise ProtocolError("too_large", f"message over {max_message_bytes} bytes")
-    if views[0].nbytes > MAX_HEADER_BYTES:
-        raise ProtocolError("too_large", "header too large")
-    try:
-        header = msgpack.unpackb(views[0], raw=False, strict_map_key=True, use_list=True)
-    except Exception:
-        raise ProtocolError("malformed", "header is not valid msgpack") from None
-    if not isinstance(header, dict):
-        raise ProtocolError("malformed", "header is not a map")
-    if header.get("v") != PROTOCOL_VERSION:
-        raise ProtocolError("version", f"protocol version {header.get('v')!r} (this side speaks {PROTOCOL_VERSION})")
-    msg_type, seq = header.get("type"), header.get("seq")
-    if not isinstance(msg_type, str) or msg_type not in ARM_MSG_TYPES:
-        raise ProtocolError("type", f"unknown arm message type {str(msg_type)[:40]!r}")
-    if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < 2**63:
-        raise ProtocolError("malformed", "'seq' must be an integer in [0, 2**63)")
-    table = header.get("frames", [])
-    if not isinstance(table, list) or len(table) != len(frames) - 1:
-        raise ProtocolError("malformed", "frame table does not match the frames", seq)
-    arrays: dict[str, np.ndarray] = {}
-    for entry, view in zip(table, views[1:]):
-        name, array = _decode_array(entry, view, seq, True)
-        if name in arrays:
-            raise ProtocolError("malformed", f"array {name!r} appears twice", seq)
-        arrays[name] = array
-    return Message(type=msg_type, seq=seq, header=header, arrays=arrays)
+    return decode(frames, max_message_bytes=max_message_bytes, msg_types=ARM_MSG_TYPES)
 
 
 def pack_frames(frames: list[bytes]) -> bytes:

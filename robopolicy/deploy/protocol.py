@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import msgpack
@@ -95,9 +95,12 @@ def _dtype_name(a: np.ndarray) -> str:
 
 
 def encode(msg_type: str, seq: int, arrays: Mapping[str, np.ndarray] | None = None, *,
-           t_send: float | None = None, **fields: Any) -> list[bytes]:
-    """Frames of one message. ``fields`` must be msgpack-able (numbers, strings, lists, maps)."""
-    if msg_type not in MSG_TYPES:
+           t_send: float | None = None, msg_types: Collection[str] = MSG_TYPES, **fields: Any) -> list[bytes]:
+    """Frames of one message. ``fields`` must be msgpack-able (numbers, strings, lists, maps).
+
+    ``msg_types`` lets other message sets (the arm bridge's) reuse the same framing and checks.
+    """
+    if msg_type not in msg_types:
         raise ProtocolError("type", f"unknown message type {msg_type!r}")
     table = []
     payload: list[bytes] = []
@@ -134,7 +137,7 @@ def _frame_bytes(f: Any) -> memoryview:
 
 
 def decode(frames: Sequence[Any], max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-           check_finite: bool = True) -> Message:
+           check_finite: bool = True, msg_types: Collection[str] = MSG_TYPES) -> Message:
     """Validate and decode one multipart message; raises :class:`ProtocolError` on anything wrong."""
     if len(frames) == 0:
         raise ProtocolError("malformed", "empty message")
@@ -159,7 +162,7 @@ def decode(frames: Sequence[Any], max_message_bytes: int = DEFAULT_MAX_MESSAGE_B
     if header["v"] != PROTOCOL_VERSION:
         raise ProtocolError("version", f"protocol version {header['v']!r} (this side speaks {PROTOCOL_VERSION})", seq)
     msg_type = header.get("type")
-    if not isinstance(msg_type, str) or msg_type not in MSG_TYPES:
+    if not isinstance(msg_type, str) or msg_type not in msg_types:
         raise ProtocolError("type", f"unknown message type {str(msg_type)[:40]!r}", seq)
     if seq is None:
         raise ProtocolError("malformed", "'seq' must be an integer in [0, 2**63)")
