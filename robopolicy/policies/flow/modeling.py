@@ -19,18 +19,8 @@ from robopolicy.policies.flow.configuration import FlowConfig
 from robopolicy.policies.flow.integrators import VelocityField, check_method, integrate, nfe
 from robopolicy.policies.networks.transformer1d import ConditionalTransformer1D
 from robopolicy.policies.networks.unet1d import ConditionalUnet1D
+from robopolicy.policies.noise import rand, randn
 from robopolicy.policies.registry import register_policy
-
-
-def randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
-    """Gaussian noise drawn on the generator's device, so a CPU generator also drives a GPU policy."""
-    where = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=where).to(device)
-
-
-def rand(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
-    where = generator.device if generator is not None else device
-    return torch.rand(shape, generator=generator, device=where).to(device)
 
 
 @register_policy("flow")

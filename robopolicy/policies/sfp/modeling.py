@@ -40,18 +40,9 @@ from robopolicy.policies.base import Policy
 from robopolicy.policies.encoders import make_observation_encoder
 from robopolicy.policies.flow.integrators import VelocityField, nfe, trajectory
 from robopolicy.policies.networks.unet1d import SinusoidalPosEmb
+from robopolicy.policies.noise import rand, randn
 from robopolicy.policies.registry import register_policy
 from robopolicy.policies.sfp.configuration import SFPConfig
-
-
-def _randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
-    where = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=where).to(device)
-
-
-def _rand(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
-    where = generator.device if generator is not None else device
-    return torch.rand(shape, generator=generator, device=where).to(device)
 
 
 class FiLMBlock(nn.Module):
@@ -175,16 +166,16 @@ class StreamingFlowPolicy(Policy):
         B, M, A, device = actions.shape[0], c.t_samples_per_chunk, c.action_dim, actions.device
         obs_embedding = self.net.embed_obs(self.encoder(batch, generator=generator))
         # Stratified flow times: one in each of M equal slices of [0, 1], so every chunk is covered.
-        t = (torch.arange(M, device=device) + _rand((B, M), generator, device)) / M
+        t = (torch.arange(M, device=device) + rand((B, M), generator, device)) / M
         xi, xi_dot = self.demo_trajectory(actions, t)
         tt = t.unsqueeze(-1)
         decay = torch.exp(-c.k * tt)
-        eps = _randn((B, M, A), generator, device)
+        eps = randn((B, M, A), generator, device)
         if not self.stochastic:
             x = xi + c.sigma0 * decay * eps
             target = xi_dot - c.k * (x - xi)
         else:
-            z0 = _randn((B, M, A), generator, device)
+            z0 = randn((B, M, A), generator, device)
             a = xi + c.sigma0 * decay * eps + c.sigma_r * tt * z0
             z = (1 - (1 - c.sigma1) * tt) * z0 + tt * xi
             v_a = xi_dot - c.k * c.sigma0 * decay * eps + c.sigma_r * z0
@@ -232,7 +223,7 @@ class StreamingFlowPolicy(Policy):
         B, device = obs_embedding.shape[0], obs_embedding.device
         a0 = self.start_action(obs) if start is None else start.to(device).reshape(B, A)
         if noise is None:
-            noise = _randn((B, self.state_dim), generator, device)  # [eps, z0] for SFP-S
+            noise = randn((B, self.state_dim), generator, device)  # [eps, z0] for SFP-S
         elif tuple(noise.shape) != (B, self.state_dim):
             raise ValueError(f"noise must have shape {(B, self.state_dim)} ([eps{', z0' if self.stochastic else ''}]), "
                              f"got {tuple(noise.shape)}")
