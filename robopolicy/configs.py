@@ -86,7 +86,7 @@ class TrainConfig:
     seed: int = 0
     num_threads: int = 0  # 0 = all cores
     log_every: int = 50
-    save_every: int = 1000
+    save_every: int = 1000  # <= 0: save only at the end
     keep_checkpoints: int = 2
     eval_every: int = 0  # 0 = no evaluation during training
     eval_episodes: int = 20

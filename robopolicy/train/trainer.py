@@ -259,7 +259,7 @@ class Trainer:
                     writer.writerow(row)
                     log_file.flush()
                     window_loss, window_n, window_t = 0.0, 0, time.perf_counter()
-                if self.step % cfg.save_every == 0:
+                if cfg.save_every > 0 and self.step % cfg.save_every == 0:
                     self.save()
         self.save()
         log_file.close()

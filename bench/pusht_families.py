@@ -1,0 +1,247 @@
+"""Every policy family on the PushT human demos (state observations), on the same 200 seeds.
+
+    python bench/pusht_families.py train [--only flow,act] [--dp-run DIR]   # train each family (idle machine)
+    python bench/pusht_families.py eval  [--only ...] [--episodes 200]       # success, coverage, NFE, timing
+    python bench/pusht_families.py onnx  [--only ...]                        # closed loop through ONNX Runtime
+    python bench/pusht_families.py table                                     # the markdown table
+    python bench/pusht_families.py all
+
+Each family trains with its own budget (minutes on the 2-core machine) into ``<root>/<name>``; Diffusion
+Policy reuses the one-hour run of ``bench/pusht_diffusion.py`` (``--dp-run``). Each row of the table is
+one trained network plus a sampler setting; results land in ``bench/results/pusht_families/<row>.json``
+and are skipped when present (``--force`` reruns), so the script can be resumed after an interruption.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pusht_diffusion import machine  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results" / "pusht_families"
+COMMON = ["warmup_steps=500", "save_every=0", "log_every=100", "num_threads=2", "progress=false"]
+
+# name -> (training overrides, minutes). Step counts are sized so the cosine schedule ends near the budget.
+FAMILIES: dict[str, tuple[list[str], float]] = {
+    "flow": (["policy=flow", "steps=4000", "lr=5e-4", "batch_size=256"], 16),
+    "sfp_d": (["policy=sfp", "policy.variant=deterministic", "steps=7000", "lr=1e-3", "batch_size=256"], 10),
+    "sfp_s": (["policy=sfp", "policy.variant=stochastic", "steps=7000", "lr=1e-3", "batch_size=256"], 10),
+    "act": (["policy=act", "steps=5000", "lr=1e-4", "batch_size=64"], 14),
+    "mlp": (["policy=mlp", "steps=40000", "lr=1e-3", "batch_size=256"], 3),
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One table row: a trained network (``run``) and how it samples."""
+
+    key: str
+    label: str
+    run: str
+    sampler: tuple[str | None, int | None] = (None, None)  # set_sampler(kind, steps)
+    mode: dict[str, Any] = field(default_factory=dict)  # diffusion set_sampling_mode(**mode)
+    ensemble: float | None = None  # ACT temporal ensembling coefficient
+
+
+ROWS = [
+    Row("dp_ddim10", "Diffusion Policy, DDIM 10", "diffusion", ("DDIM", 10)),
+    Row("dp_ddim5", "Diffusion Policy, DDIM 5", "diffusion", ("DDIM", 5)),
+    Row("dp_warm5", "Diffusion Policy, warm start (5 of 10 DDIM)", "diffusion", ("DDIM", 10),
+        {"mode": "warm_start", "warm_start_fraction": 0.5}),
+    Row("flow_euler10", "Flow matching, Euler 10", "flow", ("euler", 10)),
+    Row("flow_euler2", "Flow matching, Euler 2", "flow", ("euler", 2)),
+    Row("sfp_d", "Streaming flow (SFP-D), Euler 6 per action", "sfp_d"),
+    Row("sfp_s", "Streaming flow (SFP-S), Euler 6 per action", "sfp_s"),
+    Row("act_chunk", "ACT, chunk of 16, Ta 8", "act"),
+    Row("act_ensemble", "ACT, temporal ensembling m = 0.01", "act", ensemble=0.01),
+    Row("mlp", "MLP behaviour cloning", "mlp"),
+]
+
+
+def policy_dir(root: Path, run: str) -> Path:
+    return root / run / "policy"
+
+
+def load_row_policy(directory: str, row: Row):
+    """Worker-side factory: a trained policy set up as ``row`` says."""
+    from robopolicy.policies.registry import load_policy
+    from robopolicy.runtime.ensemble import TemporalEnsembler
+
+    policy = load_policy(directory)
+    if row.sampler != (None, None):
+        policy.set_sampler(*row.sampler)
+    if row.mode:
+        policy.set_sampling_mode(**row.mode)
+    if row.ensemble is not None:
+        policy.config.temporal_ensemble_coeff = row.ensemble
+        policy.ensembler = TemporalEnsembler(row.ensemble)
+    return policy
+
+
+def nfe(policy, row: Row) -> tuple[int, int]:
+    """Network evaluations per chunk and before the first action can execute."""
+    if policy.name == "diffusion":
+        from robopolicy.policies.diffusion.fast_sampling import warm_start_num_steps
+
+        n = warm_start_num_steps(policy.config) if row.mode.get("mode") == "warm_start" else policy.config.num_inference_steps
+        return n, n
+    if policy.name == "flow":
+        return policy.nfe, policy.nfe
+    if policy.name == "sfp":
+        return policy.nfe, policy.nfe_per_action
+    return 1, 1
+
+
+def timing(policy, repeats: int = 40) -> dict[str, float]:
+    """Batch 1, one thread: time per chunk and time to the first executable action (ms)."""
+    torch.set_num_threads(1)
+    obs = {f.key: torch.zeros(1, policy.config.n_obs_steps, *f.shape) for f in policy.config.input_features}
+    g = torch.Generator().manual_seed(0)
+    chunk, first = [], []
+    for i in range(repeats + 3):  # warm-up calls; warm start reaches its steady state (previous chunk kept)
+        t0 = time.perf_counter()
+        policy.predict_chunk(obs, generator=g)
+        dt = (time.perf_counter() - t0) * 1e3
+        if policy.name == "sfp":
+            policy.reset()
+            t0 = time.perf_counter()
+            next(iter(policy.stream_actions(obs, generator=g, n_actions=1)))
+            dt_first = (time.perf_counter() - t0) * 1e3
+        else:
+            dt_first = dt
+        if i >= 3:
+            chunk.append(dt)
+            first.append(dt_first)
+    return {"chunk_p50_ms": statistics.median(chunk), "chunk_p99_ms": float(np.percentile(chunk, 99)),
+            "first_action_p50_ms": statistics.median(first), "first_action_p99_ms": float(np.percentile(first, 99))}
+
+
+def cmd_train(root: Path, names: list[str], dp_run: Path) -> None:
+    dp_link = root / "diffusion"
+    if not dp_link.exists() and dp_run.exists():
+        dp_link.parent.mkdir(parents=True, exist_ok=True)
+        dp_link.symlink_to(dp_run.resolve())
+    for name in names:
+        if name not in FAMILIES:
+            continue
+        out = root / name
+        if (out / "train_summary.json").exists():
+            print(f"{name}: already trained ({out})")
+            continue
+        overrides, minutes = FAMILIES[name]
+        cmd = [sys.executable, "-m", "robopolicy.cli", "train", *overrides, *COMMON, f"time_budget_min={minutes}", f"output_dir={out}"]
+        print(" ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True, cwd=REPO)
+
+
+def cmd_eval(root: Path, rows: list[Row], episodes: int, force: bool) -> None:
+    from robopolicy.sim.evaluate import evaluate
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        out = RESULTS / f"{row.key}.json"
+        directory = policy_dir(root, row.run)
+        if out.exists() and not force:
+            print(f"{row.key}: done ({out})")
+            continue
+        if not directory.exists():
+            print(f"{row.key}: no trained policy at {directory}; skipped")
+            continue
+        policy = load_row_policy(str(directory), row)
+        n_chunk, n_first = nfe(policy, row)
+        times = timing(policy)
+        result = evaluate(partial(load_row_policy, str(directory), row), n_episodes=episodes, n_workers=2, n_videos=2,
+                          output_dir=root / "eval" / row.key, progress=True).to_dict()
+        summary = json.loads((root / row.run / "train_summary.json").read_text())
+        keep = ("n_episodes", "success_rate", "success_ci95", "mean_max_coverage", "max_coverage_ci95",
+                "mean_max_reward", "chunk_latency_ms", "wall_s")
+        payload = {"machine": machine(), "row": row.label, "run": row.run, "policy_dir": str(directory),
+                   "nfe_per_chunk": n_chunk, "nfe_to_first_action": n_first, "timing_1thread": times,
+                   "train": summary, "eval": {k: result.get(k) for k in keep}}
+        out.write_text(json.dumps(payload, indent=2))
+        print(f"{row.label}: success {result['success_rate']:.1%} {result['success_ci95']}, coverage "
+              f"{result['mean_max_coverage']:.3f}, chunk {times['chunk_p50_ms']:.2f} ms, first action "
+              f"{times['first_action_p50_ms']:.3f} ms", flush=True)
+
+
+def cmd_onnx(root: Path, rows: list[Row], episodes: int, force: bool) -> None:
+    """Export each trained family and evaluate it through the torch-free runtime on the same seeds."""
+    from robopolicy.export import export_policy
+    from robopolicy.runtime import OnnxPolicy
+    from robopolicy.sim.evaluate import evaluate
+
+    for row in rows:
+        out = RESULTS / f"{row.key}_onnx.json"
+        if (out.exists() and not force) or not policy_dir(root, row.run).exists():
+            continue
+        artifact = root / "onnx" / row.key  # per row: the manifest carries sampler and ensembling settings
+        if not (artifact / "manifest.json").exists():
+            export_policy(load_row_policy(str(policy_dir(root, row.run)), row), artifact)
+        result = evaluate(partial(OnnxPolicy.load, str(artifact), graph="per_step"), n_episodes=episodes,
+                          n_workers=2, n_videos=0, progress=True).to_dict()
+        keep = ("n_episodes", "success_rate", "success_ci95", "mean_max_coverage", "chunk_latency_ms")
+        out.write_text(json.dumps({"machine": machine(), "row": row.label, "artifact": str(artifact),
+                                   "graph": "per_step", "eval": {k: result.get(k) for k in keep}}, indent=2))
+        print(f"{row.label} (ORT): success {result['success_rate']:.1%} {result['success_ci95']}", flush=True)
+
+
+def cmd_table() -> str:
+    lines = ["| family, sampler | success (95 % CI) | mean max coverage | NFE / chunk | NFE to 1st action | "
+             "time / chunk p50 (ms) | time to 1st action p50 (ms) | training |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in ROWS:
+        path = RESULTS / f"{row.key}.json"
+        if not path.exists():
+            continue
+        r = json.loads(path.read_text())
+        e, t, tr = r["eval"], r["timing_1thread"], r["train"]
+        lo, hi = e["success_ci95"]
+        lines.append(f"| {r['row']} | {e['success_rate']:.1%} ({lo:.1%}–{hi:.1%}) | {e['mean_max_coverage']:.3f} | "
+                     f"{r['nfe_per_chunk']} | {r['nfe_to_first_action']} | {t['chunk_p50_ms']:.2f} | "
+                     f"{t['first_action_p50_ms']:.3f} | {tr['steps']} steps, {tr['train_time_s'] / 60:.0f} min |")
+    table = "\n".join(lines)
+    print(table)
+    return table
+
+
+def main() -> None:
+    global RESULTS
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["train", "eval", "onnx", "table", "all"])
+    parser.add_argument("--root", type=Path, default=REPO / "outputs" / "bench" / "pusht_families")
+    parser.add_argument("--dp-run", type=Path, default=REPO / "outputs" / "bench" / "pusht_diffusion")
+    parser.add_argument("--only", default="", help="comma-separated family names (train) or row keys (eval/onnx)")
+    parser.add_argument("--episodes", type=int, default=200)
+    parser.add_argument("--force", action="store_true")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    RESULTS = args.results
+    only = [s for s in args.only.split(",") if s]
+    rows = [r for r in ROWS if not only or r.key in only or r.run in only]
+    if args.command in ("train", "all"):
+        cmd_train(args.root, only or list(FAMILIES), args.dp_run)
+    if args.command in ("eval", "all"):
+        cmd_eval(args.root, rows, args.episodes, args.force)
+    if args.command in ("onnx", "all"):
+        onnx_rows = [r for r in rows if r.key in ("flow_euler10", "sfp_d", "act_chunk", "mlp")] if not only else rows
+        cmd_onnx(args.root, onnx_rows, args.episodes, args.force)
+    if args.command in ("table", "all"):
+        cmd_table()
+
+
+if __name__ == "__main__":
+    main()
