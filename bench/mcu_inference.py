@@ -1,4 +1,4 @@
-"""Cost of a C-exported MLP policy on a Cortex-M4F (Crazyflie 2.x: STM32F405, 168 MHz).
+"""Cost of a C-exported MLP or streaming-flow policy on a Cortex-M4F (Crazyflie 2.x: STM32F405, 168 MHz).
 
     python bench/mcu_inference.py [--policy DIR] [--json OUT]
 
@@ -82,6 +82,26 @@ def random_mlp(obs_dim: int, hidden: list[int], act_dim: int = 4, activation: st
     return MLPPolicy(cfg, Normalizer(stats, cfg.normalization)).eval()
 
 
+def random_sfp(obs_dim: int, hidden: int, n_layers: int, steps: int, act_dim: int = 4):
+    """A small SFP-D velocity net; each policy_step integrates ``steps`` Euler steps (one streamed action)."""
+    import torch
+
+    from robopolicy.data.normalize import Normalizer
+    from robopolicy.policies.base import FeatureSpec
+    from robopolicy.policies.sfp.configuration import SFPConfig
+    from robopolicy.policies.sfp.modeling import StreamingFlowPolicy
+
+    cfg = SFPConfig(n_obs_steps=2, horizon=8, n_action_steps=1, hidden_dim=hidden, n_layers=n_layers,
+                    time_embed_dim=16, integration_steps_per_action=steps, start_from_observation_key=None,
+                    input_features=[FeatureSpec("observation.state", (obs_dim,))],
+                    output_features=[FeatureSpec("action", (act_dim,))],
+                    normalization={"observation.state": "mean_std", "action": "min_max"})
+    stats = {"observation.state": {"mean": [0.0] * obs_dim, "std": [1.0] * obs_dim},
+             "action": {"min": [-1.0] * act_dim, "max": [1.0] * act_dim}}
+    torch.manual_seed(0)
+    return StreamingFlowPolicy(cfg, Normalizer(stats, cfg.normalization)).eval()
+
+
 def size_of(path: Path) -> dict[str, int]:
     out = subprocess.run(["arm-none-eabi-size", str(path)], capture_output=True, text=True, check=True).stdout
     text, data, bss = (int(v) for v in out.strip().splitlines()[1].split()[:3])
@@ -112,6 +132,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--policy", help="MLP checkpoint directory to measure instead of the random nets")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--only", default="", help="measure only the nets whose name contains this")
     args = ap.parse_args()
     import torch
 
@@ -129,7 +150,11 @@ def main() -> None:
             # L2F-sized input: 18 state + 32-step action history x 4 = 146
             "l2f_146-64-64-4": random_mlp(146, [64, 64]),
             "big_22-256-256-4": random_mlp(22, [256, 256]),
+            # streaming flow, To = 2 of the 22-number state, hidden 32, 2 FiLM blocks, 3 Euler steps per action
+            "sfp_44-h32x2-4_euler3": random_sfp(22, 32, 2, 3),
         }
+    if args.only:
+        nets = {k: v for k, v in nets.items() if args.only in k}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, pol in nets.items():

@@ -147,3 +147,114 @@ def test_crazyflie_controller_compiles(tmp_path):
         res = subprocess.run(["arm-none-eabi-gcc", *ARM_CFLAGS, "-DROBOPOLICY_HOST_CHECK", f"-I{out}", "-c", str(f),
                               "-o", str(tmp_path / (f.stem + ".o"))], capture_output=True, text=True)
         assert res.returncode == 0, res.stderr
+
+
+# ---- Streaming Flow Policy ------------------------------------------------------------------------
+def make_sfp(variant: str = "deterministic", hidden: int = 32, steps: int = 3, start_key: str | None = "observation.state"):
+    from robopolicy.policies.sfp.configuration import SFPConfig
+    from robopolicy.policies.sfp.modeling import StreamingFlowPolicy
+
+    cfg = SFPConfig(n_obs_steps=2, horizon=6, n_action_steps=2, variant=variant, hidden_dim=hidden, n_layers=2,
+                    time_embed_dim=16, integration_steps_per_action=steps, start_from_observation_key=start_key,
+                    input_features=[FeatureSpec("observation.state", (2,)), FeatureSpec("observation.target", (3,))],
+                    output_features=[FeatureSpec("action", (2,))],
+                    normalization={"observation.state": "min_max", "observation.target": "mean_std", "action": "min_max"})
+    stats = {"observation.state": {"min": [0.0, -1.0], "max": [4.0, 3.0]},
+             "observation.target": {"mean": [0.1, 0.2, 0.3], "std": [1.0, 2.0, 0.5]},
+             "action": {"min": [0.0, -1.0], "max": [4.0, 3.0]}}
+    torch.manual_seed(0)
+    policy = StreamingFlowPolicy(cfg, Normalizer(stats, cfg.normalization)).eval()
+    with torch.no_grad():  # fresh output layers are near zero; make the velocity field matter
+        for p in policy.net.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return policy
+
+
+def run_sfp_eval(exe, obs: np.ndarray, starts: np.ndarray, seeds: list[int]) -> np.ndarray:
+    text = "\n".join(" ".join([*(repr(float(v)) for v in o), *(repr(float(v)) for v in s), str(seed)])
+                     for o, s, seed in zip(obs, starts, seeds, strict=True))
+    out = subprocess.run([str(exe)], input=text, capture_output=True, text=True, check=True).stdout
+    return np.array([[float(v) for v in line.split()] for line in out.strip().splitlines()])
+
+
+def test_c_gaussian_is_standard_normal():
+    from robopolicy.export.c_export import c_gaussian
+
+    x = np.concatenate([c_gaussian(seed, 2) for seed in range(1, 4001)])
+    assert abs(x.mean()) < 0.05 and abs(x.std() - 1.0) < 0.05
+    assert not np.allclose(c_gaussian(1, 4), c_gaussian(2, 4))
+    np.testing.assert_array_equal(c_gaussian(7, 5), c_gaussian(7, 5))
+
+
+@needs_gcc
+@pytest.mark.parametrize("variant", ["deterministic", "stochastic"])
+def test_sfp_host_matches_torch(tmp_path, variant):
+    from robopolicy.export.c_export import reference_sfp_actions, sample_starts
+
+    policy = make_sfp(variant)
+    out = export_c(policy, tmp_path / "c")
+    obs, starts = sample_observations(policy, 16, seed=3), sample_starts(policy, 16, seed=4)
+    seeds = [11 + 13 * i for i in range(16)]
+    expected = reference_sfp_actions(policy, obs, starts, seeds)
+    got = run_sfp_eval(build_host(out, "main_eval.c"), obs, starts, seeds)
+    assert np.abs(got - expected).max() <= FLOAT_BOUND
+    # the noise matters: another seed gives another action (sigma0 = 0.1 of the normalized range)
+    other = reference_sfp_actions(policy, obs, starts, [s + 1 for s in seeds])
+    assert np.abs(other - expected).max() > 1e-3
+    assert subprocess.run([str(build_host(out))], capture_output=True).returncode == 0  # self-test vectors
+
+
+@needs_gcc
+def test_sfp_policy_step_chains_from_its_last_action(tmp_path):
+    """policy_step: first flow from the observation's position, then from the action it returned, seed advancing."""
+    from robopolicy.export.c_export import SEED_INC, SEED_MULT, reference_sfp_actions
+
+    policy = make_sfp("deterministic")
+    out = export_c(policy, tmp_path / "c")
+    obs = sample_observations(policy, 3, seed=5)
+    (out / "main_chain.c").write_text("""#include <stdio.h>
+#include "policy.h"
+int main(void) {
+    float obs[POLICY_OBS_DIM], a[POLICY_ACTION_DIM];
+    int n, i;
+    policy_set_seed(42u);
+    for (n = 0; n < 3; ++n) {
+        for (i = 0; i < POLICY_OBS_DIM; ++i) if (scanf("%f", &obs[i]) != 1) return 2;
+        if (policy_step(obs, a) != 0) return 1;
+        printf("%.9g %.9g\\n", (double)a[0], (double)a[1]);
+    }
+    return 0;
+}
+""")
+    got = run_eval(build_host(out, "main_chain.c"), obs)
+    seeds = [42]
+    for _ in range(2):
+        seeds.append((seeds[-1] * SEED_MULT + SEED_INC) % 2**32)
+    first = reference_sfp_actions(policy, obs[:1], None, seeds[:1])  # start = NULL: from observation.state
+    assert np.abs(got[0] - first[0]).max() <= FLOAT_BOUND
+    for k in (1, 2):
+        expected = reference_sfp_actions(policy, obs[k:k + 1], got[k - 1:k].astype(np.float32), seeds[k:k + 1])
+        assert np.abs(got[k] - expected[0]).max() <= FLOAT_BOUND
+
+
+@needs_gcc
+def test_sfp_int8_and_refusals(tmp_path):
+    from robopolicy.export.c_export import reference_sfp_actions, sample_starts
+
+    policy = make_sfp("stochastic")
+    out = export_c(policy, tmp_path / "q", int8=True)
+    obs, starts, seeds = sample_observations(policy, 8, seed=6), sample_starts(policy, 8, seed=7), list(range(1, 9))
+    got = run_sfp_eval(build_host(out, "main_eval.c"), obs, starts, seeds)
+    assert np.abs(got - reference_sfp_actions(policy, obs, starts, seeds, int8=True)).max() <= INT8_BOUND_VS_DEQUANT
+    assert "int8_t Wfilm0" in (out / "policy.c").read_text()
+    policy.set_sampler("rk4")
+    with pytest.raises(CExportError, match="euler"):
+        export_c(policy, tmp_path / "rk4")
+
+
+@needs_arm
+def test_sfp_cortex_m4_selftest_under_qemu(tmp_path):
+    out = export_c(make_sfp("stochastic"), tmp_path / "arm", n_selftest=3)
+    res = run_qemu(build_arm(out))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "PASS" in res.stdout

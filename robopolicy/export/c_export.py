@@ -1,4 +1,4 @@
-"""Export a low-dim MLP policy as dependency-free C99 for microcontrollers (the Crazyflie route).
+"""Export a low-dim MLP or Streaming Flow policy as dependency-free C99 for microcontrollers (the Crazyflie route).
 
 ``export_c(policy, out_dir)`` writes
 
@@ -30,13 +30,26 @@ is not finite (the caller should then fall back to a safe command).
 (symmetric, ``scale = max|row| / 127``); activations and biases stay float. Flash drops ~4x.
 
 Supported: ``mlp`` policies with only vector (low-dim) inputs, ``layer_norm=False``, activations
-relu/tanh/elu. Flow/SFP velocity nets (LayerNorm, Mish, FiLM, sinusoidal time embedding, a
-seeded PRNG for the noise) are not exported yet; ``export_c`` raises a clear error for them.
+relu/tanh/elu; and ``sfp`` policies (both variants) with vector inputs and the Euler integrator.
+
+SFP extras (see ``_sfp_source``): the flow needs a start action and Gaussian noise, so the C code has
+
+    int policy_sfp_step(const float *obs, const float *start, uint32_t seed, float *action);
+    void policy_reset(void);              // forget the last action: the next flow starts at the observation
+    void policy_set_seed(uint32_t seed);  // seed of the noise stream policy_step uses
+
+``policy_sfp_step`` integrates ``integration_steps_per_action`` fixed Euler steps from ``start`` (robot
+units; NULL = from ``start_from_observation_key`` or the action center) plus ``sigma0`` times noise drawn
+from ``seed`` by a xorshift32 + Box-Muller generator that :func:`c_gaussian` reproduces in Python.
+``policy_step`` chains it: the last action it returned is the next start, and the seed advances each call.
+The time conditioning at the fixed Euler times does not depend on the observation, so it is computed
+once at export and stored as a table (the time MLP itself is not in the C code).
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +57,7 @@ import numpy as np
 import torch
 from torch import nn
 
-SUPPORTED = ("mlp",)
+SUPPORTED = ("mlp", "sfp")
 FLOAT_TOL = 1e-4  # self-test tolerance, relative to (1 + |expected|), float build
 INT8_TOL = 1e-3  # int8 build: compared against the dequantized net, so only summation order differs
 
@@ -62,10 +75,6 @@ class CExportError(ValueError):
 
 def _layers(policy: nn.Module) -> list[tuple[str, Any]]:
     """The MLP as [("linear", (W, b)), ("relu"|"tanh"|"elu", None), ...]."""
-    name = getattr(policy, "name", None)
-    if name not in SUPPORTED:
-        raise CExportError(f"C export supports policy families {SUPPORTED}, got {name!r} "
-                           "(flow/SFP velocity nets are not exported yet)")
     cfg = policy.config
     if getattr(cfg, "layer_norm", False):
         raise CExportError("C export: MLP with layer_norm=True is not supported (train with layer_norm=False)")
@@ -115,33 +124,48 @@ def _fmt(a: np.ndarray, per_line: int = 8, kind: str = "float") -> str:
     return "{\n    " + ",\n    ".join(lines) + "\n}" if lines else "{0}"
 
 
-def _torch_chunk(policy: nn.Module, obs_flat: np.ndarray, int8: bool) -> np.ndarray:
-    """(N, T*A) chunk in robot units from raw flattened obs (N, To*D), via the policy's own modules.
+def _exported_linears(policy: nn.Module) -> list[nn.Linear]:
+    """The Linear layers the C code holds (and an int8 build quantizes)."""
+    if policy.name == "sfp":
+        return list(_sfp_linears(policy).values())
+    return [m for m in policy.net.modules() if isinstance(m, nn.Linear)]
 
-    For int8 the Linear weights are temporarily replaced by their dequantized values so the
-    expected outputs are what the int8 C code must produce (up to summation order).
+
+@contextmanager
+def _dequantized(policy: nn.Module, enabled: bool):
+    """Temporarily replace the exported Linear weights by their int8-dequantized values.
+
+    Then torch computes what the int8 C code must produce (up to summation order).
     """
+    saved = {}
+    try:
+        if enabled:
+            for m in _exported_linears(policy):
+                saved[m] = m.weight.detach().clone()
+                q, s = quantize_rows(m.weight.detach().double().cpu().numpy())
+                m.weight.data.copy_(torch.from_numpy((q.astype(np.float64) * s[:, None]).astype(np.float32)))
+        yield policy
+    finally:
+        for m, w in saved.items():
+            m.weight.data.copy_(w)
+
+
+def _split_history(policy: nn.Module, obs_flat: np.ndarray) -> dict[str, torch.Tensor]:
+    """Raw flattened observation histories (N, To*D) -> {key: (N, To, d)} in the encoder's layout."""
     cfg = policy.config
-    to = cfg.n_obs_steps
-    x = torch.as_tensor(obs_flat, dtype=torch.float32).view(len(obs_flat), to, -1)
+    x = torch.as_tensor(obs_flat, dtype=torch.float32).view(len(obs_flat), cfg.n_obs_steps, -1)
     hist, o = {}, 0
     for f in cfg.input_features:
         d = int(np.prod(f.shape))
         hist[f.key] = x[:, :, o:o + d]
         o += d
-    saved = {}
-    try:
-        if int8:
-            for i, m in enumerate(policy.net):
-                if isinstance(m, nn.Linear):
-                    saved[i] = m.weight.detach().clone()
-                    q, s = quantize_rows(m.weight.detach().double().cpu().numpy())
-                    m.weight.data.copy_(torch.from_numpy((q.astype(np.float64) * s[:, None]).astype(np.float32)))
-        with torch.no_grad():
-            chunk = policy.predict_chunk(hist)
-    finally:
-        for i, w in saved.items():
-            policy.net[i].weight.data.copy_(w)
+    return hist
+
+
+def _torch_chunk(policy: nn.Module, obs_flat: np.ndarray, int8: bool) -> np.ndarray:
+    """(N, T*A) chunk in robot units from raw flattened obs (N, To*D), via the policy's own modules."""
+    with _dequantized(policy, int8), torch.no_grad():
+        chunk = policy.predict_chunk(_split_history(policy, obs_flat))
     return chunk.reshape(len(obs_flat), -1).cpu().numpy().astype(np.float64)
 
 
@@ -167,91 +191,9 @@ def reference_actions(policy: nn.Module, obs: np.ndarray, int8: bool = False) ->
     return chunk[:, cfg.n_obs_steps - 1]
 
 
-def export_c(policy: nn.Module, out_dir: str | Path, int8: bool = False, n_selftest: int = 4,
-             seed: int = 0, prefix: str = "policy") -> Path:
-    """Write C99 sources for ``policy`` into ``out_dir`` (see the module docstring). Returns out_dir."""
-    if prefix != "policy":
-        raise CExportError("only prefix='policy' is supported")
-    policy = policy.eval()
-    layers = _layers(policy)
-    cfg = policy.config
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    step_dim = sum(int(np.prod(f.shape)) for f in cfg.input_features)
-    obs_dim = cfg.n_obs_steps * step_dim
-    act_dim = cfg.action_dim
-    horizon = cfg.horizon
-    linears = [p for k, p in layers if k == "linear"]
-    if linears[0][0].shape[1] != obs_dim or linears[-1][0].shape[0] != horizon * act_dim:
-        raise CExportError("C export: network shape does not match the config's observation/action dims")
-    max_width = max(max(w.shape) for w, _ in linears)
-
-    in_center = np.tile(np.concatenate([_norm_params(policy, f.key, int(np.prod(f.shape)))[0]
-                                        for f in cfg.input_features]), cfg.n_obs_steps)
-    in_scale = np.tile(np.concatenate([_norm_params(policy, f.key, int(np.prod(f.shape)))[1]
-                                       for f in cfg.input_features]), cfg.n_obs_steps)
-    act_center, act_scale = _norm_params(policy, policy.action_key, act_dim)
-
-    # ---- policy.h -----------------------------------------------------------------------------
-    feat_doc = "\n".join(f" *   {f.key}: {int(np.prod(f.shape))}" for f in cfg.input_features)
-    header = f"""/* Generated by robopolicy.export.c_export -- do not edit. C99, no malloc, no dependencies but libm. */
-#ifndef ROBOPOLICY_POLICY_H
-#define ROBOPOLICY_POLICY_H
-#ifdef __cplusplus
-extern "C" {{
-#endif
-
-#define POLICY_N_OBS_STEPS {cfg.n_obs_steps}
-#define POLICY_STEP_DIM {step_dim}
-#define POLICY_OBS_DIM {obs_dim}
-#define POLICY_ACTION_DIM {act_dim}
-#define POLICY_HORIZON {horizon}
-#define POLICY_INT8 {1 if int8 else 0}
-#define POLICY_N_SELFTEST {n_selftest}
-
-/* obs: raw observation history in robot units, oldest first, POLICY_N_OBS_STEPS x POLICY_STEP_DIM.
- * Each step concatenates:
-{feat_doc}
- * action: POLICY_ACTION_DIM numbers (robot units) for the latest observation.
- * Returns 0, or -1 when an input or output is not finite. Not reentrant (static buffers). */
-int policy_step(const float *obs, float *action);
-/* The whole chunk, POLICY_HORIZON x POLICY_ACTION_DIM, robot units. */
-int policy_chunk(const float *obs, float *chunk);
-/* Runs the generated test vectors; returns the number of mismatching outputs (0 = pass). */
-int policy_selftest(void);
-
-#ifdef __cplusplus
-}}
-#endif
-#endif
-"""
-    (out_dir / "policy.h").write_text(header)
-
-    # ---- policy.c -----------------------------------------------------------------------------
-    parts = [
-        "/* Generated by robopolicy.export.c_export -- do not edit. */",
-        "#include <math.h>",
-        "#include <stdint.h>",
-        '#include "policy.h"',
-        "",
-        f"static const float IN_CENTER[{obs_dim}] = {_fmt(in_center)};",
-        f"static const float IN_SCALE[{obs_dim}] = {_fmt(in_scale)};",
-        f"static const float ACT_CENTER[{act_dim}] = {_fmt(act_center)};",
-        f"static const float ACT_SCALE[{act_dim}] = {_fmt(act_scale)};",
-        "",
-    ]
-    for i, (w, b) in enumerate(linears):
-        rows, cols = w.shape
-        if int8:
-            q, s = quantize_rows(w)
-            parts.append(f"static const int8_t W{i}[{rows * cols}] = {_fmt(q, 16, 'int')};")
-            parts.append(f"static const float S{i}[{rows}] = {_fmt(s)};")
-        else:
-            parts.append(f"static const float W{i}[{rows * cols}] = {_fmt(w)};")
-        parts.append(f"static const float B{i}[{rows}] = {_fmt(b)};")
+def _linear_c(int8: bool) -> str:
+    """The C matrix-vector product every family uses: y = W x + b (W row-major, rows x cols)."""
     wtype = "int8_t" if int8 else "float"
-    used = {k for k, _ in layers if k != "linear"}
 
     def W(e: str) -> str:  # noqa: N802 - a weight element as float
         return f"(float){e}" if int8 else e
@@ -259,12 +201,7 @@ int policy_selftest(void);
     def S(acc: str, i: str) -> str:  # noqa: N802 - the row scale
         return f"{acc} * s[{i}]" if int8 else acc
 
-    act_defs = "\n".join(ACT_C[k] for k in sorted(used))
-    parts.append(f"""
-static float buf_a[{max_width}];
-static float buf_b[{max_width}];
-
-/* y = W x + b, W row-major (rows x cols){'; W = diag(s) q' if int8 else ''}. Four rows at a time share each
+    return f"""/* y = W x + b, W row-major (rows x cols){'; W = diag(s) q' if int8 else ''}. Four rows at a time share each
  * load of x; every row still sums its products in column order (the same order as a plain loop).
  * With a hardware FMA (Cortex-M4F: __ARM_FEATURE_FMA) each product-sum is one fused vfma. */
 #if defined(__ARM_FEATURE_FMA)
@@ -298,24 +235,61 @@ static void linear(const {wtype} *w,{' const float *s,' if int8 else ''} const f
     }}
 }}
 
-{act_defs}
-
 static int all_finite(const float *x, int n) {{ int i; for (i = 0; i < n; ++i) if (!isfinite(x[i])) return 0; return 1; }}
+"""
 
+
+def _weights_c(name: str, w: np.ndarray, b: np.ndarray, int8: bool) -> str:
+    """const arrays W<name>, (S<name>,) B<name>, and the argument list linear() takes for them."""
+    rows, cols = w.shape
+    if int8:
+        q, s = quantize_rows(w)
+        return (f"static const int8_t W{name}[{rows * cols}] = {_fmt(q, 16, 'int')};\n"
+                f"static const float S{name}[{rows}] = {_fmt(s)};\n"
+                f"static const float B{name}[{rows}] = {_fmt(b)};")
+    return (f"static const float W{name}[{rows * cols}] = {_fmt(w)};\n"
+            f"static const float B{name}[{rows}] = {_fmt(b)};")
+
+
+def _linear_args(name: str, int8: bool) -> str:
+    return f"W{name}, S{name}, B{name}" if int8 else f"W{name}, B{name}"
+
+
+def _linear_numpy(m: nn.Linear) -> tuple[np.ndarray, np.ndarray]:
+    return m.weight.detach().double().cpu().numpy(), m.bias.detach().double().cpu().numpy()
+
+
+def _weight_bytes(linears: list[tuple[np.ndarray, np.ndarray]], int8: bool) -> int:
+    return int(sum(w.size * (1 if int8 else 4) + b.size * 4 + (w.shape[0] * 4 if int8 else 0) for w, b in linears))
+
+
+def _mlp_source(policy: nn.Module, int8: bool) -> tuple[str, dict[str, Any]]:
+    """policy.c body for an MLP: forward pass, policy_chunk, policy_step."""
+    layers = _layers(policy)
+    cfg = policy.config
+    obs_dim = cfg.n_obs_steps * sum(int(np.prod(f.shape)) for f in cfg.input_features)
+    linears = [p for k, p in layers if k == "linear"]
+    if linears[0][0].shape[1] != obs_dim or linears[-1][0].shape[0] != cfg.horizon * cfg.action_dim:
+        raise CExportError("C export: network shape does not match the config's observation/action dims")
+    max_width = max(max(w.shape) for w, _ in linears)
+    parts = [_weights_c(str(i), w, b, int8) for i, (w, b) in enumerate(linears)]
+    parts.append(f"\nstatic float buf_a[{max_width}];\nstatic float buf_b[{max_width}];\n")
+    parts.append(_linear_c(int8))
+    parts.extend(ACT_C[k] for k in sorted({k for k, _ in layers if k != "linear"}))
+    parts.append("""
 /* Normalized chunk in buf (returns pointer), or 0 when obs is not finite. */
 static const float *forward(const float *obs)
-{{
+{
     int i;
     float *x = buf_a, *y = buf_b, *t;
     if (!all_finite(obs, POLICY_OBS_DIM)) return 0;
     for (i = 0; i < POLICY_OBS_DIM; ++i) x[i] = (obs[i] - IN_CENTER[i]) / IN_SCALE[i];""")
-    body = []
-    for k, (kind, p) in enumerate(layers):
+    body, idx, last_rows = [], 0, 0
+    for kind, p in layers:
         if kind == "linear":
-            idx = sum(1 for kk, _ in layers[:k] if kk == "linear")
             rows, cols = p[0].shape
-            body.append(f"    linear(W{idx},{f' S{idx},' if int8 else ''} B{idx}, x, y, {rows}, {cols}); t = x; x = y; y = t;")
-            last_rows = rows
+            body.append(f"    linear({_linear_args(str(idx), int8)}, x, y, {rows}, {cols}); t = x; x = y; y = t;")
+            idx, last_rows = idx + 1, rows
         else:
             body.append(f"    act_{kind}(x, {last_rows});")
     parts.append("\n".join(body))
@@ -343,21 +317,367 @@ int policy_step(const float *obs, float *action)
     for (i = 0; i < POLICY_ACTION_DIM; ++i) action[i] = z[i] * ACT_SCALE[i] + ACT_CENTER[i];
     return all_finite(action, POLICY_ACTION_DIM) ? 0 : -1;
 }
+
+void policy_reset(void) { }
 """)
-    (out_dir / "policy.c").write_text("\n".join(parts))
+    meta = {"n_params": int(sum(w.size + b.size for w, b in linears)), "weight_bytes": _weight_bytes(linears, int8),
+            "activations": [k for k, _ in layers if k != "linear"]}
+    return "\n".join(parts), meta
+
+
+# ---- Streaming Flow Policy ----------------------------------------------------------------------
+SEED_MULT, SEED_INC = 1664525, 1013904223  # policy_step's seed advances as a 32-bit LCG
+
+
+def c_gaussian(seed: int, n: int) -> np.ndarray:
+    """The n standard normals the generated C draws from ``seed`` (xorshift32, Box-Muller), float32.
+
+    The seed is first mixed (murmur3's finalizer) so that nearby seeds give unrelated streams.
+    """
+    with np.errstate(over="ignore"):
+        s = np.uint32(seed & 0xFFFFFFFF)
+        s ^= s >> np.uint32(16)
+        s *= np.uint32(0x85EBCA6B)
+        s ^= s >> np.uint32(13)
+        s *= np.uint32(0xC2B2AE35)
+        s ^= s >> np.uint32(16)
+    s = s if s else np.uint32(0x6D2B79F5)
+    f32 = np.float32
+
+    def uniform() -> np.float32:
+        nonlocal s
+        s ^= np.uint32(s << np.uint32(13))
+        s ^= np.uint32(s >> np.uint32(17))
+        s ^= np.uint32(s << np.uint32(5))
+        return (f32(s >> np.uint32(8)) + f32(0.5)) * f32(1.0 / 16777216.0)
+
+    out = np.empty(n, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        for i in range(0, n, 2):
+            u1, u2 = uniform(), uniform()
+            r, angle = np.sqrt(f32(-2.0) * np.log(u1)), f32(6.2831853071795864) * u2
+            out[i] = r * np.cos(angle)
+            if i + 1 < n:
+                out[i + 1] = r * np.sin(angle)
+    return out
+
+
+def _sfp_checks(policy: nn.Module) -> None:
+    cfg = policy.config
+    if cfg.integrator != "euler":
+        raise CExportError(f"C export of sfp: only the euler integrator is supported, got {cfg.integrator!r} "
+                           "(set policy.set_sampler('euler', steps) before exporting)")
+
+
+def _sfp_linears(policy: nn.Module) -> dict[str, nn.Linear]:
+    """The velocity net's Linear layers by their C name (the time branch becomes a table instead)."""
+    net = policy.net
+    named = {"obs1": net.obs[0], "obs2": net.obs[2], "inp": net.inp, "out": net.out[2]}
+    for k, block in enumerate(net.blocks):
+        named |= {f"film{k}": block.film, f"fc1_{k}": block.fc1, f"fc2_{k}": block.fc2}
+    return named
+
+
+def _sfp_time_table(policy: nn.Module) -> np.ndarray:
+    """(S, hidden): the time branch of the velocity net at the S Euler times of the first action."""
+    cfg, net = policy.config, policy.net
+    steps, K = cfg.integration_steps_per_action, cfg.n_knots
+    t1 = 1.0 / (K - 1)
+    rows = []
+    with torch.no_grad():
+        for i in range(steps):
+            t = torch.full((1,), 0.0 + i * t1 / steps)  # exactly the times flow.integrators.trajectory uses
+            rows.append(net.time(t * net.timestep_scale)[0].double().cpu().numpy())
+    return np.stack(rows)
+
+
+def _sfp_source(policy: nn.Module, int8: bool) -> tuple[str, dict[str, Any]]:
+    """policy.c body for an SFP: obs embedding, velocity net, Euler flow from the start action."""
+    _sfp_checks(policy)
+    cfg, net = policy.config, policy.net
+    hidden, state_dim = cfg.hidden_dim, policy.state_dim
+    steps, K = cfg.integration_steps_per_action, cfg.n_knots
+    h_step = (1.0 / (K - 1)) / steps
+    start_offset = -1
+    if cfg.start_from_observation_key is not None:
+        start_offset, o = 0, 0
+        for f in cfg.input_features:
+            if f.key == cfg.start_from_observation_key:
+                start_offset = o
+            o += int(np.prod(f.shape))
+    linears = {name: _linear_numpy(m) for name, m in _sfp_linears(policy).items()}
+    ln = net.out[0]
+    parts = [_weights_c(name, w, b, int8) for name, (w, b) in linears.items()]
+    parts.append(f"static const float TIME_COND[{steps * hidden}] = {_fmt(_sfp_time_table(policy))};")
+    parts.append(f"static const float LN_W[{hidden}] = {_fmt(ln.weight.detach().double().cpu().numpy())};")
+    parts.append(f"static const float LN_B[{hidden}] = {_fmt(ln.bias.detach().double().cpu().numpy())};")
+    blocks = "\n".join(f"""    linear({_linear_args(f'film{k}', int8)}, cond, film, {2 * hidden}, {hidden});
+    block(h, film, {_linear_args(f'fc1_{k}', int8)}, {_linear_args(f'fc2_{k}', int8)});"""
+                       for k in range(len(net.blocks)))
+    wtype = "int8_t" if int8 else "float"
+    wargs = (lambda n: f"const {wtype} *w{n}, const float *s{n}, const float *b{n}") if int8 else \
+        (lambda n: f"const {wtype} *w{n}, const float *b{n}")
+    call = (lambda n: f"w{n}, s{n}, b{n}") if int8 else (lambda n: f"w{n}, b{n}")
+    parts.append(f"""
+#define HIDDEN {hidden}
+#define STATE_DIM {state_dim}
+#define EULER_STEPS {steps}
+#define STOCHASTIC {1 if policy.stochastic else 0}
+#define START_OFFSET {start_offset}   /* start action's offset in an observation step, -1 = none */
+static const float SIGMA0 = {float(np.float32(cfg.sigma0))!r}f;
+static const float H_STEP = {float(np.float32(h_step))!r}f;
+
+static float obs_n[POLICY_OBS_DIM], emb[HIDDEN], cond[HIDDEN], film[2 * HIDDEN];
+static float h[HIDDEN], y[HIDDEN], u[HIDDEN], x[STATE_DIM], v[STATE_DIM];
+static float last_action[POLICY_ACTION_DIM];
+static int has_last_action = 0;
+static uint32_t step_seed = 1u;
+
+{_linear_c(int8)}
+/* torch's mish, x tanh(softplus(x)), with one expf: tanh(log(1 + e)) = n / (n + 2), n = e (e + 2), e = exp(x) */
+static float mish1(float a)
+{{
+    float e, n;
+    if (a > 20.0f) return a;
+    e = expf(a);
+    n = e * (e + 2.0f);
+    return a * n / (n + 2.0f);
+}}
+static void mish(float *a, int n) {{ int i; for (i = 0; i < n; ++i) a[i] = mish1(a[i]); }}
+
+/* LayerNorm over n values (eps 1e-5); w, b = 0 for no affine */
+static void layer_norm(const float *in, float *out, int n, const float *w, const float *b)
+{{
+    int i;
+    float mean = 0.0f, var = 0.0f, inv;
+    for (i = 0; i < n; ++i) mean += in[i];
+    mean /= (float)n;
+    for (i = 0; i < n; ++i) var += (in[i] - mean) * (in[i] - mean);
+    inv = 1.0f / sqrtf(var / (float)n + 1e-5f);
+    for (i = 0; i < n; ++i) out[i] = (in[i] - mean) * inv * (w ? w[i] : 1.0f) + (b ? b[i] : 0.0f);
+}}
+
+/* FiLM residual block: h += fc2(mish(fc1(mish(LN(h) * (1 + scale) + shift)))) */
+static void block(float *hh, const float *fm, {wargs('1')}, {wargs('2')})
+{{
+    int i;
+    layer_norm(hh, y, HIDDEN, 0, 0);
+    for (i = 0; i < HIDDEN; ++i) y[i] = y[i] * (1.0f + fm[i]) + fm[HIDDEN + i];
+    mish(y, HIDDEN);
+    linear({call('1')}, y, u, HIDDEN, HIDDEN);
+    mish(u, HIDDEN);
+    linear({call('2')}, u, y, HIDDEN, HIDDEN);
+    for (i = 0; i < HIDDEN; ++i) hh[i] += y[i];
+}}
+
+/* v(x, t_step | emb) */
+static void velocity(int step, const float *xs, float *vs)
+{{
+    int i;
+    for (i = 0; i < HIDDEN; ++i) cond[i] = mish1(emb[i] + TIME_COND[step * HIDDEN + i]);
+    linear({_linear_args('inp', int8)}, xs, h, HIDDEN, STATE_DIM);
+{blocks}
+    layer_norm(h, y, HIDDEN, LN_W, LN_B);
+    mish(y, HIDDEN);
+    linear({_linear_args('out', int8)}, y, vs, STATE_DIM, HIDDEN);
+}}
+
+static uint32_t xorshift32(uint32_t *s) {{ *s ^= *s << 13; *s ^= *s >> 17; *s ^= *s << 5; return *s; }}
+static float uniform01(uint32_t *s) {{ return ((float)(xorshift32(s) >> 8) + 0.5f) * (1.0f / 16777216.0f); }}
+
+/* STATE_DIM standard normals from seed (Box-Muller), the order c_gaussian() reproduces */
+static void gaussian(uint32_t seed, float *out)
+{{
+    uint32_t s = seed;
+    int i;
+    s ^= s >> 16; s *= 0x85EBCA6Bu; s ^= s >> 13; s *= 0xC2B2AE35u; s ^= s >> 16;  /* murmur3 fmix32 */
+    if (!s) s = 0x6D2B79F5u;
+    for (i = 0; i < STATE_DIM; i += 2) {{
+        const float u1 = uniform01(&s), u2 = uniform01(&s);
+        const float r = sqrtf(-2.0f * logf(u1)), angle = 6.2831853071795864f * u2;
+        out[i] = r * cosf(angle);
+        if (i + 1 < STATE_DIM) out[i + 1] = r * sinf(angle);
+    }}
+}}
+
+int policy_sfp_step(const float *obs, const float *start, uint32_t seed, float *action)
+{{
+    int i, k;
+    if (!all_finite(obs, POLICY_OBS_DIM) || (start && !all_finite(start, POLICY_ACTION_DIM))) return -1;
+    for (i = 0; i < POLICY_OBS_DIM; ++i) obs_n[i] = (obs[i] - IN_CENTER[i]) / IN_SCALE[i];
+    linear({_linear_args('obs1', int8)}, obs_n, u, HIDDEN, POLICY_OBS_DIM);
+    mish(u, HIDDEN);
+    linear({_linear_args('obs2', int8)}, u, emb, HIDDEN, HIDDEN);
+    gaussian(seed, v);
+    for (i = 0; i < POLICY_ACTION_DIM; ++i) {{
+        float a0 = 0.0f;
+        if (start) a0 = (start[i] - ACT_CENTER[i]) / ACT_SCALE[i];
+        else if (START_OFFSET >= 0)
+            a0 = (obs[(POLICY_N_OBS_STEPS - 1) * POLICY_STEP_DIM + START_OFFSET + i] - ACT_CENTER[i]) / ACT_SCALE[i];
+        x[i] = a0 + SIGMA0 * v[i];
+    }}
+    for (i = POLICY_ACTION_DIM; i < STATE_DIM; ++i) x[i] = v[i];  /* SFP-S: the latent z0 */
+    for (k = 0; k < EULER_STEPS; ++k) {{
+        velocity(k, x, v);
+        for (i = 0; i < STATE_DIM; ++i) x[i] += H_STEP * v[i];
+    }}
+    for (i = 0; i < POLICY_ACTION_DIM; ++i) action[i] = x[i] * ACT_SCALE[i] + ACT_CENTER[i];
+    return all_finite(action, POLICY_ACTION_DIM) ? 0 : -1;
+}}
+
+int policy_step(const float *obs, float *action)
+{{
+    int i, ok = policy_sfp_step(obs, has_last_action ? last_action : 0, step_seed, action);
+    step_seed = step_seed * {SEED_MULT}u + {SEED_INC}u;
+    has_last_action = ok == 0;
+    if (ok == 0)
+        for (i = 0; i < POLICY_ACTION_DIM; ++i) last_action[i] = action[i];
+    return ok;
+}}
+
+void policy_reset(void) {{ has_last_action = 0; }}
+void policy_set_seed(uint32_t seed) {{ step_seed = seed; }}
+""")
+    all_linears = list(linears.values())
+    meta = {"n_params": int(sum(w.size + b.size for w, b in all_linears) + 2 * hidden),
+            "weight_bytes": _weight_bytes(all_linears, int8) + 4 * (steps * hidden + 2 * hidden),
+            "variant": cfg.variant, "euler_steps_per_action": steps, "sigma0": cfg.sigma0,
+            "start_from_observation_key": cfg.start_from_observation_key}
+    return "\n".join(parts), meta
+
+
+def sample_starts(policy: nn.Module, n: int, seed: int = 1) -> np.ndarray:
+    """Random start actions (N, A) over the action range (robot units)."""
+    c, s = _norm_params(policy, policy.action_key, policy.config.action_dim)
+    return (c + s * np.random.default_rng(seed).uniform(-1.0, 1.0, size=(n, c.size))).astype(np.float32)
+
+
+def reference_sfp_actions(policy: nn.Module, obs: np.ndarray, starts: np.ndarray | None, seeds: list[int],
+                          int8: bool = False) -> np.ndarray:
+    """What ``policy_sfp_step(obs, start, seed)`` must return, from torch: (N, A), robot units.
+
+    ``starts`` None = every flow starts from the observation (the C code's start = NULL).
+    """
+    cfg = policy.config
+    hist = _split_history(policy, obs)
+    normalized = {key: policy.normalizer.normalize(key, x) for key, x in hist.items()}
+    noise = torch.as_tensor(np.stack([c_gaussian(s, policy.state_dim) for s in seeds]))
+    start = None if starts is None else policy.normalizer.normalize(
+        policy.action_key, torch.as_tensor(starts, dtype=torch.float32))
+    saved_last, policy.last_action = policy.last_action, None
+    try:
+        with _dequantized(policy, int8), torch.no_grad():
+            first = next(policy._stream(normalized, noise=noise, start=start, n_actions=1))
+    finally:
+        policy.last_action = saved_last
+    return policy.normalizer.unnormalize(policy.action_key, first).reshape(len(obs), cfg.action_dim).double().numpy()
+
+
+def export_c(policy: nn.Module, out_dir: str | Path, int8: bool = False, n_selftest: int = 4,
+             seed: int = 0, prefix: str = "policy") -> Path:
+    """Write C99 sources for ``policy`` into ``out_dir`` (see the module docstring). Returns out_dir."""
+    if prefix != "policy":
+        raise CExportError("only prefix='policy' is supported")
+    name = getattr(policy, "name", None)
+    if name not in SUPPORTED:
+        raise CExportError(f"C export supports policy families {SUPPORTED}, got {name!r}")
+    if getattr(policy.encoder, "camera_keys", []):
+        raise CExportError(f"C export: camera inputs {policy.encoder.camera_keys} are not supported")
+    policy = policy.eval()
+    cfg = policy.config
+    is_sfp = name == "sfp"
+    body, family_meta = (_sfp_source if is_sfp else _mlp_source)(policy, int8)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    step_dim = sum(int(np.prod(f.shape)) for f in cfg.input_features)
+    obs_dim = cfg.n_obs_steps * step_dim
+    act_dim = cfg.action_dim
+    in_center = np.tile(np.concatenate([_norm_params(policy, f.key, int(np.prod(f.shape)))[0]
+                                        for f in cfg.input_features]), cfg.n_obs_steps)
+    in_scale = np.tile(np.concatenate([_norm_params(policy, f.key, int(np.prod(f.shape)))[1]
+                                       for f in cfg.input_features]), cfg.n_obs_steps)
+    act_center, act_scale = _norm_params(policy, policy.action_key, act_dim)
+
+    # ---- policy.h -----------------------------------------------------------------------------
+    feat_doc = "\n".join(f" *   {f.key}: {int(np.prod(f.shape))}" for f in cfg.input_features)
+    family_api = ("""/* Streaming flow: one action from an explicit start (robot units; NULL = from the observation) and
+ * the seed of its noise. policy_step chains it: start = the action it returned last, seed advancing. */
+int policy_sfp_step(const float *obs, const float *start, uint32_t seed, float *action);
+void policy_set_seed(uint32_t seed);""" if is_sfp else """/* The whole chunk, POLICY_HORIZON x POLICY_ACTION_DIM, robot units. */
+int policy_chunk(const float *obs, float *chunk);""")
+    header = f"""/* Generated by robopolicy.export.c_export -- do not edit. C99, no malloc, no dependencies but libm. */
+#ifndef ROBOPOLICY_POLICY_H
+#define ROBOPOLICY_POLICY_H
+#include <stdint.h>
+#ifdef __cplusplus
+extern "C" {{
+#endif
+
+#define POLICY_FAMILY_{name.upper()} 1
+#define POLICY_N_OBS_STEPS {cfg.n_obs_steps}
+#define POLICY_STEP_DIM {step_dim}
+#define POLICY_OBS_DIM {obs_dim}
+#define POLICY_ACTION_DIM {act_dim}
+#define POLICY_HORIZON {cfg.horizon}
+#define POLICY_INT8 {1 if int8 else 0}
+#define POLICY_N_SELFTEST {n_selftest}
+
+/* obs: raw observation history in robot units, oldest first, POLICY_N_OBS_STEPS x POLICY_STEP_DIM.
+ * Each step concatenates:
+{feat_doc}
+ * action: POLICY_ACTION_DIM numbers (robot units) for the latest observation.
+ * Returns 0, or -1 when an input or output is not finite. Not reentrant (static buffers). */
+int policy_step(const float *obs, float *action);
+/* Start of an episode: forget any state policy_step keeps between calls. */
+void policy_reset(void);
+{family_api}
+/* Runs the generated test vectors; returns the number of mismatching outputs (0 = pass). */
+int policy_selftest(void);
+
+#ifdef __cplusplus
+}}
+#endif
+#endif
+"""
+    (out_dir / "policy.h").write_text(header)
+    (out_dir / "policy.c").write_text("\n".join([
+        "/* Generated by robopolicy.export.c_export -- do not edit. */",
+        "#include <math.h>",
+        "#include <stdint.h>",
+        '#include "policy.h"',
+        "",
+        f"static const float IN_CENTER[{obs_dim}] = {_fmt(in_center)};",
+        f"static const float IN_SCALE[{obs_dim}] = {_fmt(in_scale)};",
+        f"static const float ACT_CENTER[{act_dim}] = {_fmt(act_center)};",
+        f"static const float ACT_SCALE[{act_dim}] = {_fmt(act_scale)};",
+        "",
+        body,
+    ]))
 
     # ---- self-test vectors ----------------------------------------------------------------------
-    obs = sample_observations(policy, max(n_selftest, 1), seed=seed)[:n_selftest] if n_selftest else np.zeros((0, obs_dim))
-    expected = reference_actions(policy, obs, int8) if n_selftest else np.zeros((0, act_dim))
+    n = max(n_selftest, 1)
+    obs = sample_observations(policy, n, seed=seed)
     tol = INT8_TOL if int8 else FLOAT_TOL
+    if is_sfp:
+        starts, seeds = sample_starts(policy, n, seed=seed + 1), [1000 + 7 * i for i in range(n)]
+        expected = reference_sfp_actions(policy, obs, starts, seeds, int8)
+        extra = (f"static const float SELFTEST_START[{n * act_dim}] = {_fmt(starts)};\n"
+                 f"static const uint32_t SELFTEST_SEED[{n}] = {_fmt(np.array(seeds), 8, 'int')};\n")
+        call = ("policy_sfp_step(SELFTEST_OBS + n * POLICY_OBS_DIM, SELFTEST_START + n * POLICY_ACTION_DIM, "
+                "SELFTEST_SEED[n], action)")
+    else:
+        expected, extra = reference_actions(policy, obs, int8), ""
+        call = "policy_step(SELFTEST_OBS + n * POLICY_OBS_DIM, action)"
     st = f"""/* Generated by robopolicy.export.c_export -- self-test vectors computed with torch. */
 #include <math.h>
+#include <stdint.h>
 #include "policy.h"
 
 #if POLICY_N_SELFTEST > 0
-static const float SELFTEST_OBS[{max(n_selftest, 1) * obs_dim}] = {_fmt(obs)};
-static const float SELFTEST_ACTION[{max(n_selftest, 1) * act_dim}] = {_fmt(expected)};
-#endif
+static const float SELFTEST_OBS[{n * obs_dim}] = {_fmt(obs)};
+static const float SELFTEST_ACTION[{n * act_dim}] = {_fmt(expected)};
+{extra}#endif
 
 int policy_selftest(void)
 {{
@@ -366,7 +686,7 @@ int policy_selftest(void)
     int n, i;
     float action[POLICY_ACTION_DIM];
     for (n = 0; n < POLICY_N_SELFTEST; ++n) {{
-        if (policy_step(SELFTEST_OBS + n * POLICY_OBS_DIM, action) != 0) {{ bad += POLICY_ACTION_DIM; continue; }}
+        if ({call} != 0) {{ bad += POLICY_ACTION_DIM; continue; }}
         for (i = 0; i < POLICY_ACTION_DIM; ++i) {{
             float e = SELFTEST_ACTION[n * POLICY_ACTION_DIM + i];
             if (!(fabsf(action[i] - e) <= {tol!r}f * (1.0f + fabsf(e)))) ++bad;
@@ -388,32 +708,42 @@ int main(void)
     return bad ? 1 : 0;
 }
 """)
-    (out_dir / "main_eval.c").write_text("""/* Host helper: reads POLICY_OBS_DIM floats per observation on stdin, prints the action (%.9g). */
+    (out_dir / "main_eval.c").write_text("""/* Host helper: reads POLICY_OBS_DIM floats per observation on stdin (SFP: then POLICY_ACTION_DIM
+ * start floats and an unsigned seed), prints the action (%.9g), or "nan" when the policy refuses. */
 #include <stdio.h>
 #include "policy.h"
 
 int main(void)
 {
     float obs[POLICY_OBS_DIM], action[POLICY_ACTION_DIM];
-    int i;
+    int i, ok;
     for (;;) {
         for (i = 0; i < POLICY_OBS_DIM; ++i)
             if (scanf("%f", &obs[i]) != 1) return 0;
-        if (policy_step(obs, action) != 0) { printf("nan\\n"); continue; }
+#ifdef POLICY_FAMILY_SFP
+        {
+            float start[POLICY_ACTION_DIM];
+            unsigned long seed;
+            for (i = 0; i < POLICY_ACTION_DIM; ++i)
+                if (scanf("%f", &start[i]) != 1) return 0;
+            if (scanf("%lu", &seed) != 1) return 0;
+            ok = policy_sfp_step(obs, start, (uint32_t)seed, action);
+        }
+#else
+        ok = policy_step(obs, action);
+#endif
+        if (ok != 0) { printf("nan\\n"); continue; }
         for (i = 0; i < POLICY_ACTION_DIM; ++i) printf(i ? " %.9g" : "%.9g", (double)action[i]);
         printf("\\n");
     }
 }
 """)
-    n_params = sum(w.size + b.size for w, b in linears)
     meta = {
-        "family": policy.name,
+        "family": name,
         "n_obs_steps": cfg.n_obs_steps, "step_dim": step_dim, "obs_dim": obs_dim, "action_dim": act_dim,
-        "horizon": horizon, "obs_layout": [{"key": f.key, "size": int(np.prod(f.shape))} for f in cfg.input_features],
-        "action_key": policy.action_key, "int8": int8, "n_params": int(n_params),
-        "weight_bytes": int(sum(w.size * (1 if int8 else 4) + b.size * 4 + (w.shape[0] * 4 if int8 else 0) for w, b in linears)),
-        "n_selftest": n_selftest, "selftest_tolerance": tol,
-        "activations": [k for k, _ in layers if k != "linear"],
+        "horizon": cfg.horizon, "obs_layout": [{"key": f.key, "size": int(np.prod(f.shape))} for f in cfg.input_features],
+        "action_key": policy.action_key, "int8": int8, "n_selftest": n_selftest, "selftest_tolerance": tol,
+        **family_meta,
     }
     (out_dir / "export.json").write_text(json.dumps(meta, indent=2))
     return out_dir
@@ -492,4 +822,5 @@ def run_qemu(elf: str | Path, timeout: float = 60.0, extra: tuple[str, ...] = ()
 
 
 __all__ = ["ARM_CFLAGS", "ARM_LDFLAGS", "HOST_CFLAGS", "QEMU_CMD", "build_arm", "build_host", "run_qemu",
-           "CExportError", "export_c", "quantize_rows", "reference_actions", "sample_observations", "SUPPORTED"]
+           "CExportError", "c_gaussian", "export_c", "quantize_rows", "reference_actions", "reference_sfp_actions",
+           "sample_observations", "sample_starts", "SUPPORTED"]
