@@ -31,6 +31,7 @@ commands:
   serve     serve a policy over ZeroMQ (configs/serve.yaml; checkpoint=<policy dir or ONNX artifact>)
   run       drive a robot from a policy server (configs/run.yaml; robot=<name> server=<address>)
   keys      generate CurveZMQ keypairs (configs/keys.yaml; dir=<dir>)
+  record    record arm demonstrations (configs/record.yaml; output=<dataset> device=keyboard|gamepad|zmq|expert)
 
 Add --cfg to print the composed config and exit. Overrides use Hydra syntax.
 """
@@ -218,8 +219,50 @@ def cmd_keys(cfg: DictConfig) -> dict:
     return {k: [str(p), str(s)] for k, (p, s) in out.items()}
 
 
+def cmd_record(cfg: DictConfig) -> dict:
+    """Teleoperate (or run the scripted expert on) a robosuite arm and record into a LeRobot v3.0 dataset."""
+    from robopolicy.data.recorder import DatasetRecorder
+    from robopolicy.sim.robosuite_env import make_robosuite_env
+    from robopolicy.teleop import make_device
+    from robopolicy.teleop.record import record_teleop
+
+    if not cfg.output:
+        raise ValueError("record: give output=<dataset directory> (created, or appended to when it exists)")
+    if cfg.device == "zmq" and not cfg.address:
+        raise ValueError("record: device=zmq needs address=<the leader's PUB address>")
+    env = make_robosuite_env(cfg.task, robot=cfg.robot, cameras=tuple(cfg.cameras), seed=cfg.seed)
+    if cfg.device == "expert":
+        from robopolicy.experts.arm_lift import ExpertDevice, make_expert
+
+        device = ExpertDevice(make_expert(env, noise=cfg.expert_noise, seed=cfg.seed), env)
+    elif cfg.device == "zmq":
+        device = make_device("zmq", address=cfg.address)
+    else:
+        device = make_device(cfg.device)
+    realtime = cfg.device != "expert" if cfg.realtime is None else cfg.realtime
+    recorder = DatasetRecorder(resolve_path(cfg.output), fps=env.control_freq, features=env.features(),
+                               robot_type=cfg.robot, overwrite=cfg.overwrite)
+    before = recorder.num_episodes
+    if cfg.device != "expert":
+        console.print("recording: the device's save / discard / quit controls end an episode; "
+                      "a success held for 10 steps saves it")
+    try:
+        summary = record_teleop(env, device, recorder, task=cfg.task, num_episodes=cfg.num_episodes,
+                                max_steps=cfg.max_steps or env.horizon, keep_failures=cfg.keep_failures,
+                                realtime=realtime, seed=cfg.seed)
+    finally:
+        recorder.close()
+        device.close()
+        env.close()
+    report = {"dataset": str(resolve_path(cfg.output)), "episodes_before": before, "saved": len(summary.saved),
+              "discarded": summary.discarded, "attempts": summary.attempts, "quit": summary.quit}
+    console.print(f"[bold]{report['dataset']}[/]: saved {report['saved']} episode(s) (now "
+                  f"{before + report['saved']}), discarded {summary.discarded}")
+    return report
+
+
 COMMANDS = {"convert": cmd_convert, "train": cmd_train, "eval": cmd_eval, "demo": cmd_demo, "export": cmd_export,
-            "serve": cmd_serve, "run": cmd_run, "keys": cmd_keys}
+            "serve": cmd_serve, "run": cmd_run, "keys": cmd_keys, "record": cmd_record}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -167,8 +167,27 @@ class ExportConfig:
     max_batch: int = 8  # tensorrt optimization profile: batch 1..max_batch
 
 
+@dataclass
+class RecordConfig:
+    """Record arm demonstrations (robosuite) with a teleop device or the scripted expert."""
+
+    output: str = ""  # dataset root: created, or appended to when it exists (crash-safe, resumable)
+    task: str = "Lift"  # Lift | PickPlaceCan
+    robot: str = "Panda"
+    device: str = "keyboard"  # keyboard | gamepad | spacemouse | zmq | expert
+    address: str | None = None  # zmq: the leader's PUB address, e.g. tcp://192.168.1.5:5560
+    num_episodes: int = 10  # episodes to save in this session
+    max_steps: int | None = None  # default: the task's horizon
+    cameras: list[str] = field(default_factory=list)  # e.g. [agentview]; needs an offscreen renderer
+    seed: int = 0
+    keep_failures: bool = False  # save episodes that end without success
+    realtime: bool | None = None  # pace at the control rate (default: on for human devices, off for expert)
+    expert_noise: float = 0.002
+    overwrite: bool = False  # delete an existing dataset at output first
+
+
 SCHEMAS = {"train": TrainConfig, "export": ExportConfig, "eval": EvalConfig, "convert": ConvertConfig, "demo": DemoConfig,
-           "serve": ServeConfig, "run": RunConfig, "keys": KeysConfig}
+           "serve": ServeConfig, "run": RunConfig, "keys": KeysConfig, "record": RecordConfig}
 
 
 def register_schemas() -> None:

@@ -116,3 +116,19 @@ def test_arm_bridge_drives_the_simulated_arm():
         bridge.stop()
         t.join(5)
         bridge.close()
+
+
+def test_record_command_records_and_resumes(tmp_path):
+    """`robopolicy record`: the expert as the device; a second session appends to the same dataset."""
+    from robopolicy.cli import cmd_record
+    from robopolicy.configs import load_config
+
+    out = tmp_path / "lift_demos"
+    first = cmd_record(load_config("record", [f"output={out}", "device=expert", "num_episodes=2", "seed=3"]))
+    assert first["episodes_before"] == 0 and first["saved"] == 2
+    second = cmd_record(load_config("record", [f"output={out}", "device=expert", "num_episodes=1", "seed=10"]))
+    assert second["episodes_before"] == 2 and second["saved"] == 1
+    ds = LeRobotDataset(out)
+    assert ds.num_episodes == 3
+    with pytest.raises(ValueError, match="address"):
+        cmd_record(load_config("record", [f"output={tmp_path / 'z'}", "device=zmq"]))
