@@ -37,10 +37,10 @@ COMMON = ["warmup_steps=500", "save_every=0", "log_every=100", "num_threads=2", 
 
 # name -> (training overrides, minutes). Step counts are sized so the cosine schedule ends near the budget.
 FAMILIES: dict[str, tuple[list[str], float]] = {
-    "flow": (["policy=flow", "steps=4000", "lr=5e-4", "batch_size=256"], 16),
+    "flow": (["policy=flow", "steps=3000", "lr=5e-4", "batch_size=256"], 12),
     "sfp_d": (["policy=sfp", "policy.variant=deterministic", "steps=7000", "lr=1e-3", "batch_size=256"], 10),
-    "sfp_s": (["policy=sfp", "policy.variant=stochastic", "steps=7000", "lr=1e-3", "batch_size=256"], 10),
-    "act": (["policy=act", "steps=5000", "lr=1e-4", "batch_size=64"], 14),
+    "sfp_s": (["policy=sfp", "policy.variant=stochastic", "steps=5500", "lr=1e-3", "batch_size=256"], 8),
+    "act": (["policy=act", "steps=3500", "lr=1e-4", "batch_size=64"], 10),
     "mlp": (["policy=mlp", "steps=40000", "lr=1e-3", "batch_size=256"], 3),
 }
 
