@@ -42,7 +42,7 @@ def fuzz_server(tmp_path_factory):
 def _alive(sock, seq=10**6) -> bool:
     """The server still answers a valid ping (errors for the fuzz message are drained)."""
     sock.send_multipart(encode("ping", seq))
-    deadline = time.monotonic() + 2.0
+    deadline = time.monotonic() + 10.0  # generous: CI machines are loaded
     while time.monotonic() < deadline:
         if sock.poll(100):
             m = decode(sock.recv_multipart())
@@ -101,7 +101,7 @@ def test_server_survives_edge_cases_and_counts(fuzz_server):
     assert sorted(kinds) == ["malformed", "nonfinite", "too_large", "type"]
     assert _alive(sock)
     sock.send_multipart(_valid_infer)
-    assert sock.poll(2000) and decode(sock.recv_multipart()).type == "chunk"
+    assert sock.poll(10_000) and decode(sock.recv_multipart()).type == "chunk"
     snap = srv.stats.snapshot()
     assert snap["errors"]["nonfinite"] >= 1 and snap["received"] > 4
 
