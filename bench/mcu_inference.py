@@ -64,42 +64,34 @@ CPU_HZ = 168e6
 CPI_EST = 1.5
 
 
-def random_mlp(obs_dim: int, hidden: list[int], act_dim: int = 4, activation: str = "tanh"):
+def random_policy(family: str, obs_dim: int, act_dim: int = 4, **config):
+    """A random-weight policy over one state vector, unit statistics (cost does not depend on the weights)."""
     import torch
 
     from robopolicy.data.normalize import Normalizer
     from robopolicy.policies.base import FeatureSpec
-    from robopolicy.policies.mlp.configuration import MLPConfig
-    from robopolicy.policies.mlp.modeling import MLPPolicy
+    from robopolicy.policies.registry import get_policy_class
 
-    cfg = MLPConfig(n_obs_steps=1, horizon=1, n_action_steps=1, hidden_dims=hidden, activation=activation,
-                    input_features=[FeatureSpec("observation.state", (obs_dim,))],
-                    output_features=[FeatureSpec("action", (act_dim,))],
-                    normalization={"observation.state": "mean_std", "action": "min_max"})
+    cls = get_policy_class(family)
+    cfg = cls.config_class(input_features=[FeatureSpec("observation.state", (obs_dim,))],
+                           output_features=[FeatureSpec("action", (act_dim,))],
+                           normalization={"observation.state": "mean_std", "action": "min_max"}, **config)
     stats = {"observation.state": {"mean": [0.0] * obs_dim, "std": [1.0] * obs_dim},
              "action": {"min": [-1.0] * act_dim, "max": [1.0] * act_dim}}
     torch.manual_seed(0)
-    return MLPPolicy(cfg, Normalizer(stats, cfg.normalization)).eval()
+    return cls(cfg, Normalizer(stats, cfg.normalization)).eval()
 
 
-def random_sfp(obs_dim: int, hidden: int, n_layers: int, steps: int, act_dim: int = 4):
+def random_mlp(obs_dim: int, hidden: list[int], activation: str = "tanh"):
+    return random_policy("mlp", obs_dim, n_obs_steps=1, horizon=1, n_action_steps=1, hidden_dims=hidden,
+                         activation=activation)
+
+
+def random_sfp(obs_dim: int, hidden: int, n_layers: int, steps: int):
     """A small SFP-D velocity net; each policy_step integrates ``steps`` Euler steps (one streamed action)."""
-    import torch
-
-    from robopolicy.data.normalize import Normalizer
-    from robopolicy.policies.base import FeatureSpec
-    from robopolicy.policies.sfp.configuration import SFPConfig
-    from robopolicy.policies.sfp.modeling import StreamingFlowPolicy
-
-    cfg = SFPConfig(n_obs_steps=2, horizon=8, n_action_steps=1, hidden_dim=hidden, n_layers=n_layers,
-                    time_embed_dim=16, integration_steps_per_action=steps, start_from_observation_key=None,
-                    input_features=[FeatureSpec("observation.state", (obs_dim,))],
-                    output_features=[FeatureSpec("action", (act_dim,))],
-                    normalization={"observation.state": "mean_std", "action": "min_max"})
-    stats = {"observation.state": {"mean": [0.0] * obs_dim, "std": [1.0] * obs_dim},
-             "action": {"min": [-1.0] * act_dim, "max": [1.0] * act_dim}}
-    torch.manual_seed(0)
-    return StreamingFlowPolicy(cfg, Normalizer(stats, cfg.normalization)).eval()
+    return random_policy("sfp", obs_dim, n_obs_steps=2, horizon=8, n_action_steps=1, hidden_dim=hidden,
+                         n_layers=n_layers, time_embed_dim=16, integration_steps_per_action=steps,
+                         start_from_observation_key=None)
 
 
 def size_of(path: Path) -> dict[str, int]:
