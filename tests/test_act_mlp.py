@@ -17,6 +17,7 @@ from robopolicy.policies.act.modeling import TemporalEnsembler
 from robopolicy.policies.registry import get_policy_class
 from robopolicy.train.trainer import make_policy_for_dataset
 from tests.conftest import write_dataset
+from tests.helpers import CallCounter
 
 TINY = {
     "act": {"type": "act", "n_obs_steps": 1, "chunk_size": 4, "n_action_steps": 2, "dim_model": 32, "n_heads": 4,
@@ -78,18 +79,10 @@ def test_shapes_and_action_queue(lowdim_dataset, family):
     policy = tiny_policy(lowdim_dataset, family).eval()
     chunk = policy.predict_chunk({"observation.state": torch.zeros(3, policy.config.n_obs_steps, 2)})
     assert chunk.shape == (3, 4, 2) and torch.isfinite(chunk).all()
-    calls = 0
-    original = policy.generate_actions
-
-    def counting(*a, **k):
-        nonlocal calls
-        calls += 1
-        return original(*a, **k)
-
-    policy.generate_actions = counting
+    policy.generate_actions = counter = CallCounter(policy.generate_actions)
     for _ in range(5):
         assert policy.select_action({"observation.state": np.zeros(2, np.float32)}).shape == (2,)
-    assert calls == 3  # Ta = 2: a new chunk at steps 0, 2, 4
+    assert counter.calls == 3  # Ta = 2: a new chunk at steps 0, 2, 4
     policy.reset()
     assert policy.select_action({"observation.state": np.zeros((4, 2), np.float32)}).shape == (4, 2)
 

@@ -22,6 +22,7 @@ from robopolicy.policies.base import FeatureSpec
 from robopolicy.policies.flow.integrators import METHODS, integrate, nfe, trajectory
 from robopolicy.policies.registry import get_policy_class
 from robopolicy.train.trainer import Trainer, make_policy_for_dataset
+from tests.helpers import CallCounter
 
 torch.set_num_threads(1)
 
@@ -89,18 +90,10 @@ def test_chunk_shapes_and_action_queue(lowdim_dataset, family):
     chunk = policy.predict_chunk({"observation.state": torch.randn(3, 2, 2)}, generator=g(0))
     assert chunk.shape == (3, 8, 2) and torch.isfinite(chunk).all()
     policy.reset()
-    calls = 0
-    original = policy.generate_actions
-
-    def counting(*a, **k):
-        nonlocal calls
-        calls += 1
-        return original(*a, **k)
-
-    policy.generate_actions = counting
+    policy.generate_actions = counter = CallCounter(policy.generate_actions)
     for _ in range(6):
         assert policy.select_action({"observation.state": np.zeros(2, np.float32)}, generator=g(1)).shape == (2,)
-    assert calls == 2  # Ta = 4: inference at steps 0 and 4
+    assert counter.calls == 2  # Ta = 4: inference at steps 0 and 4
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -21,6 +21,7 @@ from robopolicy.policies import available_policies, load_policy
 from robopolicy.policies.registry import get_policy_class
 from robopolicy.train.checkpoint import latest_checkpoint, list_checkpoints
 from robopolicy.train.trainer import Trainer, make_policy_for_dataset
+from tests.helpers import CallCounter
 
 TINY_POLICY = {"type": "diffusion", "n_obs_steps": 1, "horizon": 4, "n_action_steps": 2, "down_dims": [32, 64],
                "step_embed_dim": 32, "num_inference_steps": 10}
@@ -65,20 +66,12 @@ def test_chunk_shapes_units_and_action_queue(lowdim_dataset):
     stats = LeRobotDataset(lowdim_dataset).stats["action"]
     assert (chunk >= torch.tensor(stats["min"]) - 1e-4).all() and (chunk <= torch.tensor(stats["max"]) + 1e-4).all()
     policy.reset()
-    calls = 0
-    original = policy.generate_actions
-
-    def counting(*a, **k):
-        nonlocal calls
-        calls += 1
-        return original(*a, **k)
-
-    policy.generate_actions = counting
+    policy.generate_actions = counter = CallCounter(policy.generate_actions)
     for i in range(5):
         assert policy.needs_new_chunk == (i % 2 == 0)
         action = policy.select_action({"observation.state": np.zeros(2, np.float32)})
         assert action.shape == (2,)
-    assert calls == 3  # Ta = 2: inference at steps 0, 2, 4
+    assert counter.calls == 3  # Ta = 2: inference at steps 0, 2, 4
     policy.reset()
     assert policy.needs_new_chunk
 
