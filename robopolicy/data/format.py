@@ -153,6 +153,20 @@ def info_features(features: dict[str, dict[str, Any]], fps: int, video_codec: st
     return out
 
 
+def episode_record(*, episode_index: int, task: str, length: int, chunk_index: int, file_index: int,
+                   from_index: int) -> dict[str, Any]:
+    """The leading columns of an episode's row in meta/episodes (stats and video locations follow)."""
+    return {
+        "episode_index": episode_index,
+        "tasks": [task],
+        "length": length,
+        "data/chunk_index": chunk_index,
+        "data/file_index": file_index,
+        "dataset_from_index": from_index,
+        "dataset_to_index": from_index + length,
+    }
+
+
 def build_info(*, features: dict[str, dict[str, Any]], fps: int, robot_type: str | None, video_codec: str,
                total_episodes: int, total_frames: int, total_tasks: int, chunks_size: int,
                data_files_size_in_mb: float, video_files_size_in_mb: float,

@@ -320,15 +320,8 @@ class DatasetRecorder:
             columns[key] = columns[key].reshape(n, *self.features[key]["shape"])
 
         c, f = self._next_data_file
-        episode: dict[str, Any] = {
-            "episode_index": episode_index,
-            "tasks": [task],
-            "length": n,
-            "data/chunk_index": c,
-            "data/file_index": f,
-            "dataset_from_index": self.total_frames,
-            "dataset_to_index": self.total_frames + n,
-        }
+        episode = fmt.episode_record(episode_index=episode_index, task=task, length=n, chunk_index=c,
+                                     file_index=f, from_index=self.total_frames)
         stats = {key: numeric_stats(columns[key]) for key in self.data_keys}
         # 1. videos: close (writes the index), move into place (not referenced by metadata yet)
         video_files: dict[str, tuple[int, int]] = {}

@@ -153,15 +153,8 @@ class LeRobotDatasetWriter:
             self._all_numeric[key].append(columns[key])
         self._pending_bytes += episode_bytes
 
-        episode: dict[str, Any] = {
-            "episode_index": episode_index,
-            "tasks": [task],
-            "length": n,
-            "data/chunk_index": chunk_index,
-            "data/file_index": file_index,
-            "dataset_from_index": self.total_frames,
-            "dataset_to_index": self.total_frames + n,
-        }
+        episode = fmt.episode_record(episode_index=episode_index, task=task, length=n, chunk_index=chunk_index,
+                                     file_index=file_index, from_index=self.total_frames)
         stats = {key: numeric_stats(columns[key]) for key in self.data_keys}
         for key in self.video_keys:
             frames = np.asarray(data[key])
