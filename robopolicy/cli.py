@@ -90,17 +90,23 @@ def load_policy_for_eval(policy_dir: str, noise_scheduler_type: str | None, num_
 
 
 def cmd_eval(cfg: DictConfig) -> dict:
+    from robopolicy.policies.registry import load_policy
+    from robopolicy.sim.envs import ARM_TASKS, arm_renderer_available, env_factory
     from robopolicy.sim.evaluate import evaluate
-    from robopolicy.sim.pusht import make_pusht_env
 
     if not cfg.checkpoint:
         raise ValueError("eval: give checkpoint=<policy dir or training run dir>")
     policy_dir = _resolve_policy_dir(cfg.checkpoint)
     out = resolve_path(cfg.output_dir) if cfg.output_dir else REPO_ROOT / "outputs" / "eval" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     factory = partial(load_policy_for_eval, str(policy_dir), cfg.noise_scheduler_type, cfg.num_inference_steps)
-    result = evaluate(factory, env_factory=partial(make_pusht_env, obs_mode=cfg.env.obs_mode),
+    input_keys = [f.key for f in load_policy(policy_dir).config.input_features]
+    n_videos = cfg.n_videos
+    if cfg.env.name in ARM_TASKS and n_videos > 0 and not arm_renderer_available():
+        console.print("[yellow]no offscreen renderer (MUJOCO_GL=egl or osmesa): evaluating without videos[/]")
+        n_videos = 0
+    result = evaluate(factory, env_factory=env_factory(cfg.env.name, input_keys, render=n_videos > 0),
                       n_episodes=cfg.n_episodes, start_seed=cfg.start_seed, max_steps=cfg.max_steps,
-                      n_workers=cfg.n_workers, n_videos=cfg.n_videos, output_dir=out,
+                      n_workers=cfg.n_workers, n_videos=n_videos, output_dir=out,
                       success_threshold=cfg.success_threshold)
     report = result.to_dict()
     lo, hi = report["success_ci95"]

@@ -12,6 +12,7 @@ import pytest
 zmq = pytest.importorskip("zmq")
 
 from robopolicy.deploy.arm_bridge import (  # noqa: E402
+    ArmBackend,
     ArmBridge,
     ArmClient,
     ArmSpec,
@@ -144,3 +145,55 @@ def test_sim_arm_robot_with_kinematic_bridge_process():
             time.sleep(0.03)
         assert wait_for(lambda: robot.read_state().observation["observation.state"][2] > z0 + 0.04)
         assert robot.read_state().observation["observation.state"][7] == 1.0
+
+
+def test_reset_starts_a_new_episode_and_bad_resets_get_errors(bridge):
+    b, arm, client = bridge
+    assert wait_for(lambda: client.poll_state() is not None)
+    for _ in range(5):
+        client.send("ee_delta", np.array([0.02, 0, 0, 0, 0, 0]), 1.0)
+        time.sleep(0.02)
+    assert wait_for(lambda: client.poll_state().arrays["ee_pos"][0] > 0.01)
+    assert client.reset(7) == 1
+    assert wait_for(lambda: client.poll_state().get("episode") == 1)
+    state = client.poll_state()
+    np.testing.assert_allclose(state.arrays["ee_pos"], [0.0, 0.0, 1.0])  # back at the start pose
+    assert state.arrays["gripper"][0] == -1.0
+    with pytest.raises(ProtocolError, match="seed"):
+        client.request("reset", seed="seven")
+    with pytest.raises(ProtocolError, match="seed"):
+        client.request("reset")
+    assert client.request("ping").type == "pong"  # the bridge kept serving
+
+
+def test_an_arm_without_reset_answers_unsupported():
+    class RealishArm(KinematicArm):
+        reset = ArmBackend.reset  # what a real arm's bridge inherits: no episode resets
+
+    a = addrs()
+    b = ArmBridge(RealishArm(ArmSpec(dof=0, rate_hz=100.0, name="real-arm")), *a)
+    t = threading.Thread(target=b.run, kwargs={"max_runtime_s": 10.0}, daemon=True)
+    t.start()
+    client = ArmClient(*a, timeout_s=2.0)
+    try:
+        with pytest.raises(ProtocolError, match="unsupported.*real-arm"):
+            client.reset(1)
+        assert client.request("ping").type == "pong"
+    finally:
+        client.close()
+        b.stop()
+        t.join(5)
+        b.close()
+
+
+def test_sim_arm_robot_reset_returns_the_new_episodes_first_state():
+    from robopolicy.robots.sim_arm import SimArm
+
+    with SimArm(backend="kinematic", rate_hz=50.0, max_runtime_s=60.0) as robot:
+        for _ in range(5):
+            robot.send_command(np.array([1.0, 0, 0, 0, 0, 0, 1.0]))
+            time.sleep(0.03)
+        assert wait_for(lambda: robot.read_state().observation["observation.state"][0] > 0.04)
+        state = robot.reset(11)
+        assert state.info["episode"] == 1
+        np.testing.assert_allclose(state.observation["observation.state"][:3], [0.0, 0.0, 1.0])

@@ -17,12 +17,15 @@ type            direction   content
                             (1,) in [-1 open, +1 closed]. Latest command wins.
 ``arm_state``   arm→client  arrays ``joint_pos`` (dof,), ``joint_vel`` (dof,), ``ee_pos`` (3,), ``ee_quat`` (4,),
                             ``gripper`` (1,) [-1, 1] and any ``extra`` arrays (e.g. object state in sim);
-                            fields ``t`` (arm clock, s), ``estopped`` (bool), ``cmd_seq`` (last applied)
+                            fields ``t`` (arm clock, s), ``estopped`` (bool), ``cmd_seq`` (last applied),
+                            ``episode`` (resets so far)
 ``hello``       client→arm  request; the reply (``hello``) carries ``spec``: dof, modes, rate_hz, limits
 ``estop``       client→arm  latch the e-stop: the arm holds position and ignores commands; reply ``ack``
 ``clear_estop`` client→arm  unlatch; reply ``ack``
 ``ping``/       both        liveness; ``pong`` replies
 ``pong``
+``reset``       client→arm  simulation only: field ``seed`` (int) starts a new episode; reply ``ack`` with
+                            ``episode``. A real arm replies ``error`` (kind ``unsupported``)
 ``error``       arm→client  ``kind`` and ``message`` (same kinds as the policy protocol)
 ==============  ==========  =================================================================================
 
@@ -61,7 +64,7 @@ from robopolicy.deploy.protocol import (
 from robopolicy.teleop.base import axis_angle_to_quat, quat_mul
 
 ARM_MSG_TYPES = frozenset({"arm_cmd", "arm_state", "hello", "estop", "clear_estop", "ping", "pong", "ack", "error",
-                           "ee_target"})
+                           "reset", "ee_target"})
 CMD_MODES = ("ee_delta", "ee_pose", "joint")
 MAX_ARM_MESSAGE_BYTES = 1024 * 1024
 
@@ -163,6 +166,10 @@ class ArmBackend:
         """Advance one tick toward ``target`` (already validated and clipped)."""
         raise NotImplementedError
 
+    def reset(self, seed: int) -> None:
+        """Start a new episode (simulated arms); a real arm's bridge leaves this unsupported."""
+        raise ProtocolError("unsupported", f"{self.spec.name} cannot reset episodes (simulation only)")
+
     def hold(self) -> None:
         """Advance one tick holding the current pose (watchdog, e-stop)."""
         r = self.read()
@@ -177,12 +184,16 @@ class KinematicArm(ArmBackend):
 
     def __init__(self, spec: ArmSpec | None = None, start_pos=(0.0, 0.0, 1.0)):
         self.spec = spec or ArmSpec(dof=0)
-        self.pos = np.asarray(start_pos, dtype=np.float64)
+        self._start = np.asarray(start_pos, dtype=np.float64)
+        self.pos = self._start.copy()
         self.quat = np.array([0.0, 0.0, 0.0, 1.0])
         self.gripper = -1.0
 
     def read(self) -> ArmReading:
         return ArmReading(np.zeros(self.spec.dof), np.zeros(self.spec.dof), self.pos.copy(), self.quat.copy(), self.gripper)
+
+    def reset(self, seed: int) -> None:
+        self.pos, self.quat, self.gripper = self._start.copy(), np.array([0.0, 0.0, 0.0, 1.0]), -1.0
 
     def step(self, mode: str, target: np.ndarray, gripper: float) -> None:
         if mode == "ee_delta":
@@ -233,6 +244,7 @@ class ArmBridge:
         self.rep.bind(ctl_addr)
         self.estopped = False
         self.seq = 0
+        self.episode = 0  # counts resets, so a client can tell the first state of a new episode
         self.cmd_seq = -1
         self.last_cmd_t = -math.inf
         self.command: tuple[str, np.ndarray, float] | None = None
@@ -263,6 +275,14 @@ class ArmBridge:
                     reply = encode_arm("ack", self.seq, reply_to=msg.seq, estopped=False)
                 elif msg.type == "ping":
                     reply = encode_arm("pong", self.seq, reply_to=msg.seq)
+                elif msg.type == "reset":
+                    seed = msg.get("seed")
+                    if not isinstance(seed, int) or isinstance(seed, bool):
+                        raise ProtocolError("malformed", f"reset needs an integer 'seed', got {seed!r}", msg.seq)
+                    self.backend.reset(seed)
+                    self.command, self.episode = None, self.episode + 1
+                    reply = encode_arm("ack", self.seq, reply_to=msg.seq, episode=self.episode)
+                    self.publish()  # the new episode's first state goes out at once
                 else:
                     raise ProtocolError("type", f"control channel does not accept {msg.type!r}", msg.seq)
             except ProtocolError as e:
@@ -317,7 +337,7 @@ class ArmBridge:
         arrays = {"joint_pos": r.joint_pos, "joint_vel": r.joint_vel, "ee_pos": r.ee_pos, "ee_quat": r.ee_quat,
                   "gripper": np.array([r.gripper]), **r.extra}
         self.pub.send(pack_frames(encode_arm("arm_state", self.seq, arrays, t=time.monotonic(),
-                                             estopped=self.estopped, cmd_seq=self.cmd_seq)))
+                                             estopped=self.estopped, cmd_seq=self.cmd_seq, episode=self.episode)))
 
     def run(self, max_runtime_s: float = math.inf) -> None:
         period = 1.0 / self.spec.rate_hz
@@ -400,6 +420,10 @@ class ArmClient:
 
     def clear_estop(self) -> None:
         self.request("clear_estop")
+
+    def reset(self, seed: int) -> int:
+        """Start a new episode on a simulated arm; returns its episode number (ProtocolError on a real arm)."""
+        return int(self.request("reset", seed=int(seed)).get("episode"))
 
     def poll_state(self, timeout_s: float = 0.0) -> Message | None:
         """The newest state (kept until a newer one arrives); waits up to ``timeout_s`` for one."""

@@ -1,7 +1,9 @@
 """Closed-loop episodes through the whole deployment path: policy server + control loop + simulated robot.
 
-Each PushT episode runs in real time (10 Hz physics, up to ``max_steps`` steps), seeded ``start_seed + i`` like
-``robopolicy eval``, so its success can be compared with direct evaluation of the same policy.
+PushT runs in its own process in real time (10 Hz physics); the arm tasks (``Lift``, ``PickPlaceCan``) run
+robosuite behind the reference arm bridge in its own process (20 Hz control), driven through
+:class:`~robopolicy.robots.sim_arm.BridgeArm`. Each episode is seeded ``start_seed + i`` like ``robopolicy eval``
+and ends at success or after ``max_steps`` robot steps, so its success can be compared with direct evaluation.
 """
 
 from __future__ import annotations
@@ -10,41 +12,74 @@ import json
 import time
 
 
+def _pusht_robot(start_seed: int, episodes: int, max_steps: int):
+    from robopolicy.robots.sim_pusht import SimPushTRobot
+
+    robot = SimPushTRobot(seed=start_seed, max_episode_steps=max_steps,
+                          max_runtime_s=episodes * (max_steps / 10 + 5) + 30)
+    return robot, 10.0
+
+
+def _arm_robot(task: str, start_seed: int, episodes: int, max_steps: int):
+    from robopolicy.robots.sim_arm import SimArm
+
+    robot = SimArm("robosuite", rate_hz=20.0, max_runtime_s=episodes * (max_steps / 20 + 10) + 60,
+                   backend_kwargs={"task": task, "seed": start_seed})
+    return robot, 20.0
+
+
 def run_served_episodes(policy_dir: str, episodes: int, start_seed: int = 100000, blend: str = "rtc",
-                 control_hz: float = 100.0, max_steps: int = 300, address: str = "tcp://127.0.0.1:0", verbose: bool = True) -> dict:
+                        control_hz: float | None = None, max_steps: int = 300, address: str = "tcp://127.0.0.1:0",
+                        verbose: bool = True, env: str = "pusht") -> dict:
+    """Success over ``episodes`` served episodes; ``control_hz`` defaults to 100 (PushT) or 500 (arms)."""
     import torch
 
     from robopolicy.deploy.adapter import load_policy_adapter
     from robopolicy.deploy.client import ControlLoop, ControlLoopConfig
     from robopolicy.deploy.server import PolicyServer
-    from robopolicy.robots.sim_pusht import SimPushTRobot
+    from robopolicy.sim.envs import check_env_name
     from robopolicy.sim.evaluate import wilson_interval
 
+    is_arm = check_env_name(env) != "pusht"
+    control_hz = control_hz or (500.0 if is_arm else 100.0)
     torch.set_num_threads(1)
     adapter = load_policy_adapter(policy_dir)
     results = []
     with PolicyServer(adapter, address=address, status_every_s=0) as srv:
-        robot = SimPushTRobot(seed=start_seed, max_episode_steps=max_steps, max_runtime_s=episodes * (max_steps / 10 + 5) + 30)
+        robot, robot_hz = _arm_robot(env, start_seed, episodes, max_steps) if is_arm else \
+            _pusht_robot(start_seed, episodes, max_steps)
         robot.connect()
         try:
             for i in range(episodes):
                 seed = start_seed + i
-                if i > 0:
+                if i > 0 or is_arm:
                     robot.reset(seed)
                 adapter.reset()
                 loop = ControlLoop(robot, srv.endpoint, ControlLoopConfig(control_hz=control_hz, blend=blend))
                 t0 = time.monotonic()
-                summary = loop.run(max_steps / 10 + 3, until=lambda lp: bool(lp.state and lp.state.info.get("done")))
+                if is_arm:
+                    done = lambda lp: bool(lp.state and lp.state.info.get("is_success"))  # noqa: E731
+                else:
+                    done = lambda lp: bool(lp.state and lp.state.info.get("done"))  # noqa: E731
+                summary = loop.run(max_steps / robot_hz + 3, until=done)
+                final = loop.state
                 loop.close()
-                info = robot.read_state().info
-                results.append({"seed": seed, "success": bool(info["max_coverage"] >= 0.95),
-                                "max_coverage": info["max_coverage"], "steps": info["steps"],
-                                "wall_s": time.monotonic() - t0, "deadline_misses": summary["deadline_misses"],
-                                "latency_ms_p50": summary["latency_ms_p50"], "safe_ticks": summary["safe_ticks"]})
+                wall = time.monotonic() - t0
+                if is_arm:
+                    success = bool(final and final.info.get("is_success"))
+                    score, steps = float(success), int(round(min(wall, max_steps / robot_hz) * robot_hz))
+                else:
+                    info = robot.read_state().info
+                    success, score, steps = bool(info["max_coverage"] >= 0.95), info["max_coverage"], info["steps"]
+                results.append({"seed": seed, "success": success, "max_coverage": score, "steps": steps,
+                                "wall_s": wall, "deadline_misses": summary["deadline_misses"],
+                                "latency_ms_p50": summary["latency_ms_p50"], "safe_ticks": summary["safe_ticks"],
+                                "jitter_p99_us": summary["period"]["jitter_p99_us"], "overruns": summary["period"]["overruns"]})
                 if verbose:
                     print(json.dumps(results[-1]))
         finally:
             robot.disconnect()
     k = sum(r["success"] for r in results)
-    return {"n_episodes": episodes, "success_rate": k / episodes, "success_ci95": wilson_interval(k, episodes),
+    return {"env": env, "control_hz": control_hz, "n_episodes": episodes, "success_rate": k / episodes,
+            "success_ci95": wilson_interval(k, episodes),
             "mean_max_coverage": sum(r["max_coverage"] for r in results) / episodes, "episodes": results}

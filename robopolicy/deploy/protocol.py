@@ -58,6 +58,7 @@ ERROR_KINDS = (
     "unknown_feature",  # an array the policy does not read
     "busy",  # the server's inference queue is full
     "estopped",  # the server is e-stopped (latched until clear_estop)
+    "unsupported",  # a valid request this receiver cannot carry out (e.g. reset on a real arm)
     "policy",  # the policy raised, or returned a non-finite / wrongly shaped chunk
     "internal",  # anything else on the server (a bug; it keeps serving)
 )

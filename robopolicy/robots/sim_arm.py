@@ -58,6 +58,9 @@ class RobosuiteArmBackend(ArmBackend):
                           extra={STATE_KEY: obs[STATE_KEY], ENV_STATE_KEY: obs[ENV_STATE_KEY],
                                  "is_success": np.array([float(self.env._env._check_success())])})
 
+    def reset(self, seed: int) -> None:
+        self.env.reset(seed=seed)
+
     def step(self, mode: str, target: np.ndarray, gripper: float) -> None:
         if mode == "ee_pose":
             dp, dr = pose_delta(self.env.ee_pose(), target[:3], target[3:7], POS_SCALE, ROT_SCALE)
@@ -118,7 +121,7 @@ class BridgeArm(Robot):
         if STATE_KEY not in obs:
             obs[STATE_KEY] = np.concatenate([a["ee_pos"], a["ee_quat"], a["gripper"]]).astype(np.float32)
         self._gripper = float(a["gripper"][0])
-        info = {"estopped": bool(msg.get("estopped")), "cmd_seq": msg.get("cmd_seq")}
+        info = {"estopped": bool(msg.get("estopped")), "cmd_seq": msg.get("cmd_seq"), "episode": msg.get("episode", 0)}
         if "is_success" in a:
             info["is_success"] = bool(a["is_success"][0] > 0.5)
         return RobotState(obs, float(msg.get("t", msg.get("t_send"))), int(msg.seq), info)
@@ -140,6 +143,16 @@ class BridgeArm(Robot):
 
     def hold_action(self, state: RobotState | None) -> np.ndarray | None:
         return np.array([0, 0, 0, 0, 0, 0, self._gripper], dtype=np.float64)
+
+    def reset(self, seed: int, timeout_s: float = 10.0) -> RobotState:
+        """Start a new episode on a simulated arm (seeded object poses); returns its first state."""
+        episode = self.client.reset(seed)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            state = self.read_state() if self.client.poll_state(0.05) is not None else None
+            if state is not None and (state.info.get("episode") or 0) >= episode:
+                return state
+        raise TimeoutError(f"arm bridge sent no state of episode {episode} within {timeout_s} s")
 
     def disconnect(self) -> None:
         if self.client is not None:

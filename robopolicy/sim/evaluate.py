@@ -199,7 +199,7 @@ def run_episode(
     max_steps: int = 300,
     success_threshold: float = SUCCESS_COVERAGE,
     video_path: Path | None = None,
-    video_fps: int = PUSHT_FPS,
+    video_fps: int | None = None,
 ) -> EpisodeResult:
     """One seeded rollout; ends at success (coverage >= threshold), env termination/truncation or max_steps."""
     torch.manual_seed(seed)
@@ -210,6 +210,7 @@ def run_episode(
     latencies: list[float] = []
     chunk_latencies: list[float] = []
     coverages: list[float] = []
+    video_fps = video_fps or int(env.metadata.get("render_fps") or PUSHT_FPS)
     writer = report.VideoWriter(video_path, fps=video_fps) if video_path is not None else None
     start = time.perf_counter()
     try:

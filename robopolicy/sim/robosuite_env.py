@@ -64,7 +64,8 @@ class RobosuiteArmEnv(gym.Env):
     def __init__(self, task: str = "Lift", robot: str = "Panda", horizon: int | None = None,
                  cameras: tuple[str, ...] | list[str] = (), camera_size: tuple[int, int] = (84, 84),
                  control_freq: int = CONTROL_FREQ, reward_shaping: bool = False, render_camera: str = "agentview",
-                 render_size: tuple[int, int] = (256, 256), seed: int | None = None, **suite_kwargs: Any):
+                 render_size: tuple[int, int] = (256, 256), seed: int | None = None, offscreen_render: bool = False,
+                 **suite_kwargs: Any):
         suite = _import_robosuite()
         from robosuite.controllers import load_composite_controller_config
 
@@ -78,15 +79,16 @@ class RobosuiteArmEnv(gym.Env):
         self.horizon = int(horizon or DEFAULT_HORIZON[task])
         self.control_freq = int(control_freq)
         self.metadata = {**self.metadata, "render_fps": self.control_freq}
-        offscreen = bool(self.cameras)
+        offscreen = bool(self.cameras) or offscreen_render  # render() (videos) needs the offscreen renderer too
+        self._offscreen = offscreen
         if offscreen and not os.environ.get("MUJOCO_GL"):
             os.environ["MUJOCO_GL"] = "egl"
         controller = load_composite_controller_config(controller="BASIC", robot=robot)
         kwargs = dict(robots=robot, controller_configs=controller, has_renderer=False,
-                      has_offscreen_renderer=offscreen, use_camera_obs=offscreen, use_object_obs=True,
+                      has_offscreen_renderer=offscreen, use_camera_obs=bool(self.cameras), use_object_obs=True,
                       control_freq=self.control_freq, horizon=self.horizon, ignore_done=True,
                       reward_shaping=reward_shaping, seed=seed)
-        if offscreen:
+        if self.cameras:
             kwargs.update(camera_names=list(self.cameras), camera_heights=self.camera_size[0],
                           camera_widths=self.camera_size[1])
         if task == "PickPlaceCan":
@@ -99,7 +101,7 @@ class RobosuiteArmEnv(gym.Env):
         except Exception as e:
             if offscreen:
                 raise RuntimeError(
-                    f"robosuite could not create an offscreen renderer for cameras {list(self.cameras)} "
+                    f"robosuite could not create an offscreen renderer for cameras {list(self.cameras)} or videos "
                     f"(MUJOCO_GL={os.environ.get('MUJOCO_GL')}): {e}. Use MUJOCO_GL=egl on a machine with EGL, "
                     "MUJOCO_GL=osmesa with libosmesa6 installed, or a low-dim (cameras=()) env."
                 ) from e
@@ -176,6 +178,9 @@ class RobosuiteArmEnv(gym.Env):
         return self._observe(raw), float(reward), False, self._steps >= self.horizon, info
 
     def render(self):
+        if not self._offscreen:
+            raise RuntimeError(f"{self.task_name}: render() needs an offscreen renderer; create the env with "
+                               "offscreen_render=True (or cameras=...)")
         frame = self._env.sim.render(camera_name=self.render_camera, height=self.render_size[0],
                                      width=self.render_size[1])
         return np.ascontiguousarray(frame[::-1])

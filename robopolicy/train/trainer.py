@@ -93,6 +93,10 @@ class Trainer:
             self.run_dir = _new_run_dir(cfg)
             if (self.run_dir / "checkpoints").exists():
                 raise FileExistsError(f"{self.run_dir}: a run already exists here (use resume=true or another output_dir)")
+        if cfg.eval_every:
+            from robopolicy.sim.envs import check_env_name
+
+            check_env_name(cfg.env.name)  # fail now, not at the first evaluation
         self.cfg = cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if cfg.num_threads:
@@ -207,16 +211,17 @@ class Trainer:
         from functools import partial
 
         from robopolicy.policies.registry import load_policy
+        from robopolicy.sim.envs import env_factory
         from robopolicy.sim.evaluate import evaluate
-        from robopolicy.sim.pusht import make_pusht_env, pusht_obs_mode_for
 
         self._sync_ema()
         snapshot = self.run_dir / "eval" / ckpt.checkpoint_name(self.step)
         self.ema_policy.save(snapshot / "policy")
-        obs_mode = pusht_obs_mode_for(f.key for f in self.policy.config.input_features)
+        input_keys = [f.key for f in self.policy.config.input_features]
+        videos = 1 if self.cfg.env.name == "pusht" else 0  # arm videos need an offscreen GL context
         result = evaluate(partial(load_policy, str(snapshot / "policy")), n_episodes=self.cfg.eval_episodes,
-                          env_factory=partial(make_pusht_env, obs_mode=obs_mode),
-                          n_workers=self.cfg.eval_workers, max_steps=self.cfg.env.max_steps, n_videos=1,
+                          env_factory=env_factory(self.cfg.env.name, input_keys, render=videos > 0),
+                          n_workers=self.cfg.eval_workers, max_steps=self.cfg.env.max_steps, n_videos=videos,
                           output_dir=snapshot, progress=False)
         return result.to_dict()
 

@@ -1,0 +1,61 @@
+"""Evaluation environments by name, so ``eval`` and the trainer serve PushT and the robosuite arms alike.
+
+``env.name`` in the configs is ``pusht`` or an arm task (``Lift``, ``PickPlaceCan``, ``Stack``). The factory
+is a ``functools.partial`` of a module-level function, so evaluation workers ("spawn") can pickle it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from functools import partial
+
+import gymnasium as gym
+
+ARM_TASKS = ("Lift", "PickPlaceCan", "Stack")
+ENV_NAMES = ("pusht", *ARM_TASKS)
+ARM_IMAGE_PREFIX = "observation.images."
+
+
+def check_env_name(name: str) -> str:
+    if name not in ENV_NAMES:
+        raise ValueError(f"env.name={name!r} is not an evaluation environment (expected one of {list(ENV_NAMES)})")
+    return name
+
+
+def _make_arm_env(task: str, cameras: tuple[str, ...], render: bool) -> gym.Env:
+    from robopolicy.sim.robosuite_env import make_robosuite_env
+
+    return make_robosuite_env(task, cameras=cameras, offscreen_render=render)
+
+
+def env_factory(name: str, input_keys: Iterable[str], render: bool = False) -> Callable[[], gym.Env]:
+    """A picklable factory for the env that provides every observation key the policy reads.
+
+    ``render`` asks arm envs for an offscreen renderer (rollout videos); PushT always renders.
+    """
+    keys = list(input_keys)
+    if check_env_name(name) == "pusht":
+        from robopolicy.sim.pusht import make_pusht_env, pusht_obs_mode_for
+
+        return partial(make_pusht_env, obs_mode=pusht_obs_mode_for(keys))
+    cameras = tuple(k[len(ARM_IMAGE_PREFIX):] for k in keys if k.startswith(ARM_IMAGE_PREFIX))
+    return partial(_make_arm_env, name, cameras, render)
+
+
+def arm_renderer_available() -> bool:
+    """Whether MuJoCo can render offscreen here (EGL or OSMesa); without it arm rollouts have no videos."""
+    try:
+        env = _make_arm_env("Lift", (), True)
+    except Exception:  # noqa: BLE001 - any failure to build a GL context means "no videos"
+        return False
+    try:
+        env.reset(seed=0)
+        env.render()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+    finally:
+        env.close()
+
+
+__all__ = ["ARM_TASKS", "ENV_NAMES", "arm_renderer_available", "check_env_name", "env_factory"]
