@@ -115,12 +115,12 @@ def test_unsupported_policies_are_refused(tmp_path):
 
 
 @needs_arm
-@pytest.mark.parametrize("int8", [False, True])
-def test_cortex_m4_selftest_under_qemu(tmp_path, int8):
+@pytest.mark.parametrize("int8,board", [(False, "netduinoplus2"), (True, "netduinoplus2"), (False, "mps2-an386")])
+def test_cortex_m4_selftest_under_qemu(tmp_path, int8, board):
     policy = make_policy("tanh", hidden=(64, 64))
     out = export_c(policy, tmp_path / "arm", int8=int8, n_selftest=4)
-    elf = build_arm(out)
-    res = run_qemu(elf)
+    elf = build_arm(out, board=board)
+    res = run_qemu(elf, board=board)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "PASS" in res.stdout
     # a corrupted expected vector must make the exit code non-zero (the verdict really travels)
@@ -128,7 +128,34 @@ def test_cortex_m4_selftest_under_qemu(tmp_path, int8):
     i = st.index("SELFTEST_ACTION")
     j = st.index("{", i) + 1
     (out / "policy_selftest.c").write_text(st[:j] + "1.0f + " + st[j:])
-    assert run_qemu(build_arm(out)).returncode != 0
+    assert run_qemu(build_arm(out, board=board), board=board).returncode != 0
+
+
+@needs_arm
+def test_stm32f405_layout_weights_in_flash_data_copied_bss_zeroed(tmp_path):
+    """The netduinoplus2 (STM32F405) build: code and const weights in flash, .data copied to SRAM at boot."""
+    import subprocess
+
+    out = export_c(make_policy("tanh", hidden=(16,)), tmp_path / "f405", n_selftest=1)
+    (out / "main_layout.c").write_text("""#include "policy.h"
+static volatile int initialised = 42;
+static volatile int zeroed;
+int main(void) { return initialised == 42 && zeroed == 0 ? policy_selftest() : 3; }
+""")
+    elf = build_arm(out, "main_layout.c")
+    res = run_qemu(elf)
+    assert res.returncode == 0, res.stdout + res.stderr
+    sections = {}
+    for line in subprocess.run(["arm-none-eabi-size", "-A", "-x", str(elf)], capture_output=True, text=True,
+                               check=True).stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0].startswith("."):
+            sections[parts[0]] = (int(parts[1], 16), int(parts[2], 16))
+    assert sections[".vectors"][1] == 0x08000000
+    assert 0x08000000 < sections[".text"][1] < 0x08100000 and sections[".text"][0] > 4000  # weights in .text/.rodata
+    assert 0x20000000 <= sections[".data"][1] < 0x20020000 and 0x20000000 <= sections[".bss"][1] < 0x20020000
+    with pytest.raises(ValueError, match="unknown QEMU board"):
+        build_arm(out, board="stm32-nucleo")
 
 
 @needs_arm
@@ -255,6 +282,6 @@ def test_sfp_int8_and_refusals(tmp_path):
 @needs_arm
 def test_sfp_cortex_m4_selftest_under_qemu(tmp_path):
     out = export_c(make_sfp("stochastic"), tmp_path / "arm", n_selftest=3)
-    res = run_qemu(build_arm(out))
+    res = run_qemu(build_arm(out))  # netduinoplus2: the STM32F405 of a Crazyflie 2.x
     assert res.returncode == 0, res.stdout + res.stderr
     assert "PASS" in res.stdout

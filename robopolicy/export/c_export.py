@@ -49,6 +49,7 @@ once at export and stored as a table (the time MLP itself is not in the C code).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -211,9 +212,13 @@ def _linear_c(int8: bool) -> str:
 #endif
 static void linear(const {wtype} *w,{' const float *s,' if int8 else ''} const float *b, const float *x, float *y, int rows, int cols)
 {{
-    int i = 0, j;
-    for (; i + 4 <= rows; i += 4) {{
-        const {wtype} *w0 = w + (long)i * cols, *w1 = w0 + cols, *w2 = w1 + cols, *w3 = w2 + cols;
+    /* Explicit loop bounds and a running row pointer keep gcc's loop analysis exact (no false
+     * -Waggressive-loop-optimizations when it specializes this function for one layer). */
+    const int full = rows - rows % 4;
+    const {wtype} *wr = w;
+    int i, j;
+    for (i = 0; i < full; i += 4, wr += 4 * cols) {{
+        const {wtype} *w0 = wr, *w1 = w0 + cols, *w2 = w1 + cols, *w3 = w2 + cols;
         float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
         for (j = 0; j < cols; ++j) {{
             const float xj = x[j];
@@ -227,8 +232,7 @@ static void linear(const {wtype} *w,{' const float *s,' if int8 else ''} const f
         y[i + 2] = {S('a2', 'i + 2')} + b[i + 2];
         y[i + 3] = {S('a3', 'i + 3')} + b[i + 3];
     }}
-    for (; i < rows; ++i) {{
-        const {wtype} *wr = w + (long)i * cols;
+    for (i = full; i < rows; ++i, wr += cols) {{
         float acc = 0.0f;
         for (j = 0; j < cols; ++j) MAC(acc, {W('wr[j]')}, x[j]);
         y[i] = {S('acc', 'i')} + b[i];
@@ -753,19 +757,79 @@ int main(void)
 HOST_CFLAGS = ["-std=c99", "-Wall", "-Werror", "-O2"]
 ARM_CFLAGS = ["-std=c99", "-Wall", "-Werror", "-O2", "-mcpu=cortex-m4", "-mthumb", "-mfpu=fpv4-sp-d16",
               "-mfloat-abi=hard"]
-# QEMU's mps2-an386 (Cortex-M4 FPGA image) runs semihosting ELFs; newlib's crt0 lacks the vector
-# table an M-profile core boots from, so STARTUP_M4_QEMU supplies one at address 0.
-ARM_LDFLAGS = ["--specs=rdimon.specs", "-Wl,--section-start=.vectors=0x0"]
-QEMU_CMD = ["qemu-system-arm", "-M", "mps2-an386", "-cpu", "cortex-m4", "-nographic", "-monitor", "none",
-            "-serial", "none", "-semihosting-config", "enable=on,target=native"]
-STARTUP_M4_QEMU = r"""/* Minimal Cortex-M4F boot for QEMU mps2-an386 + newlib rdimon (semihosting): a vector table at
+# Boards the Cortex-M4F build runs on under QEMU, with semihosting so the exit code is the verdict.
+# netduinoplus2 is QEMU's STM32F405, the Crazyflie 2.x's MCU: 1 MiB flash at 0x08000000 (aliased at 0, where
+# the core fetches its vector table) and 128 KiB SRAM; the board linker script puts code and constants in
+# flash and the startup copies .data from flash and zeroes .bss itself, as on the real chip.
+# mps2-an386 (Cortex-M4 FPGA image) has RAM at 0, so newlib's default layout and crt0 work there.
+STARTUP_STM32F405 = r"""/* Cortex-M4F boot for an STM32F405 (QEMU netduinoplus2) + newlib rdimon (semihosting): vector table
+ * at the start of flash, FPU enabled before any float code, .data copied from flash, .bss zeroed, then
+ * main; exit() reports its return value through semihosting, so it becomes QEMU's exit code. */
+#include <stdlib.h>
+extern unsigned long _sidata[], _sdata[], _edata[], _sbss[], _ebss[], _estack[];
+extern void initialise_monitor_handles(void);
+extern int main(void);
+void robopolicy_reset_handler(void);
+void robopolicy_start(void);
+void _init(void) { }  /* no C++ constructors here; newlib's exit path still references these */
+void _fini(void) { }
+static void fault_handler(void) { for (;;) { } }
+
+__attribute__((naked, noreturn)) void robopolicy_reset_handler(void)
+{
+    __asm__ volatile(
+        "ldr r0, =0xE000ED88\n" /* CPACR: full access to CP10/CP11 (the FPU) */
+        "ldr r1, [r0]\n"
+        "orr r1, r1, #(0xF << 20)\n"
+        "str r1, [r0]\n"
+        "dsb\n"
+        "isb\n"
+        "b robopolicy_start\n");
+}
+
+void robopolicy_start(void)
+{
+    unsigned long *src = _sidata, *dst = _sdata;
+    while (dst < _edata) *dst++ = *src++;
+    for (dst = _sbss; dst < _ebss; ++dst) *dst = 0;
+    initialise_monitor_handles();
+    exit(main());
+}
+
+__attribute__((section(".vectors"), used)) void (*const robopolicy_vectors[16])(void) = {
+    (void (*)(void))_estack, robopolicy_reset_handler,
+    fault_handler, fault_handler, fault_handler, fault_handler, fault_handler,
+    0, 0, 0, 0, fault_handler, fault_handler, 0, fault_handler, fault_handler,
+};
+"""
+LINKER_STM32F405 = """/* STM32F405RG: 1 MiB flash, 128 KiB SRAM (the 64 KiB CCM is left unused). */
+ENTRY(robopolicy_reset_handler)
+MEMORY
+{
+  FLASH (rx)  : ORIGIN = 0x08000000, LENGTH = 1024K
+  RAM   (rwx) : ORIGIN = 0x20000000, LENGTH = 128K
+}
+_estack = ORIGIN(RAM) + LENGTH(RAM);
+SECTIONS
+{
+  .vectors : { KEEP(*(.vectors)) } > FLASH
+  .text : { *(.text*) *(.rodata*) KEEP(*(.init)) KEEP(*(.fini)) . = ALIGN(4); } > FLASH
+  .ARM.extab : { *(.ARM.extab* .gnu.linkonce.armextab.*) } > FLASH
+  .ARM.exidx : { __exidx_start = .; *(.ARM.exidx* .gnu.linkonce.armexidx.*) __exidx_end = .; } > FLASH
+  .init_array : { __init_array_start = .; KEEP(*(SORT(.init_array.*))) KEEP(*(.init_array)) __init_array_end = .; } > FLASH
+  .fini_array : { __fini_array_start = .; KEEP(*(.fini_array*)) __fini_array_end = .; } > FLASH
+  .data : { _sdata = .; *(.data*) . = ALIGN(4); _edata = .; } > RAM AT > FLASH
+  _sidata = LOADADDR(.data);
+  .bss (NOLOAD) : { _sbss = .; __bss_start__ = .; *(.bss*) *(COMMON) . = ALIGN(4); _ebss = .; __bss_end__ = .; } > RAM
+  end = .; _end = .; __end__ = .;  /* the heap (newlib's _sbrk) starts here and grows toward the stack */
+}
+"""
+STARTUP_MPS2 = r"""/* Minimal Cortex-M4F boot for QEMU mps2-an386 + newlib rdimon (semihosting): a vector table at
  * address 0, FPU enabled, then newlib's _start (clears .bss, sets up the heap/stack, calls main,
  * exits through semihosting so the exit code becomes QEMU's). */
 extern void _start(void);
 void robopolicy_reset_handler(void);
 static void fault_handler(void) { for (;;) { } }
-
-#define CPACR (*(volatile unsigned long *)0xE000ED88UL)
 
 __attribute__((naked, noreturn)) void robopolicy_reset_handler(void)
 {
@@ -789,6 +853,38 @@ __attribute__((section(".vectors"), used)) void (*const robopolicy_vectors[16])(
 """
 
 
+@dataclass(frozen=True)
+class QemuBoard:
+    """How to link a semihosting self-test for one QEMU machine and how to run it."""
+
+    machine: str
+    startup: str  # C source of the vector table and reset handler
+    linker_script: str | None  # None: the toolchain's default layout
+    ldflags: tuple[str, ...]
+    qemu_args: tuple[str, ...] = ()
+
+
+BOARDS = {
+    "netduinoplus2": QemuBoard("netduinoplus2", STARTUP_STM32F405, LINKER_STM32F405,
+                               ("--specs=rdimon.specs", "-nostartfiles")),
+    "mps2-an386": QemuBoard("mps2-an386", STARTUP_MPS2, None, ("--specs=rdimon.specs", "-Wl,--section-start=.vectors=0x0"),
+                            ("-cpu", "cortex-m4")),
+}
+DEFAULT_BOARD = "netduinoplus2"
+
+
+def _board(name: str) -> QemuBoard:
+    if name not in BOARDS:
+        raise ValueError(f"unknown QEMU board {name!r} (supported: {sorted(BOARDS)})")
+    return BOARDS[name]
+
+
+def qemu_command(board: str = DEFAULT_BOARD) -> list[str]:
+    b = _board(board)
+    return ["qemu-system-arm", "-M", b.machine, *b.qemu_args, "-nographic", "-monitor", "none", "-serial", "none",
+            "-semihosting-config", "enable=on,target=native"]
+
+
 def build_host(out_dir: str | Path, main: str = "main_selftest.c", exe: str | None = None, cc: str = "gcc") -> Path:
     """Compile the exported sources plus ``main`` for the host; returns the executable."""
     import subprocess
@@ -801,26 +897,36 @@ def build_host(out_dir: str | Path, main: str = "main_selftest.c", exe: str | No
 
 
 def build_arm(out_dir: str | Path, main: str = "main_selftest.c", exe: str | None = None,
-              extra_cflags: tuple[str, ...] = ()) -> Path:
-    """Cross-compile for Cortex-M4F (semihosting, QEMU mps2-an386); returns the ELF."""
+              extra_cflags: tuple[str, ...] = (), board: str = DEFAULT_BOARD) -> Path:
+    """Cross-compile for Cortex-M4F, linked for ``board`` (a QEMU machine in :data:`BOARDS`); returns the ELF."""
     import subprocess
 
     out_dir = Path(out_dir)
-    (out_dir / "startup_m4_qemu.c").write_text(STARTUP_M4_QEMU)
+    b = _board(board)
+    startup = out_dir / f"startup_{b.machine.replace('-', '_')}.c"
+    startup.write_text(b.startup)
+    ldflags = list(b.ldflags)
+    if b.linker_script is not None:
+        script = out_dir / f"{b.machine.replace('-', '_')}.ld"
+        script.write_text(b.linker_script)
+        ldflags += ["-T", str(script)]
     elf = out_dir / (exe or (Path(main).stem + ".elf"))
-    srcs = [str(out_dir / f) for f in ("startup_m4_qemu.c", "policy.c", "policy_selftest.c", main)]
-    subprocess.run(["arm-none-eabi-gcc", *ARM_CFLAGS, *extra_cflags, *ARM_LDFLAGS, "-o", str(elf), *srcs, "-lm"],
-                   check=True, capture_output=True, text=True)
+    srcs = [str(startup), *(str(out_dir / f) for f in ("policy.c", "policy_selftest.c", main))]
+    res = subprocess.run(["arm-none-eabi-gcc", *ARM_CFLAGS, *extra_cflags, *ldflags, "-o", str(elf), *srcs, "-lm"],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        raise CExportError(f"arm-none-eabi-gcc failed building {elf} for {board}:\n{res.stderr.strip()}")
     return elf
 
 
-def run_qemu(elf: str | Path, timeout: float = 60.0, extra: tuple[str, ...] = ()):
-    """Run a semihosting ELF under QEMU; the CompletedProcess's returncode is the program's exit code."""
+def run_qemu(elf: str | Path, timeout: float = 60.0, extra: tuple[str, ...] = (), board: str = DEFAULT_BOARD):
+    """Run a semihosting ELF built for ``board``; the CompletedProcess's returncode is the program's exit code."""
     import subprocess
 
-    return subprocess.run([*QEMU_CMD, *extra, "-kernel", str(elf)], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([*qemu_command(board), *extra, "-kernel", str(elf)], capture_output=True, text=True,
+                          timeout=timeout)
 
 
-__all__ = ["ARM_CFLAGS", "ARM_LDFLAGS", "HOST_CFLAGS", "QEMU_CMD", "build_arm", "build_host", "run_qemu",
+__all__ = ["ARM_CFLAGS", "BOARDS", "DEFAULT_BOARD", "HOST_CFLAGS", "QemuBoard", "build_arm", "qemu_command", "build_host", "run_qemu",
            "CExportError", "c_gaussian", "export_c", "quantize_rows", "reference_actions", "reference_sfp_actions",
            "sample_observations", "sample_starts", "SUPPORTED"]
