@@ -8,7 +8,7 @@ For each network (a trained checkpoint with ``--policy``, else random-weight MLP
   and of the whole self-test ELF (newlib + printf included, so an upper bound);
 * instructions per inference: the ELF runs under ``qemu-system-arm -M netduinoplus2 -icount shift=0``,
   where virtual time advances exactly 1 ns per executed instruction. The guest reads SysTick (driven by
-  the 25 MHz board clock in QEMU) around ``policy_step`` and first calibrates ticks against a loop of
+  the board clock in QEMU) around ``policy_step`` and first calibrates ticks against a loop of
   exactly 2,000,000 instructions, so instructions = ticks x (2e6 / calibration ticks); resolution 40
   instructions, averaged over 20 calls;
 * estimated time at 168 MHz: instructions / 168 MHz is the CPI = 1 lower bound; the "est" column

@@ -49,8 +49,8 @@ once at export and stored as a table (the time MLP itself is not in the C code).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
