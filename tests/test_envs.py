@@ -67,3 +67,12 @@ def test_eval_command_on_lift_with_a_trained_policy(tmp_path):
         assert videos == [f"episode_{report['episodes'][0]['seed']}.mp4"]
     else:  # no EGL/OSMesa: evaluated without videos, with a message
         assert videos == []
+    # the same policy through the deployment path: policy server + 500 Hz control loop + robosuite behind the
+    # reference arm bridge in its own process; an episode ends after max_steps env steps (no success in 10)
+    from robopolicy.deploy.closed_loop import run_served_episodes
+
+    served = run_served_episodes(str(run / "policy"), 2, start_seed=7, env="Lift", max_steps=10, verbose=False)
+    assert served["control_hz"] == 500.0 and served["n_episodes"] == 2
+    for episode, seed in zip(served["episodes"], (7, 8), strict=True):
+        assert episode["seed"] == seed and not episode["success"]
+        assert 10 <= episode["steps"] <= 12

@@ -57,17 +57,18 @@ def run_served_episodes(policy_dir: str, episodes: int, start_seed: int = 100000
                 adapter.reset()
                 loop = ControlLoop(robot, srv.endpoint, ControlLoopConfig(control_hz=control_hz, blend=blend))
                 t0 = time.monotonic()
-                if is_arm:
-                    done = lambda lp: bool(lp.state and lp.state.info.get("is_success"))  # noqa: E731
+                if is_arm:  # the bridge runs in real time: stop at success or after max_steps env steps
+                    done = lambda lp: bool(lp.state and (lp.state.info.get("is_success")  # noqa: E731
+                                                         or lp.state.info.get("steps", 0) >= max_steps))
                 else:
                     done = lambda lp: bool(lp.state and lp.state.info.get("done"))  # noqa: E731
-                summary = loop.run(max_steps / robot_hz + 3, until=done)
+                summary = loop.run(max_steps / robot_hz + 10, until=done)
                 final = loop.state
                 loop.close()
                 wall = time.monotonic() - t0
                 if is_arm:
                     success = bool(final and final.info.get("is_success"))
-                    score, steps = float(success), int(round(min(wall, max_steps / robot_hz) * robot_hz))
+                    score, steps = float(success), int(final.info.get("steps", -1)) if final else -1
                 else:
                     info = robot.read_state().info
                     success, score, steps = bool(info["max_coverage"] >= 0.95), info["max_coverage"], info["steps"]

@@ -56,7 +56,8 @@ class RobosuiteArmBackend(ArmBackend):
         obs = self.env.last_obs
         return ArmReading(q, dq, pose.pos, pose.quat, pose.gripper,
                           extra={STATE_KEY: obs[STATE_KEY], ENV_STATE_KEY: obs[ENV_STATE_KEY],
-                                 "is_success": np.array([float(self.env._env._check_success())])})
+                                 "is_success": np.array([float(self.env._env._check_success())]),
+                                 "episode_step": np.array([float(self.env.episode_step)])})
 
     def reset(self, seed: int) -> None:
         self.env.reset(seed=seed)
@@ -124,6 +125,8 @@ class BridgeArm(Robot):
         info = {"estopped": bool(msg.get("estopped")), "cmd_seq": msg.get("cmd_seq"), "episode": msg.get("episode", 0)}
         if "is_success" in a:
             info["is_success"] = bool(a["is_success"][0] > 0.5)
+        if "episode_step" in a:  # simulated arms: env steps since the last reset
+            info["steps"] = int(a["episode_step"][0])
         return RobotState(obs, float(msg.get("t", msg.get("t_send"))), int(msg.seq), info)
 
     def send_command(self, action: np.ndarray) -> None:

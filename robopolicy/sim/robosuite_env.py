@@ -190,6 +190,11 @@ class RobosuiteArmEnv(gym.Env):
 
     # ---- teleop / arm bridge helpers -------------------------------------------------------------
     @property
+    def episode_step(self) -> int:
+        """Env steps since the last reset."""
+        return self._steps
+
+    @property
     def sim(self):
         return self._env.sim
 
