@@ -61,13 +61,17 @@ def cmd_record(task: str, episodes: int) -> None:
                "seed=0")
 
 
-def cmd_train(task: str, names: list[str], threads: int) -> None:
+def cmd_train(task: str, names: list[str], threads: int, minutes: float | None = None,
+              steps: int | None = None) -> None:
     for name in names:
-        overrides, minutes = FAMILIES[name]
+        overrides, budget = FAMILIES[name]
+        minutes = minutes or budget
         out = run_dir(task, name)
         if (out / "policy").is_dir():
             print(f"{out}: trained already")
             continue
+        if steps:
+            overrides = [o for o in overrides if not o.startswith("steps=")] + [f"steps={steps}"]
         robopolicy("train", *overrides, *COMMON, f"dataset.root={dataset_dir(task)}", f"env.name={task}",
                    f"num_threads={threads}", f"time_budget_min={minutes}", f"output_dir={out}")
 
@@ -169,6 +173,8 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated families (train) or rows (eval)")
     ap.add_argument("--episodes", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--minutes", type=float, help="train: time budget instead of the family's")
+    ap.add_argument("--steps", type=int, help="train: step count instead of the family's")
     ap.add_argument("--run", default="flow", help="served: which trained family")
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args()
@@ -176,7 +182,7 @@ def main() -> None:
     if args.command == "record":
         cmd_record(args.task, 200 if args.episodes == 100 else args.episodes)
     elif args.command == "train":
-        cmd_train(args.task, only or list(FAMILIES), args.threads)
+        cmd_train(args.task, only or list(FAMILIES), args.threads, args.minutes, args.steps)
     elif args.command == "eval":
         cmd_eval(args.task, only or list(ROWS), args.episodes, args.force)
     elif args.command == "served":

@@ -192,7 +192,7 @@ def cmd_serve(cfg: DictConfig) -> dict:
         curve = ServerCurve.load(resolve_path(cfg.curve_secret), resolve_path(cfg.allowed_clients))
     server = serve(load_policy_adapter(policy_dir, fps=cfg.fps), address=cfg.address, curve=curve,
                    max_message_bytes=cfg.max_message_bytes, status_every_s=cfg.status_every_s,
-                   status_fn=console.print, max_runtime_s=cfg.max_runtime_s)
+                   status_fn=console.print, max_runtime_s=cfg.max_runtime_s, inline_below_ms=cfg.inline_below_ms)
     return server.stats.snapshot()
 
 

@@ -128,6 +128,8 @@ class ServeConfig:
     max_message_bytes: int = 16 * 1024 * 1024
     status_every_s: float = 5.0
     max_runtime_s: float | None = None
+    # Policies whose last 20 inferences all took less than this run on the socket thread (no worker hop); 0 = never
+    inline_below_ms: float = 1.0
 
 
 @dataclass

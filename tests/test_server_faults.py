@@ -203,3 +203,49 @@ def test_kill_server_mid_episode_then_restart(tmp_path):
     resumed = [r for r in after if r.mode == "policy" and r.epoch > epoch_before]
     assert len(resumed) > 50, result
     assert result["link_lost"] >= 1 and result["reconnects"] >= 1
+
+
+class ThreadTracingRamp(RampPolicy):
+    """Records which server thread ran each inference."""
+
+    def __init__(self, **kw):
+        super().__init__(ramp_spec(horizon=4, n_action_steps=2), **kw)
+        self.threads: list[str] = []
+
+    def _ramp(self, obs):
+        self.threads.append(threading.current_thread().name)
+        return super()._ramp(obs)
+
+
+def test_fast_policies_run_inline_and_a_slow_call_returns_to_the_worker(tmp_path):
+    obs = {"observation.state": np.zeros((2, 2), np.float32)}
+    policy = ThreadTracingRamp()
+    with PolicyServer(policy, address=f"ipc://{tmp_path}/inline.ipc", status_every_s=0) as srv, \
+            PolicyClient(srv.endpoint) as client:
+        for _ in range(30):
+            assert client.call("infer", obs, t_obs=0.0, timeout_s=5.0).type == "chunk"
+        # the first 20 (unknown speed) went through the worker, then the socket thread served them
+        assert set(policy.threads[:20]) == {"policy-infer"}
+        assert set(policy.threads[20:]) == {"policy-server"}
+        policy.delay_s = 0.05  # the policy turns slow: one inline call, then the worker again
+        for _ in range(3):
+            assert client.call("infer", obs, t_obs=0.0, timeout_s=5.0).type == "chunk"
+        assert policy.threads[30:] == ["policy-server", "policy-infer", "policy-infer"]
+        # while the worker computes, pings are still answered (long before the chunk is ready)
+        policy.delay_s = 1.0
+        client.send("infer", obs, t_obs=0.0)
+        time.sleep(0.05)
+        t0 = time.monotonic()
+        assert client.call("ping", timeout_s=5.0).type == "pong"
+        assert time.monotonic() - t0 < 0.5
+        assert srv.stats.snapshot()["inferences"] >= 33
+
+
+def test_inline_inference_can_be_switched_off(tmp_path):
+    obs = {"observation.state": np.zeros((2, 2), np.float32)}
+    policy = ThreadTracingRamp()
+    with PolicyServer(policy, address=f"ipc://{tmp_path}/worker.ipc", status_every_s=0, inline_below_ms=0) as srv, \
+            PolicyClient(srv.endpoint) as client:
+        for _ in range(25):
+            assert client.call("infer", obs, t_obs=0.0, timeout_s=5.0).type == "chunk"
+    assert set(policy.threads) == {"policy-infer"}
