@@ -121,13 +121,27 @@ def main() -> None:
         rss = f"{float(probe.stdout.strip().splitlines()[-1]):.0f}" if probe.returncode == 0 else "error"
         if probe.returncode != 0:
             print(probe.stderr, file=sys.stderr)
+        first = "–"
+        if FAMILIES[name]["type"] == "sfp":  # time to the first executable action of a streamed chunk
+            def torch_first(p=policy, o=obs_t, g=gen):
+                p.reset()
+                return next(iter(p.stream_actions(o, generator=g)))
+
+            rt = OnnxPolicy.load(path, graph="per_step", intra_op_threads=1)
+
+            def ort_first(rt=rt, o=obs_np, r=rng):
+                rt.reset()
+                return next(iter(rt.stream_actions(o, rng=r)))
+
+            first = f"torch {fmt(timeit(torch_first, args.seconds))}; ORT {fmt(timeit(ort_first, args.seconds))}"
         size_mb = sum((path / f).stat().st_size for f in os.listdir(path)) / 1e6
         rows.append((name, f"{n_params / 1e6:.2f}", fmt(eager), fmt(results["per_step"]), fmt(results["fused"]),
                      f"{np.median(eager) / np.median(results['per_step']):.1f}x",
-                     f"{np.median(eager) / np.median(results['fused']):.1f}x", rss, f"{size_mb:.1f}", f"{export_s:.1f}"))
+                     f"{np.median(eager) / np.median(results['fused']):.1f}x", first, rss, f"{size_mb:.1f}",
+                     f"{export_s:.1f}"))
         print(f"done {name}", file=sys.stderr, flush=True)
     header = ("family", "params (M)", "torch eager p50/p99 ms", "ORT per-step p50/p99 ms", "ORT fused p50/p99 ms",
-              "speed-up per-step", "speed-up fused", "runtime peak RSS (MiB)", "artifact (MB)", "export (s)")
+              "speed-up per-step", "speed-up fused", "SFP first action p50 / p99 ms", "runtime peak RSS (MiB)", "artifact (MB)", "export (s)")
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" for _ in header) + "|")
     for r in rows:
