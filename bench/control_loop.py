@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import time
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -53,20 +54,27 @@ def jitter(cycles: int, hz: float, spin_s: float) -> dict:
 
 
 def round_trip(n: int, address: str) -> dict:
+    """Ping and trivial-policy infer round trips; infer twice: run on the socket thread (the default for
+    policies under 1 ms) and forced through the inference worker thread (``inline_below_ms=0``)."""
     obs = {"observation.state": np.zeros((2, 2), np.float32)}
-    with PolicyServer(RampPolicy(), address=address, status_every_s=0) as srv, PolicyClient(srv.endpoint) as c:
-        for _ in range(50):  # warm up
-            c.call("infer", obs, t_obs=0.0)
-        out = {}
-        for kind, args in (("ping", {}), ("infer", {"arrays": obs, "t_obs": 0.0})):
-            lat = []
-            for _ in range(n):
-                t0 = time.perf_counter()
-                m = c.call(kind, **args)
-                lat.append(time.perf_counter() - t0)
-                assert m is not None and m.type in ("pong", "chunk")
-            p50, p99 = np.percentile(np.asarray(lat) * 1e6, [50, 99])
-            out[kind] = {"n": n, "p50_us": float(p50), "p99_us": float(p99), "max_us": float(np.max(lat) * 1e6)}
+    out = {}
+    for label, inline_ms in (("inline", 1.0), ("worker", 0.0)):
+        with PolicyServer(RampPolicy(), address=address, status_every_s=0, inline_below_ms=inline_ms) as srv, \
+                PolicyClient(srv.endpoint) as c:
+            for _ in range(50):  # warm up (and fill the server's inline window)
+                c.call("infer", obs, t_obs=0.0)
+            kinds = (("ping", {}), ("infer", {"arrays": obs, "t_obs": 0.0})) if label == "inline" else \
+                (("infer", {"arrays": obs, "t_obs": 0.0}),)
+            for kind, args in kinds:
+                lat = []
+                for _ in range(n):
+                    t0 = time.perf_counter()
+                    m = c.call(kind, **args)
+                    lat.append(time.perf_counter() - t0)
+                    assert m is not None and m.type in ("pong", "chunk")
+                p50, p99 = np.percentile(np.asarray(lat) * 1e6, [50, 99])
+                name = kind if kind == "ping" else f"infer_{label}"
+                out[name] = {"n": n, "p50_us": float(p50), "p99_us": float(p99), "max_us": float(np.max(lat) * 1e6)}
     return out
 
 
@@ -76,6 +84,7 @@ def main() -> None:
     ap.add_argument("--hz", type=float, default=500.0)
     ap.add_argument("--spin-us", type=float, default=500.0)
     ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--json", help="also write the result here")
     args = ap.parse_args()
     try:
         import torch
@@ -85,8 +94,11 @@ def main() -> None:
         pass
     result = {"jitter": jitter(args.cycles, args.hz, args.spin_us * 1e-6),
               "round_trip_tcp_loopback": round_trip(args.requests, "tcp://127.0.0.1:0"),
-              "load_avg": os.getloadavg()}
+              "load_avg": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M")}
     print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
