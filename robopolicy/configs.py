@@ -122,7 +122,7 @@ class DemoConfig:
 class ServeConfig:
     checkpoint: str = ""  # torch policy dir / run dir, or ONNX artifact dir (manifest.json)
     address: str = "tcp://127.0.0.1:5555"
-    fps: float = 10.0
+    fps: float | None = None  # action rate; default: the checkpoint's (its dataset's), else 10
     curve_secret: str | None = None  # server .key_secret; enables CURVE
     allowed_clients: str | None = None  # dir of allowed client *.key files
     max_message_bytes: int = 16 * 1024 * 1024

@@ -67,6 +67,20 @@ def test_eval_command_on_lift_with_a_trained_policy(tmp_path):
         assert videos == [f"episode_{report['episodes'][0]['seed']}.mp4"]
     else:  # no EGL/OSMesa: evaluated without videos, with a message
         assert videos == []
+    # the checkpoint records its demos' control rate; the server time-stamps chunks with it unless told otherwise
+    import json
+
+    from robopolicy.deploy.adapter import DEFAULT_FPS, load_policy_adapter
+
+    assert json.loads((run / "policy" / "config.json").read_text())["fps"] == 20.0
+    assert load_policy_adapter(run / "policy").spec.fps == 20.0
+    assert load_policy_adapter(run / "policy", fps=5.0).spec.fps == 5.0
+    config = json.loads((run / "policy" / "config.json").read_text())
+    del config["fps"]  # a checkpoint from before the field existed
+    (run / "policy" / "config.json").write_text(json.dumps(config))
+    assert load_policy_adapter(run / "policy").spec.fps == DEFAULT_FPS
+    config["fps"] = 20.0
+    (run / "policy" / "config.json").write_text(json.dumps(config))
     # the same policy through the deployment path: policy server + 500 Hz control loop + robosuite behind the
     # reference arm bridge in its own process; an episode ends after max_steps env steps (no success in 10)
     from robopolicy.deploy.closed_loop import run_served_episodes

@@ -102,8 +102,12 @@ def adapter_from_policy(policy: Any, fps: float = DEFAULT_FPS) -> PolicyAdapter:
     return PolicyAdapter(spec, predict, getattr(policy, "reset", None))
 
 
-def load_policy_adapter(directory: str | Path, fps: float = DEFAULT_FPS) -> PolicyAdapter:
-    """Serve a torch checkpoint dir (``config.json``) or an ONNX artifact dir (``manifest.json``)."""
+def load_policy_adapter(directory: str | Path, fps: float | None = None) -> PolicyAdapter:
+    """Serve a torch checkpoint dir (``config.json``) or an ONNX artifact dir (``manifest.json``).
+
+    ``fps`` (the action rate) defaults to the one the checkpoint or artifact records (its training data's),
+    else ``DEFAULT_FPS``.
+    """
     directory = Path(directory)
     if (directory / "manifest.json").is_file():
         from robopolicy.runtime import onnx_policy  # written alongside; imported only when needed
@@ -112,12 +116,13 @@ def load_policy_adapter(directory: str | Path, fps: float = DEFAULT_FPS) -> Poli
         loader = getattr(cls, "from_pretrained", None) or getattr(cls, "load", None) or cls
         policy = loader(directory)
         manifest = json.loads((directory / "manifest.json").read_text())
-        fps = float(manifest.get("fps") or fps) if isinstance(manifest, dict) else fps
-        return adapter_from_policy(policy, fps=fps)
+        recorded = manifest.get("fps") if isinstance(manifest, dict) else None
+        return adapter_from_policy(policy, fps=float(fps or recorded or DEFAULT_FPS))
     if (directory / "config.json").is_file():
         from robopolicy.policies.registry import load_policy
 
-        return adapter_from_policy(load_policy(directory), fps=fps)
+        policy = load_policy(directory)
+        return adapter_from_policy(policy, fps=float(fps or policy.config.fps or DEFAULT_FPS))
     raise FileNotFoundError(f"{directory}: neither manifest.json (ONNX artifact) nor config.json (torch checkpoint)")
 
 

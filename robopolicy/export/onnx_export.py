@@ -329,7 +329,7 @@ def export_policy(policy: Policy, out_dir: str | Path, graph_kinds: Sequence[str
         "n_obs_steps": c.n_obs_steps,
         "horizon": c.horizon,
         "n_action_steps": c.n_action_steps,
-        "fps": fps,
+        "fps": fps or c.fps,  # the training data's rate unless overridden
         "input_features": [{"key": f.key, "shape": list(f.shape), "input": input_name(f.key), "dtype": "float32",
                             "kind": "camera" if len(f.shape) == 3 else "vector"} for f in c.input_features],
         "action_feature": {"key": c.action_feature.key, "shape": list(c.action_feature.shape)},

@@ -58,6 +58,9 @@ class PolicyConfig:
     output_features: list[FeatureSpec] = dataclasses.field(default_factory=list)
     # Per-feature normalization mode: "min_max" (to [-1, 1]) or "mean_std".
     normalization: dict[str, str] = dataclasses.field(default_factory=dict)
+    # Control rate (Hz) of the demonstrations the policy learned from: one action per 1/fps s. Set from the
+    # dataset at training time; servers and exports time-stamp chunks with it (None: older checkpoints).
+    fps: float | None = None
 
     def __post_init__(self) -> None:
         self.input_features = [f if isinstance(f, FeatureSpec) else FeatureSpec.from_dict(f) for f in self.input_features]

@@ -54,7 +54,7 @@ def make_policy_for_dataset(policy_cfg: DictConfig | dict[str, Any], dataset: Le
     cameras = [k for k in obs_keys if k in dataset.video_keys]
     modes = {k: "identity" if k in cameras else normalization for k in [*obs_keys, action_key]}
     config = policy_config_from(policy_cfg, input_features=[spec(k) for k in obs_keys],
-                                output_features=[spec(action_key)], normalization=modes)
+                                output_features=[spec(action_key)], normalization=modes, fps=float(dataset.fps))
     stats = {k: {name: np.asarray(v, dtype=np.float64).tolist() for name, v in dataset.stats[k].items()} for k in modes}
     policy = get_policy_class(config.type)(config, Normalizer(stats, modes))
     set_image_stats(policy, {k: dataset.stats[k] for k in cameras})
