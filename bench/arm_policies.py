@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pusht_diffusion import machine  # noqa: E402
+from pusht_families import Row, load_row_policy  # noqa: E402  (rows and their loader are shared)
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "arm_policies"
@@ -34,14 +35,11 @@ FAMILIES: dict[str, tuple[list[str], float]] = {
     "flow": (["policy=flow", "steps=3000", "lr=5e-4", "batch_size=256"], 20),
     "act": (["policy=act", "steps=4000", "lr=1e-4", "batch_size=64"], 15),
 }
-# row -> (run family, sampler override for set_sampler, temporal ensembling coefficient)
-ROWS: dict[str, tuple[str, tuple[str | None, int | None], float | None]] = {
-    "dp_ddim10": ("diffusion", ("DDIM", 10), None),
-    "flow_euler10": ("flow", ("euler", 10), None),
-    "act_chunk": ("act", (None, None), None),
-}
-LABELS = {"dp_ddim10": "Diffusion Policy, DDIM 10", "flow_euler10": "Flow matching, Euler 10",
-          "act_chunk": "ACT, chunk of 16, Ta 8"}
+ROWS = {row.key: row for row in (
+    Row("dp_ddim10", "Diffusion Policy, DDIM 10", "diffusion", ("DDIM", 10)),
+    Row("flow_euler10", "Flow matching, Euler 10", "flow", ("euler", 10)),
+    Row("act_chunk", "ACT, chunk of 16, Ta 8", "act"),
+)}
 
 
 def dataset_dir(task: str) -> Path:
@@ -76,19 +74,6 @@ def cmd_train(task: str, names: list[str], threads: int, minutes: float | None =
                    f"num_threads={threads}", f"time_budget_min={minutes}", f"output_dir={out}")
 
 
-def load_row_policy(directory: str, sampler: tuple[str | None, int | None], ensemble: float | None):
-    from robopolicy.policies.registry import load_policy
-    from robopolicy.runtime.ensemble import TemporalEnsembler
-
-    policy = load_policy(directory)
-    if sampler != (None, None):
-        policy.set_sampler(*sampler)
-    if ensemble is not None:
-        policy.config.temporal_ensemble_coeff = ensemble
-        policy.ensembler = TemporalEnsembler(ensemble)
-    return policy
-
-
 def training_minutes(run: Path) -> float | None:
     log = run / "train_log.csv"
     if not log.is_file():
@@ -105,20 +90,20 @@ def cmd_eval(task: str, rows: list[str], episodes: int, force: bool) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     videos = 2 if arm_renderer_available() else 0
     for row in rows:
-        family, sampler, ensemble = ROWS[row]
+        family = ROWS[row].run
         path = RESULTS / f"{task.lower()}_{row}.json"
         directory = run_dir(task, family) / "policy"
         if (path.exists() and not force) or not directory.is_dir():
             print(f"{row}: {'done' if path.exists() else 'not trained'}")
             continue
         keys = [f.key for f in load_policy(directory).config.input_features]
-        result = evaluate(partial(load_row_policy, str(directory), sampler, ensemble), n_episodes=episodes,
+        result = evaluate(partial(load_row_policy, str(directory), ROWS[row]), n_episodes=episodes,
                           env_factory=env_factory(task, keys, render=videos > 0), n_workers=2, n_videos=videos,
                           max_steps=200 if task == "Lift" else 400, start_seed=100000,
                           output_dir=run_dir(task, family) / f"eval_{row}")
         report = result.to_dict()
         report.pop("episodes", None)
-        report.update(task=task, row=row, label=LABELS[row], training_min=training_minutes(run_dir(task, family)),
+        report.update(task=task, row=row, label=ROWS[row].label, training_min=training_minutes(run_dir(task, family)),
                       mean_steps=sum(e.steps for e in result.episodes) / len(result.episodes), machine=machine())
         path.write_text(json.dumps(report, indent=2))
         print(row, result.summary())
