@@ -139,6 +139,10 @@ def main() -> None:
         nets = {
             # 18-number state (pos, rotation matrix, vel, ang vel) + last action: what our quadrotor env gives
             "hover_22-64-64-4": random_mlp(22, [64, 64]),
+            "hover_22-64-64-4_relu": random_mlp(22, [64, 64], "relu"),
+            # the default quadrotor MLP (configs/policy/mlp_quadrotor.yaml): small enough for 500 Hz with margin
+            "hover_22-32-32-4_relu": random_mlp(22, [32, 32], "relu"),
+            "hover_22-32-32-4": random_mlp(22, [32, 32]),
             # L2F-sized input: 18 state + 32-step action history x 4 = 146
             "l2f_146-64-64-4": random_mlp(146, [64, 64]),
             "big_22-256-256-4": random_mlp(22, [256, 256]),

@@ -91,13 +91,15 @@ def load_policy_for_eval(policy_dir: str, noise_scheduler_type: str | None, num_
 
 def cmd_eval(cfg: DictConfig) -> dict:
     from robopolicy.policies.registry import load_policy
-    from robopolicy.sim.envs import ARM_TASKS, arm_renderer_available, env_factory
+    from robopolicy.sim.envs import ARM_TASKS, QUADROTOR_ENVS, arm_renderer_available, env_factory
     from robopolicy.sim.evaluate import evaluate
 
     if not cfg.checkpoint:
         raise ValueError("eval: give checkpoint=<policy dir or training run dir>")
     policy_dir = _resolve_policy_dir(cfg.checkpoint)
     out = resolve_path(cfg.output_dir) if cfg.output_dir else REPO_ROOT / "outputs" / "eval" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    if cfg.env.name in QUADROTOR_ENVS:
+        return _eval_quadrotor(cfg, policy_dir, out)
     factory = partial(load_policy_for_eval, str(policy_dir), cfg.noise_scheduler_type, cfg.num_inference_steps)
     input_keys = [f.key for f in load_policy(policy_dir).config.input_features]
     n_videos = cfg.n_videos
@@ -112,6 +114,25 @@ def cmd_eval(cfg: DictConfig) -> dict:
     lo, hi = report["success_ci95"]
     console.print(f"[bold]{policy_dir}[/]: success {report['success_rate']:.1%} (95% CI {lo:.1%}–{hi:.1%}), "
                   f"mean max coverage {report['mean_max_coverage']:.3f} (reward {report['mean_max_reward']:.3f}) over {report['n_episodes']} episodes -> {out}")
+    return report
+
+
+def _eval_quadrotor(cfg: DictConfig, policy_dir: Path, out: Path) -> dict:
+    """Vectorized: ``n_episodes`` drones (1,024 at a time) fly one episode each; batch b is seeded start_seed + b."""
+    import torch
+
+    from robopolicy.policies.registry import load_policy
+    from robopolicy.sim.envs import evaluate_quadrotor
+
+    torch.manual_seed(cfg.start_seed)
+    report = evaluate_quadrotor(load_policy(policy_dir), cfg.env.name, n_episodes=cfg.n_episodes,
+                                seed=cfg.start_seed, progress=True)
+    report.update(policy=str(policy_dir), env=cfg.env.name, start_seed=cfg.start_seed)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval_report.json").write_text(json.dumps(report, indent=2))
+    lo, hi = report["success_ci95"]
+    console.print(f"[bold]{policy_dir}[/] on {cfg.env.name}: success {report['success_rate']:.1%} (95% CI {lo:.1%}–{hi:.1%}), "
+                  f"crash {report['crash_rate']:.1%}, RMSE {report['rmse_mean']:.3f} m over {report['n_episodes']} episodes -> {out}")
     return report
 
 
@@ -225,6 +246,25 @@ def cmd_keys(cfg: DictConfig) -> dict:
     return {k: [str(p), str(s)] for k, (p, s) in out.items()}
 
 
+def _record_quadrotor(cfg: DictConfig) -> dict:
+    from robopolicy.experts.quadrotor import record_demonstrations
+    from robopolicy.sim.quadrotor import TASKS, QuadrotorConfig
+
+    task = cfg.task.removeprefix("quadrotor_")
+    if task not in TASKS:
+        raise ValueError(f"record: task={cfg.task!r} is not a quadrotor task (quadrotor_{' | quadrotor_'.join(TASKS)})")
+    if cfg.device != "expert":
+        raise ValueError("record: quadrotor tasks record from device=expert (the SE(3) controller); for a setpoint "
+                         "stream from an operator use robopolicy.experts.quadrotor.SetpointTeleop")
+    report = record_demonstrations(resolve_path(cfg.output), task=task, n_episodes=cfg.num_episodes, n_envs=64,
+                                   seed=cfg.seed, dart_noise=cfg.dart_noise, only_successful=not cfg.keep_failures,
+                                   config=QuadrotorConfig(task=task, sim_hz=cfg.sim_hz), overwrite=cfg.overwrite)
+    e = report["expert"]
+    console.print(f"[bold]{report['root']}[/]: kept {report['episodes_kept']} of {report['episodes_run']} expert episodes "
+                  f"(expert success {e['success_rate']:.1%}, crash {e['crash_rate']:.1%})")
+    return report
+
+
 def cmd_record(cfg: DictConfig) -> dict:
     """Teleoperate (or run the scripted expert on) a robosuite arm and record into a LeRobot v3.0 dataset."""
     from robopolicy.data.recorder import DatasetRecorder
@@ -236,6 +276,8 @@ def cmd_record(cfg: DictConfig) -> dict:
         raise ValueError("record: give output=<dataset directory> (created, or appended to when it exists)")
     if cfg.device == "zmq" and not cfg.address:
         raise ValueError("record: device=zmq needs address=<the leader's PUB address>")
+    if cfg.task.startswith("quadrotor_"):
+        return _record_quadrotor(cfg)
     env = make_robosuite_env(cfg.task, robot=cfg.robot, cameras=tuple(cfg.cameras), seed=cfg.seed)
     if cfg.device == "expert":
         from robopolicy.experts.arm_lift import ExpertDevice, make_expert

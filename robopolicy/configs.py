@@ -171,10 +171,11 @@ class ExportConfig:
 
 @dataclass
 class RecordConfig:
-    """Record arm demonstrations (robosuite) with a teleop device or the scripted expert."""
+    """Record arm demonstrations (robosuite) with a teleop device or the scripted expert, or quadrotor
+    demonstrations (L2F) from the SE(3) expert with DART noise."""
 
     output: str = ""  # dataset root: created, or appended to when it exists (crash-safe, resumable)
-    task: str = "Lift"  # Lift | PickPlaceCan
+    task: str = "Lift"  # Lift | PickPlaceCan | quadrotor_hover | quadrotor_waypoint | quadrotor_figure8
     robot: str = "Panda"
     device: str = "keyboard"  # keyboard | gamepad | spacemouse | zmq | expert
     address: str | None = None  # zmq: the leader's PUB address, e.g. tcp://192.168.1.5:5560
@@ -186,6 +187,9 @@ class RecordConfig:
     realtime: bool | None = None  # pace at the control rate (default: on for human devices, off for expert)
     expert_noise: float = 0.002
     overwrite: bool = False  # delete an existing dataset at output first
+    # quadrotor tasks (device=expert only): executed action = expert + N(0, dart_noise^2), label = the clean expert
+    dart_noise: float = 0.05
+    sim_hz: float = 100.0  # control and dataset rate; 500 for the on-board loop
 
 
 SCHEMAS = {"train": TrainConfig, "export": ExportConfig, "eval": EvalConfig, "convert": ConvertConfig, "demo": DemoConfig,

@@ -7,7 +7,8 @@ published when its time comes, stamped with that time (``time.monotonic()``, sha
 on one machine); the target in force at that instant drives the next step. So a policy that
 answered instantly would see exactly the direct-evaluation sequence; a real one sees its latency.
 
-Parent and sim talk over a ``multiprocessing`` pipe carrying msgpack bytes (nothing pickled).
+Parent and sim talk over a ``multiprocessing`` pipe carrying msgpack bytes (nothing pickled;
+:mod:`robopolicy.robots.sim_process`).
 The sim stops by itself when the parent goes away, on ``close``, or after ``max_runtime_s``.
 """
 
@@ -17,34 +18,16 @@ import os
 import time
 from typing import Any
 
-import msgpack
 import numpy as np
 
-from robopolicy.robots.base import Robot, RobotSpec, RobotState
+from robopolicy.robots.base import RobotSpec, RobotState
+from robopolicy.robots.sim_process import SimProcessRobot
+from robopolicy.robots.sim_process import pack as _pack
+from robopolicy.robots.sim_process import unpack as _unpack
 
 STATE_KEY = "observation.state"
 ENV_STATE_KEY = "observation.environment_state"
 PUSHT_HZ = 10.0
-
-
-def _pack(obj: Any) -> bytes:
-    def default(o: Any) -> Any:
-        if isinstance(o, np.ndarray):
-            return {"__nd__": True, "dtype": o.dtype.str, "shape": list(o.shape), "data": np.ascontiguousarray(o).tobytes()}
-        if isinstance(o, np.generic):
-            return o.item()
-        raise TypeError(f"cannot pack {type(o).__name__}")
-
-    return msgpack.packb(obj, default=default, use_bin_type=True)
-
-
-def _unpack(data: bytes) -> Any:
-    def hook(d: dict) -> Any:
-        if d.get("__nd__"):
-            return np.frombuffer(d["data"], dtype=np.dtype(d["dtype"])).reshape(d["shape"]).copy()
-        return d
-
-    return msgpack.unpackb(data, object_hook=hook, raw=False)
 
 
 def pusht_spec(max_velocity: float = 2000.0, max_acceleration: float = 40000.0, obs_mode: str = "state",
@@ -124,8 +107,10 @@ def _sim_main(conn, obs_mode: str, seed: int, hz: float, max_runtime_s: float, m
         env.close()
 
 
-class SimPushTRobot(Robot):
+class SimPushTRobot(SimProcessRobot):
     """PushT behind the :class:`~robopolicy.robots.base.Robot` interface, in a spawned process."""
+
+    process_name = "sim-pusht"
 
     def __init__(self, seed: int = 0, obs_mode: str = "state", hz: float = PUSHT_HZ, max_runtime_s: float = 600.0,
                  max_episode_steps: int = 300, **spec_kw: Any):
@@ -133,86 +118,11 @@ class SimPushTRobot(Robot):
         self.spec.control_hz = hz
         self.seed, self.obs_mode, self.hz = seed, obs_mode, hz
         self.max_runtime_s, self.max_episode_steps = max_runtime_s, max_episode_steps
-        self._proc = None
-        self._conn = None
-        self._latest: RobotState | None = None
-
-    def connect(self, timeout_s: float = 60.0) -> None:
-        import multiprocessing as mp
-
-        ctx = mp.get_context("spawn")
-        parent, child = ctx.Pipe(duplex=True)
-        self._proc = ctx.Process(target=_sim_main, daemon=True, name="sim-pusht",
-                                 args=(child, self.obs_mode, self.seed, self.hz, self.max_runtime_s,
-                                       self.max_episode_steps))
-        self._proc.start()
-        child.close()
-        self._conn = parent
-        deadline = time.monotonic() + timeout_s
-        while self._latest is None:
-            if time.monotonic() > deadline or not self._proc.is_alive():
-                self.disconnect()
-                raise RuntimeError("simulated PushT robot did not start")
-            if self._conn.poll(0.05):
-                self._receive()
-
-    def _receive(self) -> None:
-        while self._conn is not None and self._conn.poll(0):
-            try:
-                kind, body = _unpack(self._conn.recv_bytes())
-            except (EOFError, OSError):
-                self._conn = None
-                return
-            if kind == "state":
-                self._latest = RobotState(body["obs"], float(body["t"]), int(body["seq"]), body["info"])
-
-    def read_state(self) -> RobotState | None:
-        self._receive()
-        return self._latest
-
-    def _send(self, msg: list) -> None:
-        if self._conn is None:
-            raise ConnectionError("simulated robot is not connected")
-        self._conn.send_bytes(_pack(msg))
-
-    def send_command(self, action: np.ndarray) -> None:
-        self._send(["cmd", np.asarray(action, dtype=np.float64).reshape(-1).tolist()])
-
-    def stop(self) -> None:
-        if self._conn is not None:
-            self._send(["stop"])
-
-    def reset(self, seed: int, timeout_s: float = 5.0) -> RobotState:
-        """Start a new episode; returns its first observation."""
-        old_episode = (self._latest.info.get("episode", 0) if self._latest else -1)
-        self._send(["reset", int(seed)])
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._conn.poll(0.01):
-                self._receive()
-                if self._latest is not None and self._latest.info.get("episode", -1) > old_episode:
-                    return self._latest
-        raise TimeoutError("simulated robot did not reset")
+        super().__init__(_sim_main, (obs_mode, seed, hz, max_runtime_s, max_episode_steps))
 
     def hold_action(self, state: RobotState | None) -> np.ndarray | None:
         state = state or self._latest
         return None if state is None else np.asarray(state.observation[STATE_KEY], dtype=np.float64).copy()
-
-    def disconnect(self) -> None:
-        if self._conn is not None:
-            try:
-                self._send(["close"])
-            except (OSError, ConnectionError):
-                pass
-        if self._proc is not None:
-            self._proc.join(3.0)
-            if self._proc.is_alive():
-                self._proc.kill()
-                self._proc.join(1.0)
-        if self._conn is not None:
-            self._conn.close()
-        self._conn = None
-        self._proc = None
 
 
 __all__ = ["PUSHT_HZ", "SimPushTRobot", "pusht_spec"]

@@ -1,7 +1,10 @@
 """Evaluation environments by name, so ``eval`` and the trainer serve PushT and the robosuite arms alike.
 
-``env.name`` in the configs is ``pusht`` or an arm task (``Lift``, ``PickPlaceCan``, ``Stack``). The factory
-is a ``functools.partial`` of a module-level function, so evaluation workers ("spawn") can pickle it.
+``env.name`` in the configs is ``pusht``, an arm task (``Lift``, ``PickPlaceCan``, ``Stack``) or a quadrotor
+task (``quadrotor_hover``, ``quadrotor_waypoint``, ``quadrotor_figure8``). The factory is a ``functools.partial``
+of a module-level function, so evaluation workers ("spawn") can pickle it. Quadrotors are evaluated
+vectorized (:func:`evaluate_quadrotor`: one batched policy call per step for a thousand drones), not
+through the per-episode gym runner.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from functools import partial
 import gymnasium as gym
 
 ARM_TASKS = ("Lift", "PickPlaceCan", "Stack")
-ENV_NAMES = ("pusht", *ARM_TASKS)
+QUADROTOR_ENVS = ("quadrotor_hover", "quadrotor_waypoint", "quadrotor_figure8")
+ENV_NAMES = ("pusht", *ARM_TASKS, *QUADROTOR_ENVS)
 ARM_IMAGE_PREFIX = "observation.images."
 
 
@@ -34,7 +38,9 @@ def env_factory(name: str, input_keys: Iterable[str], render: bool = False) -> C
     ``render`` asks arm envs for an offscreen renderer (rollout videos); PushT always renders.
     """
     keys = list(input_keys)
-    if check_env_name(name) == "pusht":
+    if check_env_name(name) in QUADROTOR_ENVS:
+        raise ValueError(f"{name} is evaluated vectorized: use robopolicy.sim.envs.evaluate_quadrotor")
+    if name == "pusht":
         from robopolicy.sim.pusht import make_pusht_env, pusht_obs_mode_for
 
         return partial(make_pusht_env, obs_mode=pusht_obs_mode_for(keys))
@@ -59,3 +65,18 @@ def arm_renderer_available() -> bool:
 
 
 __all__ = ["ARM_TASKS", "ENV_NAMES", "arm_renderer_available", "check_env_name", "env_factory"]
+
+
+def evaluate_quadrotor(policy, name: str, n_episodes: int = 1024, seed: int = 0, n_envs: int = 1024,
+                       progress: bool = False) -> dict:
+    """Success / crash rates (Wilson 95 % intervals) and tracking RMSE of ``policy`` on a quadrotor task."""
+    from robopolicy.sim.quadrotor import evaluate_policy, summarize
+
+    if check_env_name(name) not in QUADROTOR_ENVS:
+        raise ValueError(f"{name} is not a quadrotor task (expected one of {list(QUADROTOR_ENVS)})")
+    stats = evaluate_policy(policy, name.removeprefix("quadrotor_"), n_episodes=n_episodes, n_envs=n_envs, seed=seed,
+                            progress=progress)
+    out = summarize(stats)
+    out["n_episodes"] = out.pop("episodes")
+    out["crash_reasons"] = {r: sum(s.crash_reason == r for s in stats) for r in sorted({s.crash_reason for s in stats} - {""})}
+    return out

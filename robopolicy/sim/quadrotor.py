@@ -73,6 +73,9 @@ class QuadrotorConfig:
     figure8_period_s: float = 8.0
     figure8_ramp_s: float = 2.0  # the figure-8 speeds up smoothly over this time
     action_noise: float = 0.0  # std of gaussian noise L2F adds to the normalized action
+    # hover: L2F also samples each rotor's initial speed independently (from stopped to hover); with
+    # False the rotors start at the hover throttle, as a drone whose motors were running would.
+    random_rotor_speeds: bool = False
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -272,9 +275,11 @@ class QuadrotorVecEnv:
         self.n = n
         self.backend = _Backend(n, seed=seed, sim_hz=cfg.sim_hz, action_noise=cfg.action_noise)
         self.model = crazyflie_model(self.backend.parameters)
+        hover = self.model.hover_action
         if cfg.task != "hover":
-            hover = self.model.hover_action
             self.backend.configure(cfg.sim_hz, {**GENTLE_INIT, "min_rpm": hover, "max_rpm": hover}, cfg.action_noise)
+        elif not cfg.random_rotor_speeds:
+            self.backend.configure(cfg.sim_hz, {"relative_rpm": True, "min_rpm": hover, "max_rpm": hover}, cfg.action_noise)
         # Privileged: each rotor's throttle at the start of the episode (for experts, never in the observation).
         self._initial_throttle = np.zeros((n, ACTION_DIM))
         self._throttle_stale = np.ones(n, dtype=bool)
@@ -505,6 +510,48 @@ def rollout(controller: Callable[[np.ndarray, dict[str, Any]], np.ndarray], n_ep
     return results[:n_episodes]
 
 
+def evaluate_policy(policy: Any, task: str = "hover", n_episodes: int = 1024, n_envs: int = 1024, seed: int = 0,
+                    config: QuadrotorConfig | None = None, progress: bool = False) -> list[EpisodeStats]:
+    """``n_episodes`` episodes of a trained policy (anything with ``reset()`` and a batched
+    ``select_action({"observation.state": (n, 22)}) -> (n, 4)``), ``n_envs`` drones at a time.
+
+    Every drone of a batch flies exactly one episode and all start together, so the policy's batched
+    observation history and action queue stay aligned (a crashed drone is auto-reset by the env and
+    keeps flying, but only its first episode counts). Batch ``b`` is seeded ``seed + b``.
+    """
+    cfg = dataclasses.replace(config or QuadrotorConfig(), task=task)
+    results: list[EpisodeStats] = []
+    batch = 0
+    bar = None
+    if progress:
+        from rich.progress import Progress
+
+        bar = Progress(transient=True)
+        bar.start()
+        bar_task = bar.add_task(f"quadrotor {task}", total=n_episodes)
+    try:
+        while len(results) < n_episodes:
+            n = min(n_envs, n_episodes - len(results))
+            env = QuadrotorVecEnv(n, cfg, seed=seed + batch)
+            obs = env.reset(seed=seed + batch)
+            policy.reset()
+            stats: list[EpisodeStats | None] = [None] * n
+            while any(s is None for s in stats):
+                action = np.asarray(policy.select_action({STATE_KEY: obs}), dtype=np.float32).reshape(n, ACTION_DIM)
+                obs, _, _, _, infos = env.step(action)
+                for i, st in infos["final"]:
+                    if stats[i] is None:
+                        stats[i] = st
+            results.extend(s for s in stats if s is not None)
+            batch += 1
+            if bar is not None:
+                bar.update(bar_task, completed=len(results))
+    finally:
+        if bar is not None:
+            bar.stop()
+    return results
+
+
 def summarize(results: list[EpisodeStats]) -> dict[str, Any]:
     """Success and crash rates with Wilson 95% intervals, mean RMSE."""
     from robopolicy.sim.evaluate import wilson_interval
@@ -519,5 +566,5 @@ def summarize(results: list[EpisodeStats]) -> dict[str, Any]:
 
 
 __all__ = ["ACTION_DIM", "CrazyflieModel", "EpisodeStats", "OBS_DIM", "OBS_NAMES", "QuadrotorConfig", "QuadrotorEnv",
-           "QuadrotorVecEnv", "STATE_KEY", "TASKS", "crazyflie_model", "figure8_target", "make_quadrotor_env",
+           "QuadrotorVecEnv", "STATE_KEY", "TASKS", "crazyflie_model", "evaluate_policy", "figure8_target", "make_quadrotor_env",
            "rollout", "summarize"]

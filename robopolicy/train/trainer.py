@@ -217,6 +217,13 @@ class Trainer:
         self._sync_ema()
         snapshot = self.run_dir / "eval" / ckpt.checkpoint_name(self.step)
         self.ema_policy.save(snapshot / "policy")
+        if self.cfg.env.name.startswith("quadrotor_"):
+            from robopolicy.sim.envs import evaluate_quadrotor
+
+            result = evaluate_quadrotor(load_policy(snapshot / "policy"), self.cfg.env.name,
+                                        n_episodes=self.cfg.eval_episodes, seed=0)
+            (snapshot / "eval.json").write_text(json.dumps(result, indent=2))
+            return {**result, "mean_max_coverage": float("nan")}
         input_keys = [f.key for f in self.policy.config.input_features]
         videos = 1 if self.cfg.env.name == "pusht" else 0  # arm videos need an offscreen GL context
         result = evaluate(partial(load_policy, str(snapshot / "policy")), n_episodes=self.cfg.eval_episodes,
