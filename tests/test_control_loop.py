@@ -95,6 +95,17 @@ def test_scheduler_drops_past_actions_and_never_returns_stale():
     assert s.add_chunk(a, t_first, now=11.0) is None and s.stats.chunks_discarded == 1
 
 
+def test_one_action_chunk_is_held_for_its_step_after_arrival():
+    # T = 1 (an MLP acting every step): the action belongs to [t_obs, t_obs + dt) and arrives after t_obs
+    s = ChunkScheduler(1, 1, 1, 0.01, mode="rtc")
+    c = s.add_chunk(np.array([[0.3, -0.2]]), 10.0, now=10.002, t_request=10.0005, expected_delay_s=0.001)
+    assert c is not None and s.stats.chunks_discarded == 0
+    np.testing.assert_allclose(s.target(10.005)[0], [0.3, -0.2])
+    np.testing.assert_allclose(s.target(10.01)[0], [0.3, -0.2])
+    assert s.target(10.0101)[0] is None  # its hold window is over: never executed later
+    assert s.add_chunk(np.array([[0.3, -0.2]]), 10.0, now=10.02) is None and s.stats.chunks_discarded == 1
+
+
 def test_rtc_frozen_prefix_and_late_chunks():
     s = ChunkScheduler(2, 8, 4, 0.1, mode="rtc")
     s.add_chunk(*_chunk(10.0, value=1.0), now=10.01)

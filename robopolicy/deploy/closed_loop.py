@@ -2,7 +2,8 @@
 
 PushT runs in its own process in real time (10 Hz physics); the arm tasks (``Lift``, ``PickPlaceCan``) run
 robosuite behind the reference arm bridge in its own process (20 Hz control), driven through
-:class:`~robopolicy.robots.sim_arm.BridgeArm`. Each episode is seeded ``start_seed + i`` like ``robopolicy eval``
+:class:`~robopolicy.robots.sim_arm.BridgeArm`; the quadrotor tasks (``quadrotor_hover``, ...) run one L2F
+drone in its own process at 500 Hz (:class:`~robopolicy.robots.sim_quadrotor.SimQuadrotorRobot`). Each episode is seeded ``start_seed + i`` like ``robopolicy eval``
 and ends at success or after ``max_steps`` robot steps, so its success can be compared with direct evaluation.
 """
 
@@ -28,10 +29,25 @@ def _arm_robot(task: str, start_seed: int, episodes: int, max_steps: int):
     return robot, 20.0
 
 
+def _quadrotor_robot(task: str, start_seed: int, episodes: int, episode_s: float | None, safe_mode: str):
+    from robopolicy.robots.sim_quadrotor import QUADROTOR_HZ, SimQuadrotorRobot
+    from robopolicy.sim.quadrotor import QuadrotorConfig
+
+    length = episode_s or QuadrotorConfig(task=task).episode_steps / QuadrotorConfig(task=task).sim_hz
+    robot = SimQuadrotorRobot(task, seed=start_seed, episode_s=episode_s, safe_mode=safe_mode,
+                              max_runtime_s=episodes * (length + 5) + 30)
+    return robot, QUADROTOR_HZ, length
+
+
 def run_served_episodes(policy_dir: str, episodes: int, start_seed: int = 100000, blend: str = "rtc",
                         control_hz: float | None = None, max_steps: int = 300, address: str = "tcp://127.0.0.1:0",
-                        verbose: bool = True, env: str = "pusht") -> dict:
-    """Success over ``episodes`` served episodes; ``control_hz`` defaults to 100 (PushT) or 500 (arms)."""
+                        verbose: bool = True, env: str = "pusht", episode_s: float | None = None,
+                        safe_mode: str = "hover") -> dict:
+    """Success over ``episodes`` served episodes; ``control_hz`` defaults to 100 (PushT) or 500 (arms, quadrotors).
+
+    Quadrotor episodes last the task's length (or ``episode_s``) of real time; ``safe_mode`` is the
+    simulated drone's own safe behaviour (``hover`` | ``motors_off``).
+    """
     import torch
 
     from robopolicy.deploy.adapter import load_policy_adapter
@@ -40,19 +56,27 @@ def run_served_episodes(policy_dir: str, episodes: int, start_seed: int = 100000
     from robopolicy.sim.envs import check_env_name
     from robopolicy.sim.evaluate import wilson_interval
 
-    is_arm = check_env_name(env) != "pusht"
-    control_hz = control_hz or (500.0 if is_arm else 100.0)
+    is_quad = check_env_name(env).startswith("quadrotor_")
+    is_arm = env != "pusht" and not is_quad
+    control_hz = control_hz or (100.0 if env == "pusht" else 500.0)
     torch.set_num_threads(1)
     adapter = load_policy_adapter(policy_dir)
     results = []
     with PolicyServer(adapter, address=address, status_every_s=0) as srv:
-        robot, robot_hz = _arm_robot(env, start_seed, episodes, max_steps) if is_arm else \
-            _pusht_robot(start_seed, episodes, max_steps)
+        if is_quad:
+            robot, robot_hz, run_s = _quadrotor_robot(env.removeprefix("quadrotor_"), start_seed, episodes, episode_s,
+                                                      safe_mode)  # the drone's own episode length ends it ("done")
+        elif is_arm:
+            robot, robot_hz = _arm_robot(env, start_seed, episodes, max_steps)
+        else:
+            robot, robot_hz = _pusht_robot(start_seed, episodes, max_steps)
+        if not is_quad:
+            run_s = max_steps / robot_hz
         robot.connect()
         try:
             for i in range(episodes):
                 seed = start_seed + i
-                if i > 0 or is_arm:
+                if i > 0 or is_arm or is_quad:
                     robot.reset(seed)
                 adapter.reset()
                 loop = ControlLoop(robot, srv.endpoint, ControlLoopConfig(control_hz=control_hz, blend=blend))
@@ -62,11 +86,17 @@ def run_served_episodes(policy_dir: str, episodes: int, start_seed: int = 100000
                                                          or lp.state.info.get("steps", 0) >= max_steps))
                 else:
                     done = lambda lp: bool(lp.state and lp.state.info.get("done"))  # noqa: E731
-                summary = loop.run(max_steps / robot_hz + 10, until=done)
+                summary = loop.run(run_s + 10, until=done)
                 final = loop.state
                 loop.close()
                 wall = time.monotonic() - t0
-                if is_arm:
+                if is_quad:
+                    info = final.info if final else {}
+                    success, score, steps = bool(info.get("success")), float(info.get("success", 0.0)), info.get("steps", -1)
+                    extra = {k: info.get(k) for k in ("crash", "crash_reason", "rmse", "safe_entries", "watchdog_trips",
+                                                       "late_p99_us", "late_max_us")}
+                    extra["sim_overruns"] = info.get("overruns")
+                elif is_arm:
                     success = bool(final and final.info.get("is_success"))
                     score, steps = float(success), int(final.info.get("steps", -1)) if final else -1
                 else:
@@ -75,7 +105,8 @@ def run_served_episodes(policy_dir: str, episodes: int, start_seed: int = 100000
                 results.append({"seed": seed, "success": success, "max_coverage": score, "steps": steps,
                                 "wall_s": wall, "deadline_misses": summary["deadline_misses"],
                                 "latency_ms_p50": summary["latency_ms_p50"], "safe_ticks": summary["safe_ticks"],
-                                "jitter_p99_us": summary["period"]["jitter_p99_us"], "overruns": summary["period"]["overruns"]})
+                                "jitter_p99_us": summary["period"]["jitter_p99_us"], "overruns": summary["period"]["overruns"],
+                                **(extra if is_quad else {})})
                 if verbose:
                     print(json.dumps(results[-1]))
         finally:

@@ -5,7 +5,8 @@ Action ``i`` of a chunk predicted from an observation taken at ``t_obs`` refers 
 ``dt``). When a chunk arrives at ``now``, its actions with ``t_i < now + latency_margin`` are past
 and dropped (the last dropped one is kept only as an interpolation anchor: the trajectory is
 evaluated at the current time, never replayed). A chunk gives a target only inside
-``[t_valid_from, t_last + validity]``; outside, :meth:`ChunkScheduler.target` returns None and the
+``[t_valid_from, t_last + validity]`` (so a chunk whose actions are all past still holds its last one
+until ``t_last + validity``: a one-action policy, T = 1, re-planning every step); outside, :meth:`ChunkScheduler.target` returns None and the
 control loop holds its safe action. So no action older than its validity window is ever executed.
 
 Overlapping chunks (the next one is requested before the current one runs out) are combined by:
@@ -97,8 +98,8 @@ class ChunkScheduler:
         past = times < t_valid_from
         n_past = int(past.sum())
         self.stats.actions_dropped_past += n_past
-        if n_past == len(times):
-            self.stats.chunks_discarded += 1
+        if n_past == len(times) and times[-1] + self.validity_s < t_valid_from:
+            self.stats.chunks_discarded += 1  # even the last action's hold window is over
             return None
         first = max(n_past - 1, 0)  # keep the last past waypoint as an interpolation anchor only
         wp = Waypoints(times[first:], actions[first:], self.validity_s)
