@@ -295,7 +295,7 @@ class SetpointTeleop:
                 sp = sp + vel * self.config.dt
             if s.position is not None:
                 sp = np.asarray(s.position, dtype=np.float64)
-            env.target_pos[0], env.target_vel[0], env.target_acc[0] = sp, vel, 0.0
+            env.set_targets(sp, vel, np.zeros(3))
             obs = env._observe()  # re-express the current state relative to the new setpoint
             action = self.ctrl(obs)
             out[STATE_KEY].append(obs[0])
