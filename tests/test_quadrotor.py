@@ -133,6 +133,7 @@ def test_controller_batched_shape():
     ctrl = SE3Controller()
     obs = np.zeros((5, OBS_DIM), dtype=np.float32)
     obs[:, 3:12] = np.eye(3).reshape(-1)
+    obs[:, 18:22] = ctrl.model.hover_action  # rotors at hover
     a = ctrl(obs)
     assert a.shape == (5, 4) and np.allclose(a, ctrl.model.hover_action, atol=1e-5)
 

@@ -2,7 +2,7 @@
 
 The expert acts on exactly what a policy sees -- the 22-number ``observation.state`` of
 :mod:`robopolicy.sim.quadrotor` (position/velocity error to the target, rotation matrix, body rates,
-previous action) -- plus, optionally, the target's feed-forward acceleration, and outputs the same
+rotor-state estimate) -- plus, optionally, the target's feed-forward acceleration, and outputs the same
 normalized motor commands in [-1, 1]. Batched: obs (n, 22) -> actions (n, 4).
 
 Control law (Lee, Leok & McClamroch 2010, with saturations):
@@ -62,7 +62,7 @@ def _vee(m: np.ndarray) -> np.ndarray:
 
 class SE3Controller:
     def __init__(self, model: CrazyflieModel | None = None, gains: SE3Gains | None = None, yaw: float = 0.0,
-                 dt: float = 0.01, motor_compensation: bool = True):
+                 dt: float = 0.01, motor_compensation: bool = True, use_observed_rotor_state: bool = True):
         self.model = model or crazyflie_model()
         self.gains = gains or SE3Gains()
         self.yaw = yaw
@@ -71,6 +71,9 @@ class SE3Controller:
         # past commands through the same first-order model; initial rotor speeds are unknown to it and
         # taken as hover) and commands what reaches the desired throttle within one step.
         self.motor_compensation = motor_compensation
+        # The observation carries the same rotor estimate (the env filters the executed commands): using it
+        # makes the expert a function of the observation alone, which is what a cloned policy can learn.
+        self.use_observed_rotor_state = use_observed_rotor_state
         self.k_rise = 1.0 - math.exp(-dt / self.model.time_constant_rising)
         self.k_fall = 1.0 - math.exp(-dt / self.model.time_constant_falling)
         self.u_est: np.ndarray | None = None
@@ -150,6 +153,9 @@ class SE3Controller:
         f = np.clip(f, self.f_min, self.f_max)
         action = m.thrust_to_action(f).reshape(n, ACTION_DIM)
         if self.motor_compensation:
+            if self.use_observed_rotor_state:  # the observation's rotor estimate, in throttle units
+                half = (m.action_max - m.action_min) / 2
+                self.u_est = obs[:, 18:22] * half + m.action_min + half
             action = self._compensate(action)
         return action.astype(np.float32)
 

@@ -75,7 +75,7 @@ def _sim_main(conn, task: str, seed: int, hz: float, episode_s: float | None, sa
         info["safe"] = reason
         info["safe_entries"] += 1
         hold_pos = obs[0:3] + env.target_pos[0]  # world position now: hover here
-        hover_ctrl.reset(throttle=env.rotor_throttle())  # on board, the motor outputs are known
+        hover_ctrl.reset()  # it reads the rotor estimate from the observation
 
     def safe_action() -> np.ndarray:
         if safe_mode == "motors_off":

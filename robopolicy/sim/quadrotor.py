@@ -10,7 +10,9 @@ Conventions (details and rationale in docs/quadrotor.md):
   Rotor order and positions are L2F's Crazyflie model (see :func:`crazyflie_model`).
 * Observation ``observation.state`` (22,): position error p - p_target (3, world), rotation matrix
   world-from-body (9, row-major), velocity error v - v_target (3, world), body angular velocity (3),
-  the previous action (4). Errors are "state minus target", so hovering on target observes zeros.
+  the rotor-state estimate (4: the executed motor commands through the rotors' first-order lag model, in
+  action units; what a controller can compute from its own outputs). Errors are "state minus target", so
+  hovering on target observes zeros.
 * Control rate: ``sim_hz`` (default 100 Hz, L2F's training rate); one env step = one L2F step with
   integration dt = 1 / sim_hz (RK4). ``sim_hz=500`` simulates the on-board 500 Hz loop.
 * Tasks: ``hover`` (recover from L2F's random initial states -- up to 0.5 m off, 90 deg tilt, 1 m/s,
@@ -46,7 +48,7 @@ ACTION_DIM = 4
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
 OBS_NAMES = (["ex", "ey", "ez"] + [f"R{i}{j}" for i in range(3) for j in range(3)] + ["evx", "evy", "evz"]
-             + ["wx", "wy", "wz"] + [f"prev_a{i}" for i in range(4)])
+             + ["wx", "wy", "wz"] + [f"rotor_est{i}" for i in range(4)])
 L2F_STATE_DIM = 18  # the part of L2F's observation we use: pos(3) R(9) vel(3) angvel(3)
 _CHECK_COLUMNS = np.array([0, 1, 2, 11])  # x, y, z, R[2, 2] = cos(tilt): what the crash check reads
 
@@ -295,6 +297,11 @@ class QuadrotorVecEnv:
         self.target_acc = np.zeros((n, 3))
         self._offset = np.zeros((n, 18), dtype=np.float32)
         self.prev_action = np.zeros((n, ACTION_DIM), dtype=np.float32)
+        # Rotor-state estimate: the commands sent so far through the rotors' first-order model (what any
+        # controller can compute from its own outputs; the Crazyflie does not measure rotor speed).
+        self.rotor_estimate = np.zeros((n, ACTION_DIM), dtype=np.float32)
+        self._k_rise = np.float32(1.0 - math.exp(-cfg.dt / self.model.time_constant_rising))
+        self._k_fall = np.float32(1.0 - math.exp(-cfg.dt / self.model.time_constant_falling))
         self._sq_err = np.zeros(n)
         self._n_err = np.zeros(n, dtype=np.int64)
         self._in_radius_run = np.zeros(n, dtype=np.int64)
@@ -331,10 +338,10 @@ class QuadrotorVecEnv:
 
     # ---- observation / metrics ----------------------------------------------------------------
     def _observe(self) -> np.ndarray:
-        """A fresh (n, 22) array (callers may keep it): L2F's state minus the targets, and the last action."""
+        """A fresh (n, 22) array (callers may keep it): L2F's state minus the targets, and the rotor estimate."""
         o = np.empty((self.n, OBS_DIM), dtype=np.float32)
         np.subtract(self.backend.obs[: self.n, 0:18], self._offset, out=o[:, 0:18])
-        o[:, 18:22] = self.prev_action
+        o[:, 18:22] = self.rotor_estimate
         self.observation = o
         return o
 
@@ -385,8 +392,8 @@ class QuadrotorVecEnv:
         self._in_radius_run[idx] = 0
         self._new_targets(idx)
         self._update_moving_targets()
-        # the previous action starts at the drone's current throttle (L2F samples initial rotor speeds)
         self.prev_action[idx] = self.model.hover_action
+        self.rotor_estimate[idx] = self.model.hover_action  # rotors start at hover (random_rotor_speeds=False)
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         # Kept to few numpy calls: at small n the per-call overhead, not the arithmetic, is the cost.
@@ -397,6 +404,8 @@ class QuadrotorVecEnv:
         if not np.isfinite(a.sum()):  # a non-finite command means motors off
             a[~np.isfinite(a)] = -1.0
         self.backend.step(a)
+        est = self.rotor_estimate
+        est += (a - est) * np.where(a > est, self._k_rise, self._k_fall)
         self.t += 1
         if cfg.task == "figure8":
             self._update_moving_targets()
