@@ -47,6 +47,7 @@ OBS_DIM = 22
 ACTION_DIM = 4
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
+TARGET_KEY = "observation.target"
 OBS_NAMES = (["ex", "ey", "ez"] + [f"R{i}{j}" for i in range(3) for j in range(3)] + ["evx", "evy", "evz"]
              + ["wx", "wy", "wz"] + [f"rotor_est{i}" for i in range(4)])
 L2F_STATE_DIM = 18  # the part of L2F's observation we use: pos(3) R(9) vel(3) angvel(3)
@@ -564,7 +565,11 @@ def evaluate_policy(policy: Any, task: str = "hover", n_episodes: int = 1024, n_
             policy.reset()
             stats: list[EpisodeStats | None] = [None] * n
             while any(s is None for s in stats):
-                action = np.asarray(policy.select_action({STATE_KEY: obs}), dtype=np.float32).reshape(n, ACTION_DIM)
+                # observation.target (position, velocity, acceleration of the target; recorded in the demos)
+                # for policies trained to read the feed-forward the expert gets
+                target = np.concatenate([env.target_pos, env.target_vel, env.target_acc], axis=1).astype(np.float32)
+                observation = {STATE_KEY: obs, TARGET_KEY: target}
+                action = np.asarray(policy.select_action(observation), dtype=np.float32).reshape(n, ACTION_DIM)
                 obs, _, _, _, infos = env.step(action)
                 for i, st in infos["final"]:
                     if stats[i] is None:
