@@ -38,6 +38,21 @@ def unpack(data: bytes) -> Any:
     return msgpack.unpackb(data, object_hook=hook, raw=False)
 
 
+def wait_for_tick(conn, deadline: Callable[[], float], handle: Callable[[bytes], bool], poll_s: float) -> bool:
+    """Sim side: wait until ``deadline()``, handing every message to ``handle`` meanwhile (latest command
+    wins; a handler may move the deadline, e.g. on reset). False when a handler says to close."""
+    while True:
+        remaining = deadline() - time.monotonic()
+        if remaining <= 0:
+            break
+        if conn.poll(min(remaining, poll_s)) and not handle(conn.recv_bytes()):
+            return False
+    while conn.poll(0):
+        if not handle(conn.recv_bytes()):
+            return False
+    return True
+
+
 class SimProcessRobot(Robot):
     """Parent side of a sim process; subclasses set ``spec``, ``_target``/``_args`` and ``hold_action``."""
 
@@ -121,4 +136,4 @@ class SimProcessRobot(Robot):
         self._proc = None
 
 
-__all__ = ["SimProcessRobot", "pack", "unpack"]
+__all__ = ["SimProcessRobot", "pack", "unpack", "wait_for_tick"]

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from robopolicy.robots.base import RobotSpec, RobotState
-from robopolicy.robots.sim_process import SimProcessRobot
+from robopolicy.robots.sim_process import SimProcessRobot, wait_for_tick
 from robopolicy.robots.sim_process import pack as _pack
 from robopolicy.robots.sim_process import unpack as _unpack
 
@@ -78,17 +78,13 @@ def _sim_main(conn, obs_mode: str, seed: int, hz: float, max_runtime_s: float, m
             return False
         return True
 
+    def deadline() -> float:
+        return next_t  # read late: a reset moves it
+
     try:
         while time.monotonic() - t_start < max_runtime_s:
-            while True:  # wait for the next tick, taking commands meanwhile (latest wins)
-                remaining = next_t - time.monotonic()
-                if remaining <= 0:
-                    break
-                if conn.poll(min(remaining, 0.002)) and not handle(conn.recv_bytes()):
-                    return
-            while conn.poll(0):
-                if not handle(conn.recv_bytes()):
-                    return
+            if not wait_for_tick(conn, deadline, handle, poll_s=0.002):
+                return
             conn.send_bytes(_pack(["state", {"obs": obs, "t": next_t, "seq": k, "info": {**info, "overruns": overruns}}]))
             if not info["done"]:
                 obs, _, terminated, truncated, step_info = env.step(target.astype(np.float32))

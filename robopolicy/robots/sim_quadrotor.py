@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from robopolicy.robots.base import RobotSpec, RobotState
-from robopolicy.robots.sim_process import SimProcessRobot, pack, unpack
+from robopolicy.robots.sim_process import SimProcessRobot, pack, unpack, wait_for_tick
 
 STATE_KEY = "observation.state"
 QUADROTOR_HZ = 500.0
@@ -108,17 +108,13 @@ def _sim_main(conn, task: str, seed: int, hz: float, episode_s: float | None, sa
             return False
         return True
 
+    def deadline() -> float:
+        return next_t  # read late: a reset moves it
+
     try:
         while time.monotonic() - t_start < max_runtime_s:
-            while True:  # wait for the next tick, taking commands meanwhile (latest wins)
-                remaining = next_t - time.monotonic()
-                if remaining <= 0:
-                    break
-                if conn.poll(min(remaining, 0.0005)) and not handle(conn.recv_bytes()):
-                    return
-            while conn.poll(0):
-                if not handle(conn.recv_bytes()):
-                    return
+            if not wait_for_tick(conn, deadline, handle, poll_s=0.0005):
+                return
             now = time.monotonic()
             if not info["safe"] and not info["done"] and now - last_cmd_t > command_timeout_s:
                 info["watchdog_trips"] += 1
