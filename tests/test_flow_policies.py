@@ -6,6 +6,7 @@ Everything runs on tiny networks with one thread; the multimodality checks train
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -277,6 +278,23 @@ def test_sfp_chunk_alignment_first_executed_action_is_the_current_one():
     torch.testing.assert_close(policy.last_action, window[To + 1][None], atol=1e-5, rtol=0)
     policy.reset()
     assert policy.last_action is None
+
+
+@pytest.mark.parametrize(("steps", "stable"), [(3, False), (6, True)])
+def test_sfp_warns_when_euler_amplifies_the_stabilizing_term(steps, stable):
+    """k * dt > 2 makes Euler overshoot the demo by more than the start error; the config says so."""
+    To, T, k = 2, 5, 30.0  # K - 1 = 4 actions, dt = 1 / (4 * steps): k dt = 2.5 (3 steps) or 1.25 (6 steps)
+    window = torch.zeros(T, 2)  # the demo holds still at 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        policy = tensor_policy("sfp", horizon=T, n_obs_steps=To, n_action_steps=1, k=k, sigma0=0.0,
+                               integration_steps_per_action=steps).eval()
+    assert any("k * dt" in str(w.message) for w in caught) == (not stable)
+    policy.net = TrajectoryVelocity(window[To - 2 :], k=k)
+    policy.last_action = torch.tensor([[0.3, -0.3]])  # executed off the demo
+    first = next(policy.stream_actions({"observation.state": torch.zeros(1, To, 2)}))
+    shrink = first.abs().max().item() / 0.3
+    assert shrink > 1.0 if not stable else shrink < 0.2
 
 
 def test_sfp_start_action_priority(lowdim_dataset):

@@ -9,6 +9,7 @@ PushT setting (To = 2, T = 16) that is the whole window, K = T = 16, knots at i 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 from robopolicy.policies.base import PolicyConfig
@@ -16,6 +17,9 @@ from robopolicy.policies.encoders import ImageEncoderConfig
 from robopolicy.policies.flow.integrators import METHODS
 
 VARIANTS = ("deterministic", "stochastic")
+# Largest k * dt for which each explicit integrator damps the stabilizing term -k (x - xi) instead of
+# amplifying it (stability interval of the method on the real axis).
+STABLE_K_DT = {"euler": 2.0, "midpoint": 2.0, "heun": 2.0, "rk4": 2.785}
 
 
 @dataclass
@@ -66,6 +70,12 @@ class SFPConfig(PolicyConfig):
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.time_embed_dim % 2:
             raise ValueError(f"time_embed_dim must be even, got {self.time_embed_dim}")
+        if self.k * self.integration_dt > STABLE_K_DT[self.integrator]:
+            warnings.warn(
+                f"sfp: k * dt = {self.k * self.integration_dt:.2f} exceeds {STABLE_K_DT[self.integrator]} for "
+                f"{self.integrator}, so integration amplifies deviations from the demo instead of damping them; "
+                f"raise integration_steps_per_action above {self.k / ((self.n_knots - 1) * STABLE_K_DT[self.integrator]):.1f} "
+                "or lower k (k * dt = 1 with Euler lands back on the trajectory in one step)", stacklevel=2)
         if self.start_from_observation_key is not None and self.input_features:
             features = {f.key: f for f in self.input_features}
             f = features.get(self.start_from_observation_key)
@@ -80,6 +90,11 @@ class SFPConfig(PolicyConfig):
     def n_knots(self) -> int:
         """K: knots of the demo trajectory, window actions To - 2 ... T - 1."""
         return self.horizon - self.n_obs_steps + 2
+
+    @property
+    def integration_dt(self) -> float:
+        """Flow time per integration step: 1 / ((K - 1) * integration_steps_per_action)."""
+        return 1.0 / (max(self.n_knots - 1, 1) * self.integration_steps_per_action)
 
     @property
     def sigma_r(self) -> float:
