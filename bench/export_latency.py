@@ -32,6 +32,8 @@ FAMILIES = {
     "flow_transformer": {"type": "flow", "backbone": "transformer"},
     "sfp_d": {"type": "sfp", "variant": "deterministic"},  # 15 actions x 6 Euler steps
     "sfp_s": {"type": "sfp", "variant": "stochastic"},
+    # 1 Euler step per action: on PushT as good as 6 (docs/benchmarks.md section 1b)
+    "sfp_d_e1": {"type": "sfp", "variant": "deterministic", "integration_steps_per_action": 1},
     "act": {"type": "act"},
     "mlp": {"type": "mlp"},
 }

@@ -40,6 +40,8 @@ FAMILIES: dict[str, tuple[list[str], float]] = {
     "flow": (["policy=flow", "steps=3000", "lr=5e-4", "batch_size=256"], 12),
     "sfp_d": (["policy=sfp", "policy.variant=deterministic", "steps=7000", "lr=1e-3", "batch_size=256"], 10),
     "sfp_s": (["policy=sfp", "policy.variant=stochastic", "steps=5500", "lr=1e-3", "batch_size=256"], 8),
+    # SFP-D again with five times the steps (the recorded run used num_threads=1 beside other work: 6-8 steps/s).
+    "sfp_d_long": (["policy=sfp", "policy.variant=deterministic", "steps=19000", "lr=1e-3", "batch_size=256"], 50),
     "act": (["policy=act", "steps=3500", "lr=1e-4", "batch_size=64"], 10),
     "mlp": (["policy=mlp", "steps=40000", "lr=1e-3", "batch_size=256"], 3),
 }
@@ -66,6 +68,9 @@ ROWS = [
     Row("flow_euler2", "Flow matching, Euler 2", "flow", ("euler", 2)),
     Row("sfp_d", "Streaming flow (SFP-D), Euler 6 per action", "sfp_d"),
     Row("sfp_s", "Streaming flow (SFP-S), Euler 6 per action", "sfp_s"),
+    Row("sfp_d_long", "Streaming flow (SFP-D, 19k steps), Euler 6 per action", "sfp_d_long"),
+    Row("sfp_d_long_e2", "Streaming flow (SFP-D, 19k steps), Euler 2 per action", "sfp_d_long", ("euler", 2)),
+    Row("sfp_d_long_e1", "Streaming flow (SFP-D, 19k steps), Euler 1 per action", "sfp_d_long", ("euler", 1)),
     Row("act_chunk", "ACT, chunk of 16, Ta 8", "act"),
     Row("act_ensemble", "ACT, temporal ensembling m = 0.01", "act", ensemble=0.01),
     Row("mlp", "MLP behaviour cloning", "mlp"),
