@@ -94,7 +94,7 @@ class SFPConfig(PolicyConfig):
     @property
     def integration_dt(self) -> float:
         """Flow time per integration step: 1 / ((K - 1) * integration_steps_per_action)."""
-        return 1.0 / (max(self.n_knots - 1, 1) * self.integration_steps_per_action)
+        return 1.0 / ((self.n_knots - 1) * self.integration_steps_per_action)
 
     @property
     def sigma_r(self) -> float:
