@@ -33,7 +33,7 @@ from pusht_diffusion import machine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "pusht_families"
-COMMON = ["warmup_steps=500", "save_every=0", "log_every=100", "num_threads=2", "progress=false"]
+COMMON = ["warmup_steps=500", "save_every=0", "log_every=100", "progress=false"]
 
 # name -> (training overrides, minutes). Step counts are sized so the cosine schedule ends near the budget.
 FAMILIES: dict[str, tuple[list[str], float]] = {
@@ -42,6 +42,11 @@ FAMILIES: dict[str, tuple[list[str], float]] = {
     "sfp_s": (["policy=sfp", "policy.variant=stochastic", "steps=5500", "lr=1e-3", "batch_size=256"], 8),
     # SFP-D again with five times the steps (the recorded run used num_threads=1 beside other work: 6-8 steps/s).
     "sfp_d_long": (["policy=sfp", "policy.variant=deterministic", "steps=19000", "lr=1e-3", "batch_size=256"], 50),
+    # Stabilizing-gain sweep (the quadrotor needed k = 24 instead of 2): 8k steps, num_threads=1 in parallel.
+    "sfp_d_k8": (["policy=sfp", "policy.variant=deterministic", "policy.k=8", "steps=8000", "lr=1e-3",
+                  "batch_size=256"], 25),
+    "sfp_d_k20": (["policy=sfp", "policy.variant=deterministic", "policy.k=20", "steps=8000", "lr=1e-3",
+                   "batch_size=256"], 25),
     "act": (["policy=act", "steps=3500", "lr=1e-4", "batch_size=64"], 10),
     "mlp": (["policy=mlp", "steps=40000", "lr=1e-3", "batch_size=256"], 3),
 }
@@ -71,6 +76,8 @@ ROWS = [
     Row("sfp_d_long", "Streaming flow (SFP-D, 19k steps), Euler 6 per action", "sfp_d_long"),
     Row("sfp_d_long_e2", "Streaming flow (SFP-D, 19k steps), Euler 2 per action", "sfp_d_long", ("euler", 2)),
     Row("sfp_d_long_e1", "Streaming flow (SFP-D, 19k steps), Euler 1 per action", "sfp_d_long", ("euler", 1)),
+    Row("sfp_d_k8", "Streaming flow (SFP-D, k = 8), Euler 6 per action", "sfp_d_k8"),
+    Row("sfp_d_k20", "Streaming flow (SFP-D, k = 20), Euler 6 per action", "sfp_d_k20"),
     Row("act_chunk", "ACT, chunk of 16, Ta 8", "act"),
     Row("act_ensemble", "ACT, temporal ensembling m = 0.01", "act", ensemble=0.01),
     Row("mlp", "MLP behaviour cloning", "mlp"),
@@ -135,7 +142,7 @@ def timing(policy, repeats: int = 40) -> dict[str, float]:
             "first_action_p50_ms": statistics.median(first), "first_action_p99_ms": float(np.percentile(first, 99))}
 
 
-def cmd_train(root: Path, names: list[str], dp_run: Path) -> None:
+def cmd_train(root: Path, names: list[str], dp_run: Path, threads: int = 2) -> None:
     dp_link = root / "diffusion"
     if not dp_link.exists() and dp_run.exists():
         dp_link.parent.mkdir(parents=True, exist_ok=True)
@@ -148,7 +155,7 @@ def cmd_train(root: Path, names: list[str], dp_run: Path) -> None:
             print(f"{name}: already trained ({out})")
             continue
         overrides, minutes = FAMILIES[name]
-        cmd = [sys.executable, "-m", "robopolicy.cli", "train", *overrides, *COMMON, f"time_budget_min={minutes}", f"output_dir={out}"]
+        cmd = [sys.executable, "-m", "robopolicy.cli", "train", *overrides, *COMMON, f"num_threads={threads}", f"time_budget_min={minutes}", f"output_dir={out}"]
         print(" ".join(cmd), flush=True)
         subprocess.run(cmd, check=True, cwd=REPO)
 
@@ -232,13 +239,14 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated family names (train) or row keys (eval/onnx)")
     parser.add_argument("--episodes", type=int, default=200)
     parser.add_argument("--force", action="store_true")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per training (1 to train two at once)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
     RESULTS = args.results
     only = [s for s in args.only.split(",") if s]
     rows = [r for r in ROWS if not only or r.key in only or r.run in only]
     if args.command in ("train", "all"):
-        cmd_train(args.root, only or list(FAMILIES), args.dp_run)
+        cmd_train(args.root, only or list(FAMILIES), args.dp_run, args.threads)
     if args.command in ("eval", "all"):
         cmd_eval(args.root, rows, args.episodes, args.force)
     if args.command in ("onnx", "all"):

@@ -12,14 +12,14 @@ from robopolicy.policies.base import PolicyConfig
 from robopolicy.policies.encoders import ImageEncoderConfig
 from robopolicy.policies.flow.integrators import METHODS
 
-BACKBONES = ("unet", "transformer")
+BACKBONES = ("unet", "transformer", "mlp")
 TIME_SAMPLINGS = ("uniform", "beta")
 
 
 @dataclass
 class FlowConfig(PolicyConfig):
     type: str = "flow"
-    backbone: str = "unet"  # unet | transformer
+    backbone: str = "unet"  # unet | transformer | mlp
     # U-Net backbone (same sizes as the diffusion family, for like-for-like comparisons).
     down_dims: list[int] = field(default_factory=lambda: [64, 128, 256])
     kernel_size: int = 5
@@ -33,6 +33,10 @@ class FlowConfig(PolicyConfig):
     n_layer: int = 4
     n_head: int = 4
     dropout: float = 0.0
+    # MLP backbone (the chunk flattened to one vector, FiLM residual blocks; time embedding of
+    # step_embed_dim): for short chunks of low-dimensional actions, e.g. a quadrotor's motor commands.
+    mlp_hidden_dim: int = 256
+    mlp_layers: int = 3
     # Training times. "beta" follows pi0: t = s * (1 - u), u ~ Beta(alpha, 1), which puts more
     # samples at small t (the noisy end in our convention) where the velocity is hardest to learn.
     time_sampling: str = "beta"  # uniform | beta
@@ -61,6 +65,9 @@ class FlowConfig(PolicyConfig):
             raise ValueError(f"horizon {self.horizon} must be divisible by 2^(len(down_dims)-1) for the U-Net")
         if self.backbone == "transformer" and (self.n_embd % self.n_head or self.n_embd % 2):
             raise ValueError(f"n_embd ({self.n_embd}) must be even and divisible by n_head ({self.n_head})")
+        if self.backbone == "mlp" and (self.mlp_hidden_dim < 1 or self.mlp_layers < 1):
+            raise ValueError(f"mlp backbone needs mlp_hidden_dim >= 1 and mlp_layers >= 1, got "
+                             f"{self.mlp_hidden_dim} and {self.mlp_layers}")
         if self.time_sampling not in TIME_SAMPLINGS:
             raise ValueError(f"time_sampling must be one of {TIME_SAMPLINGS}, got {self.time_sampling!r}")
         if self.time_beta_alpha <= 0 or not 0 < self.time_beta_s <= 1:

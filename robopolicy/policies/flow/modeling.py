@@ -17,6 +17,7 @@ from robopolicy.policies.base import Policy
 from robopolicy.policies.encoders import make_observation_encoder
 from robopolicy.policies.flow.configuration import FlowConfig
 from robopolicy.policies.flow.integrators import VelocityField, check_method, integrate, nfe
+from robopolicy.policies.networks.film_mlp import ConditionalChunkMLP
 from robopolicy.policies.networks.transformer1d import ConditionalTransformer1D
 from robopolicy.policies.networks.unet1d import ConditionalUnet1D
 from robopolicy.policies.noise import rand, randn
@@ -39,6 +40,16 @@ class FlowPolicy(Policy):
                 down_dims=tuple(config.down_dims),
                 kernel_size=config.kernel_size,
                 n_groups=config.n_groups,
+                timestep_scale=config.timestep_scale,
+            )
+        elif config.backbone == "mlp":
+            self.net = ConditionalChunkMLP(
+                action_dim=config.action_dim,
+                horizon=config.horizon,
+                global_cond_dim=self.encoder.output_dim,
+                hidden_dim=config.mlp_hidden_dim,
+                n_layers=config.mlp_layers,
+                time_embed_dim=config.step_embed_dim,
                 timestep_scale=config.timestep_scale,
             )
         else:

@@ -33,61 +33,16 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from robopolicy.data.normalize import Normalizer
 from robopolicy.policies.base import Policy
 from robopolicy.policies.encoders import make_observation_encoder
 from robopolicy.policies.flow.integrators import VelocityField, nfe, trajectory
-from robopolicy.policies.networks.unet1d import SinusoidalPosEmb
+from robopolicy.policies.networks.film_mlp import VelocityMLP
 from robopolicy.policies.noise import rand, randn
 from robopolicy.policies.registry import register_policy
 from robopolicy.policies.sfp.configuration import SFPConfig
-
-
-class FiLMBlock(nn.Module):
-    """Pre-norm residual MLP block whose normalized input is scaled and shifted by the condition."""
-
-    def __init__(self, dim: int, cond_dim: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(dim, elementwise_affine=False)
-        self.film = nn.Linear(cond_dim, 2 * dim)
-        self.fc1 = nn.Linear(dim, dim)
-        self.fc2 = nn.Linear(dim, dim)
-
-    def forward(self, h: Tensor, cond: Tensor) -> Tensor:
-        scale, shift = self.film(cond).chunk(2, dim=-1)
-        y = self.norm(h) * (1 + scale) + shift
-        return h + self.fc2(F.mish(self.fc1(F.mish(y))))
-
-
-class VelocityMLP(nn.Module):
-    """v(x, t | obs) for one point x: the action a (SFP-D) or (a, z) (SFP-S).
-
-    The observation embedding is split out (:meth:`embed_obs`) so a streaming rollout computes it
-    once per chunk; each integration step then costs only the small MLP.
-    """
-
-    def __init__(self, state_dim: int, obs_dim: int, hidden_dim: int, n_layers: int, time_embed_dim: int,
-                 timestep_scale: float):
-        super().__init__()
-        self.timestep_scale = timestep_scale
-        self.obs = nn.Sequential(nn.Linear(obs_dim, hidden_dim), nn.Mish(), nn.Linear(hidden_dim, hidden_dim))
-        self.time = nn.Sequential(SinusoidalPosEmb(time_embed_dim), nn.Linear(time_embed_dim, hidden_dim), nn.Mish(),
-                                  nn.Linear(hidden_dim, hidden_dim))
-        self.inp = nn.Linear(state_dim, hidden_dim)
-        self.blocks = nn.ModuleList([FiLMBlock(hidden_dim, hidden_dim) for _ in range(n_layers)])
-        self.out = nn.Sequential(nn.LayerNorm(hidden_dim), nn.Mish(), nn.Linear(hidden_dim, state_dim))
-
-    def embed_obs(self, obs_vector: Tensor) -> Tensor:
-        return self.obs(obs_vector)
-
-    def forward(self, x: Tensor, t: Tensor, obs_embedding: Tensor) -> Tensor:
-        cond = F.mish(obs_embedding + self.time(t * self.timestep_scale))
-        h = self.inp(x)
-        for block in self.blocks:
-            h = block(h, cond)
-        return self.out(h)
 
 
 @register_policy("sfp")
