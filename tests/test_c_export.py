@@ -285,3 +285,84 @@ def test_sfp_cortex_m4_selftest_under_qemu(tmp_path):
     res = run_qemu(build_arm(out))  # netduinoplus2: the STM32F405 of a Crazyflie 2.x
     assert res.returncode == 0, res.stdout + res.stderr
     assert "PASS" in res.stdout
+
+
+# ---- Flow matching (mlp backbone) -----------------------------------------------------------------
+def make_flow(backbone: str = "mlp", steps: int = 4, clip: bool = True):
+    from robopolicy.policies.flow.configuration import FlowConfig
+    from robopolicy.policies.flow.modeling import FlowPolicy
+
+    cfg = FlowConfig(n_obs_steps=2, horizon=4, n_action_steps=2, backbone=backbone, mlp_hidden_dim=32, mlp_layers=2,
+                     step_embed_dim=16, down_dims=[16, 32], n_groups=4, num_inference_steps=steps, clip_sample=clip,
+                     input_features=[FeatureSpec("observation.state", (3,)), FeatureSpec("observation.target", (2,))],
+                     output_features=[FeatureSpec("action", (2,))],
+                     normalization={"observation.state": "min_max", "observation.target": "mean_std",
+                                    "action": "min_max"})
+    stats = {"observation.state": {"min": [0.0, -1.0, -2.0], "max": [4.0, 3.0, 2.0]},
+             "observation.target": {"mean": [0.1, 0.2], "std": [1.0, 2.0]},
+             "action": {"min": [0.0, -1.0], "max": [4.0, 3.0]}}
+    torch.manual_seed(0)
+    policy = FlowPolicy(cfg, Normalizer(stats, cfg.normalization)).eval()
+    with torch.no_grad():  # fresh output layers are near zero; make the velocity field matter
+        for p in policy.net.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return policy
+
+
+def run_flow_eval(exe, obs: np.ndarray, seeds: list[int]) -> np.ndarray:
+    text = "\n".join(" ".join([*(repr(float(v)) for v in o), str(seed)]) for o, seed in zip(obs, seeds, strict=True))
+    out = subprocess.run([str(exe)], input=text, capture_output=True, text=True, check=True).stdout
+    return np.array([[float(v) if v != "nan" else np.nan for v in line.split()] for line in out.strip().splitlines()])
+
+
+@needs_gcc
+@pytest.mark.parametrize("clip", [True, False])
+def test_flow_host_matches_torch(tmp_path, clip):
+    from robopolicy.export.c_export import reference_flow_actions
+
+    policy = make_flow(clip=clip)
+    out = export_c(policy, tmp_path / "c")
+    obs, seeds = sample_observations(policy, 16, seed=3), [11 + 13 * i for i in range(16)]
+    expected = reference_flow_actions(policy, obs, seeds)
+    got = run_flow_eval(build_host(out, "main_eval.c"), obs, seeds)
+    assert np.abs(got - expected).max() <= FLOAT_BOUND
+    # the noise matters: another seed gives another action
+    assert np.abs(reference_flow_actions(policy, obs, [s + 1 for s in seeds]) - expected).max() > 1e-3
+    # and the reference is the policy's own sampler: the same noise through predict_chunk
+    from robopolicy.export.c_export import c_gaussian
+
+    noise = torch.as_tensor(c_gaussian(seeds[0], 8)).view(1, 4, 2)
+    hist = {"observation.state": torch.as_tensor(obs[:1]).view(1, 2, 5)[..., :3],
+            "observation.target": torch.as_tensor(obs[:1]).view(1, 2, 5)[..., 3:]}
+    with torch.no_grad():
+        normalized = {k: policy.normalizer.normalize(k, v) for k, v in hist.items()}
+        chunk = policy.normalizer.unnormalize("action", policy.generate_actions(normalized, noise=noise))
+    assert np.abs(chunk[0, 1].double().numpy() - got[0]).max() <= FLOAT_BOUND
+    assert subprocess.run([str(build_host(out))], capture_output=True).returncode == 0  # self-test vectors
+    nan_obs = obs[:1].copy()
+    nan_obs[0, 0] = np.nan
+    assert np.isnan(run_flow_eval(build_host(out, "main_eval.c"), nan_obs, [1])).all()
+
+
+@needs_gcc
+def test_flow_int8_and_refusals(tmp_path):
+    from robopolicy.export.c_export import reference_flow_actions
+
+    policy = make_flow()
+    out = export_c(policy, tmp_path / "q", int8=True)
+    obs, seeds = sample_observations(policy, 8, seed=6), list(range(1, 9))
+    got = run_flow_eval(build_host(out, "main_eval.c"), obs, seeds)
+    assert np.abs(got - reference_flow_actions(policy, obs, seeds, int8=True)).max() <= INT8_BOUND_VS_DEQUANT
+    with pytest.raises(CExportError, match="mlp"):
+        export_c(make_flow(backbone="unet"), tmp_path / "unet")
+    policy.set_sampler("heun")
+    with pytest.raises(CExportError, match="euler"):
+        export_c(policy, tmp_path / "heun")
+
+
+@needs_arm
+def test_flow_cortex_m4_selftest_under_qemu(tmp_path):
+    out = export_c(make_flow(), tmp_path / "arm", n_selftest=3)
+    res = run_qemu(build_arm(out))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "PASS" in res.stdout

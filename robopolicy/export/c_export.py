@@ -1,4 +1,4 @@
-"""Export a low-dim MLP or Streaming Flow policy as dependency-free C99 for microcontrollers (the Crazyflie route).
+"""Export a low-dim MLP, Streaming Flow or flow-matching policy as dependency-free C99 for microcontrollers (the Crazyflie route).
 
 ``export_c(policy, out_dir)`` writes
 
@@ -30,7 +30,8 @@ is not finite (the caller should then fall back to a safe command).
 (symmetric, ``scale = max|row| / 127``); activations and biases stay float. Flash drops ~4x.
 
 Supported: ``mlp`` policies with only vector (low-dim) inputs, ``layer_norm=False``, activations
-relu/tanh/elu; and ``sfp`` policies (both variants) with vector inputs and the Euler integrator.
+relu/tanh/elu; ``sfp`` policies (both variants) with vector inputs and the Euler integrator; and ``flow``
+policies with the ``mlp`` backbone, vector inputs and fixed Euler steps.
 
 SFP extras (see ``_sfp_source``): the flow needs a start action and Gaussian noise, so the C code has
 
@@ -44,6 +45,13 @@ from ``seed`` by a xorshift32 + Box-Muller generator that :func:`c_gaussian` rep
 ``policy_step`` chains it: the last action it returned is the next start, and the seed advances each call.
 The time conditioning at the fixed Euler times does not depend on the observation, so it is computed
 once at export and stored as a table (the time MLP itself is not in the C code).
+
+Flow extras (see ``_flow_source``): the whole chunk is integrated from Gaussian noise drawn from a seed
+by the same generator, so
+
+    int policy_flow_chunk(const float *obs, uint32_t seed, float *chunk);
+    int policy_flow_step(const float *obs, uint32_t seed, float *action);  // the chunk's action for now
+    void policy_set_seed(uint32_t seed);  // seed of the stream policy_step / policy_chunk use
 """
 
 from __future__ import annotations
@@ -58,7 +66,7 @@ import numpy as np
 import torch
 from torch import nn
 
-SUPPORTED = ("mlp", "sfp")
+SUPPORTED = ("mlp", "sfp", "flow")
 FLOAT_TOL = 1e-4  # self-test tolerance, relative to (1 + |expected|), float build
 INT8_TOL = 1e-3  # int8 build: compared against the dequantized net, so only summation order differs
 
@@ -127,8 +135,8 @@ def _fmt(a: np.ndarray, per_line: int = 8, kind: str = "float") -> str:
 
 def _exported_linears(policy: nn.Module) -> list[nn.Linear]:
     """The Linear layers the C code holds (and an int8 build quantizes)."""
-    if policy.name == "sfp":
-        return list(_sfp_linears(policy).values())
+    if policy.name in ("sfp", "flow"):
+        return list(_film_linears(policy.net).values())
     return [m for m in policy.net.modules() if isinstance(m, nn.Linear)]
 
 
@@ -373,46 +381,32 @@ def _sfp_checks(policy: nn.Module) -> None:
                            "(set policy.set_sampler('euler', steps) before exporting)")
 
 
-def _sfp_linears(policy: nn.Module) -> dict[str, nn.Linear]:
-    """The velocity net's Linear layers by their C name (the time branch becomes a table instead)."""
-    net = policy.net
+def _film_linears(net: nn.Module) -> dict[str, nn.Linear]:
+    """A FiLM velocity MLP's Linear layers by their C name (the time branch becomes a table instead)."""
     named = {"obs1": net.obs[0], "obs2": net.obs[2], "inp": net.inp, "out": net.out[2]}
     for k, block in enumerate(net.blocks):
         named |= {f"film{k}": block.film, f"fc1_{k}": block.fc1, f"fc2_{k}": block.fc2}
     return named
 
 
-def _sfp_time_table(policy: nn.Module) -> np.ndarray:
-    """(S, hidden): the time branch of the velocity net at the S Euler times of the first action."""
-    cfg, net = policy.config, policy.net
-    steps, K = cfg.integration_steps_per_action, cfg.n_knots
-    t1 = 1.0 / (K - 1)
-    rows = []
+def _film_time_table(net: nn.Module, times: list[float]) -> np.ndarray:
+    """(S, hidden): the velocity net's time branch at the S fixed Euler times (it does not depend on obs)."""
     with torch.no_grad():
-        for i in range(steps):
-            t = torch.full((1,), 0.0 + i * t1 / steps)  # exactly the times flow.integrators.trajectory uses
-            rows.append(net.time(t * net.timestep_scale)[0].double().cpu().numpy())
-    return np.stack(rows)
+        return np.stack([net.time(torch.full((1,), t) * net.timestep_scale)[0].double().cpu().numpy() for t in times])
 
 
-def _sfp_source(policy: nn.Module, int8: bool) -> tuple[str, dict[str, Any]]:
-    """policy.c body for an SFP: obs embedding, velocity net, Euler flow from the start action."""
-    _sfp_checks(policy)
-    cfg, net = policy.config, policy.net
-    hidden, state_dim = cfg.hidden_dim, policy.state_dim
-    steps, K = cfg.integration_steps_per_action, cfg.n_knots
-    h_step = (1.0 / (K - 1)) / steps
-    start_offset = -1
-    if cfg.start_from_observation_key is not None:
-        start_offset, o = 0, 0
-        for f in cfg.input_features:
-            if f.key == cfg.start_from_observation_key:
-                start_offset = o
-            o += int(np.prod(f.shape))
-    linears = {name: _linear_numpy(m) for name, m in _sfp_linears(policy).items()}
+def _film_velocity_c(net: nn.Module, state_dim: int, times: list[float], int8: bool) -> tuple[str, list]:
+    """Weights and C functions of a FiLM velocity MLP (``robopolicy.policies.networks.film_mlp``).
+
+    Defines ``embed_obs(obs)`` (normalizes and embeds into ``emb``), ``velocity(step, x, v)`` at the
+    step-th of the fixed ``times``, the state buffers ``x`` and ``v`` (``STATE_DIM``), and
+    ``gaussian(seed, out)`` (``STATE_DIM`` normals, as :func:`c_gaussian`). Returns (source, linears).
+    """
+    hidden = net.inp.out_features
+    linears = {name: _linear_numpy(m) for name, m in _film_linears(net).items()}
     ln = net.out[0]
     parts = [_weights_c(name, w, b, int8) for name, (w, b) in linears.items()]
-    parts.append(f"static const float TIME_COND[{steps * hidden}] = {_fmt(_sfp_time_table(policy))};")
+    parts.append(f"static const float TIME_COND[{len(times) * hidden}] = {_fmt(_film_time_table(net, times))};")
     parts.append(f"static const float LN_W[{hidden}] = {_fmt(ln.weight.detach().double().cpu().numpy())};")
     parts.append(f"static const float LN_B[{hidden}] = {_fmt(ln.bias.detach().double().cpu().numpy())};")
     blocks = "\n".join(f"""    linear({_linear_args(f'film{k}', int8)}, cond, film, {2 * hidden}, {hidden});
@@ -425,17 +419,10 @@ def _sfp_source(policy: nn.Module, int8: bool) -> tuple[str, dict[str, Any]]:
     parts.append(f"""
 #define HIDDEN {hidden}
 #define STATE_DIM {state_dim}
-#define EULER_STEPS {steps}
-#define STOCHASTIC {1 if policy.stochastic else 0}
-#define START_OFFSET {start_offset}   /* start action's offset in an observation step, -1 = none */
-static const float SIGMA0 = {float(np.float32(cfg.sigma0))!r}f;
-static const float H_STEP = {float(np.float32(h_step))!r}f;
+#define EULER_STEPS {len(times)}
 
 static float obs_n[POLICY_OBS_DIM], emb[HIDDEN], cond[HIDDEN], film[2 * HIDDEN];
 static float h[HIDDEN], y[HIDDEN], u[HIDDEN], x[STATE_DIM], v[STATE_DIM];
-static float last_action[POLICY_ACTION_DIM];
-static int has_last_action = 0;
-static uint32_t step_seed = 1u;
 
 {_linear_c(int8)}
 /* torch's mish, x tanh(softplus(x)), with one expf: tanh(log(1 + e)) = n / (n + 2), n = e (e + 2), e = exp(x) */
@@ -474,6 +461,16 @@ static void block(float *hh, const float *fm, {wargs('1')}, {wargs('2')})
     for (i = 0; i < HIDDEN; ++i) hh[i] += y[i];
 }}
 
+/* emb = the observation embedding of the raw history obs (normalized first) */
+static void embed_obs(const float *obs)
+{{
+    int i;
+    for (i = 0; i < POLICY_OBS_DIM; ++i) obs_n[i] = (obs[i] - IN_CENTER[i]) / IN_SCALE[i];
+    linear({_linear_args('obs1', int8)}, obs_n, u, HIDDEN, POLICY_OBS_DIM);
+    mish(u, HIDDEN);
+    linear({_linear_args('obs2', int8)}, u, emb, HIDDEN, HIDDEN);
+}}
+
 /* v(x, t_step | emb) */
 static void velocity(int step, const float *xs, float *vs)
 {{
@@ -503,15 +500,44 @@ static void gaussian(uint32_t seed, float *out)
         if (i + 1 < STATE_DIM) out[i + 1] = r * sinf(angle);
     }}
 }}
+""")
+    return "\n".join(parts), list(linears.values())
+
+
+def _film_meta(linears: list, hidden: int, n_times: int, int8: bool) -> dict[str, Any]:
+    return {"n_params": int(sum(w.size + b.size for w, b in linears) + 2 * hidden),
+            "weight_bytes": _weight_bytes(linears, int8) + 4 * (n_times * hidden + 2 * hidden)}
+
+
+def _sfp_source(policy: nn.Module, int8: bool) -> tuple[str, dict[str, Any]]:
+    """policy.c body for an SFP: obs embedding, velocity net, Euler flow from the start action."""
+    _sfp_checks(policy)
+    cfg = policy.config
+    steps, K = cfg.integration_steps_per_action, cfg.n_knots
+    t1 = 1.0 / (K - 1)
+    times = [0.0 + i * t1 / steps for i in range(steps)]  # exactly the times flow.integrators.trajectory uses
+    start_offset = -1
+    if cfg.start_from_observation_key is not None:
+        start_offset, o = 0, 0
+        for f in cfg.input_features:
+            if f.key == cfg.start_from_observation_key:
+                start_offset = o
+            o += int(np.prod(f.shape))
+    net_c, linears = _film_velocity_c(policy.net, policy.state_dim, times, int8)
+    body = net_c + f"""
+#define STOCHASTIC {1 if policy.stochastic else 0}
+#define START_OFFSET {start_offset}   /* start action's offset in an observation step, -1 = none */
+static const float SIGMA0 = {float(np.float32(cfg.sigma0))!r}f;
+static const float H_STEP = {float(np.float32(t1 / steps))!r}f;
+static float last_action[POLICY_ACTION_DIM];
+static int has_last_action = 0;
+static uint32_t step_seed = 1u;
 
 int policy_sfp_step(const float *obs, const float *start, uint32_t seed, float *action)
 {{
     int i, k;
     if (!all_finite(obs, POLICY_OBS_DIM) || (start && !all_finite(start, POLICY_ACTION_DIM))) return -1;
-    for (i = 0; i < POLICY_OBS_DIM; ++i) obs_n[i] = (obs[i] - IN_CENTER[i]) / IN_SCALE[i];
-    linear({_linear_args('obs1', int8)}, obs_n, u, HIDDEN, POLICY_OBS_DIM);
-    mish(u, HIDDEN);
-    linear({_linear_args('obs2', int8)}, u, emb, HIDDEN, HIDDEN);
+    embed_obs(obs);
     gaussian(seed, v);
     for (i = 0; i < POLICY_ACTION_DIM; ++i) {{
         float a0 = 0.0f;
@@ -541,13 +567,107 @@ int policy_step(const float *obs, float *action)
 
 void policy_reset(void) {{ has_last_action = 0; }}
 void policy_set_seed(uint32_t seed) {{ step_seed = seed; }}
-""")
-    all_linears = list(linears.values())
-    meta = {"n_params": int(sum(w.size + b.size for w, b in all_linears) + 2 * hidden),
-            "weight_bytes": _weight_bytes(all_linears, int8) + 4 * (steps * hidden + 2 * hidden),
-            "variant": cfg.variant, "euler_steps_per_action": steps, "sigma0": cfg.sigma0,
+"""
+    meta = {**_film_meta(linears, cfg.hidden_dim, steps, int8), "variant": cfg.variant,
+            "euler_steps_per_action": steps, "sigma0": cfg.sigma0,
             "start_from_observation_key": cfg.start_from_observation_key}
-    return "\n".join(parts), meta
+    return body, meta
+
+
+# ---- Flow matching (mlp backbone) ---------------------------------------------------------------
+def _flow_checks(policy: nn.Module) -> None:
+    cfg = policy.config
+    if cfg.backbone != "mlp":
+        raise CExportError(f"C export of flow: only the 'mlp' backbone is supported, got {cfg.backbone!r} "
+                           "(train with policy.backbone=mlp)")
+    if cfg.integrator != "euler" or cfg.adaptive:
+        raise CExportError(f"C export of flow: only fixed-step euler is supported, got {cfg.integrator!r}"
+                           f"{' (adaptive)' if cfg.adaptive else ''} (set policy.set_sampler('euler', steps) and "
+                           "adaptive=False before exporting)")
+
+
+def _flow_source(policy: nn.Module, int8: bool) -> tuple[str, dict[str, Any]]:
+    """policy.c body for a flow policy: the whole chunk from seeded Gaussian noise by fixed Euler steps."""
+    _flow_checks(policy)
+    cfg = policy.config
+    steps = cfg.num_inference_steps
+    times = [0.0 + i * 1.0 / steps for i in range(steps)]  # exactly the times flow.integrators.trajectory uses
+    net_c, linears = _film_velocity_c(policy.net, cfg.horizon * cfg.action_dim, times, int8)
+    clip = float(np.float32(cfg.clip_sample_range)) if cfg.clip_sample else 0.0
+    body = net_c + f"""
+#define CLIP_SAMPLE {1 if cfg.clip_sample else 0}
+#define CLIP_RANGE {clip!r}f
+static const float H_STEP = {float(np.float32(1.0 / steps))!r}f;
+static uint32_t step_seed = 1u;
+
+/* x = the normalized chunk: Euler steps from the seed's Gaussian noise; 0, or -1 if obs is not finite */
+static int flow(const float *obs, uint32_t seed)
+{{
+    int i, k;
+    if (!all_finite(obs, POLICY_OBS_DIM)) return -1;
+    embed_obs(obs);
+    gaussian(seed, x);
+    for (k = 0; k < EULER_STEPS; ++k) {{
+        velocity(k, x, v);
+        for (i = 0; i < STATE_DIM; ++i) x[i] += H_STEP * v[i];
+    }}
+#if CLIP_SAMPLE
+    for (i = 0; i < STATE_DIM; ++i) x[i] = x[i] < -CLIP_RANGE ? -CLIP_RANGE : (x[i] > CLIP_RANGE ? CLIP_RANGE : x[i]);
+#endif
+    return 0;
+}}
+
+int policy_flow_chunk(const float *obs, uint32_t seed, float *chunk)
+{{
+    int i, k;
+    if (flow(obs, seed) != 0) return -1;
+    for (k = 0; k < POLICY_HORIZON; ++k)
+        for (i = 0; i < POLICY_ACTION_DIM; ++i)
+            chunk[k * POLICY_ACTION_DIM + i] = x[k * POLICY_ACTION_DIM + i] * ACT_SCALE[i] + ACT_CENTER[i];
+    return all_finite(chunk, POLICY_HORIZON * POLICY_ACTION_DIM) ? 0 : -1;
+}}
+
+int policy_flow_step(const float *obs, uint32_t seed, float *action)
+{{
+    int i;
+    const float *z = x + (POLICY_N_OBS_STEPS - 1) * POLICY_ACTION_DIM;
+    if (flow(obs, seed) != 0) return -1;
+    for (i = 0; i < POLICY_ACTION_DIM; ++i) action[i] = z[i] * ACT_SCALE[i] + ACT_CENTER[i];
+    return all_finite(action, POLICY_ACTION_DIM) ? 0 : -1;
+}}
+
+int policy_chunk(const float *obs, float *chunk)
+{{
+    int ok = policy_flow_chunk(obs, step_seed, chunk);
+    step_seed = step_seed * {SEED_MULT}u + {SEED_INC}u;
+    return ok;
+}}
+
+int policy_step(const float *obs, float *action)
+{{
+    int ok = policy_flow_step(obs, step_seed, action);
+    step_seed = step_seed * {SEED_MULT}u + {SEED_INC}u;
+    return ok;
+}}
+
+void policy_reset(void) {{ }}
+void policy_set_seed(uint32_t seed) {{ step_seed = seed; }}
+"""
+    meta = {**_film_meta(linears, cfg.mlp_hidden_dim, steps, int8), "euler_steps": steps,
+            "clip_sample": cfg.clip_sample}
+    return body, meta
+
+
+def reference_flow_actions(policy: nn.Module, obs: np.ndarray, seeds: list[int], int8: bool = False) -> np.ndarray:
+    """What ``policy_flow_step(obs, seed)`` must return, from torch: (N, A), robot units."""
+    cfg = policy.config
+    hist = _split_history(policy, obs)
+    normalized = {key: policy.normalizer.normalize(key, x) for key, x in hist.items()}
+    noise = torch.as_tensor(np.stack([c_gaussian(s, cfg.horizon * cfg.action_dim) for s in seeds]))
+    with _dequantized(policy, int8), torch.no_grad():
+        chunk = policy.generate_actions(normalized, noise=noise.view(len(seeds), cfg.horizon, cfg.action_dim))
+    first = chunk[:, cfg.n_obs_steps - 1]
+    return policy.normalizer.unnormalize(policy.action_key, first).double().numpy()
 
 
 def sample_starts(policy: nn.Module, n: int, seed: int = 1) -> np.ndarray:
@@ -589,8 +709,8 @@ def export_c(policy: nn.Module, out_dir: str | Path, int8: bool = False, n_selft
         raise CExportError(f"C export: camera inputs {policy.encoder.camera_keys} are not supported")
     policy = policy.eval()
     cfg = policy.config
-    is_sfp = name == "sfp"
-    body, family_meta = (_sfp_source if is_sfp else _mlp_source)(policy, int8)
+    is_sfp, is_flow = name == "sfp", name == "flow"
+    body, family_meta = {"sfp": _sfp_source, "flow": _flow_source, "mlp": _mlp_source}[name](policy, int8)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -608,7 +728,12 @@ def export_c(policy: nn.Module, out_dir: str | Path, int8: bool = False, n_selft
     family_api = ("""/* Streaming flow: one action from an explicit start (robot units; NULL = from the observation) and
  * the seed of its noise. policy_step chains it: start = the action it returned last, seed advancing. */
 int policy_sfp_step(const float *obs, const float *start, uint32_t seed, float *action);
-void policy_set_seed(uint32_t seed);""" if is_sfp else """/* The whole chunk, POLICY_HORIZON x POLICY_ACTION_DIM, robot units. */
+void policy_set_seed(uint32_t seed);""" if is_sfp else """/* Flow: the chunk (POLICY_HORIZON x POLICY_ACTION_DIM) or its action for the latest observation, from
+ * Gaussian noise drawn from seed. policy_chunk and policy_step use the internal seed, advancing each call. */
+int policy_flow_chunk(const float *obs, uint32_t seed, float *chunk);
+int policy_flow_step(const float *obs, uint32_t seed, float *action);
+int policy_chunk(const float *obs, float *chunk);
+void policy_set_seed(uint32_t seed);""" if is_flow else """/* The whole chunk, POLICY_HORIZON x POLICY_ACTION_DIM, robot units. */
 int policy_chunk(const float *obs, float *chunk);""")
     header = f"""/* Generated by robopolicy.export.c_export -- do not edit. C99, no malloc, no dependencies but libm. */
 #ifndef ROBOPOLICY_POLICY_H
@@ -670,6 +795,11 @@ int policy_selftest(void);
                  f"static const uint32_t SELFTEST_SEED[{n}] = {_fmt(np.array(seeds), 8, 'int')};\n")
         call = ("policy_sfp_step(SELFTEST_OBS + n * POLICY_OBS_DIM, SELFTEST_START + n * POLICY_ACTION_DIM, "
                 "SELFTEST_SEED[n], action)")
+    elif is_flow:
+        seeds = [1000 + 7 * i for i in range(n)]
+        expected = reference_flow_actions(policy, obs, seeds, int8)
+        extra = f"static const uint32_t SELFTEST_SEED[{n}] = {_fmt(np.array(seeds), 8, 'int')};\n"
+        call = "policy_flow_step(SELFTEST_OBS + n * POLICY_OBS_DIM, SELFTEST_SEED[n], action)"
     else:
         expected, extra = reference_actions(policy, obs, int8), ""
         call = "policy_step(SELFTEST_OBS + n * POLICY_OBS_DIM, action)"
@@ -713,7 +843,7 @@ int main(void)
 }
 """)
     (out_dir / "main_eval.c").write_text("""/* Host helper: reads POLICY_OBS_DIM floats per observation on stdin (SFP: then POLICY_ACTION_DIM
- * start floats and an unsigned seed), prints the action (%.9g), or "nan" when the policy refuses. */
+ * start floats and an unsigned seed; flow: then an unsigned seed), prints the action (%.9g), or "nan" when the policy refuses. */
 #include <stdio.h>
 #include "policy.h"
 
@@ -732,6 +862,12 @@ int main(void)
                 if (scanf("%f", &start[i]) != 1) return 0;
             if (scanf("%lu", &seed) != 1) return 0;
             ok = policy_sfp_step(obs, start, (uint32_t)seed, action);
+        }
+#elif defined(POLICY_FAMILY_FLOW)
+        {
+            unsigned long seed;
+            if (scanf("%lu", &seed) != 1) return 0;
+            ok = policy_flow_step(obs, (uint32_t)seed, action);
         }
 #else
         ok = policy_step(obs, action);
@@ -928,5 +1064,6 @@ def run_qemu(elf: str | Path, timeout: float = 60.0, extra: tuple[str, ...] = ()
 
 
 __all__ = ["ARM_CFLAGS", "BOARDS", "DEFAULT_BOARD", "HOST_CFLAGS", "QemuBoard", "build_arm", "qemu_command", "build_host", "run_qemu",
-           "CExportError", "c_gaussian", "export_c", "quantize_rows", "reference_actions", "reference_sfp_actions",
+           "CExportError", "c_gaussian", "export_c", "quantize_rows", "reference_actions", "reference_flow_actions",
+           "reference_sfp_actions",
            "sample_observations", "sample_starts", "SUPPORTED"]
