@@ -1,4 +1,4 @@
-"""Cost of a C-exported MLP or streaming-flow policy on a Cortex-M4F (Crazyflie 2.x: STM32F405, 168 MHz).
+"""Cost of a C-exported MLP, streaming-flow or flow policy on a Cortex-M4F (Crazyflie 2.x: STM32F405, 168 MHz).
 
     python bench/mcu_inference.py [--policy DIR] [--json OUT]
 
@@ -94,6 +94,12 @@ def random_sfp(obs_dim: int, hidden: int, n_layers: int, steps: int):
                          start_from_observation_key=None)
 
 
+def random_flow(obs_dim: int, hidden: int, n_layers: int, horizon: int, steps: int):
+    """A small flow-matching policy on the mlp backbone; each policy_step integrates a whole chunk."""
+    return random_policy("flow", obs_dim, n_obs_steps=2, horizon=horizon, n_action_steps=1, backbone="mlp",
+                         mlp_hidden_dim=hidden, mlp_layers=n_layers, step_embed_dim=16, num_inference_steps=steps)
+
+
 def size_of(path: Path) -> dict[str, int]:
     out = subprocess.run(["arm-none-eabi-size", str(path)], capture_output=True, text=True, check=True).stdout
     text, data, bss = (int(v) for v in out.strip().splitlines()[1].split()[:3])
@@ -148,6 +154,8 @@ def main() -> None:
             "big_22-256-256-4": random_mlp(22, [256, 256]),
             # streaming flow, To = 2 of the 22-number state, hidden 32, 2 FiLM blocks, 3 Euler steps per action
             "sfp_44-h32x2-4_euler3": random_sfp(22, 32, 2, 3),
+            # flow matching on the mlp backbone, To = 2, a chunk of 4 x 4 motor commands, 3 Euler steps
+            "flow_44-h32x2-16_euler3": random_flow(22, 32, 2, 4, 3),
         }
     if args.only:
         nets = {k: v for k, v in nets.items() if args.only in k}

@@ -48,6 +48,9 @@ FAMILIES: dict[str, tuple[list[str], float]] = {
     "sfp_d_k20": (["policy=sfp", "policy.variant=deterministic", "policy.k=20", "steps=8000", "lr=1e-3",
                    "batch_size=256"], 25),
     "act": (["policy=act", "steps=3500", "lr=1e-4", "batch_size=64"], 10),
+    # ACT again, smaller, with 4x the batch at 3x the rate: 25 minutes see 5x the samples (3 steps/s here).
+    "act_small": (["policy=act", "policy.dim_model=128", "policy.dim_feedforward=512", "steps=4400", "lr=3e-4",
+                   "batch_size=256"], 25),
     "mlp": (["policy=mlp", "steps=40000", "lr=1e-3", "batch_size=256"], 3),
 }
 
@@ -80,6 +83,9 @@ ROWS = [
     Row("sfp_d_k20", "Streaming flow (SFP-D, k = 20), Euler 6 per action", "sfp_d_k20"),
     Row("act_chunk", "ACT, chunk of 16, Ta 8", "act"),
     Row("act_ensemble", "ACT, temporal ensembling m = 0.01", "act", ensemble=0.01),
+    Row("act_small", "ACT (d = 128, 4.4k steps × 256), chunk of 16, Ta 8", "act_small"),
+    Row("act_small_ensemble", "ACT (d = 128, 4.4k steps × 256), temporal ensembling m = 0.01", "act_small",
+        ensemble=0.01),
     Row("mlp", "MLP behaviour cloning", "mlp"),
 ]
 
