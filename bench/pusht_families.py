@@ -38,10 +38,10 @@ COMMON = ["warmup_steps=500", "save_every=0", "log_every=100", "progress=false"]
 # name -> (training overrides, minutes). Step counts are sized so the cosine schedule ends near the budget.
 FAMILIES: dict[str, tuple[list[str], float]] = {
     "flow": (["policy=flow", "steps=3000", "lr=5e-4", "batch_size=256"], 12),
-    "sfp_d": (["policy=sfp", "policy.variant=deterministic", "steps=7000", "lr=1e-3", "batch_size=256"], 10),
-    "sfp_s": (["policy=sfp", "policy.variant=stochastic", "steps=5500", "lr=1e-3", "batch_size=256"], 8),
+    "sfp_d": (["policy=sfp", "policy.variant=deterministic", "policy.k=2", "steps=7000", "lr=1e-3", "batch_size=256"], 10),
+    "sfp_s": (["policy=sfp", "policy.variant=stochastic", "policy.k=2", "steps=5500", "lr=1e-3", "batch_size=256"], 8),
     # SFP-D again with five times the steps (the recorded run used num_threads=1 beside other work: 6-8 steps/s).
-    "sfp_d_long": (["policy=sfp", "policy.variant=deterministic", "steps=19000", "lr=1e-3", "batch_size=256"], 50),
+    "sfp_d_long": (["policy=sfp", "policy.variant=deterministic", "policy.k=2", "steps=19000", "lr=1e-3", "batch_size=256"], 50),
     # Stabilizing-gain sweep (the quadrotor needed k = 24 instead of 2): 8k steps, num_threads=1 in parallel.
     "sfp_d_k8": (["policy=sfp", "policy.variant=deterministic", "policy.k=8", "steps=8000", "lr=1e-3",
                   "batch_size=256"], 25),
@@ -80,6 +80,7 @@ ROWS = [
     Row("sfp_d_long_e2", "Streaming flow (SFP-D, 19k steps), Euler 2 per action", "sfp_d_long", ("euler", 2)),
     Row("sfp_d_long_e1", "Streaming flow (SFP-D, 19k steps), Euler 1 per action", "sfp_d_long", ("euler", 1)),
     Row("sfp_d_k8", "Streaming flow (SFP-D, k = 8), Euler 6 per action", "sfp_d_k8"),
+    Row("sfp_d_k8_e1", "Streaming flow (SFP-D, k = 8), Euler 1 per action", "sfp_d_k8", ("euler", 1)),
     Row("sfp_d_k20", "Streaming flow (SFP-D, k = 20), Euler 6 per action", "sfp_d_k20"),
     Row("act_chunk", "ACT, chunk of 16, Ta 8", "act"),
     Row("act_ensemble", "ACT, temporal ensembling m = 0.01", "act", ensemble=0.01),
@@ -256,7 +257,7 @@ def main() -> None:
     if args.command in ("eval", "all"):
         cmd_eval(args.root, rows, args.episodes, args.force)
     if args.command in ("onnx", "all"):
-        onnx_rows = [r for r in rows if r.key in ("flow_euler10", "sfp_d", "act_chunk", "mlp")] if not only else rows
+        onnx_rows = [r for r in rows if r.key in ("flow_euler10", "sfp_d", "sfp_d_k8", "act_chunk", "mlp")] if not only else rows
         cmd_onnx(args.root, onnx_rows, args.episodes, args.force)
     if args.command in ("table", "all"):
         cmd_table()
