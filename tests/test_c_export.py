@@ -328,7 +328,7 @@ def test_flow_host_matches_torch(tmp_path, clip):
     assert np.abs(got - expected).max() <= FLOAT_BOUND
     # the noise matters: another seed gives another action
     assert np.abs(reference_flow_actions(policy, obs, [s + 1 for s in seeds]) - expected).max() > 1e-3
-    # and the reference is the policy's own sampler: the same noise through predict_chunk
+    # and the reference is the policy's own sampler: the same noise through generate_actions
     from robopolicy.export.c_export import c_gaussian
 
     noise = torch.as_tensor(c_gaussian(seeds[0], 8)).view(1, 4, 2)

@@ -843,7 +843,8 @@ int main(void)
 }
 """)
     (out_dir / "main_eval.c").write_text("""/* Host helper: reads POLICY_OBS_DIM floats per observation on stdin (SFP: then POLICY_ACTION_DIM
- * start floats and an unsigned seed; flow: then an unsigned seed), prints the action (%.9g), or "nan" when the policy refuses. */
+ * start floats and an unsigned seed; flow: then an unsigned seed), prints the action (%.9g), or "nan" when
+ * the policy refuses. */
 #include <stdio.h>
 #include "policy.h"
 
