@@ -177,6 +177,14 @@ def test_crazyflie_controller_compiles(tmp_path):
 
 
 # ---- Streaming Flow Policy ------------------------------------------------------------------------
+def with_velocity_field_that_matters(policy):
+    """Fresh output layers are near zero; perturb every weight so the velocity field matters."""
+    with torch.no_grad():
+        for p in policy.net.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return policy
+
+
 def make_sfp(variant: str = "deterministic", hidden: int = 32, steps: int = 3, start_key: str | None = "observation.state"):
     from robopolicy.policies.sfp.configuration import SFPConfig
     from robopolicy.policies.sfp.modeling import StreamingFlowPolicy
@@ -190,11 +198,7 @@ def make_sfp(variant: str = "deterministic", hidden: int = 32, steps: int = 3, s
              "observation.target": {"mean": [0.1, 0.2, 0.3], "std": [1.0, 2.0, 0.5]},
              "action": {"min": [0.0, -1.0], "max": [4.0, 3.0]}}
     torch.manual_seed(0)
-    policy = StreamingFlowPolicy(cfg, Normalizer(stats, cfg.normalization)).eval()
-    with torch.no_grad():  # fresh output layers are near zero; make the velocity field matter
-        for p in policy.net.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    return policy
+    return with_velocity_field_that_matters(StreamingFlowPolicy(cfg, Normalizer(stats, cfg.normalization)).eval())
 
 
 def run_sfp_eval(exe, obs: np.ndarray, starts: np.ndarray, seeds: list[int]) -> np.ndarray:
@@ -302,11 +306,7 @@ def make_flow(backbone: str = "mlp", steps: int = 4, clip: bool = True):
              "observation.target": {"mean": [0.1, 0.2], "std": [1.0, 2.0]},
              "action": {"min": [0.0, -1.0], "max": [4.0, 3.0]}}
     torch.manual_seed(0)
-    policy = FlowPolicy(cfg, Normalizer(stats, cfg.normalization)).eval()
-    with torch.no_grad():  # fresh output layers are near zero; make the velocity field matter
-        for p in policy.net.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    return policy
+    return with_velocity_field_that_matters(FlowPolicy(cfg, Normalizer(stats, cfg.normalization)).eval())
 
 
 def run_flow_eval(exe, obs: np.ndarray, seeds: list[int]) -> np.ndarray:
