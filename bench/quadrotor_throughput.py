@@ -1,15 +1,15 @@
 """Simulator throughput: our vectorized quadrotor env vs raw L2F steps, in drone-steps per second.
 
-    python bench/quadrotor_throughput.py [--n 1 64 1024] [--seconds 3]
+    python bench/quadrotor_throughput.py [--n 1 64 1024 8192] [--seconds 5] [--rounds 5] [--json out.json]
 
 "raw" is the bare L2F vector API loop (vectorN.step + vectorN.observe with a constant action, no
 Python work besides the calls); "ours" is :class:`robopolicy.sim.quadrotor.QuadrotorVecEnv.step`
-(the same two calls plus target bookkeeping, observation assembly, metrics and crash checks in numpy,
-and auto-reset). Both use the waypoint task's start (level, at rest, rotors at hover) and a constant
+(the same two calls plus clipping, the rotor-lag estimate, observation assembly, metrics and crash
+checks in one compiled pass (robopolicy/sim/quadrotor_kernels.py), and auto-reset). Both use the waypoint task's start (level, at rest, rotors at hover) and a constant
 hover command; crash limits are set out of reach (NO_CRASH) so episodes run their full 5 s and the
-per-episode bookkeeping is amortized as in real rollouts. The target is ours >= 0.8x raw. Run single-threaded (OMP_NUM_THREADS=1) so the
-numbers do not depend on how many cores happen to be free; with other jobs on the machine the
-absolute numbers move, the ratio much less.
+per-episode bookkeeping is amortized as in real rollouts. The target is ours >= 0.8x raw. Single-threaded
+(OMP_NUM_THREADS=1), and raw and ours alternate in short slices, so other jobs on the machine move the
+absolute numbers but hit both sides alike.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
+from collections.abc import Callable
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -28,28 +30,32 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 NO_CRASH = {"bound": 1e9, "ground_depth": 1e9, "tilt_limit_deg": 181.0}
 
 
-def raw_rate(n: int, seconds: float, task: str = "waypoint") -> float:
+def raw_stepper(n: int, task: str = "waypoint") -> Callable[[int], None]:
+    """``k`` bare L2F steps (step + observe) of ``n`` drones, configured exactly as our env configures them."""
     import numpy as np
 
     from robopolicy.sim.quadrotor import QuadrotorVecEnv
 
-    env = QuadrotorVecEnv(n, task=task, seed=0)  # same L2F configuration as ours
+    env = QuadrotorVecEnv(n, task=task, seed=0)
     b = env.backend
     b.reset()
     v, dev = b.v, b.device
     actions = np.full((b.size, 4), env.model.hover_action, dtype=np.float32)
-    state, nxt = b.state, b.next_state
-    steps, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        for _ in range(50):
+    buffers = [b.state, b.next_state]
+
+    def run(k: int) -> None:
+        state, nxt = buffers
+        for _ in range(k):
             v.step(dev, b.env, b.params, state, actions, nxt, b.rng)
             state, nxt = nxt, state
             v.observe(dev, b.env, b.params, state, b.obs, b.rng)
-        steps += 50
-    return steps * n / (time.perf_counter() - t0)
+        buffers[:] = [state, nxt]
+
+    return run
 
 
-def ours_rate(n: int, seconds: float, task: str = "waypoint") -> float:
+def our_stepper(n: int, task: str = "waypoint") -> Callable[[int], None]:
+    """``k`` steps of :class:`QuadrotorVecEnv` with a constant hover command."""
     import numpy as np
 
     from robopolicy.sim.quadrotor import QuadrotorVecEnv
@@ -57,27 +63,48 @@ def ours_rate(n: int, seconds: float, task: str = "waypoint") -> float:
     env = QuadrotorVecEnv(n, task=task, seed=0, **NO_CRASH)
     env.reset(seed=0)
     a = np.full((n, 4), env.model.hover_action, dtype=np.float32)
+
+    def run(k: int) -> None:
+        for _ in range(k):
+            env.step(a)
+
+    return run
+
+
+def rate(run: Callable[[int], None], n: int, seconds: float) -> float:
+    run(5)  # warm: first-call compilation and caches
     steps, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        for _ in range(50):
-            env.step(a)
+        run(50)
         steps += 50
     return steps * n / (time.perf_counter() - t0)
 
 
+def compare(n: int, seconds: float, rounds: int) -> dict[str, float]:
+    """Raw and ours measured in alternating slices, so load from other processes hits both alike;
+    the ratio is that of the medians."""
+    raw, ours = raw_stepper(n), our_stepper(n)
+    raws, ourss = [], []
+    for _ in range(rounds):
+        raws.append(rate(raw, n, seconds / rounds))
+        ourss.append(rate(ours, n, seconds / rounds))
+    r, o = statistics.median(raws), statistics.median(ourss)
+    return {"n": n, "raw": r, "ours": o, "ratio": o / r}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, nargs="+", default=[1, 64, 1024])
-    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--n", type=int, nargs="+", default=[1, 64, 1024, 8192])
+    ap.add_argument("--seconds", type=float, default=5.0, help="per side and drone count, split into rounds")
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json")
     args = ap.parse_args()
     rows = []
     print(f"{'drones':>7s} {'raw steps/s':>14s} {'ours steps/s':>14s} {'ratio':>6s}")
     for n in args.n:
-        raw = raw_rate(n, args.seconds)
-        ours = ours_rate(n, args.seconds)
-        rows.append({"n": n, "raw": raw, "ours": ours, "ratio": ours / raw})
-        print(f"{n:7d} {raw:14.0f} {ours:14.0f} {ours / raw:6.2f}")
+        row = compare(n, args.seconds, args.rounds)
+        rows.append(row)
+        print(f"{n:7d} {row['raw']:14.0f} {row['ours']:14.0f} {row['ratio']:6.2f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

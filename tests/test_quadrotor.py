@@ -64,6 +64,64 @@ def test_free_fall_crashes_into_the_ground():
     assert term[0] and infos["final"][0][1].crash and infos["final"][0][1].crash_reason == "ground"
 
 
+def test_step_clips_commands_tracks_rotor_lag_and_observes_relative_to_the_target():
+    env = QuadrotorVecEnv(4, task="waypoint", seed=5)
+    env.reset(seed=5)
+    hover = env.model.hover_action
+    commands = np.array([[np.nan, 0.2, -0.3, 1.0], [np.inf, -np.inf, 2.0, -2.0], [hover] * 4, [0.9, 0.1, 0.5, -0.9]])
+    before = env.rotor_estimate.copy()
+    obs, reward, term, trunc, infos = env.step(commands)
+    sent = np.array([[-1, 0.2, -0.3, 1.0], [1, -1, 1, -1], [hover] * 4, [0.9, 0.1, 0.5, -0.9]], dtype=np.float32)
+    np.testing.assert_array_equal(env.prev_action, sent)  # NaN means motors off; +-inf clip
+    gain = np.where(sent > before, env._k_rise, env._k_fall)
+    np.testing.assert_allclose(env.rotor_estimate, before + (sent - before) * gain, rtol=1e-6)
+    assert env._k_rise != env._k_fall
+    states = env.backend.state.states
+    position = np.array([s.position for s in states[:4]])
+    velocity = np.array([s.linear_velocity for s in states[:4]])
+    np.testing.assert_allclose(obs[:, 0:3], position - infos["target_pos"], atol=1e-6)
+    np.testing.assert_allclose(obs[:, 12:15], velocity - infos["target_vel"], atol=1e-6)
+    np.testing.assert_array_equal(obs[:, 18:22], env.rotor_estimate)
+    assert np.abs(infos["target_pos"]).max() > 0.1  # waypoints, not the origin
+    np.testing.assert_allclose(infos["error"], np.linalg.norm(obs[:, 0:3], axis=1), rtol=1e-6)
+    np.testing.assert_allclose(reward, -infos["error"], rtol=1e-6)
+    assert not term.any() and not trunc.any() and infos["final"] == []
+    kept = obs.copy()
+    env.step(commands)
+    np.testing.assert_array_equal(obs, kept)  # each step hands out a fresh observation
+
+
+@pytest.mark.parametrize("where, reason", [("upside_down", "tilt"), ("far", "out_of_bounds"), ("below", "ground"),
+                                           ("nan", "nonfinite")])
+def test_crash_checks(where, reason, monkeypatch):
+    env = QuadrotorVecEnv(3, task="waypoint", seed=0)
+    env.reset(seed=0)
+    states = env.backend.state.states
+    s = states[1]
+    if where == "upside_down":
+        s.orientation = [0.0, 1.0, 0.0, 0.0]  # 180 degrees about x
+    elif where == "far":
+        s.position = [0.0, 5.0 * env.config.bound, 0.0]
+    elif where == "below":
+        s.position = [0.0, 0.0, -env.config.ground_depth - 0.2]
+    else:  # L2F itself does not produce NaN from a NaN state; fake one in its observation
+        l2f_step = env.backend.step
+
+        def step_to_nan(actions):
+            l2f_step(actions)
+            env.backend.obs[1, 13] = np.nan  # a velocity: not position or tilt, still a crash
+
+        monkeypatch.setattr(env.backend, "step", step_to_nan)
+    env.backend.state.states = states
+    hover = np.full((3, 4), env.model.hover_action)
+    _, reward, term, trunc, infos = env.step(hover)
+    assert term.tolist() == [False, True, False] and not trunc.any()
+    (index, stats), = infos["final"]
+    assert index == 1 and stats.crash and not stats.success and stats.crash_reason == reason
+    assert reward[1] <= -10.0 and reward[0] > -1.0
+    assert np.isfinite(env.observation[1]).all()  # already the next episode's first observation
+
+
 def test_gym_env_api():
     env = QuadrotorEnv(QuadrotorConfig(task="hover", episode_s=0.2))
     obs, info = env.reset(seed=1)

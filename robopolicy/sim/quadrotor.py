@@ -51,7 +51,7 @@ TARGET_KEY = "observation.target"
 OBS_NAMES = (["ex", "ey", "ez"] + [f"R{i}{j}" for i in range(3) for j in range(3)] + ["evx", "evy", "evz"]
              + ["wx", "wy", "wz"] + [f"rotor_est{i}" for i in range(4)])
 L2F_STATE_DIM = 18  # the part of L2F's observation we use: pos(3) R(9) vel(3) angvel(3)
-_CHECK_COLUMNS = np.array([0, 1, 2, 11])  # x, y, z, R[2, 2] = cos(tilt): what the crash check reads
+_NO_ROWS = np.zeros(0, dtype=np.int64)
 
 
 def _l2f():
@@ -60,6 +60,14 @@ def _l2f():
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError("the quadrotor simulator needs L2F: pip install l2f (an sdist; builds with gcc)") from e
     return l2f
+
+
+def _kernels():
+    try:
+        from robopolicy.sim import quadrotor_kernels
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("the quadrotor simulator needs numba: pip install 'robopolicy[quadrotor]'") from e
+    return quadrotor_kernels
 
 
 @dataclasses.dataclass
@@ -238,6 +246,21 @@ class _Backend:
             self.v.sample_initial_state_if_truncated(self.device, self.env, self.params, self.state, full, self.rng)
         self.v.observe(self.device, self.env, self.params, self.state, self.obs, self.rng)
 
+    def _advance(self, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+        """The compiled bookkeeping after L2F's step, for the first ``rows`` drones (all but at warm-up)."""
+        cfg = self.config
+        obs = np.empty((rows, OBS_DIM), dtype=np.float32)
+        err = np.empty(rows, dtype=np.float32)
+        crash = np.empty(rows, dtype=bool)
+        truncated = np.empty(rows, dtype=bool)
+        reward = np.empty(rows)
+        n_done = self._kernels.advance(
+            self.backend.obs, self.prev_action, self.rotor_estimate, self._k_rise, self._k_fall, self.target_pos,
+            self.target_vel, self.t, self._rmse_from_step, self._sq_err, self._n_err, self._in_radius_run,
+            cfg.success_radius, cfg.bound, cfg.ground_depth, self._cos_tilt_limit, self._episode_steps,
+            obs, err, crash, truncated, reward, self._done)
+        return obs, err, crash, truncated, reward, n_done
+
     def step(self, actions: np.ndarray) -> None:
         if self.n == self.size and actions.dtype == np.float32 and actions.flags.c_contiguous:
             batch = actions  # no copy when every slot is ours
@@ -296,7 +319,6 @@ class QuadrotorVecEnv:
         self.target_pos = np.zeros((n, 3))
         self.target_vel = np.zeros((n, 3))
         self.target_acc = np.zeros((n, 3))
-        self._offset = np.zeros((n, 18), dtype=np.float32)
         self.prev_action = np.zeros((n, ACTION_DIM), dtype=np.float32)
         # Rotor-state estimate: the commands sent so far through the rotors' first-order model (what any
         # controller can compute from its own outputs; the Crazyflie does not measure rotor speed).
@@ -310,16 +332,20 @@ class QuadrotorVecEnv:
         self.observation = np.zeros((n, OBS_DIM), dtype=np.float32)
         self._episode_steps = cfg.episode_steps
         self._rmse_from_step = 0 if cfg.task == "figure8" else cfg.episode_steps // 2
+        self._kernels = _kernels()
+        self._all_rows = np.arange(n)
+        self._done = np.zeros(n, dtype=np.int64)
+        # Compile (or load from numba's cache) now, on zero drones, not on the first step of a real-time loop.
+        self._kernels.clip_commands(self.prev_action[:0], self.prev_action[:0])
+        self._advance(0)
 
     # ---- targets ------------------------------------------------------------------------------
     # Target arrays are copy-on-write: the env never writes into an array it has handed out in ``infos``,
-    # so ``infos`` can carry them without a copy per step. ``_offset`` holds them in observation layout.
+    # so ``infos`` can carry them without a copy per step.
     def set_targets(self, pos: np.ndarray, vel: np.ndarray, acc: np.ndarray) -> None:
         """Replace the targets (n, 3) each; the next observation is relative to them (teleop setpoints)."""
         self.target_pos, self.target_vel, self.target_acc = (np.array(v, dtype=np.float64).reshape(self.n, 3)
                                                               for v in (pos, vel, acc))
-        self._offset[:, 0:3] = self.target_pos
-        self._offset[:, 12:15] = self.target_vel
 
     def _new_targets(self, idx: np.ndarray) -> None:
         cfg = self.config
@@ -341,8 +367,8 @@ class QuadrotorVecEnv:
     def _observe(self) -> np.ndarray:
         """A fresh (n, 22) array (callers may keep it): L2F's state minus the targets, and the rotor estimate."""
         o = np.empty((self.n, OBS_DIM), dtype=np.float32)
-        np.subtract(self.backend.obs[: self.n, 0:18], self._offset, out=o[:, 0:18])
-        o[:, 18:22] = self.rotor_estimate
+        self._kernels.observe_rows(self.backend.obs, self.rotor_estimate, self.target_pos, self.target_vel, o,
+                                   self._all_rows)
         self.observation = o
         return o
 
@@ -396,42 +422,38 @@ class QuadrotorVecEnv:
         self.prev_action[idx] = self.model.hover_action
         self.rotor_estimate[idx] = self.model.hover_action  # rotors start at hover (random_rotor_speeds=False)
 
+    def _advance(self, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+        """The compiled bookkeeping after L2F's step, for the first ``rows`` drones (all but at warm-up)."""
+        cfg = self.config
+        obs = np.empty((rows, OBS_DIM), dtype=np.float32)
+        err = np.empty(rows, dtype=np.float32)
+        crash = np.empty(rows, dtype=bool)
+        truncated = np.empty(rows, dtype=bool)
+        reward = np.empty(rows)
+        n_done = self._kernels.advance(
+            self.backend.obs, self.prev_action, self.rotor_estimate, self._k_rise, self._k_fall, self.target_pos,
+            self.target_vel, self.t, self._rmse_from_step, self._sq_err, self._n_err, self._in_radius_run,
+            cfg.success_radius, cfg.bound, cfg.ground_depth, self._cos_tilt_limit, self._episode_steps,
+            obs, err, crash, truncated, reward, self._done)
+        return obs, err, crash, truncated, reward, n_done
+
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        # Kept to few numpy calls: at small n the per-call overhead, not the arithmetic, is the cost.
+        # Everything after L2F's step runs in one compiled pass (quadrotor_kernels): as numpy calls it
+        # cost more than half of L2F's own time at 1,024 drones.
         n, cfg = self.n, self.config
         a = self.prev_action
-        a[:] = np.reshape(actions, (n, ACTION_DIM))
-        np.clip(a, -1.0, 1.0, out=a)
-        if not np.isfinite(a.sum()):  # a non-finite command means motors off
-            a[~np.isfinite(a)] = -1.0
+        self._kernels.clip_commands(np.reshape(np.asarray(actions, dtype=np.float32), (n, ACTION_DIM)), a)
         self.backend.step(a)
-        est = self.rotor_estimate
-        est += (a - est) * np.where(a > est, self._k_rise, self._k_fall)
         self.t += 1
         if cfg.task == "figure8":
             self._update_moving_targets()
-        raw = self.backend.obs[:n]
-        obs = self._observe()
-        d = obs[:, 0:3]
-        err = np.sqrt(np.einsum("ij,ij->i", d, d))
-        capped = np.fmin(err, 1e3)  # NaN -> 1e3
-        self._sq_err += (self.t > self._rmse_from_step) * (capped * capped)
-        self._n_err += self.t > self._rmse_from_step
-        self._in_radius_run = (self._in_radius_run + 1) * (err < cfg.success_radius)
-        # every comparison is False for NaN, so a non-finite state is a crash too
-        # x, y, z, R[2, 2] as contiguous rows (columns of the 82-wide L2F observation are cache-unfriendly),
-        # compared one by one (numpy's reductions over a length-3 axis are ~20x slower than 3 comparisons)
-        x, y, z, r22 = np.ascontiguousarray(raw[:, _CHECK_COLUMNS].T)
-        bound = cfg.bound
-        crash = ~((np.abs(x) <= bound) & (np.abs(y) <= bound) & (np.abs(z) <= bound) & (z >= -cfg.ground_depth)
-                  & (r22 >= self._cos_tilt_limit))  # R[2, 2] = cos(tilt)
-        truncated = (self.t >= self._episode_steps) & ~crash
+        obs, err, crash, truncated, reward, n_done = self._advance(n)
+        self.observation = obs
         terminated = crash
-        reward = -capped - 10.0 * crash
         infos: dict[str, Any] = {"target_pos": self.target_pos, "target_vel": self.target_vel,
                                  "target_acc": self.target_acc, "error": err, "final": []}
-        done = np.flatnonzero(terminated | truncated)
-        if len(done):
+        done = self._done[:n_done].copy() if n_done else _NO_ROWS
+        if n_done:
             infos["final_obs"] = obs[done]
             for i in done:
                 rmse = math.sqrt(self._sq_err[i] / max(self._n_err[i], 1))
