@@ -41,6 +41,8 @@ def main() -> None:
     ap.add_argument("--task", default="hover")
     ap.add_argument("--episodes", type=int, default=2048)
     ap.add_argument("--name")
+    ap.add_argument("--sim-hz", type=float, default=None,
+                    help="simulator rate (default: the policy's training fps; the expert: 100 Hz)")
     args = ap.parse_args()
     import torch
 
@@ -49,15 +51,17 @@ def main() -> None:
     t0 = time.perf_counter()
     if args.what == "expert":
         from robopolicy.experts.quadrotor import expert_rollout
-        from robopolicy.sim.quadrotor import summarize
+        from robopolicy.sim.quadrotor import QuadrotorConfig, summarize
 
-        report = summarize(expert_rollout(args.task, n_episodes=args.episodes, n_envs=1024, seed=0))
+        config = QuadrotorConfig(task=args.task, sim_hz=args.sim_hz or QuadrotorConfig.sim_hz)
+        report = summarize(expert_rollout(args.task, n_episodes=args.episodes, n_envs=1024, seed=0, config=config))
+        report["sim_hz"] = config.sim_hz
     elif args.what == "eval":
         from robopolicy.policies.registry import load_policy
         from robopolicy.sim.envs import evaluate_quadrotor
 
         report = evaluate_quadrotor(load_policy(args.policy), f"quadrotor_{args.task}", n_episodes=args.episodes,
-                                    seed=0, progress=True)
+                                    seed=0, progress=True, sim_hz=args.sim_hz)
     else:
         from robopolicy.deploy.closed_loop import run_served_episodes
 

@@ -224,6 +224,19 @@ def test_evaluate_policy_flies_each_drone_one_episode_in_aligned_batches():
     assert [s.final_error for s in again] == [s.final_error for s in stats]  # seeded
 
 
+def test_evaluation_steps_the_simulator_at_the_policys_training_rate():
+    from robopolicy.sim.envs import evaluate_quadrotor
+
+    at_100 = _ExpertAsPolicy()  # no fps: 100 Hz, L2F's rate
+    report = evaluate_quadrotor(at_100, "quadrotor_waypoint", n_episodes=4, n_envs=4)
+    assert report["sim_hz"] == 100.0 and len(at_100.batches) == 500  # one call per 10 ms over 5 s
+    at_500 = _ExpertAsPolicy()
+    at_500.fps = 500  # as an ONNX artifact carries it (torch policies: config.fps)
+    report = evaluate_quadrotor(at_500, "quadrotor_waypoint", n_episodes=4, n_envs=4)
+    assert report["sim_hz"] == 500.0 and len(at_500.batches) == 2500
+    assert report["success_rate"] == 1.0
+
+
 def test_record_train_eval_and_serve_on_the_quadrotor(tmp_path):
     """`robopolicy record task=quadrotor_hover`, `train`, `eval env.name=quadrotor_hover`, then the policy served
     to the simulated drone (own process, 500 Hz) through the control loop."""

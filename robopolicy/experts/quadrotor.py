@@ -62,20 +62,23 @@ def _vee(m: np.ndarray) -> np.ndarray:
 
 class SE3Controller:
     def __init__(self, model: CrazyflieModel | None = None, gains: SE3Gains | None = None, yaw: float = 0.0,
-                 dt: float = 0.01, motor_compensation: bool = True, use_observed_rotor_state: bool = True):
+                 lag_inversion_s: float = 0.01, motor_compensation: bool = True,
+                 use_observed_rotor_state: bool = True):
         self.model = model or crazyflie_model()
         self.gains = gains or SE3Gains()
         self.yaw = yaw
-        self.dt = dt
         # Rotor lag inversion: the expert keeps its own estimate of each rotor's throttle (driven by its
         # past commands through the same first-order model; initial rotor speeds are unknown to it and
-        # taken as hover) and commands what reaches the desired throttle within one step.
+        # taken as hover) and commands what reaches the desired throttle within ``lag_inversion_s``.
+        # 10 ms (one step at 100 Hz) whatever the control rate: demos at 500 Hz keep the same smooth
+        # commands, where a one-tick (2 ms) inversion would ask five times the step and saturate the motors.
         self.motor_compensation = motor_compensation
         # The observation carries the same rotor estimate (the env filters the executed commands): using it
         # makes the expert a function of the observation alone, which is what a cloned policy can learn.
         self.use_observed_rotor_state = use_observed_rotor_state
-        self.k_rise = 1.0 - math.exp(-dt / self.model.time_constant_rising)
-        self.k_fall = 1.0 - math.exp(-dt / self.model.time_constant_falling)
+        self.lag_inversion_s = lag_inversion_s
+        self.k_rise = 1.0 - math.exp(-lag_inversion_s / self.model.time_constant_rising)
+        self.k_fall = 1.0 - math.exp(-lag_inversion_s / self.model.time_constant_falling)
         self.u_est: np.ndarray | None = None
         m = self.model
         x, y = m.rotor_positions[:, 0], m.rotor_positions[:, 1]
@@ -284,7 +287,7 @@ class SetpointTeleop:
     def __init__(self, config: QuadrotorConfig | None = None, seed: int = 0, controller: SE3Controller | None = None):
         self.config = dataclasses.replace(config or QuadrotorConfig(), task="hover", episode_s=1e6)
         self.env = QuadrotorVecEnv(1, self.config, seed=seed)
-        self.ctrl = controller or SE3Controller(self.env.model, dt=self.config.dt)
+        self.ctrl = controller or SE3Controller(self.env.model, lag_inversion_s=self.config.dt)
         self.seed = seed
 
     def run(self, setpoints: Iterable[Setpoint]) -> dict[str, np.ndarray]:

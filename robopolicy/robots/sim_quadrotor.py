@@ -46,7 +46,7 @@ def _sim_main(conn, task: str, seed: int, hz: float, episode_s: float | None, sa
 
     cfg = QuadrotorConfig(task=task, sim_hz=hz, episode_s=episode_s)
     env = QuadrotorVecEnv(1, cfg, seed=seed)
-    hover_ctrl = SE3Controller(env.model, dt=cfg.dt)
+    hover_ctrl = SE3Controller(env.model, lag_inversion_s=cfg.dt)
     hover_cmd = np.full(4, env.model.hover_action)
     period = 1.0 / hz
     episode = -1

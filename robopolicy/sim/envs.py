@@ -67,16 +67,30 @@ def arm_renderer_available() -> bool:
 __all__ = ["ARM_TASKS", "ENV_NAMES", "arm_renderer_available", "check_env_name", "env_factory"]
 
 
+def policy_fps(policy) -> float | None:
+    """The control rate a policy was trained at: ``config.fps`` (torch policies) or ``fps`` (ONNX artifacts)."""
+    fps = getattr(getattr(policy, "config", None), "fps", None) or getattr(policy, "fps", None)
+    return float(fps) if fps else None
+
+
 def evaluate_quadrotor(policy, name: str, n_episodes: int = 1024, seed: int = 0, n_envs: int = 1024,
-                       progress: bool = False) -> dict:
-    """Success / crash rates (Wilson 95 % intervals) and tracking RMSE of ``policy`` on a quadrotor task."""
-    from robopolicy.sim.quadrotor import evaluate_policy, summarize
+                       progress: bool = False, sim_hz: float | None = None) -> dict:
+    """Success / crash rates (Wilson 95 % intervals) and tracking RMSE of ``policy`` on a quadrotor task.
+
+    The simulator steps at ``sim_hz``, by default the rate of the demonstrations the policy learned from
+    (its ``fps``; 100 Hz for policies that do not record one): a policy trained on 100 Hz demos expects
+    10 ms between its actions, one trained on the on-board 500 Hz loop expects 2 ms.
+    """
+    from robopolicy.sim.quadrotor import QuadrotorConfig, evaluate_policy, summarize
 
     if check_env_name(name) not in QUADROTOR_ENVS:
         raise ValueError(f"{name} is not a quadrotor task (expected one of {list(QUADROTOR_ENVS)})")
+    if sim_hz is None:
+        sim_hz = policy_fps(policy) or QuadrotorConfig.sim_hz
     stats = evaluate_policy(policy, name.removeprefix("quadrotor_"), n_episodes=n_episodes, n_envs=n_envs, seed=seed,
-                            progress=progress)
+                            config=QuadrotorConfig(sim_hz=float(sim_hz)), progress=progress)
     out = summarize(stats)
     out["n_episodes"] = out.pop("episodes")
+    out["sim_hz"] = float(sim_hz)
     out["crash_reasons"] = {r: sum(s.crash_reason == r for s in stats) for r in sorted({s.crash_reason for s in stats} - {""})}
     return out
