@@ -47,6 +47,9 @@ FAMILIES: dict[str, tuple[list[str], float]] = {
                   "batch_size=256"], 25),
     "sfp_d_k20": (["policy=sfp", "policy.variant=deterministic", "policy.k=20", "steps=8000", "lr=1e-3",
                    "batch_size=256"], 25),
+    # SFP-S with the gain that made SFP-D work (k = 8; the earlier SFP-S row had k = 2).
+    "sfp_s_k8": (["policy=sfp", "policy.variant=stochastic", "policy.k=8", "steps=8000", "lr=1e-3",
+                  "batch_size=256"], 25),
     "act": (["policy=act", "steps=3500", "lr=1e-4", "batch_size=64"], 10),
     # ACT again, smaller, with 4x the batch at 3x the rate: 25 minutes see 5x the samples (3 steps/s here).
     "act_small": (["policy=act", "policy.dim_model=128", "policy.dim_feedforward=512", "steps=4400", "lr=3e-4",
@@ -81,6 +84,7 @@ ROWS = [
     Row("sfp_d_long_e1", "Streaming flow (SFP-D, 19k steps), Euler 1 per action", "sfp_d_long", ("euler", 1)),
     Row("sfp_d_k8", "Streaming flow (SFP-D, k = 8), Euler 6 per action", "sfp_d_k8", ("euler", 6)),
     Row("sfp_d_k8_e1", "Streaming flow (SFP-D, k = 8), Euler 1 per action", "sfp_d_k8", ("euler", 1)),
+    Row("sfp_s_k8_e1", "Streaming flow (SFP-S, k = 8), Euler 1 per action", "sfp_s_k8", ("euler", 1)),
     Row("sfp_d_k20", "Streaming flow (SFP-D, k = 20), Euler 6 per action", "sfp_d_k20", ("euler", 6)),
     Row("act_chunk", "ACT, chunk of 16, Ta 8", "act"),
     Row("act_ensemble", "ACT, temporal ensembling m = 0.01", "act", ensemble=0.01),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,19 +162,126 @@ int main(void) { return initialised == 42 && zeroed == 0 ? policy_selftest() : 3
 @needs_arm
 def test_crazyflie_controller_compiles(tmp_path):
     """hardware/crazyflie/controller_robopolicy.c + a 22-input exported policy compile for the Cortex-M4F."""
-    from pathlib import Path
-
     from robopolicy.export.c_export import ARM_CFLAGS
 
-    cfg = MLPConfig(n_obs_steps=1, horizon=1, n_action_steps=1, hidden_dims=[32, 32], activation="tanh",
-                    input_features=[FeatureSpec("observation.state", (22,))], output_features=[FeatureSpec("action", (4,))],
-                    normalization={"observation.state": "identity", "action": "identity"})
-    out = export_c(MLPPolicy(cfg, Normalizer({}, cfg.normalization)), tmp_path / "policy")
-    src = Path(__file__).resolve().parents[1] / "hardware/crazyflie/controller_robopolicy.c"
-    for f in (src, out / "policy.c", out / "policy_selftest.c"):
+    out = export_c(hover_mlp(fps=500), tmp_path / "policy")
+    for f in (CRAZYFLIE_CONTROLLER, out / "policy.c", out / "policy_selftest.c"):
         res = subprocess.run(["arm-none-eabi-gcc", *ARM_CFLAGS, "-DROBOPOLICY_HOST_CHECK", f"-I{out}", "-c", str(f),
                               "-o", str(tmp_path / (f.stem + ".o"))], capture_output=True, text=True)
         assert res.returncode == 0, res.stderr
+
+
+CRAZYFLIE_CONTROLLER = Path(__file__).resolve().parents[1] / "hardware/crazyflie/controller_robopolicy.c"
+
+# Includes the controller (stand-in firmware types) and flies it for 40 stabilizer ticks at 1 kHz with a
+# moving state, printing every policy step; then lets the setpoint go stale.
+CRAZYFLIE_DRIVER = r"""
+#define ROBOPOLICY_HOST_CHECK
+#include "controller_robopolicy.c"
+#include <stdio.h>
+int main(void) {
+    control_t control; setpoint_t sp; state_t st; sensorData_t sensors; uint32_t tick; int i;
+    memset(&sp, 0, sizeof sp); memset(&st, 0, sizeof st); memset(&sensors, 0, sizeof sensors);
+    st.attitudeQuaternion.w = 1.0f;
+    controllerOutOfTreeInit();
+    printf("selftest %d\n", controllerOutOfTreeTest() ? 1 : 0); /* the generated vectors: arming check */
+    robopolicy_host_check_set(0, 1);
+    for (tick = 0; tick < 40; ++tick) {
+        uint32_t before = n_steps;
+        robopolicy_now_ms = tick; sp.timestamp = tick;
+        st.position.x = 0.01f * (float)tick; st.velocity.z = -0.02f * (float)tick; sensors.gyro.y = 3.0f * (float)tick;
+        controllerOutOfTree(&control, &sp, &sensors, &st, tick);
+        if (n_steps == before) continue;
+        printf("step %u", tick);
+        for (i = 0; i < 22; ++i) printf(" %.9g", robopolicy_host_check_obs()[i]);
+        for (i = 0; i < 4; ++i) printf(" %u", control.motorPwm[i]);
+        printf("\n");
+    }
+    robopolicy_now_ms = 1000; /* setpoint 960 ms old */
+    controllerOutOfTree(&control, &sp, &sensors, &st, 1000);
+    printf("stale %u %u %u %u %u\n", robopolicy_host_check_tripped(), control.motorPwm[0], control.motorPwm[1],
+           control.motorPwm[2], control.motorPwm[3]);
+    return 0;
+}
+"""
+
+
+def hover_mlp(fps: float | None) -> MLPPolicy:
+    cfg = MLPConfig(n_obs_steps=1, horizon=1, n_action_steps=1, hidden_dims=[32, 32], activation="relu", fps=fps,
+                    input_features=[FeatureSpec("observation.state", (22,))], output_features=[FeatureSpec("action", (4,))],
+                    normalization={"observation.state": "identity", "action": "identity"})
+    torch.manual_seed(0)
+    policy = MLPPolicy(cfg, Normalizer({}, cfg.normalization))
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.5 * torch.randn_like(p))  # commands that move, some beyond [-1, 1]
+    return policy.eval()
+
+
+def build_crazyflie_driver(policy, tmp_path):
+    out = export_c(policy, tmp_path / "policy")
+    (tmp_path / "driver.c").write_text(CRAZYFLIE_DRIVER)
+    exe = tmp_path / "driver"
+    res = subprocess.run(["gcc", "-std=c99", "-O1", f"-I{out}", f"-I{CRAZYFLIE_CONTROLLER.parent}",
+                          str(tmp_path / "driver.c"), str(out / "policy.c"), str(out / "policy_selftest.c"), "-o", str(exe), "-lm"],
+                         capture_output=True, text=True)
+    return exe, res
+
+
+@needs_gcc
+@pytest.mark.parametrize("fps", [500, 100])
+def test_crazyflie_controller_runs_at_the_policys_rate_and_feeds_the_rotor_estimate(tmp_path, fps):
+    from robopolicy.sim.quadrotor import crazyflie_model
+
+    policy = hover_mlp(fps)
+    exe, res = build_crazyflie_driver(policy, tmp_path)
+    assert res.returncode == 0, res.stderr
+    lines = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.splitlines()
+    steps = [line.split()[1:] for line in lines if line.startswith("step")]
+    ticks = [int(s[0]) for s in steps]
+    assert ticks == list(range(0, 40, 1000 // fps))  # one policy step per 1/fps s of the 1 kHz loop
+    obs = np.array([[float(v) for v in s[1:23]] for s in steps])
+    pwm = np.array([[int(v) for v in s[23:27]] for s in steps])
+    model = crazyflie_model()
+    # the observation the simulator would give: the same position/velocity errors and rates ...
+    np.testing.assert_allclose(obs[:, 0], 0.01 * np.array(ticks), atol=1e-6)
+    np.testing.assert_allclose(obs[:, 14], -0.02 * np.array(ticks), atol=1e-6)
+    np.testing.assert_allclose(obs[:, 16], np.radians(3.0 * np.array(ticks)), rtol=1e-6)
+    # ... and the rotor estimate: the clipped commands through the rotor lag, from the hover command
+    with torch.no_grad():
+        commands = policy.net(torch.as_tensor(obs, dtype=torch.float32)).numpy().clip(-1, 1)
+    np.testing.assert_allclose((pwm / 65535.0) * 2 - 1, commands, atol=1e-4)
+    k_rise = 1 - np.exp(-1 / fps / model.time_constant_rising)
+    k_fall = 1 - np.exp(-1 / fps / model.time_constant_falling)
+    estimate = np.full(4, model.hover_action)
+    for i in range(len(steps)):
+        np.testing.assert_allclose(obs[i, 18:22], estimate, atol=2e-6)
+        estimate = estimate + (commands[i] - estimate) * np.where(commands[i] > estimate, k_rise, k_fall)
+    assert len(set(np.round(obs[:, 18], 4))) > 3  # the estimate moved
+    assert lines[-1].split() == ["stale", "1", "0", "0", "0", "0"]  # watchdog: motors cut, latched
+    assert lines[0] == "selftest 1"
+
+
+@needs_gcc
+@pytest.mark.parametrize("fps", [None, 300])
+def test_crazyflie_controller_refuses_a_policy_without_a_usable_rate(tmp_path, fps):
+    _, res = build_crazyflie_driver(hover_mlp(fps), tmp_path)
+    assert res.returncode != 0 and "POLICY_FPS" in res.stderr
+
+
+def test_crazyflie_controller_rotor_model_matches_the_simulator():
+    import re
+
+    pytest.importorskip("l2f", reason="the rotor model comes from L2F's Crazyflie parameters")
+    from robopolicy.sim.quadrotor import crazyflie_model
+
+    src = CRAZYFLIE_CONTROLLER.read_text()
+    value = {k: float(re.search(rf"#define {k} ([0-9.]+)f", src).group(1))
+             for k in ("ROTOR_TAU_RISING_S", "ROTOR_TAU_FALLING_S", "HOVER_COMMAND")}
+    m = crazyflie_model()
+    assert value["ROTOR_TAU_RISING_S"] == pytest.approx(m.time_constant_rising, rel=1e-5)
+    assert value["ROTOR_TAU_FALLING_S"] == pytest.approx(m.time_constant_falling, rel=1e-5)
+    assert value["HOVER_COMMAND"] == pytest.approx(m.hover_action, rel=1e-6)
 
 
 # ---- Streaming Flow Policy ------------------------------------------------------------------------

@@ -749,6 +749,7 @@ extern "C" {{
 #define POLICY_OBS_DIM {obs_dim}
 #define POLICY_ACTION_DIM {act_dim}
 #define POLICY_HORIZON {cfg.horizon}
+#define POLICY_FPS {int(round(cfg.fps)) if cfg.fps else 0}   /* control rate of the training demos (Hz), 0 = unknown */
 #define POLICY_INT8 {1 if int8 else 0}
 #define POLICY_N_SELFTEST {n_selftest}
 
