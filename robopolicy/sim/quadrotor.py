@@ -246,21 +246,6 @@ class _Backend:
             self.v.sample_initial_state_if_truncated(self.device, self.env, self.params, self.state, full, self.rng)
         self.v.observe(self.device, self.env, self.params, self.state, self.obs, self.rng)
 
-    def _advance(self, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-        """The compiled bookkeeping after L2F's step, for the first ``rows`` drones (all but at warm-up)."""
-        cfg = self.config
-        obs = np.empty((rows, OBS_DIM), dtype=np.float32)
-        err = np.empty(rows, dtype=np.float32)
-        crash = np.empty(rows, dtype=bool)
-        truncated = np.empty(rows, dtype=bool)
-        reward = np.empty(rows)
-        n_done = self._kernels.advance(
-            self.backend.obs, self.prev_action, self.rotor_estimate, self._k_rise, self._k_fall, self.target_pos,
-            self.target_vel, self.t, self._rmse_from_step, self._sq_err, self._n_err, self._in_radius_run,
-            cfg.success_radius, cfg.bound, cfg.ground_depth, self._cos_tilt_limit, self._episode_steps,
-            obs, err, crash, truncated, reward, self._done)
-        return obs, err, crash, truncated, reward, n_done
-
     def step(self, actions: np.ndarray) -> None:
         if self.n == self.size and actions.dtype == np.float32 and actions.flags.c_contiguous:
             batch = actions  # no copy when every slot is ours

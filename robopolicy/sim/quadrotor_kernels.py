@@ -30,7 +30,8 @@ def clip_commands(actions: np.ndarray, commands: np.ndarray) -> None:
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _observe_state(raw: np.ndarray, target_pos: np.ndarray, target_vel: np.ndarray, obs: np.ndarray, i: int) -> None:
+def _observe_state(raw: np.ndarray, target_pos: np.ndarray, target_vel: np.ndarray, obs: np.ndarray,
+                   i: int) -> None:
     """obs[i, :18]: L2F's position and velocity relative to the target (in float32), rotation and body rates."""
     for j in range(STATE_DIM):
         obs[i, j] = raw[i, j]
@@ -51,8 +52,8 @@ def observe_rows(raw: np.ndarray, rotor_estimate: np.ndarray, target_pos: np.nda
 
 @njit(cache=True, nogil=True)
 def advance(raw: np.ndarray, commands: np.ndarray, rotor_estimate: np.ndarray, k_rise: np.float32,
-            k_fall: np.float32, target_pos: np.ndarray, target_vel: np.ndarray, t: np.ndarray, rmse_from_step: int, sq_err: np.ndarray,
-            n_err: np.ndarray, in_radius_run: np.ndarray, success_radius: float, bound: float,
+            k_fall: np.float32, target_pos: np.ndarray, target_vel: np.ndarray, t: np.ndarray, rmse_from_step: int,
+            sq_err: np.ndarray, n_err: np.ndarray, in_radius_run: np.ndarray, success_radius: float, bound: float,
             ground_depth: float, cos_tilt_limit: float, episode_steps: int, obs: np.ndarray, err: np.ndarray,
             crash: np.ndarray, truncated: np.ndarray, reward: np.ndarray, done: np.ndarray) -> int:
     """Everything after L2F's step, for every drone; returns how many episodes ended (indices in ``done``).
@@ -77,8 +78,8 @@ def advance(raw: np.ndarray, commands: np.ndarray, rotor_estimate: np.ndarray, k
         for j in range(STATE_DIM):
             state_sum += raw[i, j]
         x, y, z = raw[i, 0], raw[i, 1], raw[i, 2]
-        ok = (math.isfinite(state_sum) and abs(x) <= bound and abs(y) <= bound and abs(z) <= bound and z >= -ground_depth
-              and raw[i, COS_TILT_COLUMN] >= cos_tilt_limit)
+        ok = (math.isfinite(state_sum) and abs(x) <= bound and abs(y) <= bound and abs(z) <= bound
+              and z >= -ground_depth and raw[i, COS_TILT_COLUMN] >= cos_tilt_limit)
         crash[i] = not ok
         truncated[i] = ok and t[i] >= episode_steps
         reward[i] = -capped - (0.0 if ok else 10.0)
