@@ -6,10 +6,11 @@
 Python work besides the calls); "ours" is :class:`robopolicy.sim.quadrotor.QuadrotorVecEnv.step`
 (the same two calls plus clipping, the rotor-lag estimate, observation assembly, metrics and crash
 checks in one compiled pass (robopolicy/sim/quadrotor_kernels.py), and auto-reset). Both use the
-waypoint task's start (level, at rest, rotors at hover) and a constant hover command; crash limits are set out of reach (NO_CRASH) so episodes run their full 5 s and the
-per-episode bookkeeping is amortized as in real rollouts. The target is ours >= 0.8x raw. Single-threaded
-(OMP_NUM_THREADS=1), and raw and ours alternate in short slices, so other jobs on the machine move the
-absolute numbers but hit both sides alike.
+waypoint task's start (level, at rest, rotors at hover) and a constant hover command; crash limits
+are set out of reach (NO_CRASH) so episodes run their full 5 s and the per-episode bookkeeping is
+amortized as in real rollouts. The target is ours >= 0.8x raw. Single-threaded (OMP_NUM_THREADS=1),
+and raw and ours alternate in short slices, so other jobs on the machine move the absolute numbers
+but hit both sides alike.
 """
 
 from __future__ import annotations
