@@ -231,8 +231,6 @@ def build_crazyflie_driver(policy, tmp_path):
 @needs_gcc
 @pytest.mark.parametrize("fps", [500, 100])
 def test_crazyflie_controller_runs_at_the_policys_rate_and_feeds_the_rotor_estimate(tmp_path, fps):
-    from robopolicy.sim.quadrotor import crazyflie_model
-
     policy = hover_mlp(fps)
     exe, res = build_crazyflie_driver(policy, tmp_path)
     assert res.returncode == 0, res.stderr
@@ -242,7 +240,7 @@ def test_crazyflie_controller_runs_at_the_policys_rate_and_feeds_the_rotor_estim
     assert ticks == list(range(0, 40, 1000 // fps))  # one policy step per 1/fps s of the 1 kHz loop
     obs = np.array([[float(v) for v in s[1:23]] for s in steps])
     pwm = np.array([[int(v) for v in s[23:27]] for s in steps])
-    model = crazyflie_model()
+    rotor = controller_rotor_constants()  # checked against L2F's Crazyflie model below, where L2F is installed
     # the observation the simulator would give: the same position/velocity errors and rates ...
     np.testing.assert_allclose(obs[:, 0], 0.01 * np.array(ticks), atol=1e-6)
     np.testing.assert_allclose(obs[:, 14], -0.02 * np.array(ticks), atol=1e-6)
@@ -251,9 +249,9 @@ def test_crazyflie_controller_runs_at_the_policys_rate_and_feeds_the_rotor_estim
     with torch.no_grad():
         commands = policy.net(torch.as_tensor(obs, dtype=torch.float32)).numpy().clip(-1, 1)
     np.testing.assert_allclose((pwm / 65535.0) * 2 - 1, commands, atol=1e-4)
-    k_rise = 1 - np.exp(-1 / fps / model.time_constant_rising)
-    k_fall = 1 - np.exp(-1 / fps / model.time_constant_falling)
-    estimate = np.full(4, model.hover_action)
+    k_rise = 1 - np.exp(-1 / fps / rotor["ROTOR_TAU_RISING_S"])
+    k_fall = 1 - np.exp(-1 / fps / rotor["ROTOR_TAU_FALLING_S"])
+    estimate = np.full(4, rotor["HOVER_COMMAND"])
     for i in range(len(steps)):
         np.testing.assert_allclose(obs[i, 18:22], estimate, atol=2e-6)
         estimate = estimate + (commands[i] - estimate) * np.where(commands[i] > estimate, k_rise, k_fall)
@@ -269,15 +267,19 @@ def test_crazyflie_controller_refuses_a_policy_without_a_usable_rate(tmp_path, f
     assert res.returncode != 0 and "POLICY_FPS" in res.stderr
 
 
-def test_crazyflie_controller_rotor_model_matches_the_simulator():
+def controller_rotor_constants() -> dict[str, float]:
     import re
 
+    src = CRAZYFLIE_CONTROLLER.read_text()
+    return {k: float(re.search(rf"#define {k} ([0-9.]+)f", src).group(1))
+            for k in ("ROTOR_TAU_RISING_S", "ROTOR_TAU_FALLING_S", "HOVER_COMMAND")}
+
+
+def test_crazyflie_controller_rotor_model_matches_the_simulator():
     pytest.importorskip("l2f", reason="the rotor model comes from L2F's Crazyflie parameters")
     from robopolicy.sim.quadrotor import crazyflie_model
 
-    src = CRAZYFLIE_CONTROLLER.read_text()
-    value = {k: float(re.search(rf"#define {k} ([0-9.]+)f", src).group(1))
-             for k in ("ROTOR_TAU_RISING_S", "ROTOR_TAU_FALLING_S", "HOVER_COMMAND")}
+    value = controller_rotor_constants()
     m = crazyflie_model()
     assert value["ROTOR_TAU_RISING_S"] == pytest.approx(m.time_constant_rising, rel=1e-5)
     assert value["ROTOR_TAU_FALLING_S"] == pytest.approx(m.time_constant_falling, rel=1e-5)
