@@ -28,6 +28,7 @@ import torch  # noqa: E402
 
 FAMILIES = {
     "diffusion": {"type": "diffusion"},  # UNet (64, 128, 256), DDIM 10 steps
+    "diffusion_small": {"type": "diffusion", "down_dims": [32, 64, 128]},  # a quarter of the compute
     "flow_unet": {"type": "flow", "backbone": "unet"},  # Euler 10 steps
     "flow_transformer": {"type": "flow", "backbone": "transformer"},
     "sfp_d": {"type": "sfp", "variant": "deterministic"},  # 15 actions x 6 Euler steps

@@ -37,6 +37,10 @@ COMMON = ["warmup_steps=500", "save_every=0", "log_every=100", "progress=false"]
 
 # name -> (training overrides, minutes). Step counts are sized so the cosine schedule ends near the budget.
 FAMILIES: dict[str, tuple[list[str], float]] = {
+    # A quarter of the default U-Net's compute ((32, 64, 128): 9.9 vs 37.6 MFLOPs per evaluation), sized for the
+    # export issue's 5 ms per 10-step chunk; one thread.
+    "diffusion_small": (["policy=diffusion", "policy.down_dims=[32,64,128]", "steps=12000", "lr=5e-4",
+                         "batch_size=256"], 45),
     "flow": (["policy=flow", "steps=3000", "lr=5e-4", "batch_size=256"], 12),
     "sfp_d": (["policy=sfp", "policy.variant=deterministic", "policy.k=2", "steps=7000", "lr=1e-3", "batch_size=256"], 10),
     "sfp_s": (["policy=sfp", "policy.variant=stochastic", "policy.k=2", "steps=5500", "lr=1e-3", "batch_size=256"], 8),
@@ -55,6 +59,10 @@ FAMILIES: dict[str, tuple[list[str], float]] = {
     "act_small": (["policy=act", "policy.dim_model=128", "policy.dim_feedforward=512", "steps=4400", "lr=3e-4",
                    "batch_size=256"], 25),
     "mlp": (["policy=mlp", "steps=40000", "lr=1e-3", "batch_size=256"], 3),
+    # Deterministic regressors average PushT's two ways around the block; L1 regresses the median instead.
+    "mlp_l1": (["policy=mlp", "policy.loss=l1", "steps=40000", "lr=1e-3", "batch_size=256"], 5),
+    "mlp_l1_wide": (["policy=mlp", "policy.loss=l1", "policy.hidden_dims=[512,512,512]", "steps=100000", "lr=1e-3",
+                     "batch_size=256"], 25),
 }
 
 
@@ -91,7 +99,10 @@ ROWS = [
     Row("act_small", "ACT (d = 128, 4.4k steps × 256), chunk of 16, Ta 8", "act_small"),
     Row("act_small_ensemble", "ACT (d = 128, 4.4k steps × 256), temporal ensembling m = 0.01", "act_small",
         ensemble=0.01),
+    Row("diffusion_small", "Diffusion Policy, U-Net (32, 64, 128), DDIM 10", "diffusion_small", ("DDIM", 10)),
     Row("mlp", "MLP behaviour cloning", "mlp"),
+    Row("mlp_l1", "MLP behaviour cloning, L1 loss", "mlp_l1"),
+    Row("mlp_l1_wide", "MLP behaviour cloning, L1 loss, 512 × 3, 100k steps", "mlp_l1_wide"),
 ]
 
 

@@ -226,3 +226,29 @@ def test_mlp_averages_two_modes(tmp_path):
     states = torch.from_numpy(episodes[0]["observation.state"])[:, None].expand(-1, 2, -1)
     chunk = policy.predict_chunk({"observation.state": states})
     assert chunk.abs().max() < 0.4, f"MLP predictions {chunk.abs().max():.2f} should lie between the modes ±0.8"
+
+
+def test_mlp_l1_loss_keeps_the_larger_mode_where_mse_averages(tmp_path):
+    """Seven episodes go to +0.8, three to -0.8 from the same states: MSE answers the weighted mean
+    (0.32), L1 the median, which lies inside the larger mode."""
+    length = 20
+    episodes = []
+    for e in range(10):
+        state = np.stack([np.linspace(-1, 1, length), np.zeros(length)], axis=1).astype(np.float32)
+        sign = 1.0 if e < 7 else -1.0
+        episodes.append({"observation.state": state, "action": np.full((length, 2), 0.8 * sign, np.float32)})
+    root = write_dataset(tmp_path / "unequal_modes", episodes)
+    states = torch.from_numpy(episodes[0]["observation.state"])[:, None].expand(-1, 2, -1)
+    answers = {}
+    for loss in ("mse", "l1"):
+        torch.manual_seed(0)
+        policy = tiny_policy(root, "mlp", loss=loss)
+        train(policy, root, steps=300)
+        answers[loss] = policy.predict_chunk({"observation.state": states}).mean().item()
+    assert answers["mse"] == pytest.approx(0.32, abs=0.12)
+    assert answers["l1"] == pytest.approx(0.8, abs=0.1)
+
+
+def test_mlp_rejects_an_unknown_loss(lowdim_dataset):
+    with pytest.raises(ValueError, match="loss must be one of"):
+        tiny_policy(lowdim_dataset, "mlp", loss="huber")

@@ -12,6 +12,7 @@ from robopolicy.policies.base import PolicyConfig
 from robopolicy.policies.encoders import ImageEncoderConfig
 
 ACTIVATIONS = ("relu", "tanh", "elu")
+LOSSES = ("mse", "l1")
 
 
 @dataclass
@@ -24,6 +25,8 @@ class MLPConfig(PolicyConfig):
     hidden_dims: list[int] = field(default_factory=lambda: [256, 256])
     activation: str = "relu"
     layer_norm: bool = False  # LayerNorm after each hidden Linear; off keeps the net MCU-exportable
+    # l1 regresses the per-coordinate median instead of the mean: with two unequal modes it stays in the larger one.
+    loss: str = "mse"
     image_encoder: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
 
     def __post_init__(self) -> None:
@@ -34,3 +37,5 @@ class MLPConfig(PolicyConfig):
             raise ValueError(f"MLP: hidden_dims must be positive, got {self.hidden_dims}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"MLP: activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"MLP: loss must be one of {LOSSES}, got {self.loss!r}")

@@ -1,4 +1,4 @@
-"""MLP behaviour cloning: flattened To observations -> a (T, A) action chunk, trained with MSE.
+"""MLP behaviour cloning: flattened To observations -> a (T, A) action chunk, trained with MSE (or L1).
 
 The deterministic baseline: with multimodal demonstrations (go left or right around an obstacle)
 MSE regression predicts the mean of the modes, which diffusion and flow policies avoid. Its layout
@@ -49,7 +49,8 @@ class MLPPolicy(Policy):
         return self.net(features).view(-1, self.config.horizon, self.config.action_dim)
 
     def compute_loss(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
-        return F.mse_loss(self._predict(batch, generator), batch[self.action_key])
+        loss = F.l1_loss if self.config.loss == "l1" else F.mse_loss
+        return loss(self._predict(batch, generator), batch[self.action_key])
 
     def generate_actions(self, obs: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
         return self._predict(obs)
