@@ -1,12 +1,12 @@
 """Batch-1 latency of every policy family: torch eager vs ONNX Runtime per-step vs ONNX Runtime fused.
 
-    python bench/export_latency.py [--families diffusion,flow_unet,...] [--seconds 2] [--out DIR]
+    python bench/export_latency.py [--families diffusion,flow_unet,...] [--seconds 2] [--out DIR] [--threads N]
 
 Default-sized configs (each family's dataclass defaults) with untrained weights, a PushT-like low-dim
-observation (agent position (2,) + block pose (5,)), one thread everywhere (torch, OMP, ORT
-intra-op). Each chunk is a full ``predict_chunk`` in robot units (normalization included). Peak RSS
-is that of a separate runtime-only process (torch blocked from importing) that loads the artifact
-and predicts chunks with both graph kinds. Prints a markdown table.
+observation (agent position (2,) + block pose (5,)), one thread everywhere (torch, OMP, ORT intra-op) unless
+``--threads`` says otherwise. Each chunk is a full ``predict_chunk`` in robot units (normalization included).
+Peak RSS is that of a separate runtime-only process (torch blocked from importing) that loads the artifact and
+predicts chunks with both graph kinds. Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+THREADS = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv else "1"
+os.environ.setdefault("OMP_NUM_THREADS", THREADS)  # before torch is imported
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -96,8 +97,9 @@ def main() -> None:
     ap.add_argument("--families", default=",".join(FAMILIES))
     ap.add_argument("--seconds", type=float, default=1.5, help="timing budget per measurement")
     ap.add_argument("--out", default=None, help="where to write the artifacts (default: a temp dir)")
+    ap.add_argument("--threads", type=int, default=1, help="torch and ORT intra-op threads")
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     from robopolicy.export import export_policy
     from robopolicy.runtime import OnnxPolicy
 
@@ -117,10 +119,10 @@ def main() -> None:
         eager = timeit(lambda p=policy, o=obs_t, g=gen: p.predict_chunk(o, generator=g), args.seconds)
         results = {}
         for graph in ("per_step", "fused"):
-            rt = OnnxPolicy.load(path, graph=graph, intra_op_threads=1)
+            rt = OnnxPolicy.load(path, graph=graph, intra_op_threads=args.threads)
             results[graph] = timeit(lambda rt=rt, o=obs_np, r=rng: rt.predict_chunk(o, rng=r), args.seconds)
         probe = subprocess.run([sys.executable, "-c", RSS_PROBE, str(path)], capture_output=True, text=True,
-                               env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}, timeout=300)
+                               env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(args.threads)}, timeout=300)
         rss = f"{float(probe.stdout.strip().splitlines()[-1]):.0f}" if probe.returncode == 0 else "error"
         if probe.returncode != 0:
             print(probe.stderr, file=sys.stderr)
@@ -130,7 +132,7 @@ def main() -> None:
                 p.reset()
                 return next(iter(p.stream_actions(o, generator=g)))
 
-            rt = OnnxPolicy.load(path, graph="per_step", intra_op_threads=1)
+            rt = OnnxPolicy.load(path, graph="per_step", intra_op_threads=args.threads)
 
             def ort_first(rt=rt, o=obs_np, r=rng):
                 rt.reset()
@@ -149,7 +151,7 @@ def main() -> None:
     print("|" + "|".join("---" for _ in header) + "|")
     for r in rows:
         print("| " + " | ".join(r) + " |")
-    print(f"\nbatch 1, 1 thread (torch, OMP, ORT intra-op); artifacts in {out_root}")
+    print(f"\nbatch 1, {args.threads} thread(s) (torch, OMP, ORT intra-op); artifacts in {out_root}")
 
 
 if __name__ == "__main__":

@@ -63,6 +63,8 @@ FAMILIES: dict[str, tuple[list[str], float]] = {
     "mlp_l1": (["policy=mlp", "policy.loss=l1", "steps=40000", "lr=1e-3", "batch_size=256"], 5),
     "mlp_l1_wide": (["policy=mlp", "policy.loss=l1", "policy.hidden_dims=[512,512,512]", "steps=100000", "lr=1e-3",
                      "batch_size=256"], 25),
+    "mlp_l1_xl": (["policy=mlp", "policy.loss=l1", "policy.hidden_dims=[1024,1024,1024]", "steps=60000", "lr=5e-4",
+                   "batch_size=256"], 45),
 }
 
 
@@ -102,7 +104,8 @@ ROWS = [
     Row("diffusion_small", "Diffusion Policy, U-Net (32, 64, 128), DDIM 10", "diffusion_small", ("DDIM", 10)),
     Row("mlp", "MLP behaviour cloning", "mlp"),
     Row("mlp_l1", "MLP behaviour cloning, L1 loss", "mlp_l1"),
-    Row("mlp_l1_wide", "MLP behaviour cloning, L1 loss, 512 × 3, 100k steps", "mlp_l1_wide"),
+    Row("mlp_l1_wide", "MLP behaviour cloning, L1 loss, 512 × 3, 88k steps", "mlp_l1_wide"),
+    Row("mlp_l1_xl", "MLP behaviour cloning, L1 loss, 1024 × 3, 60k steps", "mlp_l1_xl"),
 ]
 
 

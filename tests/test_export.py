@@ -109,6 +109,30 @@ def test_parity_random_inputs(artifacts, name, graph):
     np.testing.assert_allclose(got, expected, atol=TOL, rtol=0)
 
 
+def test_unet_convolutions_export_as_2d_and_the_policy_is_untouched(artifacts):
+    """The U-Net's Conv1d layers leave as (1, k) Conv2d (faster in ONNX Runtime); parity above covers the numbers."""
+    import onnx
+    from torch import nn
+
+    from robopolicy.export.onnx_export import Conv1dAs2d, export_friendly
+
+    policy, path = artifacts["diffusion"]
+    assert any(type(m) is nn.Conv1d for m in policy.modules())  # the policy keeps its own layers
+    twin = export_friendly(policy)
+    wrapped = [m.conv for m in twin.modules() if isinstance(m, Conv1dAs2d)]
+    assert wrapped and {id(m) for m in twin.modules() if type(m) is nn.Conv1d} == {id(m) for m in wrapped}
+    assert export_friendly(twin) is twin  # already export-friendly: nothing wrapped twice
+    graph = onnx.load(str(path / "step.onnx")).graph
+    weights = {init.name: len(init.dims) for init in graph.initializer}
+    conv_weight_ranks = {weights[n.input[1]] for n in graph.node if n.op_type == "Conv" and n.input[1] in weights}
+    assert conv_weight_ranks == {4}
+    x, t, cond = torch.randn(2, 8, 2), 100 * torch.rand(2), torch.randn(2, policy.encoder.output_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(twin.net(x, t, cond), policy.net(x, t, cond), atol=1e-5, rtol=0)
+    mlp = artifacts["mlp"][0]
+    assert export_friendly(mlp) is mlp  # nothing to swap: no copy
+
+
 def test_manifest_contents(artifacts):
     policy, path = artifacts["diffusion"]
     m = json.loads((path / "manifest.json").read_text())
