@@ -109,7 +109,7 @@ ROWS = [
     Row("mlp", "MLP behaviour cloning", "mlp"),
     Row("mlp_l1", "MLP behaviour cloning, L1 loss", "mlp_l1"),
     Row("mlp_l1_wide", "MLP behaviour cloning, L1 loss, 512 × 3, 88k steps", "mlp_l1_wide"),
-    Row("mlp_l1_xl", "MLP behaviour cloning, L1 loss, 1024 × 3, 60k steps", "mlp_l1_xl"),
+    Row("mlp_l1_xl", "MLP behaviour cloning, L1 loss, 1024 × 3, 57k steps", "mlp_l1_xl"),
 ]
 
 
