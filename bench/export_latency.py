@@ -5,7 +5,8 @@
 Default-sized configs (each family's dataclass defaults) with untrained weights, a PushT-like low-dim
 observation (agent position (2,) + block pose (5,)), one thread everywhere (torch, OMP, ORT intra-op) unless
 ``--threads`` says otherwise. Each chunk is a full ``predict_chunk`` in robot units (normalization included).
-Peak RSS is that of a separate runtime-only process (torch blocked from importing) that loads the artifact and
+Torch and both ORT graphs are timed round-robin (one call each per round), so a drifting VM affects their
+ratio less. Peak RSS is that of a separate runtime-only process (torch blocked from importing) that loads the artifact and
 predicts chunks with both graph kinds. Prints a markdown table.
 """
 
@@ -80,15 +81,25 @@ def make_policy(cfg: dict):
 
 
 def timeit(fn, seconds: float, min_iters: int = 10, max_iters: int = 500) -> np.ndarray:
-    fn()  # warm-up
-    fn()
-    times = []
-    start = time.perf_counter()
-    while len(times) < max_iters and (len(times) < min_iters or time.perf_counter() - start < seconds):
-        t0 = time.perf_counter()
+    return timeit_interleaved({"fn": fn}, seconds, min_iters, max_iters)["fn"]
+
+
+def timeit_interleaved(fns: dict, seconds: float, min_iters: int = 10, max_iters: int = 500) -> dict[str, np.ndarray]:
+    """Time several callables round-robin, one call each per round, so that a VM whose speed drifts
+    (neighbours, frequency) slows all of them alike and their ratios stay meaningful."""
+    for fn in fns.values():  # warm-up
         fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return np.asarray(times)
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < max_iters and (rounds < min_iters or time.perf_counter() - start < seconds * len(fns)):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+        rounds += 1
+    return {name: np.asarray(t) for name, t in times.items()}
 
 
 def fmt(ms: np.ndarray) -> str:
@@ -119,11 +130,13 @@ def main() -> None:
                   for k, s in FEATURES.items()}
         obs_t = {k: torch.as_tensor(v) for k, v in obs_np.items()}
         gen = torch.Generator().manual_seed(0)
-        eager = timeit(lambda p=policy, o=obs_t, g=gen: p.predict_chunk(o, generator=g), args.seconds)
-        results = {}
-        for graph in ("per_step", "fused"):
-            rt = OnnxPolicy.load(path, graph=graph, intra_op_threads=args.threads)
-            results[graph] = timeit(lambda rt=rt, o=obs_np, r=rng: rt.predict_chunk(o, rng=r), args.seconds)
+        runtimes = {graph: OnnxPolicy.load(path, graph=graph, intra_op_threads=args.threads)
+                    for graph in ("per_step", "fused")}
+        timed = timeit_interleaved({
+            "eager": lambda p=policy, o=obs_t, g=gen: p.predict_chunk(o, generator=g),
+            **{graph: (lambda rt=rt, o=obs_np, r=rng: rt.predict_chunk(o, rng=r)) for graph, rt in runtimes.items()},
+        }, args.seconds)
+        eager, results = timed["eager"], timed
         probe = subprocess.run([sys.executable, "-c", RSS_PROBE, str(path)], capture_output=True, text=True,
                                env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(args.threads)}, timeout=300)
         rss = f"{float(probe.stdout.strip().splitlines()[-1]):.0f}" if probe.returncode == 0 else "error"
@@ -141,7 +154,8 @@ def main() -> None:
                 rt.reset()
                 return next(iter(rt.stream_actions(o, rng=r)))
 
-            first = f"torch {fmt(timeit(torch_first, args.seconds))}; ORT {fmt(timeit(ort_first, args.seconds))}"
+            firsts = timeit_interleaved({"torch": torch_first, "ort": ort_first}, args.seconds)
+            first = f"torch {fmt(firsts['torch'])}; ORT {fmt(firsts['ort'])}"
         size_mb = sum((path / f).stat().st_size for f in os.listdir(path)) / 1e6
         rows.append((name, f"{n_params / 1e6:.2f}", fmt(eager), fmt(results["per_step"]), fmt(results["fused"]),
                      f"{np.median(eager) / np.median(results['per_step']):.1f}x",

@@ -44,6 +44,9 @@ FAMILIES: dict[str, tuple[list[str], float]] = {
     # Two levels (32, 64): fewer graph nodes, which is what bounds a small U-Net's ONNX Runtime latency here.
     "diffusion_2level": (["policy=diffusion", "policy.down_dims=[32,64]", "steps=15000", "lr=5e-4",
                           "batch_size=256"], 35),
+    # Two levels at twice the width (64, 128): the same graph-node count as (32, 64), the compute of (32, 64, 128).
+    "diffusion_2level_wide": (["policy=diffusion", "policy.down_dims=[64,128]", "steps=12000", "lr=5e-4",
+                               "batch_size=256"], 42),
     "flow": (["policy=flow", "steps=3000", "lr=5e-4", "batch_size=256"], 12),
     "sfp_d": (["policy=sfp", "policy.variant=deterministic", "policy.k=2", "steps=7000", "lr=1e-3", "batch_size=256"], 10),
     "sfp_s": (["policy=sfp", "policy.variant=stochastic", "policy.k=2", "steps=5500", "lr=1e-3", "batch_size=256"], 8),
@@ -106,6 +109,7 @@ ROWS = [
         ensemble=0.01),
     Row("diffusion_small", "Diffusion Policy, U-Net (32, 64, 128), DDIM 10", "diffusion_small", ("DDIM", 10)),
     Row("diffusion_2level", "Diffusion Policy, U-Net (32, 64), DDIM 10", "diffusion_2level", ("DDIM", 10)),
+    Row("diffusion_2level_wide", "Diffusion Policy, U-Net (64, 128), DDIM 10", "diffusion_2level_wide", ("DDIM", 10)),
     Row("mlp", "MLP behaviour cloning", "mlp"),
     Row("mlp_l1", "MLP behaviour cloning, L1 loss", "mlp_l1"),
     Row("mlp_l1_wide", "MLP behaviour cloning, L1 loss, 512 × 3, 88k steps", "mlp_l1_wide"),

@@ -109,26 +109,45 @@ def test_parity_random_inputs(artifacts, name, graph):
     np.testing.assert_allclose(got, expected, atol=TOL, rtol=0)
 
 
-def test_unet_convolutions_export_as_2d_and_the_policy_is_untouched(artifacts):
-    """The U-Net's Conv1d layers leave as (1, k) Conv2d (faster in ONNX Runtime); parity above covers the numbers."""
+def test_unet_exports_as_its_4d_twin_and_the_policy_is_untouched(artifacts):
+    """The U-Net leaves as ExportUnet: (1, k) Conv2d, constant reshapes, one FiLM product; same numbers."""
     import onnx
     from torch import nn
 
     from robopolicy.export.onnx_export import Conv1dAs2d, export_friendly
+    from robopolicy.export.unet_graph import ExportUnet
+    from robopolicy.policies.networks.unet1d import ConditionalUnet1D
 
     policy, path = artifacts["diffusion"]
-    assert any(type(m) is nn.Conv1d for m in policy.modules())  # the policy keeps its own layers
+    assert isinstance(policy.net, ConditionalUnet1D)  # the policy keeps its own network
     twin = export_friendly(policy)
-    wrapped = [m.conv for m in twin.modules() if isinstance(m, Conv1dAs2d)]
-    assert wrapped and {id(m) for m in twin.modules() if type(m) is nn.Conv1d} == {id(m) for m in wrapped}
-    assert export_friendly(twin) is twin  # already export-friendly: nothing wrapped twice
-    graph = onnx.load(str(path / "step.onnx")).graph
-    weights = {init.name: len(init.dims) for init in graph.initializer}
-    conv_weight_ranks = {weights[n.input[1]] for n in graph.node if n.op_type == "Conv" and n.input[1] in weights}
-    assert conv_weight_ranks == {4}
-    x, t, cond = torch.randn(2, 8, 2), 100 * torch.rand(2), torch.randn(2, policy.encoder.output_dim)
+    assert isinstance(twin.net, ExportUnet) and twin.net is not policy.net
+    assert not any(type(m) in (nn.Conv1d, nn.ConvTranspose1d) for m in twin.net.modules())
+    assert export_friendly(twin) is twin  # already export-friendly: no second copy
+    x, t, cond = torch.randn(3, 8, 2), 100 * torch.rand(3), torch.randn(3, policy.encoder.output_dim)
     with torch.no_grad():
         torch.testing.assert_close(twin.net(x, t, cond), policy.net(x, t, cond), atol=1e-5, rtol=0)
+        with pytest.raises(ValueError, match="built for T = 8"):
+            twin.net(torch.randn(1, 16, 2), t[:1], cond[:1])
+    graph = onnx.load(str(path / "step.onnx")).graph
+    weights = {init.name: len(init.dims) for init in graph.initializer}
+    ops = [n.op_type for n in graph.node]
+    assert {weights[n.input[1]] for n in graph.node if n.op_type == "Conv" and n.input[1] in weights} == {4}
+    # No shape arithmetic in the graph: every reshape has a constant target (only the batch is -1).
+    assert "Shape" not in ops and "Squeeze" not in ops
+    assert ops.count("Gemm") == 3  # the step embedding's two layers and one FiLM product for all blocks
+    with pytest.raises(ValueError, match="divisible"):
+        ExportUnet(ConditionalUnet1D(2, 4, step_embed_dim=8, down_dims=(8, 16, 32), n_groups=2), horizon=6)
+    from robopolicy.export.unet_graph import export_mish
+
+    values = torch.linspace(-60, 60, 24001, dtype=torch.float64)
+    exact = torch.nn.functional.mish(values)
+    assert (export_mish(values.float()).double() - exact).abs().max() < 1e-5
+    # Any other Conv1d is still wrapped as a (1, k) Conv2d.
+    conv = nn.Sequential(nn.Conv1d(3, 4, 5, padding=2))
+    wrapped = Conv1dAs2d(conv[0])
+    signal = torch.randn(2, 3, 9)
+    torch.testing.assert_close(wrapped(signal), conv(signal))
     mlp = artifacts["mlp"][0]
     assert export_friendly(mlp) is mlp  # nothing to swap: no copy
 

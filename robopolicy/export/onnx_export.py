@@ -67,14 +67,27 @@ class Conv1dAs2d(nn.Module):
 
 
 def export_friendly(policy: Policy) -> Policy:
-    """A copy of ``policy`` with its Conv1d layers swapped for :class:`Conv1dAs2d` (the policy itself is left alone)."""
-    def convs(module: nn.Module) -> list[tuple[nn.Module, str, nn.Conv1d]]:
-        return [(parent, name, child) for parent in module.modules() for name, child in parent.named_children()
-                if type(child) is nn.Conv1d and child.padding_mode == "zeros" and not isinstance(parent, Conv1dAs2d)]
+    """A copy of ``policy`` whose networks trace to short ONNX graphs; the policy itself is left alone.
 
-    if not convs(policy):
+    A ``ConditionalUnet1D`` becomes its 4-D :class:`~robopolicy.export.unet_graph.ExportUnet` twin
+    (for the policy's horizon); any other Conv1d is wrapped in :class:`Conv1dAs2d`.
+    """
+    from robopolicy.export.unet_graph import ExportUnet
+    from robopolicy.policies.networks.unet1d import ConditionalUnet1D
+
+    def children(module: nn.Module, kind: type) -> list[tuple[nn.Module, str, nn.Module]]:
+        return [(parent, name, child) for parent in module.modules() for name, child in parent.named_children()
+                if type(child) is kind]
+
+    def convs(module: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
+        return [(parent, name, conv) for parent, name, conv in children(module, nn.Conv1d)
+                if conv.padding_mode == "zeros" and not isinstance(parent, Conv1dAs2d)]
+
+    if not children(policy, ConditionalUnet1D) and not convs(policy):
         return policy
     policy = copy.deepcopy(policy)
+    for parent, name, net in children(policy, ConditionalUnet1D):
+        setattr(parent, name, ExportUnet(net, policy.config.horizon).eval())
     for parent, name, conv in convs(policy):
         setattr(parent, name, Conv1dAs2d(conv))
     return policy
