@@ -49,9 +49,10 @@ def input_name(key: str) -> str:
 class Conv1dAs2d(nn.Module):
     """A Conv1d computed as a (1, k) Conv2d on (B, C, 1, T).
 
-    ONNX Runtime's CPU kernels for 2-D convolutions (the NCHWc path) run the U-Net's short-sequence
-    convolutions faster than its 1-D ones (docs/benchmarks.md, section 2); the weights are the
-    Conv1d's own, unsqueezed, so checkpoints are untouched.
+    ONNX Runtime's CPU kernels for 2-D convolutions (the NCHWc path) run short-sequence convolutions
+    faster than its 1-D ones (docs/benchmarks.md, section 2); the weights are the Conv1d's own,
+    unsqueezed, so checkpoints are untouched. The U-Net has its own 4-D twin (``unet_graph``); this
+    wraps any other Conv1d.
     """
 
     def __init__(self, conv: nn.Conv1d):
