@@ -64,11 +64,17 @@ FAMILIES: dict[str, tuple[list[str], float]] = {
     # ACT again, smaller, with 4x the batch at 3x the rate: 25 minutes see 5x the samples (3 steps/s here).
     "act_small": (["policy=act", "policy.dim_model=128", "policy.dim_feedforward=512", "steps=4400", "lr=3e-4",
                    "batch_size=256"], 25),
+    # ACT with two observation steps (the velocity the MLP and DP see) and DART-like observation noise.
+    "act_small_to2_noise": (["policy=act", "policy.dim_model=128", "policy.dim_feedforward=512", "policy.n_obs_steps=2",
+                             "obs_noise_std=0.02", "steps=4400", "lr=3e-4", "batch_size=256"], 25),
     "mlp": (["policy=mlp", "steps=40000", "lr=1e-3", "batch_size=256"], 3),
     # Deterministic regressors average PushT's two ways around the block; L1 regresses the median instead.
     "mlp_l1": (["policy=mlp", "policy.loss=l1", "steps=40000", "lr=1e-3", "batch_size=256"], 5),
     "mlp_l1_wide": (["policy=mlp", "policy.loss=l1", "policy.hidden_dims=[512,512,512]", "steps=100000", "lr=1e-3",
                      "batch_size=256"], 25),
+    # The 512 x 3 L1 MLP with DART-like observation noise (std 0.02 in normalized units, about 5 px).
+    "mlp_l1_wide_noise": (["policy=mlp", "policy.loss=l1", "policy.hidden_dims=[512,512,512]", "obs_noise_std=0.02",
+                           "steps=100000", "lr=1e-3", "batch_size=256"], 25),
     "mlp_l1_xl": (["policy=mlp", "policy.loss=l1", "policy.hidden_dims=[1024,1024,1024]", "steps=60000", "lr=5e-4",
                    "batch_size=256"], 45),
     # Longer chunks (T = 32): on the 512 x 3 L1 MLP, executing 8 of 16 beat 1, 2 and 4 (commitment through PushT's

@@ -80,6 +80,9 @@ class TrainConfig:
     weight_decay: float = 1e-6
     warmup_steps: int = 500
     grad_clip_norm: float = 1.0
+    # Gaussian noise (normalized units) added to every low-dim observation of a training batch, the actions
+    # left as demonstrated: the policy sees states slightly off the demos and learns to steer back (as in DART).
+    obs_noise_std: float = 0.0
     ema: bool = True
     ema_power: float = 0.75
     ema_max_decay: float = 0.9999

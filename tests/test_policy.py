@@ -124,6 +124,27 @@ def test_tiny_training_learns_the_mapping(lowdim_dataset, tmp_path):
     assert err < 0.15, f"first action error {err:.3f}"  # action range is about [-1.5, 1.5]
 
 
+def test_observation_noise_perturbs_states_only(lowdim_dataset, tmp_path):
+    """obs_noise_std adds N(0, std^2) to the low-dim observations of each training batch; actions stay demonstrated."""
+    trainer = Trainer(train_cfg(lowdim_dataset, tmp_path / "run", steps=10, batch_size=512, obs_noise_std=0.05))
+    seen = []
+    weight = next(trainer.policy.parameters())
+    trainer.policy.compute_loss = lambda batch, generator=None: seen.append(batch) or weight.sum() * 0
+    clean = trainer.sampler.sample(512, generator=torch.Generator().manual_seed(3))
+    trainer.generator.manual_seed(3)
+    trainer.train_step()
+    noisy = seen[0]
+    torch.testing.assert_close(noisy["action"], clean["action"], rtol=0, atol=0)
+    delta = noisy["observation.state"] - clean["observation.state"]
+    assert 0.045 < delta.std().item() < 0.055 and abs(delta.mean().item()) < 0.005
+    trainer.cfg.obs_noise_std = 0.0
+    trainer.generator.manual_seed(3)
+    trainer.train_step()
+    torch.testing.assert_close(seen[1]["observation.state"], clean["observation.state"], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="obs_noise_std must be non-negative"):
+        Trainer(train_cfg(lowdim_dataset, tmp_path / "bad", steps=10, obs_noise_std=-0.1))
+
+
 def test_resume_continues_exactly(lowdim_dataset, tmp_path):
     straight = Trainer(train_cfg(lowdim_dataset, tmp_path / "a", steps=20))
     straight.fit()

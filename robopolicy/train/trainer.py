@@ -61,6 +61,15 @@ def make_policy_for_dataset(policy_cfg: DictConfig | dict[str, Any], dataset: Le
     return policy
 
 
+def add_observation_noise(batch: dict[str, torch.Tensor], keys: list[str], std: float,
+                          generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """A copy of ``batch`` whose ``keys`` carry independent N(0, std^2) noise; actions stay as demonstrated."""
+    noisy = dict(batch)
+    for key in keys:
+        noisy[key] = batch[key] + std * torch.randn(batch[key].shape, generator=generator).to(batch[key].device)
+    return noisy
+
+
 def _new_run_dir(cfg: DictConfig) -> Path:
     if cfg.output_dir:
         return resolve_path(cfg.output_dir)
@@ -117,6 +126,9 @@ class Trainer:
                     else self.policy.normalizer.normalize(k, torch.from_numpy(self.dataset.column(k)).float())
                     for k in [*obs_keys, action_key]}
         make = lambda b: WindowSampler(data, b, obs_keys, action_key, pc.n_obs_steps, pc.horizon, pc.n_action_steps)  # noqa: E731
+        self.noisy_obs_keys = [k for k in obs_keys if k not in self.dataset.video_keys]
+        if cfg.obs_noise_std < 0:
+            raise ValueError(f"obs_noise_std must be non-negative, got {cfg.obs_noise_std}")
         self.sampler = make(bounds[: len(bounds) - n_val])
         self.val_sampler = make(bounds[len(bounds) - n_val :]) if n_val else None
 
@@ -186,6 +198,8 @@ class Trainer:
     def train_step(self) -> tuple[float, float]:
         self.policy.train()
         batch = self.sampler.sample(self.cfg.batch_size, generator=self.generator)
+        if self.cfg.obs_noise_std > 0:
+            batch = add_observation_noise(batch, self.noisy_obs_keys, self.cfg.obs_noise_std, self.generator)
         loss = self.policy.compute_loss(batch, generator=self.generator)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
