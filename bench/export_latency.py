@@ -35,6 +35,9 @@ FAMILIES = {
     "diffusion_16": {"type": "diffusion", "down_dims": [16, 32, 64]},
     "diffusion_2level": {"type": "diffusion", "down_dims": [32, 64]},  # fewer blocks, fewer graph nodes
     "diffusion_2level_wide": {"type": "diffusion", "down_dims": [64, 128]},
+    "diffusion_2level_wide_k3": {"type": "diffusion", "down_dims": [64, 128], "kernel_size": 3},
+    "diffusion_2level_48": {"type": "diffusion", "down_dims": [48, 96]},
+    "diffusion_2level_48_k3": {"type": "diffusion", "down_dims": [48, 96], "kernel_size": 3},
     "flow_unet": {"type": "flow", "backbone": "unet"},  # Euler 10 steps
     "flow_transformer": {"type": "flow", "backbone": "transformer"},
     "sfp_d": {"type": "sfp", "variant": "deterministic"},  # 15 actions x 6 Euler steps

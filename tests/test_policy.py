@@ -145,6 +145,25 @@ def test_observation_noise_perturbs_states_only(lowdim_dataset, tmp_path):
         Trainer(train_cfg(lowdim_dataset, tmp_path / "bad", steps=10, obs_noise_std=-0.1))
 
 
+def test_bf16_training_learns_with_fp32_weights(lowdim_dataset, tmp_path):
+    """precision=bf16 trains under autocast: the loss falls as in fp32, weights and the saved policy stay fp32."""
+    torch.manual_seed(0)
+    trainer = Trainer(train_cfg(lowdim_dataset, tmp_path / "run", steps=200, save_every=200, precision="bf16"))
+    run_dir = trainer.fit()
+    log = np.genfromtxt(run_dir / "train_log.csv", delimiter=",", names=True)
+    assert log["loss"][-3:].mean() < 0.5 * log["loss"][:2].mean()
+    assert all(p.dtype == torch.float32 for p in trainer.policy.parameters())
+    linear = next(m for m in trainer.policy.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv1d)))
+    dtypes = []
+    linear.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    trainer.train_step()
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+    policy = load_policy(run_dir / "policy")
+    assert all(p.dtype == torch.float32 for p in policy.parameters())
+    with pytest.raises(ValueError, match="precision must be one of"):
+        Trainer(train_cfg(lowdim_dataset, tmp_path / "bad", steps=10, precision="fp8"))
+
+
 def test_resume_continues_exactly(lowdim_dataset, tmp_path):
     straight = Trainer(train_cfg(lowdim_dataset, tmp_path / "a", steps=20))
     straight.fit()

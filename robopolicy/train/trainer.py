@@ -40,6 +40,7 @@ from robopolicy.policies.registry import get_policy_class
 from robopolicy.train import checkpoint as ckpt
 
 console = Console()
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 LOG_FIELDS = ["step", "loss", "val_loss", "lr", "grad_norm", "samples_per_s", "elapsed_s", "eval_success", "eval_coverage"]
 
 
@@ -126,6 +127,8 @@ class Trainer:
                     else self.policy.normalizer.normalize(k, torch.from_numpy(self.dataset.column(k)).float())
                     for k in [*obs_keys, action_key]}
         make = lambda b: WindowSampler(data, b, obs_keys, action_key, pc.n_obs_steps, pc.horizon, pc.n_action_steps)  # noqa: E731
+        if cfg.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {cfg.precision!r}")
         self.noisy_obs_keys = [k for k in obs_keys if k not in self.dataset.video_keys]
         if cfg.obs_noise_std < 0:
             raise ValueError(f"obs_noise_std must be non-negative, got {cfg.obs_noise_std}")
@@ -200,7 +203,9 @@ class Trainer:
         batch = self.sampler.sample(self.cfg.batch_size, generator=self.generator)
         if self.cfg.obs_noise_std > 0:
             batch = add_observation_noise(batch, self.noisy_obs_keys, self.cfg.obs_noise_std, self.generator)
-        loss = self.policy.compute_loss(batch, generator=self.generator)
+        with torch.autocast(self.policy.device.type, dtype=PRECISIONS[self.cfg.precision],
+                            enabled=self.cfg.precision != "fp32"):
+            loss = self.policy.compute_loss(batch, generator=self.generator).float()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.grad_clip_norm)
