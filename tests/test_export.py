@@ -152,6 +152,28 @@ def test_unet_exports_as_its_4d_twin_and_the_policy_is_untouched(artifacts):
     assert export_friendly(mlp) is mlp  # nothing to swap: no copy
 
 
+@pytest.mark.parametrize("blocks_per_level", [1, 3])
+def test_unet_blocks_per_level_and_its_twin(blocks_per_level):
+    """The U-Net's residual-block count per level is an option; the export twin follows it, same numbers."""
+    from robopolicy.export.unet_graph import ExportUnet
+    from robopolicy.policies.networks.unet1d import ConditionalResidualBlock1D, ConditionalUnet1D
+
+    torch.manual_seed(0)
+    net = ConditionalUnet1D(2, 6, step_embed_dim=16, down_dims=(8, 16, 32), n_groups=2,
+                            blocks_per_level=blocks_per_level).eval()
+    n_blocks = sum(isinstance(m, ConditionalResidualBlock1D) for m in net.modules())
+    assert n_blocks == blocks_per_level * (3 + 1 + 2)  # three down levels, the middle, two up levels
+    twin = ExportUnet(net, horizon=8)
+    x, t, cond = torch.randn(3, 8, 2), 100 * torch.rand(3), torch.randn(3, 6)
+    with torch.no_grad():
+        assert net(x, t, cond).shape == (3, 8, 2)
+        torch.testing.assert_close(twin(x, t, cond), net(x, t, cond), atol=1e-5, rtol=0)
+    default = ConditionalUnet1D(2, 6, step_embed_dim=16, down_dims=(8, 16), n_groups=2)
+    assert "down.0.2.weight" in default.state_dict() and "mid.1.conv1.0.weight" in default.state_dict()
+    with pytest.raises(ValueError, match="blocks_per_level must be at least 1"):
+        ConditionalUnet1D(2, 6, down_dims=(8, 16), n_groups=2, blocks_per_level=0)
+
+
 def test_manifest_contents(artifacts):
     policy, path = artifacts["diffusion"]
     m = json.loads((path / "manifest.json").read_text())

@@ -118,17 +118,20 @@ class ExportUnet(nn.Module):
 
         length = horizon
         self.down = nn.ModuleList()
-        for res1, res2, downsample in net.down:
-            level = nn.ModuleList([twin(res1, length), twin(res2, length)])
+        for *blocks, downsample in net.down:
+            level = nn.ModuleList([twin(res, length) for res in blocks])
             if isinstance(downsample, nn.Conv1d):
                 level.append(_conv2d(downsample))
                 pad, kernel, stride = downsample.padding[0], downsample.kernel_size[0], downsample.stride[0]
                 length = (length + 2 * pad - kernel) // stride + 1
+            else:
+                level.append(nn.Identity())
             self.down.append(level)
         self.mid = nn.ModuleList([twin(res, length) for res in net.mid])
         self.up = nn.ModuleList()
-        for res1, res2, upsample in net.up:
-            level = nn.ModuleList([twin(res1, length), twin(res2, length), _conv2d(upsample)])
+        for *blocks, upsample in net.up:
+            level = nn.ModuleList([twin(res, length) for res in blocks])
+            level.append(_conv2d(upsample))
             pad, kernel, stride = upsample.padding[0], upsample.kernel_size[0], upsample.stride[0]
             length = (length - 1) * stride - 2 * pad + kernel
             self.up.append(level)
@@ -152,15 +155,17 @@ class ExportUnet(nn.Module):
         cond = torch.cat([self.step_encoder(timestep * self.timestep_scale), global_cond], dim=-1)
         film = self.film(export_mish(cond)).reshape(-1, self.film_width, 1, 1)
         skips = []
-        for level in self.down:
-            x = level[1](level[0](x, film), film)
+        for *blocks, downsample in self.down:
+            for res in blocks:
+                x = res(x, film)
             skips.append(x)
-            if len(level) == 3:
-                x = level[2](x)
+            x = downsample(x)
         for res in self.mid:
             x = res(x, film)
-        for res1, res2, upsample in self.up:
+        for *blocks, upsample in self.up:
             x = torch.cat([x, skips.pop()], dim=1)
-            x = upsample(res2(res1(x, film), film))
+            for res in blocks:
+                x = res(x, film)
+            x = upsample(x)
         out = self.final_conv(self.final_block(x))  # (B, A, 1, T)
         return out.reshape(-1, self.action_dim, self.horizon).transpose(1, 2)

@@ -19,6 +19,9 @@ class DiffusionConfig(PolicyConfig):
     down_dims: list[int] = field(default_factory=lambda: [64, 128, 256])
     kernel_size: int = 5
     n_groups: int = 8
+    # Residual blocks per U-Net level (down, middle, up); Diffusion Policy has 2. One halves the operators per
+    # step, which is what sets batch-1 latency on a CPU.
+    blocks_per_level: int = 2
     step_embed_dim: int = 128
     # Training noise schedule (DDPM, as in the paper).
     num_train_timesteps: int = 100

@@ -24,6 +24,9 @@ class FlowConfig(PolicyConfig):
     down_dims: list[int] = field(default_factory=lambda: [64, 128, 256])
     kernel_size: int = 5
     n_groups: int = 8
+    # Residual blocks per U-Net level (down, middle, up); Diffusion Policy has 2. One halves the operators per
+    # step, which is what sets batch-1 latency on a CPU.
+    blocks_per_level: int = 2
     step_embed_dim: int = 128
     # t in [0, 1] is multiplied by this before the sinusoidal embedding, so that the embedding
     # varies over the unit interval as much as it does over diffusion's 100 integer timesteps.

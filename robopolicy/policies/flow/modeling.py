@@ -41,6 +41,7 @@ class FlowPolicy(Policy):
                 kernel_size=config.kernel_size,
                 n_groups=config.n_groups,
                 timestep_scale=config.timestep_scale,
+                blocks_per_level=config.blocks_per_level,
             )
         elif config.backbone == "mlp":
             self.net = ConditionalChunkMLP(

@@ -66,8 +66,11 @@ class ConditionalUnet1D(nn.Module):
         kernel_size: int = 5,
         n_groups: int = 8,
         timestep_scale: float = 1.0,
+        blocks_per_level: int = 2,
     ):
         super().__init__()
+        if blocks_per_level < 1:
+            raise ValueError(f"blocks_per_level must be at least 1, got {blocks_per_level}")
         # Flow models feed t in [0, 1]; scaling it up keeps the sinusoidal embedding informative.
         self.timestep_scale = timestep_scale
         self.step_encoder = nn.Sequential(
@@ -83,17 +86,21 @@ class ConditionalUnet1D(nn.Module):
         def block(i: int, o: int) -> ConditionalResidualBlock1D:
             return ConditionalResidualBlock1D(i, o, cond_dim, kernel_size, n_groups)
 
+        # Each level is a ModuleList [residual blocks..., down/upsampling]; with Diffusion Policy's two blocks per
+        # level the parameter names are those of the original network.
+        n = blocks_per_level
         self.down = nn.ModuleList()
         for level, (i, o) in enumerate(pairs):
             last = level == len(pairs) - 1
-            self.down.append(nn.ModuleList([block(i, o), block(o, o),
+            self.down.append(nn.ModuleList([block(i, o), *(block(o, o) for _ in range(n - 1)),
                                              nn.Conv1d(o, o, 3, stride=2, padding=1) if not last else nn.Identity()]))
         mid = down_dims[-1]
-        self.mid = nn.ModuleList([block(mid, mid), block(mid, mid)])
+        self.mid = nn.ModuleList([block(mid, mid) for _ in range(n)])
         self.up = nn.ModuleList()
         # Every up level doubles the length back; the finest skip (level 0) is not concatenated.
         for i, o in reversed(pairs[1:]):
-            self.up.append(nn.ModuleList([block(o * 2, i), block(i, i), nn.ConvTranspose1d(i, i, 4, stride=2, padding=1)]))
+            self.up.append(nn.ModuleList([block(o * 2, i), *(block(i, i) for _ in range(n - 1)),
+                                           nn.ConvTranspose1d(i, i, 4, stride=2, padding=1)]))
         self.final = nn.Sequential(Conv1dBlock(down_dims[0], down_dims[0], kernel_size, n_groups),
                                    nn.Conv1d(down_dims[0], action_dim, 1))
 
@@ -105,13 +112,16 @@ class ConditionalUnet1D(nn.Module):
             timestep = timestep.expand(sample.shape[0])
         cond = torch.cat([self.step_encoder(timestep * self.timestep_scale), global_cond], dim=-1)
         skips = []
-        for res1, res2, downsample in self.down:
-            x = res2(res1(x, cond), cond)
+        for *blocks, downsample in self.down:
+            for res in blocks:
+                x = res(x, cond)
             skips.append(x)
             x = downsample(x)
         for res in self.mid:
             x = res(x, cond)
-        for res1, res2, upsample in self.up:
+        for *blocks, upsample in self.up:
             x = torch.cat([x, skips.pop()], dim=1)
-            x = upsample(res2(res1(x, cond), cond))
+            for res in blocks:
+                x = res(x, cond)
+            x = upsample(x)
         return self.final(x).transpose(1, 2)
