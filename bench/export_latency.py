@@ -40,6 +40,8 @@ FAMILIES = {
     "diffusion_2level_48_k3": {"type": "diffusion", "down_dims": [48, 96], "kernel_size": 3},
     "diffusion_2level_wide_1block": {"type": "diffusion", "down_dims": [64, 128], "blocks_per_level": 1},
     "diffusion_1block": {"type": "diffusion", "blocks_per_level": 1},
+    "diffusion_2level_96_1block": {"type": "diffusion", "down_dims": [96, 192], "blocks_per_level": 1},
+    "diffusion_2level_128_1block": {"type": "diffusion", "down_dims": [128, 256], "blocks_per_level": 1},
     "flow_unet": {"type": "flow", "backbone": "unet"},  # Euler 10 steps
     "flow_transformer": {"type": "flow", "backbone": "transformer"},
     "sfp_d": {"type": "sfp", "variant": "deterministic"},  # 15 actions x 6 Euler steps

@@ -85,6 +85,9 @@ FAMILIES: dict[str, tuple[list[str], float]] = {
                              "steps=100000", "lr=1e-3", "batch_size=256"], 25),
     "mlp_l1_wide_noise01": (["policy=mlp", "policy.loss=l1", "policy.hidden_dims=[512,512,512]", "obs_noise_std=0.01",
                              "steps=100000", "lr=1e-3", "batch_size=256"], 25),
+    # The 0.02 run again with another seed: how much of its gain is the seed.
+    "mlp_l1_wide_noise_seed1": (["policy=mlp", "policy.loss=l1", "policy.hidden_dims=[512,512,512]", "obs_noise_std=0.02",
+                                 "seed=1", "steps=100000", "lr=1e-3", "batch_size=256"], 25),
     "mlp_l1_xl": (["policy=mlp", "policy.loss=l1", "policy.hidden_dims=[1024,1024,1024]", "steps=60000", "lr=5e-4",
                    "batch_size=256"], 45),
     # Longer chunks (T = 32): on the 512 x 3 L1 MLP, executing 8 of 16 beat 1, 2 and 4 (commitment through PushT's
@@ -140,6 +143,8 @@ ROWS = [
     Row("mlp_l1_wide_noise", "MLP behaviour cloning, L1 loss, 512 × 3, observation noise 0.02", "mlp_l1_wide_noise"),
     Row("mlp_l1_wide_noise05", "MLP behaviour cloning, L1 loss, 512 × 3, observation noise 0.05", "mlp_l1_wide_noise05"),
     Row("mlp_l1_wide_noise01", "MLP behaviour cloning, L1 loss, 512 × 3, observation noise 0.01", "mlp_l1_wide_noise01"),
+    Row("mlp_l1_wide_noise_seed1", "MLP behaviour cloning, L1 loss, 512 × 3, observation noise 0.02, seed 1",
+        "mlp_l1_wide_noise_seed1"),
     Row("mlp_l1_t32", "MLP behaviour cloning, L1 loss, 512 × 3, T = 32, Ta = 16", "mlp_l1_t32"),
     Row("mlp_l1_xl", "MLP behaviour cloning, L1 loss, 1024 × 3, 57k steps", "mlp_l1_xl"),
 ]
