@@ -25,7 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robopolicy.policies.networks.unet1d import ConditionalResidualBlock1D, ConditionalUnet1D, Conv1dBlock
+from robopolicy.policies.networks.unet1d import (
+    ConditionalResidualBlock1D,
+    ConditionalUnet1D,
+    Conv1dBlock,
+    run_levels,
+)
 
 
 def export_mish(x: Tensor) -> Tensor:
@@ -154,18 +159,6 @@ class ExportUnet(nn.Module):
         x = sample.transpose(1, 2).unsqueeze(2)
         cond = torch.cat([self.step_encoder(timestep * self.timestep_scale), global_cond], dim=-1)
         film = self.film(export_mish(cond)).reshape(-1, self.film_width, 1, 1)
-        skips = []
-        for *blocks, downsample in self.down:
-            for res in blocks:
-                x = res(x, film)
-            skips.append(x)
-            x = downsample(x)
-        for res in self.mid:
-            x = res(x, film)
-        for *blocks, upsample in self.up:
-            x = torch.cat([x, skips.pop()], dim=1)
-            for res in blocks:
-                x = res(x, film)
-            x = upsample(x)
+        x = run_levels(x, film, self.down, self.mid, self.up)
         out = self.final_conv(self.final_block(x))  # (B, A, 1, T)
         return out.reshape(-1, self.action_dim, self.horizon).transpose(1, 2)

@@ -111,17 +111,24 @@ class ConditionalUnet1D(nn.Module):
         if timestep.ndim == 0:
             timestep = timestep.expand(sample.shape[0])
         cond = torch.cat([self.step_encoder(timestep * self.timestep_scale), global_cond], dim=-1)
-        skips = []
-        for *blocks, downsample in self.down:
-            for res in blocks:
-                x = res(x, cond)
-            skips.append(x)
-            x = downsample(x)
-        for res in self.mid:
-            x = res(x, cond)
-        for *blocks, upsample in self.up:
-            x = torch.cat([x, skips.pop()], dim=1)
-            for res in blocks:
-                x = res(x, cond)
-            x = upsample(x)
+        x = run_levels(x, cond, self.down, self.mid, self.up)
         return self.final(x).transpose(1, 2)
+
+
+def run_levels(x: Tensor, cond: Tensor, down: nn.ModuleList, mid: nn.ModuleList, up: nn.ModuleList) -> Tensor:
+    """The U-Net's down, middle and up passes, each level [residual blocks..., resampling] and every block called
+    as ``block(x, cond)``; shared with the export twin, whose ``cond`` is its precomputed FiLM tensor."""
+    skips = []
+    for *blocks, downsample in down:
+        for res in blocks:
+            x = res(x, cond)
+        skips.append(x)
+        x = downsample(x)
+    for res in mid:
+        x = res(x, cond)
+    for *blocks, upsample in up:
+        x = torch.cat([x, skips.pop()], dim=1)
+        for res in blocks:
+            x = res(x, cond)
+        x = upsample(x)
+    return x
