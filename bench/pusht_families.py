@@ -70,9 +70,6 @@ FAMILIES: dict[str, tuple[list[str], float]] = {
     # ACT with two observation steps (the velocity the MLP and DP see) and DART-like observation noise.
     "act_small_to2_noise": (["policy=act", "policy.dim_model=128", "policy.dim_feedforward=512", "policy.n_obs_steps=2",
                              "obs_noise_std=0.02", "steps=4400", "lr=3e-4", "batch_size=256"], 25),
-    # The same without dropout: its Bernoulli masks took 18 % of a CPU training step (torch profiler).
-    "act_small_to2_nodrop": (["policy=act", "policy.dim_model=128", "policy.dim_feedforward=512", "policy.n_obs_steps=2",
-                              "policy.dropout=0", "obs_noise_std=0.03", "steps=6000", "lr=3e-4", "batch_size=256"], 45),
     "mlp": (["policy=mlp", "steps=40000", "lr=1e-3", "batch_size=256"], 3),
     # Deterministic regressors average PushT's two ways around the block; L1 regresses the median instead.
     "mlp_l1": (["policy=mlp", "policy.loss=l1", "steps=40000", "lr=1e-3", "batch_size=256"], 5),
