@@ -1,13 +1,15 @@
 """Batch-1 latency of every policy family: torch eager vs ONNX Runtime per-step vs ONNX Runtime fused.
 
     python bench/export_latency.py [--families diffusion,flow_unet,...] [--seconds 2] [--out DIR] [--threads N]
+                                   [--openvino]
 
 Default-sized configs (each family's dataclass defaults) with untrained weights, a PushT-like low-dim
 observation (agent position (2,) + block pose (5,)), one thread everywhere (torch, OMP, ORT intra-op) unless
 ``--threads`` says otherwise. Each chunk is a full ``predict_chunk`` in robot units (normalization included).
 Torch and both ORT graphs are timed round-robin (per round, one untimed and one timed call each), so a
 drifting VM affects their ratio less. Peak RSS is that of a separate runtime-only process (torch blocked from
-importing) that loads the artifact and predicts chunks with both graph kinds. Prints a markdown table.
+importing) that loads the artifact and predicts chunks with both graph kinds. ``--openvino`` adds both graph
+kinds run by OpenVINO's CPU runtime (``providers=("openvino",)``) to the same round-robin. Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -122,6 +124,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=1.5, help="timing budget per measurement")
     ap.add_argument("--out", default=None, help="where to write the artifacts (default: a temp dir)")
     ap.add_argument("--threads", type=int, default=1, help="torch and ORT intra-op threads")
+    ap.add_argument("--openvino", action="store_true", help="also time the graphs on OpenVINO's runtime")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from robopolicy.export import export_policy
@@ -142,6 +145,9 @@ def main() -> None:
         gen = torch.Generator().manual_seed(0)
         runtimes = {graph: OnnxPolicy.load(path, graph=graph, intra_op_threads=args.threads)
                     for graph in ("per_step", "fused")}
+        if args.openvino:
+            runtimes.update({f"ov_{graph}": OnnxPolicy.load(path, graph=graph, intra_op_threads=args.threads,
+                                                            providers=("openvino",)) for graph in ("per_step", "fused")})
         timed = timeit_interleaved({
             "eager": lambda p=policy, o=obs_t, g=gen: p.predict_chunk(o, generator=g),
             **{graph: (lambda rt=rt, o=obs_np, r=rng: rt.predict_chunk(o, rng=r)) for graph, rt in runtimes.items()},
@@ -167,13 +173,18 @@ def main() -> None:
             firsts = timeit_interleaved({"torch": torch_first, "ort": ort_first}, args.seconds)
             first = f"torch {fmt(firsts['torch'])}; ORT {fmt(firsts['ort'])}"
         size_mb = sum((path / f).stat().st_size for f in os.listdir(path)) / 1e6
+        openvino = ((fmt(results["ov_per_step"]), fmt(results["ov_fused"]),
+                     f"{np.median(eager) / np.median(results['ov_fused']):.1f}x") if args.openvino else ())
         rows.append((name, f"{n_params / 1e6:.2f}", fmt(eager), fmt(results["per_step"]), fmt(results["fused"]),
                      f"{np.median(eager) / np.median(results['per_step']):.1f}x",
-                     f"{np.median(eager) / np.median(results['fused']):.1f}x", first, rss, f"{size_mb:.1f}",
-                     f"{export_s:.1f}"))
+                     f"{np.median(eager) / np.median(results['fused']):.1f}x", *openvino, first, rss,
+                     f"{size_mb:.1f}", f"{export_s:.1f}"))
         print(f"done {name}", file=sys.stderr, flush=True)
+    openvino = (("OpenVINO per-step p50/p99 ms", "OpenVINO fused p50/p99 ms", "speed-up OpenVINO fused")
+                if args.openvino else ())
     header = ("family", "params (M)", "torch eager p50/p99 ms", "ORT per-step p50/p99 ms", "ORT fused p50/p99 ms",
-              "speed-up per-step", "speed-up fused", "SFP first action p50 / p99 ms", "runtime peak RSS (MiB)", "artifact (MB)", "export (s)")
+              "speed-up per-step", "speed-up fused", *openvino, "SFP first action p50 / p99 ms",
+              "runtime peak RSS (MiB)", "artifact (MB)", "export (s)")
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" for _ in header) + "|")
     for r in rows:

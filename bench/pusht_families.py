@@ -70,6 +70,11 @@ FAMILIES: dict[str, tuple[list[str], float]] = {
     # ACT with two observation steps (the velocity the MLP and DP see) and DART-like observation noise.
     "act_small_to2_noise": (["policy=act", "policy.dim_model=128", "policy.dim_feedforward=512", "policy.n_obs_steps=2",
                              "obs_noise_std=0.02", "steps=4400", "lr=3e-4", "batch_size=256"], 25),
+    # ACT at a size that trains many steps here (d = 64, no dropout, one CVAE-encoder layer: 0.1 s per step of 256
+    # against 0.4 s for d = 128): the d = 128 runs were still improving when their 3-4k steps ran out.
+    "act_tiny": (["policy=act", "policy.dim_model=64", "policy.dim_feedforward=256", "policy.n_heads=4",
+                  "policy.dropout=0", "policy.n_vae_encoder_layers=1", "policy.n_obs_steps=2", "obs_noise_std=0.02",
+                  "steps=30000", "lr=5e-4", "batch_size=256"], 60),
     "mlp": (["policy=mlp", "steps=40000", "lr=1e-3", "batch_size=256"], 3),
     # Deterministic regressors average PushT's two ways around the block; L1 regresses the median instead.
     "mlp_l1": (["policy=mlp", "policy.loss=l1", "steps=40000", "lr=1e-3", "batch_size=256"], 5),
@@ -129,6 +134,9 @@ ROWS = [
         ensemble=0.01),
     Row("act_small_to2_noise", "ACT (d = 128, To = 2, observation noise 0.02, 3.1k steps × 256), chunk of 16, Ta 8",
         "act_small_to2_noise"),
+    Row("act_tiny", "ACT (d = 64, To = 2, no dropout, observation noise 0.02), chunk of 16, Ta 8", "act_tiny"),
+    Row("act_tiny_ensemble", "ACT (d = 64, To = 2, no dropout, observation noise 0.02), temporal ensembling m = 0.01",
+        "act_tiny", ensemble=0.01),
     Row("diffusion_small", "Diffusion Policy, U-Net (32, 64, 128), DDIM 10", "diffusion_small", ("DDIM", 10)),
     Row("diffusion_2level", "Diffusion Policy, U-Net (32, 64), DDIM 10", "diffusion_2level", ("DDIM", 10)),
     Row("diffusion_2level_wide", "Diffusion Policy, U-Net (64, 128), DDIM 10", "diffusion_2level_wide", ("DDIM", 10)),
@@ -223,7 +231,7 @@ def cmd_train(root: Path, names: list[str], dp_run: Path, threads: int = 2) -> N
         subprocess.run(cmd, check=True, cwd=REPO)
 
 
-def cmd_eval(root: Path, rows: list[Row], episodes: int, force: bool) -> None:
+def cmd_eval(root: Path, rows: list[Row], episodes: int, force: bool, workers: int = 2) -> None:
     from robopolicy.sim.evaluate import evaluate
 
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -239,7 +247,7 @@ def cmd_eval(root: Path, rows: list[Row], episodes: int, force: bool) -> None:
         policy = load_row_policy(str(directory), row)
         n_chunk, n_first = nfe(policy, row)
         times = timing(policy)
-        result = evaluate(partial(load_row_policy, str(directory), row), n_episodes=episodes, n_workers=2, n_videos=2,
+        result = evaluate(partial(load_row_policy, str(directory), row), n_episodes=episodes, n_workers=workers, n_videos=2,
                           output_dir=root / "eval" / row.key, progress=True).to_dict()
         summary = json.loads((root / row.run / "train_summary.json").read_text())
         keep = ("n_episodes", "success_rate", "success_ci95", "mean_max_coverage", "max_coverage_ci95",
@@ -253,25 +261,31 @@ def cmd_eval(root: Path, rows: list[Row], episodes: int, force: bool) -> None:
               f"{times['first_action_p50_ms']:.3f} ms", flush=True)
 
 
-def cmd_onnx(root: Path, rows: list[Row], episodes: int, force: bool) -> None:
-    """Export each trained family and evaluate it through the torch-free runtime on the same seeds."""
+def cmd_onnx(root: Path, rows: list[Row], episodes: int, force: bool, provider: str = "cpu", graph: str = "per_step",
+             workers: int = 2) -> None:
+    """Export each trained family and evaluate it through the torch-free runtime on the same seeds.
+
+    ``provider`` "openvino" runs the same artifact on OpenVINO's runtime (results ``<row>_openvino[_fused].json``).
+    """
     from robopolicy.export import export_policy
     from robopolicy.runtime import OnnxPolicy
     from robopolicy.sim.evaluate import evaluate
 
+    suffix = ("_onnx" if provider == "cpu" else f"_{provider}") + ("" if graph == "per_step" else f"_{graph}")
     for row in rows:
-        out = RESULTS / f"{row.key}_onnx.json"
+        out = RESULTS / f"{row.key}{suffix}.json"
         if (out.exists() and not force) or not policy_dir(root, row.run).exists():
             continue
         artifact = root / "onnx" / row.key  # per row: the manifest carries sampler and ensembling settings
         if not (artifact / "manifest.json").exists():
             export_policy(load_row_policy(str(policy_dir(root, row.run)), row), artifact)
-        result = evaluate(partial(OnnxPolicy.load, str(artifact), graph="per_step"), n_episodes=episodes,
-                          n_workers=2, n_videos=0, progress=True).to_dict()
+        result = evaluate(partial(OnnxPolicy.load, str(artifact), graph=graph, providers=(provider,)),
+                          n_episodes=episodes, n_workers=workers, n_videos=0, progress=True).to_dict()
         keep = ("n_episodes", "success_rate", "success_ci95", "mean_max_coverage", "chunk_latency_ms")
-        out.write_text(json.dumps({"machine": machine(), "row": row.label, "artifact": str(artifact),
-                                   "graph": "per_step", "eval": {k: result.get(k) for k in keep}}, indent=2))
-        print(f"{row.label} (ORT): success {result['success_rate']:.1%} {result['success_ci95']}", flush=True)
+        out.write_text(json.dumps({"machine": machine(), "row": row.label, "artifact": str(artifact), "graph": graph,
+                                   "provider": provider, "eval": {k: result.get(k) for k in keep}}, indent=2))
+        print(f"{row.label} ({provider}, {graph}): success {result['success_rate']:.1%} {result['success_ci95']}",
+              flush=True)
 
 
 def cmd_table() -> str:
@@ -304,6 +318,9 @@ def main() -> None:
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per training (1 to train two at once)")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--provider", default="cpu", help="onnx: cpu (ONNX Runtime) or openvino")
+    parser.add_argument("--graph", default="per_step", choices=["per_step", "fused"], help="onnx: graph kind")
+    parser.add_argument("--workers", type=int, default=2, help="eval/onnx: evaluation processes")
     args = parser.parse_args()
     RESULTS = args.results
     only = [s for s in args.only.split(",") if s]
@@ -311,10 +328,10 @@ def main() -> None:
     if args.command in ("train", "all"):
         cmd_train(args.root, only or list(FAMILIES), args.dp_run, args.threads)
     if args.command in ("eval", "all"):
-        cmd_eval(args.root, rows, args.episodes, args.force)
+        cmd_eval(args.root, rows, args.episodes, args.force, args.workers)
     if args.command in ("onnx", "all"):
         onnx_rows = [r for r in rows if r.key in ("flow_euler10", "sfp_d", "sfp_d_k8", "act_chunk", "mlp")] if not only else rows
-        cmd_onnx(args.root, onnx_rows, args.episodes, args.force)
+        cmd_onnx(args.root, onnx_rows, args.episodes, args.force, args.provider, args.graph, args.workers)
     if args.command in ("table", "all"):
         cmd_table()
 

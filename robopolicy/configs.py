@@ -137,6 +137,9 @@ class ServeConfig:
     max_runtime_s: float | None = None
     # Policies whose last 20 inferences all took less than this run on the socket thread (no worker hop); 0 = never
     inline_below_ms: float = 1.0
+    # ONNX artifacts only: engines in priority order (cpu, cuda, tensorrt, or openvino alone) and their threads.
+    providers: list[str] = field(default_factory=lambda: ["cpu"])
+    threads: int = 1
 
 
 @dataclass

@@ -384,6 +384,70 @@ def test_missing_provider_is_a_clear_error(artifacts):
         OnnxPolicy.load(artifacts["mlp"][1], providers=("cuda", "cpu"))
 
 
+needs_openvino = pytest.mark.skipif(not __import__("robopolicy.runtime.openvino_session", fromlist=["x"]).openvino_available(),
+                                    reason="openvino is not installed (pip install 'robopolicy[openvino]')")
+
+
+@needs_openvino
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("graph", ["per_step", "fused"])
+def test_openvino_backend_parity(artifacts, name, graph):
+    """OpenVINO runs the same files within the fp32 bound, for every family, batch size and graph kind."""
+    policy, path = artifacts[name]
+    runtime = OnnxPolicy.load(path, graph=graph, providers=("openvino",))
+    assert runtime.providers == ["OpenVINO (CPU)"]
+    for batch in (B, 1, B):  # a new batch size compiles a new static-shape model; the first stays cached
+        history = random_history(policy, batch=batch, seed=batch)
+        noise = (None if name in ("act", "mlp")
+                 else np.random.default_rng(2).standard_normal(noise_shape(policy, batch)).astype(np.float32))
+        policy.reset()
+        runtime.reset()
+        np.testing.assert_allclose(runtime.predict_chunk(history, noise=noise), torch_chunk(policy, history, noise),
+                                   atol=TOL, rtol=0)
+
+
+@needs_openvino
+def test_openvino_outputs_are_not_overwritten_by_the_next_call(artifacts):
+    from robopolicy.runtime.openvino_session import OpenVinoSession
+
+    _, path = artifacts["diffusion"]
+    session = OpenVinoSession(path / "step.onnx")
+    rng = np.random.default_rng(0)
+    feed = lambda: {"x": rng.standard_normal((1, 8, 2)).astype(np.float32), "t": np.ones(1, np.float32),  # noqa: E731
+                    "cond": rng.standard_normal((1, session._model.inputs[2].get_partial_shape()[1].get_length()))
+                    .astype(np.float32)}
+    first = session.run(None, feed())[0]
+    kept = first.copy()
+    session.run(None, feed())
+    np.testing.assert_array_equal(first, kept)
+    with pytest.raises(ValueError, match=r"step.onnx: missing inputs \['cond'\]"):
+        session.run(None, {"x": np.zeros((1, 8, 2), np.float32), "t": np.ones(1, np.float32)})
+
+
+@needs_openvino
+def test_served_artifact_runs_on_openvino(artifacts):
+    """`robopolicy serve providers=[openvino]`: the adapter's chunks equal ONNX Runtime's for a deterministic family."""
+    from robopolicy.deploy.adapter import load_policy_adapter
+
+    policy, path = artifacts["act"]
+    history = {k: v[0] for k, v in random_history(policy, batch=1).items()}
+    on_ort = load_policy_adapter(path, providers=["cpu"])
+    on_openvino = load_policy_adapter(path, providers=["openvino"], threads=2)
+    assert on_openvino.spec.fps == 10
+    np.testing.assert_allclose(on_openvino.predict(history), on_ort.predict(history), atol=TOL, rtol=0)
+
+
+def test_openvino_provider_errors(artifacts, monkeypatch):
+    from robopolicy.runtime import openvino_session
+
+    path = artifacts["mlp"][1]
+    with pytest.raises(ValueError, match="'openvino' replaces ONNX Runtime and cannot be mixed"):
+        OnnxPolicy.load(path, providers=("openvino", "cpu"))
+    monkeypatch.setattr(openvino_session, "openvino_available", lambda: False)
+    with pytest.raises(RuntimeError, match=r"pip install 'robopolicy\[openvino\]'"):
+        OnnxPolicy.load(path, providers=("OpenVINO",))
+
+
 def test_unsupported_sampler_is_a_clear_error(artifacts, tmp_path):
     policy, _ = artifacts["diffusion"]
     policy.set_sampler("DPMSolver++")

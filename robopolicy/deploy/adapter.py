@@ -10,8 +10,7 @@ wraps anything with ``predict_chunk(obs_history (B, To, ...)) -> (B, T, A)`` and
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,22 +101,20 @@ def adapter_from_policy(policy: Any, fps: float = DEFAULT_FPS) -> PolicyAdapter:
     return PolicyAdapter(spec, predict, getattr(policy, "reset", None))
 
 
-def load_policy_adapter(directory: str | Path, fps: float | None = None) -> PolicyAdapter:
+def load_policy_adapter(directory: str | Path, fps: float | None = None, providers: Sequence[str] = ("cpu",),
+                        threads: int = 1) -> PolicyAdapter:
     """Serve a torch checkpoint dir (``config.json``) or an ONNX artifact dir (``manifest.json``).
 
     ``fps`` (the action rate) defaults to the one the checkpoint or artifact records (its training data's),
-    else ``DEFAULT_FPS``.
+    else ``DEFAULT_FPS``. ``providers`` and ``threads`` choose the engine of an ONNX artifact (see
+    ``OnnxPolicy.load``).
     """
     directory = Path(directory)
     if (directory / "manifest.json").is_file():
-        from robopolicy.runtime import onnx_policy  # written alongside; imported only when needed
+        from robopolicy.runtime.onnx_policy import OnnxPolicy
 
-        cls = onnx_policy.OnnxPolicy
-        loader = getattr(cls, "from_pretrained", None) or getattr(cls, "load", None) or cls
-        policy = loader(directory)
-        manifest = json.loads((directory / "manifest.json").read_text())
-        recorded = manifest.get("fps") if isinstance(manifest, dict) else None
-        return adapter_from_policy(policy, fps=float(fps or recorded or DEFAULT_FPS))
+        policy = OnnxPolicy.load(directory, providers=tuple(providers), intra_op_threads=threads)
+        return adapter_from_policy(policy, fps=float(fps or policy.fps or DEFAULT_FPS))
     if (directory / "config.json").is_file():
         from robopolicy.policies.registry import load_policy
 

@@ -33,15 +33,28 @@ PROVIDER_ALIASES = {
     "trt": "TensorrtExecutionProvider",
 }
 HOST_DIFFUSION_SAMPLERS = ("DDIM", "DDPM")
+OPENVINO = "openvino"  # not an ONNX Runtime provider: OpenVINO's own runtime on the same files (openvino_session.py)
 
 
 def resolve_providers(providers: Sequence[str | tuple[str, dict]], trt_cache_dir: str | Path | None = None,
                       trt_fp16: bool = False) -> list[tuple[str, dict]]:
-    """Execution providers with options; a clear error naming any provider this onnxruntime lacks."""
+    """Execution providers with options; a clear error naming any provider this onnxruntime lacks.
+
+    ``"openvino"`` (OpenVINO's runtime instead of ONNX Runtime) must be the only entry.
+    """
     available = ort.get_available_providers()
     out: list[tuple[str, dict]] = []
     for p in providers:
         name, options = (p, {}) if isinstance(p, str) else (p[0], dict(p[1]))
+        if name.lower() == OPENVINO:
+            if len(providers) != 1:
+                raise ValueError(f"providers: 'openvino' replaces ONNX Runtime and cannot be mixed with others, got "
+                                 f"{list(providers)}")
+            from robopolicy.runtime.openvino_session import openvino_available
+
+            if not openvino_available():
+                raise RuntimeError("provider 'openvino' needs the openvino package: pip install 'robopolicy[openvino]'")
+            return [(OPENVINO, options)]
         name = PROVIDER_ALIASES.get(name.lower(), name)
         if name not in available:
             hint = {"CUDAExecutionProvider": "install onnxruntime-gpu and a matching CUDA/cuDNN",
@@ -100,6 +113,8 @@ class OnnxPolicy:
         ``graph``: "per_step", "fused" or "auto" (per_step when exported, else fused).
         ``providers``: ONNX Runtime execution providers in priority order, names or (name, options);
         "cpu", "cuda" and "tensorrt" are accepted too. ``trt_cache_dir`` enables TensorRT's engine cache.
+        ``("openvino",)`` (or ``(("openvino", {compile properties}),)``) runs the same graphs with OpenVINO's
+        CPU runtime instead, ``intra_op_threads`` threads.
         """
         root = Path(artifact_dir)
         manifest = read_manifest(root, verify=verify)
@@ -119,11 +134,17 @@ class OnnxPolicy:
             if not path.is_file():
                 raise ArtifactError(f"{path}: missing file")
             try:
-                sessions[role] = ort.InferenceSession(str(path), options, providers=[p for p, _ in resolved],
-                                                      provider_options=[o for _, o in resolved])
-            except Exception as e:  # onnxruntime raises its own exception types
-                raise ArtifactError(f"{file}: ONNX Runtime {ort.__version__} cannot load this graph (exported with "
-                                    f"opset {manifest.get('opset')}; an unsupported opset or operator?): {e}") from e
+                if resolved[0][0] == OPENVINO:
+                    from robopolicy.runtime.openvino_session import OpenVinoSession
+
+                    sessions[role] = OpenVinoSession(path, threads=intra_op_threads, config=resolved[0][1])
+                else:
+                    sessions[role] = ort.InferenceSession(str(path), options, providers=[p for p, _ in resolved],
+                                                          provider_options=[o for _, o in resolved])
+            except Exception as e:  # onnxruntime and openvino raise their own exception types
+                engine = "OpenVINO" if resolved[0][0] == OPENVINO else f"ONNX Runtime {ort.__version__}"
+                raise ArtifactError(f"{file}: {engine} cannot load this graph (exported with opset "
+                                    f"{manifest.get('opset')}; an unsupported opset or operator?): {e}") from e
         return cls(root, manifest, sessions, graph)
 
     @property
