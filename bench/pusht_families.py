@@ -50,6 +50,9 @@ FAMILIES: dict[str, tuple[list[str], float]] = {
     # (64, 128) with one residual block per level instead of two: half the operators per step, for 5 ms per chunk.
     "diffusion_2level_wide_1block": (["policy=diffusion", "policy.down_dims=[64,128]", "policy.blocks_per_level=1",
                                       "steps=16000", "lr=5e-4", "batch_size=256"], 42),
+    # (64, 128) with kernel size 3: 0.89 of the time of kernel 5, for a 10-step chunk under 5 ms on OpenVINO.
+    "diffusion_2level_wide_k3": (["policy=diffusion", "policy.down_dims=[64,128]", "policy.kernel_size=3",
+                                  "steps=12000", "lr=5e-4", "batch_size=256"], 40),
     "flow": (["policy=flow", "steps=3000", "lr=5e-4", "batch_size=256"], 12),
     "sfp_d": (["policy=sfp", "policy.variant=deterministic", "policy.k=2", "steps=7000", "lr=1e-3", "batch_size=256"], 10),
     "sfp_s": (["policy=sfp", "policy.variant=stochastic", "policy.k=2", "steps=5500", "lr=1e-3", "batch_size=256"], 8),
@@ -142,6 +145,8 @@ ROWS = [
     Row("diffusion_2level_wide", "Diffusion Policy, U-Net (64, 128), DDIM 10", "diffusion_2level_wide", ("DDIM", 10)),
     Row("diffusion_2level_wide_1block", "Diffusion Policy, U-Net (64, 128), 1 block per level, DDIM 10",
         "diffusion_2level_wide_1block", ("DDIM", 10)),
+    Row("diffusion_2level_wide_k3", "Diffusion Policy, U-Net (64, 128), kernel 3, DDIM 10", "diffusion_2level_wide_k3",
+        ("DDIM", 10)),
     Row("mlp", "MLP behaviour cloning", "mlp"),
     Row("mlp_l1", "MLP behaviour cloning, L1 loss", "mlp_l1"),
     Row("mlp_l1_wide", "MLP behaviour cloning, L1 loss, 512 × 3, 88k steps", "mlp_l1_wide"),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,18 @@ import pytest
 from robopolicy.data.writer import LeRobotDatasetWriter
 
 SHARED_PUSHT_ZARR = Path(__file__).resolve().parents[1].parent / "shared/data/pusht/pusht_cchi_v7_replay.zarr"
+# ZeroMQ ipc:// endpoints are socket files; they live here (a short path: the limit is ~100 bytes) and go at exit.
+IPC_DIR = Path(tempfile.mkdtemp(prefix="robopolicy-ipc-"))
+
+
+def ipc_address(tag: str) -> str:
+    return f"ipc://{IPC_DIR}/{tag}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_ipc_sockets():
+    yield
+    shutil.rmtree(IPC_DIR, ignore_errors=True)
 
 
 def linear_mapping_episodes(n_episodes: int = 8, length: int = 30, seed: int = 0) -> list[dict[str, np.ndarray]]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 
 import numpy as np
 import pytest
@@ -23,10 +22,11 @@ from robopolicy.deploy.arm_bridge import (  # noqa: E402
     unpack_frames,
 )
 from robopolicy.deploy.protocol import ProtocolError  # noqa: E402
+from tests.conftest import ipc_address  # noqa: E402
 
 
 def addrs():
-    base = f"ipc:///tmp/robopolicy-test-arm-{uuid.uuid4().hex[:8]}"
+    base = ipc_address("arm")
     return f"{base}-s", f"{base}-c", f"{base}-r"
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ from robopolicy.data.reader import LeRobotDataset  # noqa: E402
 from robopolicy.data.recorder import DatasetRecorder  # noqa: E402
 from robopolicy.experts.arm_lift import expert_success_rate, record_expert_demos  # noqa: E402
 from robopolicy.sim.robosuite_env import RobosuiteArmEnv  # noqa: E402
+from tests.conftest import ipc_address  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_arm_bridge_drives_the_simulated_arm():
     from robopolicy.deploy.arm_bridge import ArmBridge, ArmClient
     from robopolicy.robots.sim_arm import RobosuiteArmBackend
 
-    base = f"ipc:///tmp/robopolicy-test-simarm-{uuid.uuid4().hex[:8]}"
+    base = ipc_address("simarm")
     addrs = (f"{base}-s", f"{base}-c", f"{base}-r")
     backend = RobosuiteArmBackend(task="Lift", seed=0, rate_hz=20.0)
     bridge = ArmBridge(backend, *addrs)

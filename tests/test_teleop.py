@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ from robopolicy.teleop import DeviceNotAvailable, KeyboardDevice, ScriptedDevice
 from robopolicy.teleop.base import ArmPose, axis_angle_to_quat, pose_delta, quat_mul, quat_to_axis_angle
 from robopolicy.teleop.keyboard import parse_keys
 from robopolicy.teleop.record import record_teleop
+from tests.conftest import ipc_address
 
 
 class FakeClock:
@@ -91,7 +91,7 @@ def test_zmq_leader_latest_wins_timeout_and_bad_messages():
 
     from robopolicy.teleop.zmq_leader import LeaderPublisher, ZmqLeaderDevice
 
-    addr = f"ipc:///tmp/robopolicy-test-leader-{uuid.uuid4().hex[:8]}"
+    addr = ipc_address("leader")
     ctx = zmq.Context()
     pub = LeaderPublisher(addr, context=ctx)
     dev = ZmqLeaderDevice(addr, max_pos=0.05, max_rot=0.5, timeout_s=0.3, context=ctx)
