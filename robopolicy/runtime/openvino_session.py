@@ -42,6 +42,7 @@ class OpenVinoSession:
         self._core = ov.Core()
         self._model = self._core.read_model(str(self.path))
         self.input_names = [port.get_any_name() for port in self._model.inputs]
+        self.output_names = [port.get_any_name() for port in self._model.outputs]
         # Snippets (OpenVINO's JIT for element-wise subgraphs) are off: with one inference thread, OpenVINO
         # 2026.4 fails to compile graphs holding an ONNX Mish ("Supported precisions set is not available for
         # Mish operation"); turning them off costs about 2 % on the U-Net graphs.
@@ -84,8 +85,8 @@ class OpenVinoSession:
         for i, array in enumerate(arrays):
             request.set_input_tensor(i, self._ov.Tensor(array, shared_memory=True))
         request.infer()
-        names = [port.get_any_name() for port in request.model_outputs]
-        wanted = range(len(names)) if output_names is None else [names.index(n) for n in output_names]
+        wanted = (range(len(self.output_names)) if output_names is None
+                  else [self.output_names.index(n) for n in output_names])
         # The request reuses its output buffers on the next call: hand out copies.
         return [np.array(request.get_output_tensor(i).data, copy=True) for i in wanted]
 
