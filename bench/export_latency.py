@@ -41,6 +41,10 @@ FAMILIES = {
     "diffusion_2level_48": {"type": "diffusion", "down_dims": [48, 96]},
     "diffusion_2level_48_k3": {"type": "diffusion", "down_dims": [48, 96], "kernel_size": 3},
     "diffusion_2level_wide_1block": {"type": "diffusion", "down_dims": [64, 128], "blocks_per_level": 1},
+    # SiLU instead of Mish: ONNX Runtime fuses it into one operator, Mish stays six.
+    "diffusion_2level_wide_silu": {"type": "diffusion", "down_dims": [64, 128], "activation": "silu"},
+    "diffusion_silu": {"type": "diffusion", "activation": "silu"},
+    "flow_unet_silu": {"type": "flow", "backbone": "unet", "activation": "silu"},
     "diffusion_1block": {"type": "diffusion", "blocks_per_level": 1},
     "diffusion_2level_96_1block": {"type": "diffusion", "down_dims": [96, 192], "blocks_per_level": 1},
     "diffusion_2level_128_1block": {"type": "diffusion", "down_dims": [128, 256], "blocks_per_level": 1},

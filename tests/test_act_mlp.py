@@ -249,6 +249,31 @@ def test_mlp_l1_loss_keeps_the_larger_mode_where_mse_averages(tmp_path):
     assert answers["l1"] == pytest.approx(0.8, abs=0.1)
 
 
+def test_mlp_latent_carries_the_mode_in_training_and_is_dropped_at_inference(tmp_path):
+    """latent_dim > 0 (ACT's CVAE recipe): the posterior sees the chunk, so reconstruction can reach both modes
+    of the equal two-mode data that a plain regressor averages (loss about 1, test above); at inference z = 0
+    and the policy is the plain ``net`` on the observation features, what the ONNX and C exporters write."""
+    length = 20
+    episodes = []
+    for e in range(10):
+        state = np.stack([np.linspace(-1, 1, length), np.zeros(length)], axis=1).astype(np.float32)
+        sign = 1.0 if e % 2 == 0 else -1.0
+        episodes.append({"observation.state": state, "action": np.full((length, 2), 0.8 * sign, np.float32)})
+    root = write_dataset(tmp_path / "two_modes", episodes)
+    torch.manual_seed(0)
+    policy = tiny_policy(root, "mlp", latent_dim=4, kl_weight=0.01)
+    losses = train(policy, root, steps=300)
+    assert np.mean(losses[-20:]) < 0.4, f"CVAE loss {np.mean(losses[-20:]):.2f}: the latent should carry the mode"
+    states = torch.from_numpy(episodes[0]["observation.state"])[:, None].expand(-1, 2, -1)
+    obs = {"observation.state": policy.normalizer.normalize("observation.state", states)}
+    with torch.no_grad():
+        plain = policy.net(policy.encoder(obs)).view(length, 4, 2)
+        torch.testing.assert_close(policy.generate_actions(obs), plain)
+    assert {type(m) for m in policy.net} == {nn.Linear, nn.ReLU}
+    with pytest.raises(ValueError, match="latent_dim"):
+        tiny_policy(root, "mlp", latent_dim=4, hidden_dims=[])
+
+
 def test_mlp_rejects_an_unknown_loss(lowdim_dataset):
     with pytest.raises(ValueError, match="loss must be one of"):
         tiny_policy(lowdim_dataset, "mlp", loss="huber")

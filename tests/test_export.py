@@ -22,6 +22,9 @@ B = 3
 CONFIGS = {
     "diffusion": {"type": "diffusion", "n_obs_steps": 2, "horizon": 8, "n_action_steps": 4, "down_dims": [32, 64],
                   "step_embed_dim": 32, "num_inference_steps": 5, "noise_scheduler_type": "DDIM"},
+    "diffusion_silu": {"type": "diffusion", "n_obs_steps": 2, "horizon": 8, "n_action_steps": 4, "down_dims": [32, 64],
+                       "step_embed_dim": 32, "num_inference_steps": 5, "noise_scheduler_type": "DDIM",
+                       "activation": "silu"},
     "flow_unet": {"type": "flow", "backbone": "unet", "n_obs_steps": 2, "horizon": 8, "n_action_steps": 4,
                   "down_dims": [32, 64], "step_embed_dim": 32, "num_inference_steps": 3, "integrator": "rk4"},
     "flow_transformer": {"type": "flow", "backbone": "transformer", "n_obs_steps": 2, "horizon": 8,
@@ -150,6 +153,33 @@ def test_unet_exports_as_its_4d_twin_and_the_policy_is_untouched(artifacts):
     torch.testing.assert_close(wrapped(signal), conv(signal))
     mlp = artifacts["mlp"][0]
     assert export_friendly(mlp) is mlp  # nothing to swap: no copy
+
+
+def test_unet_silu_activation_and_its_twin(artifacts):
+    """activation=silu swaps every Mish of the U-Net (blocks, FiLM, step embedding); the exported step graph
+    then has no Mish arithmetic (Sub/Div), only Sigmoid and Mul, which ONNX Runtime fuses."""
+    import onnx
+    from torch import nn
+
+    from robopolicy.export.unet_graph import ExportUnet
+    from robopolicy.policies.diffusion.configuration import DiffusionConfig
+    from robopolicy.policies.networks.unet1d import ConditionalUnet1D
+
+    torch.manual_seed(0)
+    net = ConditionalUnet1D(2, 6, step_embed_dim=16, down_dims=(8, 16), n_groups=2, activation="silu").eval()
+    kinds = {type(m) for m in net.modules()}
+    assert nn.SiLU in kinds and nn.Mish not in kinds
+    x, t, cond = torch.randn(3, 8, 2), 100 * torch.rand(3), torch.randn(3, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(ExportUnet(net, horizon=8)(x, t, cond), net(x, t, cond), atol=1e-5, rtol=0)
+    ops = {name: [n.op_type for n in onnx.load(str(artifacts[name][1] / "step.onnx")).graph.node]
+           for name in ("diffusion", "diffusion_silu")}
+    assert "Div" in ops["diffusion"] and "Div" not in ops["diffusion_silu"]
+    assert len(ops["diffusion_silu"]) < len(ops["diffusion"])
+    with pytest.raises(ValueError, match="activation must be one of"):
+        ConditionalUnet1D(2, 6, down_dims=(8, 16), n_groups=2, activation="gelu")
+    with pytest.raises(ValueError, match="activation must be 'mish' or 'silu'"):
+        DiffusionConfig(activation="relu")
 
 
 @pytest.mark.parametrize("blocks_per_level", [1, 3])

@@ -12,7 +12,7 @@ Squeeze, and every block runs its own FiLM projection of the same condition. Thi
 - computes all blocks' FiLM scales and biases with one matrix product of ``mish(cond)``;
 - writes Mish with Sigmoid and arithmetic (:func:`export_mish`, the same function): ONNX Runtime's CPU
   Softplus is slow, and such a form ran Mish 1.4x (512 values) to 3.3x (4,096 values) faster than
-  Softplus-Tanh-Mul here.
+  Softplus-Tanh-Mul here. A SiLU network's SiLU is traced as Sigmoid and Mul, which ONNX Runtime fuses.
 
 The convolution, normalization and FiLM weights are copies of the network's (the step-embedding
 layers are shared), so the twin is built from a trained net at export time and checkpoints never change.
@@ -49,6 +49,15 @@ class ExportMish(nn.Module):
         return export_mish(x)
 
 
+def export_activation(module: nn.Module) -> nn.Module:
+    """The twin of one of the U-Net's activation modules."""
+    if isinstance(module, nn.Mish):
+        return ExportMish()
+    if isinstance(module, nn.SiLU):
+        return nn.SiLU()
+    raise ValueError(f"export: unsupported U-Net activation {type(module).__name__}")
+
+
 def _conv2d(conv: nn.Conv1d | nn.ConvTranspose1d) -> nn.Module:
     """The (1, k) 2-D twin of a 1-D (transposed) convolution, sharing nothing with it."""
     transposed = isinstance(conv, nn.ConvTranspose1d)
@@ -66,13 +75,14 @@ def _conv2d(conv: nn.Conv1d | nn.ConvTranspose1d) -> nn.Module:
     return twin
 
 
-class _ConvNormMish(nn.Module):
-    """Conv -> GroupNorm -> Mish on (B, C, 1, L) for a fixed length L."""
+class _ConvNormAct(nn.Module):
+    """Conv -> GroupNorm -> Mish (or SiLU) on (B, C, 1, L) for a fixed length L."""
 
     def __init__(self, block: Conv1dBlock, length_in: int):
         super().__init__()
         conv, norm = block[0], block[1]
         self.conv = _conv2d(conv)
+        self.activation = export_activation(block[2])
         self.groups, self.channels, self.eps = norm.num_groups, norm.num_channels, norm.eps
         self.length = (length_in + 2 * conv.padding[0] - conv.dilation[0] * (conv.kernel_size[0] - 1) - 1) \
             // conv.stride[0] + 1
@@ -87,14 +97,14 @@ class _ConvNormMish(nn.Module):
         grouped = h.reshape(-1, self.groups, self.channels // self.groups * self.length)
         h = F.instance_norm(grouped, weight=self.unit_scale, bias=self.zero_bias, eps=self.eps)
         h = h.reshape(-1, self.channels, 1, self.length)
-        return export_mish(h * self.gamma + self.beta)
+        return self.activation(h * self.gamma + self.beta)
 
 
 class _ResidualBlock(nn.Module):
     def __init__(self, block: ConditionalResidualBlock1D, length: int, film_offset: int):
         super().__init__()
-        self.conv1 = _ConvNormMish(block.conv1, length)
-        self.conv2 = _ConvNormMish(block.conv2, length)
+        self.conv1 = _ConvNormAct(block.conv1, length)
+        self.conv2 = _ConvNormAct(block.conv2, length)
         self.residual = _conv2d(block.residual) if isinstance(block.residual, nn.Conv1d) else nn.Identity()
         self.channels, self.offset = block.out_channels, film_offset
 
@@ -111,9 +121,10 @@ class ExportUnet(nn.Module):
     def __init__(self, net: ConditionalUnet1D, horizon: int):
         super().__init__()
         self.horizon, self.timestep_scale = horizon, net.timestep_scale
-        # The step embedding's Linear layers are shared with ``net``, its Mish swapped.
-        self.step_encoder = nn.Sequential(*(ExportMish() if isinstance(m, nn.Mish) else m
+        # The step embedding's Linear layers are shared with ``net``, its activation swapped.
+        self.step_encoder = nn.Sequential(*(export_activation(m) if isinstance(m, (nn.Mish, nn.SiLU)) else m
                                             for m in net.step_encoder))
+        self.cond_activation = export_activation(net.down[0][0].film[0])
         films: list[nn.Linear] = []
 
         def twin(block: ConditionalResidualBlock1D, length: int) -> _ResidualBlock:
@@ -143,7 +154,7 @@ class ExportUnet(nn.Module):
         if length != horizon:
             raise ValueError(f"export: the U-Net maps length {horizon} to {length}; horizon must be "
                              f"divisible by 2 ** (levels - 1)")
-        self.final_block = _ConvNormMish(net.final[0], length)
+        self.final_block = _ConvNormAct(net.final[0], length)
         self.final_conv = _conv2d(net.final[1])
         self.action_dim = net.final[1].out_channels
         self.film = nn.Linear(films[0].in_features, sum(f.out_features for f in films))
@@ -158,7 +169,7 @@ class ExportUnet(nn.Module):
             raise ValueError(f"ExportUnet was built for T = {self.horizon}, got a chunk of {sample.shape[1]}")
         x = sample.transpose(1, 2).unsqueeze(2)
         cond = torch.cat([self.step_encoder(timestep * self.timestep_scale), global_cond], dim=-1)
-        film = self.film(export_mish(cond)).reshape(-1, self.film_width, 1, 1)
+        film = self.film(self.cond_activation(cond)).reshape(-1, self.film_width, 1, 1)
         x = run_levels(x, film, self.down, self.mid, self.up)
         out = self.final_conv(self.final_block(x))  # (B, A, 1, T)
         return out.reshape(-1, self.action_dim, self.horizon).transpose(1, 2)

@@ -61,6 +61,7 @@ class DiffusionPolicy(Policy):
             kernel_size=config.kernel_size,
             n_groups=config.n_groups,
             blocks_per_level=config.blocks_per_level,
+            activation=config.activation,
         )
         if config.per_position_noise:  # one timestep per chunk position (fast_sampling.py)
             self.net = PerPositionUnet1D(config.action_dim, self.train_scheduler.alphas_cumprod, **unet_kwargs)

@@ -42,6 +42,7 @@ class FlowPolicy(Policy):
                 n_groups=config.n_groups,
                 timestep_scale=config.timestep_scale,
                 blocks_per_level=config.blocks_per_level,
+                activation=config.activation,
             )
         elif config.backbone == "mlp":
             self.net = ConditionalChunkMLP(

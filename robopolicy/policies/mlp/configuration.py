@@ -27,6 +27,11 @@ class MLPConfig(PolicyConfig):
     layer_norm: bool = False  # LayerNorm after each hidden Linear; off keeps the net MCU-exportable
     # l1 regresses the per-coordinate median instead of the mean: with two unequal modes it stays in the larger one.
     loss: str = "mse"
+    # > 0 trains the MLP as a CVAE decoder, as ACT does: a posterior q(z | observation, action chunk) lets the
+    # demonstrations' mode choices go into z instead of being averaged. z = 0 at inference, so the deployed network
+    # is the same plain Linear/activation stack (the latent enters as an extra term on the first layer, dropped).
+    latent_dim: int = 0
+    kl_weight: float = 10.0
     image_encoder: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
 
     def __post_init__(self) -> None:
@@ -37,5 +42,9 @@ class MLPConfig(PolicyConfig):
             raise ValueError(f"MLP: hidden_dims must be positive, got {self.hidden_dims}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"MLP: activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.latent_dim < 0 or self.kl_weight < 0:
+            raise ValueError(f"MLP: latent_dim and kl_weight must be non-negative, got {self.latent_dim}, {self.kl_weight}")
+        if self.latent_dim > 0 and not self.hidden_dims:
+            raise ValueError("MLP: latent_dim > 0 needs at least one hidden layer (the latent enters the first one)")
         if self.loss not in LOSSES:
             raise ValueError(f"MLP: loss must be one of {LOSSES}, got {self.loss!r}")

@@ -3,6 +3,11 @@
 The deterministic baseline: with multimodal demonstrations (go left or right around an obstacle)
 MSE regression predicts the mean of the modes, which diffusion and flow policies avoid. Its layout
 is a plain ``nn.Sequential`` of Linear and activation layers, easy to export to C.
+
+With ``latent_dim > 0`` training is a CVAE's (ACT's recipe on an MLP): a posterior MLP sees the
+observation features and the demonstrated chunk and gives z, which is projected onto the first
+hidden layer's pre-activation. Inference uses the prior's mean z = 0, where that term vanishes, so
+``net`` alone is the deployed policy and the exporters need not know about the latent.
 """
 
 from __future__ import annotations
@@ -43,6 +48,11 @@ class MLPPolicy(Policy):
         self.encoder = make_observation_encoder(config.input_features, config.n_obs_steps, config.image_encoder)
         self.net = make_mlp(self.encoder.output_dim, config.hidden_dims, config.horizon * config.action_dim,
                             config.activation, config.layer_norm)
+        if config.latent_dim > 0:
+            width = config.hidden_dims[0]
+            self.posterior = make_mlp(self.encoder.output_dim + config.horizon * config.action_dim, [width, width],
+                                      2 * config.latent_dim, config.activation)
+            self.latent_to_hidden = nn.Linear(config.latent_dim, width, bias=False)
 
     def _predict(self, obs: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
         features = self.encoder(obs, generator=generator)
@@ -50,7 +60,17 @@ class MLPPolicy(Policy):
 
     def compute_loss(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
         loss = F.l1_loss if self.config.loss == "l1" else F.mse_loss
-        return loss(self._predict(batch, generator), batch[self.action_key])
+        actions = batch[self.action_key]
+        if self.config.latent_dim == 0:
+            return loss(self._predict(batch, generator), actions)
+        features = self.encoder(batch, generator=generator)
+        mu, log_var = self.posterior(torch.cat([features, actions.flatten(1)], dim=-1)).chunk(2, dim=-1)
+        eps = torch.randn(mu.shape, generator=generator).to(mu.device)
+        z = mu + (0.5 * log_var).exp() * eps
+        kl = (-0.5 * (1 + log_var - mu.pow(2) - log_var.exp())).sum(-1).mean()
+        hidden = self.net[0](features) + self.latent_to_hidden(z)
+        chunk = self.net[1:](hidden).view_as(actions)
+        return loss(chunk, actions) + self.config.kl_weight * kl
 
     def generate_actions(self, obs: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
         return self._predict(obs)

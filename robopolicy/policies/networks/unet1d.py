@@ -3,6 +3,10 @@
 Each residual block convolves over the time axis (kernel 5 by default) and is modulated by a
 per-channel scale and bias computed from the conditioning vector: the diffusion-step embedding
 concatenated with the flattened observation features ("global conditioning").
+
+The activation is Mish, as in Diffusion Policy, or SiLU: ONNX Runtime fuses SiLU's Sigmoid and Mul into
+one kernel, while Mish stays five to seven elementwise operators, a fifth of a batch-1 U-Net step's time
+on a CPU (docs/benchmarks.md, section 2).
 """
 
 from __future__ import annotations
@@ -27,24 +31,35 @@ class SinusoidalPosEmb(nn.Module):
         return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
-class Conv1dBlock(nn.Sequential):
-    """Conv1d -> GroupNorm -> Mish."""
+ACTIVATIONS = {"mish": nn.Mish, "silu": nn.SiLU}
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, n_groups: int):
+
+def make_activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"U-Net activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+    return ACTIVATIONS[name]()
+
+
+class Conv1dBlock(nn.Sequential):
+    """Conv1d -> GroupNorm -> Mish (or SiLU)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, n_groups: int,
+                 activation: str = "mish"):
         super().__init__(
             nn.Conv1d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
             nn.GroupNorm(n_groups, out_channels),
-            nn.Mish(),
+            make_activation(activation),
         )
 
 
 class ConditionalResidualBlock1D(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, cond_dim: int, kernel_size: int, n_groups: int):
+    def __init__(self, in_channels: int, out_channels: int, cond_dim: int, kernel_size: int, n_groups: int,
+                 activation: str = "mish"):
         super().__init__()
         self.out_channels = out_channels
-        self.conv1 = Conv1dBlock(in_channels, out_channels, kernel_size, n_groups)
-        self.conv2 = Conv1dBlock(out_channels, out_channels, kernel_size, n_groups)
-        self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * out_channels))
+        self.conv1 = Conv1dBlock(in_channels, out_channels, kernel_size, n_groups, activation)
+        self.conv2 = Conv1dBlock(out_channels, out_channels, kernel_size, n_groups, activation)
+        self.film = nn.Sequential(make_activation(activation), nn.Linear(cond_dim, 2 * out_channels))
         self.residual = nn.Conv1d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
@@ -67,8 +82,10 @@ class ConditionalUnet1D(nn.Module):
         n_groups: int = 8,
         timestep_scale: float = 1.0,
         blocks_per_level: int = 2,
+        activation: str = "mish",
     ):
         super().__init__()
+        make_activation(activation)  # a bad name fails here, before any layer is built
         if blocks_per_level < 1:
             raise ValueError(f"blocks_per_level must be at least 1, got {blocks_per_level}")
         # Flow models feed t in [0, 1]; scaling it up keeps the sinusoidal embedding informative.
@@ -76,7 +93,7 @@ class ConditionalUnet1D(nn.Module):
         self.step_encoder = nn.Sequential(
             SinusoidalPosEmb(step_embed_dim),
             nn.Linear(step_embed_dim, step_embed_dim * 4),
-            nn.Mish(),
+            make_activation(activation),
             nn.Linear(step_embed_dim * 4, step_embed_dim),
         )
         cond_dim = step_embed_dim + global_cond_dim
@@ -84,7 +101,7 @@ class ConditionalUnet1D(nn.Module):
         pairs = list(zip(dims[:-1], dims[1:]))
 
         def block(i: int, o: int) -> ConditionalResidualBlock1D:
-            return ConditionalResidualBlock1D(i, o, cond_dim, kernel_size, n_groups)
+            return ConditionalResidualBlock1D(i, o, cond_dim, kernel_size, n_groups, activation)
 
         # Each level is a ModuleList [residual blocks..., down/upsampling]; with Diffusion Policy's two blocks per
         # level the parameter names are those of the original network.
@@ -101,7 +118,7 @@ class ConditionalUnet1D(nn.Module):
         for i, o in reversed(pairs[1:]):
             self.up.append(nn.ModuleList([block(o * 2, i), *(block(i, i) for _ in range(n - 1)),
                                            nn.ConvTranspose1d(i, i, 4, stride=2, padding=1)]))
-        self.final = nn.Sequential(Conv1dBlock(down_dims[0], down_dims[0], kernel_size, n_groups),
+        self.final = nn.Sequential(Conv1dBlock(down_dims[0], down_dims[0], kernel_size, n_groups, activation),
                                    nn.Conv1d(down_dims[0], action_dim, 1))
 
     def forward(self, sample: Tensor, timestep: Tensor, global_cond: Tensor) -> Tensor:
