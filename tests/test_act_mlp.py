@@ -198,6 +198,13 @@ def test_act_temporal_ensembling_through_select_action(lowdim_dataset):
 
 
 # ---- MLP specifics ------------------------------------------------------------------------------
+def two_mode_episodes(length: int, positive) -> list[dict[str, np.ndarray]]:
+    """Ten episodes over the same states whose actions are +0.8 where ``positive(episode)`` and -0.8 elsewhere."""
+    state = np.stack([np.linspace(-1, 1, length), np.zeros(length)], axis=1).astype(np.float32)
+    return [{"observation.state": state.copy(),
+             "action": np.full((length, 2), 0.8 if positive(e) else -0.8, np.float32)} for e in range(10)]
+
+
 def test_mlp_is_plain_linear_and_activation(lowdim_dataset):
     for act, layer in [("relu", nn.ReLU), ("tanh", nn.Tanh), ("elu", nn.ELU)]:
         policy = tiny_policy(lowdim_dataset, "mlp", activation=act)
@@ -212,11 +219,7 @@ def test_mlp_averages_two_modes(tmp_path):
     """Identical states lead half the episodes to +0.8 and half to -0.8: MSE regression answers the
     mean, between the modes (the failure diffusion and flow policies avoid)."""
     length = 20
-    episodes = []
-    for e in range(10):
-        state = np.stack([np.linspace(-1, 1, length), np.zeros(length)], axis=1).astype(np.float32)
-        sign = 1.0 if e % 2 == 0 else -1.0
-        episodes.append({"observation.state": state, "action": np.full((length, 2), 0.8 * sign, np.float32)})
+    episodes = two_mode_episodes(length, positive=lambda e: e % 2 == 0)
     root = write_dataset(tmp_path / "two_modes", episodes)
     torch.manual_seed(0)
     policy = tiny_policy(root, "mlp")
@@ -231,12 +234,7 @@ def test_mlp_averages_two_modes(tmp_path):
 def test_mlp_l1_loss_keeps_the_larger_mode_where_mse_averages(tmp_path):
     """Seven episodes go to +0.8, three to -0.8 from the same states: MSE answers the weighted mean
     (0.32), L1 the median, which lies inside the larger mode."""
-    length = 20
-    episodes = []
-    for e in range(10):
-        state = np.stack([np.linspace(-1, 1, length), np.zeros(length)], axis=1).astype(np.float32)
-        sign = 1.0 if e < 7 else -1.0
-        episodes.append({"observation.state": state, "action": np.full((length, 2), 0.8 * sign, np.float32)})
+    episodes = two_mode_episodes(20, positive=lambda e: e < 7)
     root = write_dataset(tmp_path / "unequal_modes", episodes)
     states = torch.from_numpy(episodes[0]["observation.state"])[:, None].expand(-1, 2, -1)
     answers = {}
@@ -254,11 +252,7 @@ def test_mlp_latent_carries_the_mode_in_training_and_is_dropped_at_inference(tmp
     of the equal two-mode data that a plain regressor averages (loss about 1, test above); at inference z = 0
     and the policy is the plain ``net`` on the observation features, what the ONNX and C exporters write."""
     length = 20
-    episodes = []
-    for e in range(10):
-        state = np.stack([np.linspace(-1, 1, length), np.zeros(length)], axis=1).astype(np.float32)
-        sign = 1.0 if e % 2 == 0 else -1.0
-        episodes.append({"observation.state": state, "action": np.full((length, 2), 0.8 * sign, np.float32)})
+    episodes = two_mode_episodes(length, positive=lambda e: e % 2 == 0)
     root = write_dataset(tmp_path / "two_modes", episodes)
     torch.manual_seed(0)
     policy = tiny_policy(root, "mlp", latent_dim=4, kl_weight=0.01)
