@@ -30,6 +30,7 @@ class MLPConfig(PolicyConfig):
     # > 0 trains the MLP as a CVAE decoder, as ACT does: a posterior q(z | observation, action chunk) lets the
     # demonstrations' mode choices go into z instead of being averaged. z = 0 at inference, so the deployed network
     # is the same plain Linear/activation stack (the latent enters as an extra term on the first layer, dropped).
+    # On PushT it did not beat plain L1 regression (docs/benchmarks.md, section 1b).
     latent_dim: int = 0
     kl_weight: float = 10.0
     image_encoder: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
