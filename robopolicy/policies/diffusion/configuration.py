@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from robopolicy.policies.base import PolicyConfig
 from robopolicy.policies.encoders import ImageEncoderConfig
+from robopolicy.policies.networks.unet1d import ACTIVATIONS as UNET_ACTIVATIONS
 
 SAMPLING_MODES = ("standard", "warm_start", "streaming")  # see fast_sampling.py
 SCHEDULERS = ("DDPM", "DDIM", "DPMSolver++", "UniPC")
@@ -57,8 +58,9 @@ class DiffusionConfig(PolicyConfig):
         if self.sampling_mode == "streaming" and not self.per_position_noise:
             raise ValueError("sampling_mode 'streaming' needs a network trained with per_position_noise: true")
         # ---- end ----
-        if self.activation not in ("mish", "silu"):
-            raise ValueError(f"activation must be 'mish' or 'silu', got {self.activation!r}")
+        if self.activation not in UNET_ACTIVATIONS:
+            names = " or ".join(repr(name) for name in UNET_ACTIVATIONS)
+            raise ValueError(f"activation must be {names}, got {self.activation!r}")
         if self.noise_scheduler_type not in SCHEDULERS:
             raise ValueError(f"noise_scheduler_type must be one of {SCHEDULERS}, got {self.noise_scheduler_type!r}")
         if not 1 <= self.num_inference_steps <= self.num_train_timesteps:

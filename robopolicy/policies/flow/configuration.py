@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from robopolicy.policies.base import PolicyConfig
 from robopolicy.policies.encoders import ImageEncoderConfig
 from robopolicy.policies.flow.integrators import METHODS
+from robopolicy.policies.networks.unet1d import ACTIVATIONS as UNET_ACTIVATIONS
 
 BACKBONES = ("unet", "transformer", "mlp")
 TIME_SAMPLINGS = ("uniform", "beta")
@@ -66,8 +67,9 @@ class FlowConfig(PolicyConfig):
         self.image_encoder = ImageEncoderConfig.coerce(self.image_encoder)
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
-        if self.activation not in ("mish", "silu"):
-            raise ValueError(f"activation must be 'mish' or 'silu', got {self.activation!r}")
+        if self.activation not in UNET_ACTIVATIONS:
+            names = " or ".join(repr(name) for name in UNET_ACTIVATIONS)
+            raise ValueError(f"activation must be {names}, got {self.activation!r}")
         if self.backbone == "unet" and self.horizon % (2 ** (len(self.down_dims) - 1)):
             raise ValueError(f"horizon {self.horizon} must be divisible by 2^(len(down_dims)-1) for the U-Net")
         if self.backbone == "transformer" and (self.n_embd % self.n_head or self.n_embd % 2):
