@@ -104,6 +104,11 @@ FAMILIES: dict[str, tuple[list[str], float]] = {
     "mlp_l1_wide_noise_cvae": (["policy=mlp", "policy.loss=l1", "policy.hidden_dims=[512,512,512]", "obs_noise_std=0.02",
                                 "policy.latent_dim=32", "policy.kl_weight=10", "steps=100000", "lr=1e-3",
                                 "batch_size=256"], 30),
+    # The same MLP with K candidate chunks and scores (relaxed winner-takes-all; the best-scored one runs).
+    "mlp_l1_wide_noise_k4": (["policy=mlp", "policy.loss=l1", "policy.hidden_dims=[512,512,512]", "obs_noise_std=0.02",
+                              "policy.n_hypotheses=4", "steps=100000", "lr=1e-3", "batch_size=256"], 25),
+    "mlp_l1_wide_noise_k8": (["policy=mlp", "policy.loss=l1", "policy.hidden_dims=[512,512,512]", "obs_noise_std=0.02",
+                              "policy.n_hypotheses=8", "steps=100000", "lr=1e-3", "batch_size=256"], 25),
     "mlp_l1_xl": (["policy=mlp", "policy.loss=l1", "policy.hidden_dims=[1024,1024,1024]", "steps=60000", "lr=5e-4",
                    "batch_size=256"], 45),
     # Longer chunks (T = 32): on the 512 x 3 L1 MLP, executing 8 of 16 beat 1, 2 and 4 (commitment through PushT's
@@ -166,6 +171,10 @@ ROWS = [
     Row("mlp_l1", "MLP behaviour cloning, L1 loss", "mlp_l1"),
     Row("mlp_l1_wide", "MLP behaviour cloning, L1 loss, 512 × 3, 88k steps", "mlp_l1_wide"),
     Row("mlp_l1_wide_noise", "MLP behaviour cloning, L1 loss, 512 × 3, observation noise 0.02", "mlp_l1_wide_noise"),
+    Row("mlp_l1_wide_noise_k4", "MLP behaviour cloning, L1 loss, 512 × 3, observation noise 0.02, 4 hypotheses",
+        "mlp_l1_wide_noise_k4"),
+    Row("mlp_l1_wide_noise_k8", "MLP behaviour cloning, L1 loss, 512 × 3, observation noise 0.02, 8 hypotheses",
+        "mlp_l1_wide_noise_k8"),
     Row("mlp_l1_wide_noise05", "MLP behaviour cloning, L1 loss, 512 × 3, observation noise 0.05", "mlp_l1_wide_noise05"),
     Row("mlp_l1_wide_noise01", "MLP behaviour cloning, L1 loss, 512 × 3, observation noise 0.01", "mlp_l1_wide_noise01"),
     Row("mlp_l1_wide_noise_seed1", "MLP behaviour cloning, L1 loss, 512 × 3, observation noise 0.02, seed 1",

@@ -268,6 +268,37 @@ def test_mlp_latent_carries_the_mode_in_training_and_is_dropped_at_inference(tmp
         tiny_policy(root, "mlp", latent_dim=4, hidden_dims=[])
 
 
+def test_mlp_hypotheses_pick_a_mode_where_one_regressor_averages(tmp_path):
+    """n_hypotheses = 2 on the equal two-mode data the plain MLP averages (test above): winner-takes-all training
+    puts one candidate on each mode, the scores learn they are equally likely, and inference returns one whole
+    mode, deterministically, instead of their mean."""
+    length = 20
+    episodes = two_mode_episodes(length, positive=lambda e: e % 2 == 0)
+    root = write_dataset(tmp_path / "two_modes", episodes)
+    torch.manual_seed(0)
+    policy = tiny_policy(root, "mlp", loss="l1", n_hypotheses=2)
+    train(policy, root, steps=300)
+    states = torch.from_numpy(episodes[0]["observation.state"])[:, None].expand(-1, 2, -1)
+    with torch.no_grad():
+        scores, candidates = policy.hypotheses({"observation.state": policy.normalizer.normalize(
+            "observation.state", states)})
+    unnormalized = policy.normalizer.unnormalize("action", candidates)
+    per_candidate = unnormalized.mean(dim=(0, 2, 3))
+    assert sorted(per_candidate.tolist()) == pytest.approx([-0.8, 0.8], abs=0.1), "one candidate per mode"
+    assert scores.softmax(-1).mean(0).tolist() == pytest.approx([0.5, 0.5], abs=0.15)
+    chunk = policy.predict_chunk({"observation.state": states})
+    assert (chunk.abs() - 0.8).abs().max() < 0.15, f"the chosen chunk should be a mode, got {chunk.abs().min():.2f}"
+    torch.testing.assert_close(chunk, policy.predict_chunk({"observation.state": states}))
+
+
+def test_mlp_hypotheses_config_checks(lowdim_dataset):
+    assert tiny_policy(lowdim_dataset, "mlp", n_hypotheses=4).net[-1].out_features == 4 + 4 * 4 * 2
+    with pytest.raises(ValueError, match="n_hypotheses"):
+        tiny_policy(lowdim_dataset, "mlp", n_hypotheses=0)
+    with pytest.raises(ValueError, match="not both"):
+        tiny_policy(lowdim_dataset, "mlp", n_hypotheses=2, latent_dim=4)
+
+
 def test_mlp_rejects_an_unknown_loss(lowdim_dataset):
     with pytest.raises(ValueError, match="loss must be one of"):
         tiny_policy(lowdim_dataset, "mlp", loss="huber")

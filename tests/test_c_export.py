@@ -35,9 +35,10 @@ INT8_BOUND_VS_DEQUANT = 1e-4  # int8 C vs torch with the dequantized weights
 INT8_BOUND_VS_FLOAT = 0.02  # int8 C vs the float policy, relative to max |action| (measured ~0.2%)
 
 
-def make_policy(activation: str = "relu", hidden=(32, 32), n_obs_steps: int = 2, horizon: int = 4) -> MLPPolicy:
+def make_policy(activation: str = "relu", hidden=(32, 32), n_obs_steps: int = 2, horizon: int = 4,
+                n_hypotheses: int = 1) -> MLPPolicy:
     cfg = MLPConfig(n_obs_steps=n_obs_steps, horizon=horizon, n_action_steps=1, hidden_dims=list(hidden),
-                    activation=activation,
+                    activation=activation, n_hypotheses=n_hypotheses,
                     input_features=[FeatureSpec("observation.state", (5,)), FeatureSpec("observation.target", (3,))],
                     output_features=[FeatureSpec("action", (4,))],
                     normalization={"observation.state": "min_max", "observation.target": "mean_std",
@@ -71,6 +72,23 @@ def test_host_float_matches_torch(tmp_path, activation):
             "observation.target": torch.from_numpy(obs[:1].reshape(1, 2, 8)[..., 5:])}
     chunk = policy.predict_chunk(hist)[0]
     np.testing.assert_allclose(want[0], chunk[1].numpy(), atol=1e-6)
+
+
+@needs_gcc
+def test_host_picks_the_best_scored_hypothesis_as_torch_does(tmp_path):
+    """n_hypotheses > 1: the C forward pass keeps the chunk whose score is highest, the torch policy's choice."""
+    policy = make_policy(n_hypotheses=3)
+    out = export_c(policy, tmp_path / "c", n_selftest=4)
+    assert subprocess.run([str(build_host(out))]).returncode == 0
+    obs = sample_observations(policy, 64, seed=9)
+    got = run_eval(build_host(out, "main_eval.c"), obs)
+    assert np.abs(got - reference_actions(policy, obs)).max() <= FLOAT_BOUND
+    hist = {"observation.state": torch.from_numpy(obs.reshape(64, 2, 8)[..., :5]),
+            "observation.target": torch.from_numpy(obs.reshape(64, 2, 8)[..., 5:])}
+    with torch.no_grad():
+        normalized = {k: policy.normalizer.normalize(k, v) for k, v in hist.items()}
+        scores, _ = policy.hypotheses(normalized)
+    assert len(set(scores.argmax(-1).tolist())) > 1, "the observations should exercise more than one hypothesis"
 
 
 @needs_gcc

@@ -42,6 +42,8 @@ CONFIGS = {
             "dim_feedforward": 64, "n_encoder_layers": 1, "n_decoder_layers": 1, "latent_dim": 8,
             "n_vae_encoder_layers": 1, "temporal_ensemble_coeff": 0.01},
     "mlp": {"type": "mlp", "n_obs_steps": 2, "horizon": 4, "n_action_steps": 2, "hidden_dims": [32, 32]},
+    "mlp_hypotheses": {"type": "mlp", "n_obs_steps": 2, "horizon": 4, "n_action_steps": 2, "hidden_dims": [32, 32],
+                       "n_hypotheses": 3},
 }
 
 
@@ -103,7 +105,7 @@ def test_parity_random_inputs(artifacts, name, graph):
     policy, path = artifacts[name]
     runtime = OnnxPolicy.load(path, graph=graph)
     history = random_history(policy, seed=1)
-    noise = None if name in ("act", "mlp") else np.random.default_rng(2).standard_normal(noise_shape(policy)).astype(np.float32)
+    noise = None if policy.name in ("act", "mlp") else np.random.default_rng(2).standard_normal(noise_shape(policy)).astype(np.float32)
     policy.reset()
     expected = torch_chunk(policy, history, noise)
     got = runtime.predict_chunk(history, noise=noise)
@@ -428,7 +430,7 @@ def test_openvino_backend_parity(artifacts, name, graph):
     assert runtime.providers == ["OpenVINO (CPU)"]
     for batch in (B, 1, B):  # a new batch size compiles a new static-shape model; the first stays cached
         history = random_history(policy, batch=batch, seed=batch)
-        noise = (None if name in ("act", "mlp")
+        noise = (None if policy.name in ("act", "mlp")
                  else np.random.default_rng(2).standard_normal(noise_shape(policy, batch)).astype(np.float32))
         policy.reset()
         runtime.reset()

@@ -281,7 +281,10 @@ def _mlp_source(policy: nn.Module, int8: bool) -> tuple[str, dict[str, Any]]:
     cfg = policy.config
     obs_dim = cfg.n_obs_steps * sum(int(np.prod(f.shape)) for f in cfg.input_features)
     linears = [p for k, p in layers if k == "linear"]
-    if linears[0][0].shape[1] != obs_dim or linears[-1][0].shape[0] != cfg.horizon * cfg.action_dim:
+    n_hyp = getattr(cfg, "n_hypotheses", 1)
+    chunk_size = cfg.horizon * cfg.action_dim
+    out_dim = chunk_size if n_hyp == 1 else n_hyp * (1 + chunk_size)
+    if linears[0][0].shape[1] != obs_dim or linears[-1][0].shape[0] != out_dim:
         raise CExportError("C export: network shape does not match the config's observation/action dims")
     max_width = max(max(w.shape) for w, _ in linears)
     parts = [_weights_c(str(i), w, b, int8) for i, (w, b) in enumerate(linears)]
@@ -305,7 +308,14 @@ static const float *forward(const float *obs)
         else:
             body.append(f"    act_{kind}(x, {last_rows});")
     parts.append("\n".join(body))
-    parts.append("""    (void)y;
+    # K > 1 hypotheses: the output is K scores then K chunks; keep the best-scored chunk (first on ties, as torch).
+    select = "" if n_hyp == 1 else f"""    {{
+        int k, best = 0;
+        for (k = 1; k < {n_hyp}; ++k) if (x[k] > x[best]) best = k;
+        x += {n_hyp} + best * {chunk_size};
+    }}
+"""
+    parts.append(select + """    (void)y;
     return x;
 }
 
@@ -333,7 +343,7 @@ int policy_step(const float *obs, float *action)
 void policy_reset(void) { }
 """)
     meta = {"n_params": int(sum(w.size + b.size for w, b in linears)), "weight_bytes": _weight_bytes(linears, int8),
-            "activations": [k for k, _ in layers if k != "linear"]}
+            "activations": [k for k, _ in layers if k != "linear"], "n_hypotheses": n_hyp}
     return "\n".join(parts), meta
 
 

@@ -8,6 +8,11 @@ With ``latent_dim > 0`` training is a CVAE's (ACT's recipe on an MLP): a posteri
 observation features and the demonstrated chunk and gives z, which is projected onto the first
 hidden layer's pre-activation. Inference uses the prior's mean z = 0, where that term vanishes, so
 ``net`` alone is the deployed policy and the exporters need not know about the latent.
+
+With ``n_hypotheses = K > 1`` the last layer gives K scores followed by K candidate chunks. Training is
+relaxed winner-takes-all: each demonstration pulls mostly on its nearest candidate, and the scores learn
+(cross-entropy) which candidate that was. Inference returns the best-scored candidate, a deterministic
+choice between modes where a single regressor would answer their average.
 """
 
 from __future__ import annotations
@@ -46,21 +51,47 @@ class MLPPolicy(Policy):
         super().__init__(config, normalizer)
         self.config: MLPConfig = config
         self.encoder = make_observation_encoder(config.input_features, config.n_obs_steps, config.image_encoder)
-        self.net = make_mlp(self.encoder.output_dim, config.hidden_dims, config.horizon * config.action_dim,
-                            config.activation, config.layer_norm)
+        self.chunk_size = config.horizon * config.action_dim
+        k = config.n_hypotheses
+        out_dim = self.chunk_size if k == 1 else k + k * self.chunk_size
+        self.net = make_mlp(self.encoder.output_dim, config.hidden_dims, out_dim, config.activation, config.layer_norm)
         if config.latent_dim > 0:
             width = config.hidden_dims[0]
             self.posterior = make_mlp(self.encoder.output_dim + config.horizon * config.action_dim, [width, width],
                                       2 * config.latent_dim, config.activation)
             self.latent_to_hidden = nn.Linear(config.latent_dim, width, bias=False)
 
+    def hypotheses(self, obs: dict[str, Tensor], generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """(scores (B, K), candidate chunks (B, K, T, A)) for n_hypotheses = K > 1."""
+        c = self.config
+        out = self.net(self.encoder(obs, generator=generator))
+        scores, chunks = out.split([c.n_hypotheses, c.n_hypotheses * self.chunk_size], dim=-1)
+        return scores, chunks.reshape(-1, c.n_hypotheses, c.horizon, c.action_dim)
+
     def _predict(self, obs: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
-        features = self.encoder(obs, generator=generator)
-        return self.net(features).view(-1, self.config.horizon, self.config.action_dim)
+        c = self.config
+        if c.n_hypotheses == 1:
+            return self.net(self.encoder(obs, generator=generator)).view(-1, c.horizon, c.action_dim)
+        scores, chunks = self.hypotheses(obs, generator)
+        best = scores.argmax(dim=-1).view(-1, 1, 1, 1).expand(-1, 1, c.horizon, c.action_dim)
+        return chunks.gather(1, best).squeeze(1)
+
+    def _hypotheses_loss(self, batch: dict[str, Tensor], generator: torch.Generator | None) -> Tensor:
+        c = self.config
+        actions = batch[self.action_key]
+        scores, chunks = self.hypotheses(batch, generator)
+        error = chunks - actions[:, None]
+        distance = (error.abs() if c.loss == "l1" else error.square()).flatten(2).mean(-1)  # (B, K)
+        winner = distance.argmin(dim=-1)
+        nearest = distance.gather(1, winner[:, None]).squeeze(1)
+        regression = ((1 - c.wta_epsilon) * nearest + c.wta_epsilon * distance.mean(-1)).mean()
+        return regression + c.score_weight * F.cross_entropy(scores, winner)
 
     def compute_loss(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
         loss = F.l1_loss if self.config.loss == "l1" else F.mse_loss
         actions = batch[self.action_key]
+        if self.config.n_hypotheses > 1:
+            return self._hypotheses_loss(batch, generator)
         if self.config.latent_dim == 0:
             return loss(self._predict(batch, generator), actions)
         features = self.encoder(batch, generator=generator)
