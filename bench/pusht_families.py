@@ -85,6 +85,10 @@ FAMILIES: dict[str, tuple[list[str], float]] = {
     "act_tiny_long": (["policy=act", "policy.dim_model=64", "policy.dim_feedforward=256", "policy.n_heads=4",
                        "policy.dropout=0", "policy.n_vae_encoder_layers=1", "policy.n_obs_steps=2", "obs_noise_std=0.02",
                        "steps=55000", "lr=5e-4", "batch_size=256"], 115),
+    # act_tiny with 4 candidate chunks and scores instead of the CVAE (z = 0 at inference cannot choose a mode).
+    "act_tiny_k4": (["policy=act", "policy.dim_model=64", "policy.dim_feedforward=256", "policy.n_heads=4",
+                     "policy.dropout=0", "policy.use_vae=false", "policy.n_hypotheses=4", "policy.n_obs_steps=2",
+                     "obs_noise_std=0.02", "steps=30000", "lr=5e-4", "batch_size=256"], 60),
     "mlp": (["policy=mlp", "steps=40000", "lr=1e-3", "batch_size=256"], 3),
     # Deterministic regressors average PushT's two ways around the block; L1 regresses the median instead.
     "mlp_l1": (["policy=mlp", "policy.loss=l1", "steps=40000", "lr=1e-3", "batch_size=256"], 5),
@@ -171,6 +175,8 @@ ROWS = [
     Row("mlp_l1", "MLP behaviour cloning, L1 loss", "mlp_l1"),
     Row("mlp_l1_wide", "MLP behaviour cloning, L1 loss, 512 × 3, 88k steps", "mlp_l1_wide"),
     Row("mlp_l1_wide_noise", "MLP behaviour cloning, L1 loss, 512 × 3, observation noise 0.02", "mlp_l1_wide_noise"),
+    Row("act_tiny_k4", "ACT (d = 64, To = 2, no dropout, observation noise 0.02), 4 hypotheses, no CVAE, chunk of 16, "
+        "Ta 8", "act_tiny_k4"),
     Row("mlp_l1_wide_noise_k4", "MLP behaviour cloning, L1 loss, 512 × 3, observation noise 0.02, 4 hypotheses",
         "mlp_l1_wide_noise_k4"),
     Row("mlp_l1_wide_noise_k8", "MLP behaviour cloning, L1 loss, 512 × 3, observation noise 0.02, 8 hypotheses",

@@ -268,7 +268,8 @@ def test_mlp_latent_carries_the_mode_in_training_and_is_dropped_at_inference(tmp
         tiny_policy(root, "mlp", latent_dim=4, hidden_dims=[])
 
 
-def test_mlp_hypotheses_pick_a_mode_where_one_regressor_averages(tmp_path):
+@pytest.mark.parametrize("family, overrides", [("mlp", {"loss": "l1"}), ("act", {"use_vae": False})])
+def test_hypotheses_pick_a_mode_where_one_regressor_averages(tmp_path, family, overrides):
     """n_hypotheses = 2 on the equal two-mode data the plain MLP averages (test above): winner-takes-all training
     puts one candidate on each mode, the scores learn they are equally likely, and inference returns one whole
     mode, deterministically, instead of their mean."""
@@ -276,14 +277,17 @@ def test_mlp_hypotheses_pick_a_mode_where_one_regressor_averages(tmp_path):
     episodes = two_mode_episodes(length, positive=lambda e: e % 2 == 0)
     root = write_dataset(tmp_path / "two_modes", episodes)
     torch.manual_seed(0)
-    policy = tiny_policy(root, "mlp", loss="l1", n_hypotheses=2)
+    policy = tiny_policy(root, family, n_hypotheses=2, **overrides)
     train(policy, root, steps=300)
-    states = torch.from_numpy(episodes[0]["observation.state"])[:, None].expand(-1, 2, -1)
+    to = policy.config.n_obs_steps
+    states = torch.from_numpy(episodes[0]["observation.state"])[:, None].expand(-1, to, -1)
+    normalized = {"observation.state": policy.normalizer.normalize("observation.state", states)}
     with torch.no_grad():
-        scores, candidates = policy.hypotheses({"observation.state": policy.normalizer.normalize(
-            "observation.state", states)})
-    unnormalized = policy.normalizer.unnormalize("action", candidates)
-    per_candidate = unnormalized.mean(dim=(0, 2, 3))
+        if family == "mlp":
+            scores, candidates = policy.hypotheses(normalized)
+        else:
+            scores, candidates = policy._decode(policy.encoder.feature_tokens(normalized), torch.zeros(length, 8))
+    per_candidate = policy.normalizer.unnormalize("action", candidates).mean(dim=(0, 2, 3))
     assert sorted(per_candidate.tolist()) == pytest.approx([-0.8, 0.8], abs=0.1), "one candidate per mode"
     assert scores.softmax(-1).mean(0).tolist() == pytest.approx([0.5, 0.5], abs=0.15)
     chunk = policy.predict_chunk({"observation.state": states})
@@ -291,10 +295,13 @@ def test_mlp_hypotheses_pick_a_mode_where_one_regressor_averages(tmp_path):
     torch.testing.assert_close(chunk, policy.predict_chunk({"observation.state": states}))
 
 
-def test_mlp_hypotheses_config_checks(lowdim_dataset):
+def test_hypotheses_config_checks(lowdim_dataset):
     assert tiny_policy(lowdim_dataset, "mlp", n_hypotheses=4).net[-1].out_features == 4 + 4 * 4 * 2
-    with pytest.raises(ValueError, match="n_hypotheses"):
-        tiny_policy(lowdim_dataset, "mlp", n_hypotheses=0)
+    for family in FAMILIES:
+        with pytest.raises(ValueError, match="n_hypotheses"):
+            tiny_policy(lowdim_dataset, family, n_hypotheses=0)
+        with pytest.raises(ValueError, match="wta_epsilon"):
+            tiny_policy(lowdim_dataset, family, n_hypotheses=2, wta_epsilon=1.0)
     with pytest.raises(ValueError, match="not both"):
         tiny_policy(lowdim_dataset, "mlp", n_hypotheses=2, latent_dim=4)
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from robopolicy.policies.base import PolicyConfig
 from robopolicy.policies.encoders import ImageEncoderConfig
+from robopolicy.policies.hypotheses import check_hypotheses_config
 
 
 @dataclass
@@ -36,6 +37,12 @@ class ACTConfig(PolicyConfig):
     # Temporal ensembling: query every step and average all chunks' predictions for now with weights
     # exp(-m * i), i = 0 for the oldest chunk. null = off (execute Ta actions per chunk instead).
     temporal_ensemble_coeff: float | None = None
+    # > 1: K candidate chunks and a score each (robopolicy/policies/hypotheses.py); the best-scored one runs. With
+    # z = 0 at inference the CVAE cannot choose a mode, so this is the deterministic way to; use_vae=false with it
+    # keeps the posterior from carrying the mode in training that inference then lacks.
+    n_hypotheses: int = 1
+    wta_epsilon: float = 0.05
+    score_weight: float = 0.1
     image_encoder: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
 
     def __post_init__(self) -> None:
@@ -56,5 +63,6 @@ class ACTConfig(PolicyConfig):
             raise ValueError(f"ACT: dropout must be in [0, 1), got {self.dropout}")
         if self.kl_weight < 0:
             raise ValueError(f"ACT: kl_weight must be non-negative, got {self.kl_weight}")
+        check_hypotheses_config("ACT", self.n_hypotheses, self.wta_epsilon, self.score_weight)
         if self.temporal_ensemble_coeff is not None and not math.isfinite(self.temporal_ensemble_coeff):
             raise ValueError(f"ACT: temporal_ensemble_coeff must be a number or null, got {self.temporal_ensemble_coeff}")

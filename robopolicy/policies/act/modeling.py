@@ -5,6 +5,9 @@ log-variance of a latent z (the demonstrator's "style"). The decoder is a transf
 [z token, one token per observation feature and time step] and a transformer decoder whose k learned
 queries cross-attend to it and become the k actions. Loss: L1 + kl_weight * KL(q(z) || N(0, I)).
 
+With ``n_hypotheses = K > 1`` the head gives K candidate chunks and a score each, trained and chosen
+between as in :mod:`robopolicy.policies.hypotheses`.
+
 Inference: z = 0 (the prior's mean). Without temporal ensembling the base class executes Ta actions
 per chunk; with it the policy is queried every step and :class:`TemporalEnsembler` averages every
 live chunk's prediction for the current time.
@@ -20,6 +23,7 @@ from robopolicy.data.normalize import Normalizer
 from robopolicy.policies.act.configuration import ACTConfig
 from robopolicy.policies.base import Policy
 from robopolicy.policies.encoders import make_observation_encoder
+from robopolicy.policies.hypotheses import best_hypothesis, winner_takes_all_loss
 from robopolicy.policies.registry import register_policy
 from robopolicy.runtime.ensemble import TemporalEnsembler
 
@@ -68,7 +72,10 @@ class ACTPolicy(Policy):
         layer = nn.TransformerDecoderLayer(d, config.n_heads, config.dim_feedforward, config.dropout,
                                            activation="gelu", batch_first=True, norm_first=True)
         self.transformer_decoder = nn.TransformerDecoder(layer, config.n_decoder_layers, norm=nn.LayerNorm(d))
-        self.action_head = nn.Linear(d, config.action_dim)
+        k_hyp = config.n_hypotheses
+        self.action_head = nn.Linear(d, k_hyp * config.action_dim)
+        # K > 1: the scores read the encoder's output at the latent token, which has attended to every observation.
+        self.score_head = nn.Linear(d, k_hyp) if k_hyp > 1 else None
 
         coeff = config.temporal_ensemble_coeff
         self.ensembler = TemporalEnsembler(coeff) if coeff is not None else None
@@ -86,13 +93,17 @@ class ACTPolicy(Policy):
         mu, log_var = self.vae_to_latent(h[:, 0]).chunk(2, dim=-1)
         return mu, log_var
 
-    def _decode(self, tokens: dict[str, Tensor], z: Tensor) -> Tensor:
-        """Normalized action chunk (B, k, A) from observation tokens and a latent z (B, latent_dim)."""
+    def _decode(self, tokens: dict[str, Tensor], z: Tensor) -> tuple[Tensor | None, Tensor]:
+        """(scores (B, K) or None when K = 1, normalized candidate chunks (B, K, k, A)) from observation tokens
+        and a latent z (B, latent_dim)."""
         obs = [self.obs_proj[_module_name(key)](t) for key, t in tokens.items()]  # each (B, To, d)
         memory = torch.cat([self.latent_proj(z)[:, None], *obs], dim=1) + self.memory_pos
         memory = self.transformer_encoder(memory)
         h = self.transformer_decoder(self.queries.expand(z.shape[0], -1, -1), memory)
-        return self.action_head(h)
+        c = self.config
+        candidates = self.action_head(h).view(z.shape[0], c.horizon, c.n_hypotheses, c.action_dim).transpose(1, 2)
+        scores = self.score_head(memory[:, 0]) if self.score_head is not None else None
+        return scores, candidates
 
     def compute_loss(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
         actions = batch[self.action_key]
@@ -106,14 +117,20 @@ class ACTPolicy(Policy):
         else:
             z = actions.new_zeros(b, latent_dim)
             kl = actions.new_zeros(())
-        l1 = F.l1_loss(self._decode(tokens, z), actions)
-        return l1 + self.config.kl_weight * kl
+        scores, candidates = self._decode(tokens, z)
+        if scores is None:
+            reconstruction = F.l1_loss(candidates[:, 0], actions)
+        else:
+            c = self.config
+            reconstruction = winner_takes_all_loss(scores, candidates, actions, "l1", c.wta_epsilon, c.score_weight)
+        return reconstruction + self.config.kl_weight * kl
 
     def generate_actions(self, obs: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
         tokens = self.encoder.feature_tokens(obs)
         b = next(iter(tokens.values())).shape[0]
         z = torch.zeros(b, self.config.latent_dim, device=self.memory_pos.device)  # the prior's mean
-        return self._decode(tokens, z)
+        scores, candidates = self._decode(tokens, z)
+        return candidates[:, 0] if scores is None else best_hypothesis(scores, candidates)
 
     # ---- execution ----------------------------------------------------------------------------
     def executable_actions(self, chunk: Tensor) -> Tensor:

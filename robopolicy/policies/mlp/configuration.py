@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from robopolicy.policies.base import PolicyConfig
 from robopolicy.policies.encoders import ImageEncoderConfig
+from robopolicy.policies.hypotheses import check_hypotheses_config
 
 ACTIVATIONS = ("relu", "tanh", "elu")
 LOSSES = ("mse", "l1")
@@ -33,10 +34,10 @@ class MLPConfig(PolicyConfig):
     # On PushT it did not beat plain L1 regression (docs/benchmarks.md, section 1b).
     latent_dim: int = 0
     kl_weight: float = 10.0
-    # > 1 predicts that many candidate chunks plus a score for each (multiple-hypothesis prediction): training
-    # moves only the candidate nearest the demonstration (relaxed winner-takes-all) and teaches the scores which
-    # one that was; inference returns the best-scored candidate. Still one deterministic forward pass, so the
-    # modes of the demonstrations (left or right around an obstacle) are chosen between instead of averaged.
+    # > 1 predicts that many candidate chunks plus a score for each (robopolicy/policies/hypotheses.py): training
+    # moves mostly the candidate nearest the demonstration and teaches the scores which one that was; inference
+    # returns the best-scored candidate. Still one deterministic forward pass, so the demonstrations' modes (left
+    # or right around an obstacle) are chosen between instead of averaged.
     n_hypotheses: int = 1
     wta_epsilon: float = 0.05  # share of the regression loss every candidate gets (keeps unused ones alive)
     score_weight: float = 0.1  # weight of the scores' cross-entropy against the winning candidate
@@ -54,12 +55,8 @@ class MLPConfig(PolicyConfig):
             raise ValueError(f"MLP: latent_dim and kl_weight must be non-negative, got {self.latent_dim}, {self.kl_weight}")
         if self.latent_dim > 0 and not self.hidden_dims:
             raise ValueError("MLP: latent_dim > 0 needs at least one hidden layer (the latent enters the first one)")
-        if self.n_hypotheses < 1:
-            raise ValueError(f"MLP: n_hypotheses must be >= 1, got {self.n_hypotheses}")
+        check_hypotheses_config("MLP", self.n_hypotheses, self.wta_epsilon, self.score_weight)
         if self.n_hypotheses > 1 and self.latent_dim > 0:
             raise ValueError("MLP: choose n_hypotheses > 1 or latent_dim > 0, not both")
-        if not 0 <= self.wta_epsilon < 1 or self.score_weight < 0:
-            raise ValueError(f"MLP: wta_epsilon must be in [0, 1) and score_weight >= 0, got {self.wta_epsilon}, "
-                             f"{self.score_weight}")
         if self.loss not in LOSSES:
             raise ValueError(f"MLP: loss must be one of {LOSSES}, got {self.loss!r}")

@@ -9,10 +9,8 @@ observation features and the demonstrated chunk and gives z, which is projected 
 hidden layer's pre-activation. Inference uses the prior's mean z = 0, where that term vanishes, so
 ``net`` alone is the deployed policy and the exporters need not know about the latent.
 
-With ``n_hypotheses = K > 1`` the last layer gives K scores followed by K candidate chunks. Training is
-relaxed winner-takes-all: each demonstration pulls mostly on its nearest candidate, and the scores learn
-(cross-entropy) which candidate that was. Inference returns the best-scored candidate, a deterministic
-choice between modes where a single regressor would answer their average.
+With ``n_hypotheses = K > 1`` the last layer gives K scores followed by K candidate chunks, trained and
+chosen between as in :mod:`robopolicy.policies.hypotheses` (the C exporter knows this layout).
 """
 
 from __future__ import annotations
@@ -24,6 +22,7 @@ from torch import Tensor, nn
 from robopolicy.data.normalize import Normalizer
 from robopolicy.policies.base import Policy
 from robopolicy.policies.encoders import make_observation_encoder
+from robopolicy.policies.hypotheses import best_hypothesis, winner_takes_all_loss
 from robopolicy.policies.mlp.configuration import MLPConfig
 from robopolicy.policies.registry import register_policy
 
@@ -72,26 +71,15 @@ class MLPPolicy(Policy):
         c = self.config
         if c.n_hypotheses == 1:
             return self.net(self.encoder(obs, generator=generator)).view(-1, c.horizon, c.action_dim)
-        scores, chunks = self.hypotheses(obs, generator)
-        best = scores.argmax(dim=-1).view(-1, 1, 1, 1).expand(-1, 1, c.horizon, c.action_dim)
-        return chunks.gather(1, best).squeeze(1)
-
-    def _hypotheses_loss(self, batch: dict[str, Tensor], generator: torch.Generator | None) -> Tensor:
-        c = self.config
-        actions = batch[self.action_key]
-        scores, chunks = self.hypotheses(batch, generator)
-        error = chunks - actions[:, None]
-        distance = (error.abs() if c.loss == "l1" else error.square()).flatten(2).mean(-1)  # (B, K)
-        winner = distance.argmin(dim=-1)
-        nearest = distance.gather(1, winner[:, None]).squeeze(1)
-        regression = ((1 - c.wta_epsilon) * nearest + c.wta_epsilon * distance.mean(-1)).mean()
-        return regression + c.score_weight * F.cross_entropy(scores, winner)
+        return best_hypothesis(*self.hypotheses(obs, generator))
 
     def compute_loss(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
         loss = F.l1_loss if self.config.loss == "l1" else F.mse_loss
         actions = batch[self.action_key]
-        if self.config.n_hypotheses > 1:
-            return self._hypotheses_loss(batch, generator)
+        c = self.config
+        if c.n_hypotheses > 1:
+            return winner_takes_all_loss(*self.hypotheses(batch, generator), actions, c.loss, c.wta_epsilon,
+                                         c.score_weight)
         if self.config.latent_dim == 0:
             return loss(self._predict(batch, generator), actions)
         features = self.encoder(batch, generator=generator)
