@@ -36,6 +36,7 @@ RESULTS = REPO / "bench" / "results" / "pusht_families"
 COMMON = ["warmup_steps=500", "save_every=0", "log_every=100", "progress=false"]
 
 # name -> (training overrides, minutes). Step counts are sized so the cosine schedule ends near the budget.
+MIRROR_DATASET = "outputs/datasets/pusht_mirror"  # relative to the repository root
 FAMILIES: dict[str, tuple[list[str], float]] = {
     # A quarter of the default U-Net's compute ((32, 64, 128): 9.9 vs 37.6 MFLOPs per evaluation), sized for the
     # export issue's 5 ms per 10-step chunk; one thread.
@@ -113,6 +114,11 @@ FAMILIES: dict[str, tuple[list[str], float]] = {
                               "policy.n_hypotheses=4", "steps=100000", "lr=1e-3", "batch_size=256"], 25),
     "mlp_l1_wide_noise_k8": (["policy=mlp", "policy.loss=l1", "policy.hidden_dims=[512,512,512]", "obs_noise_std=0.02",
                               "policy.n_hypotheses=8", "steps=100000", "lr=1e-3", "batch_size=256"], 25),
+    # The 0.02-noise MLP on the demos plus their mirror images across the goal T's symmetry axis (412 episodes;
+    # cmd_train builds the dataset with `robopolicy convert mirror=true` when it is missing).
+    "mlp_l1_wide_noise_mirror": (["policy=mlp", "policy.loss=l1", "policy.hidden_dims=[512,512,512]",
+                                  "obs_noise_std=0.02", f"dataset.root={MIRROR_DATASET}", "steps=100000", "lr=1e-3",
+                                  "batch_size=256"], 25),
     "mlp_l1_xl": (["policy=mlp", "policy.loss=l1", "policy.hidden_dims=[1024,1024,1024]", "steps=60000", "lr=5e-4",
                    "batch_size=256"], 45),
     # Longer chunks (T = 32): on the 512 x 3 L1 MLP, executing 8 of 16 beat 1, 2 and 4 (commitment through PushT's
@@ -181,6 +187,8 @@ ROWS = [
         "mlp_l1_wide_noise_k4"),
     Row("mlp_l1_wide_noise_k8", "MLP behaviour cloning, L1 loss, 512 × 3, observation noise 0.02, 8 hypotheses",
         "mlp_l1_wide_noise_k8"),
+    Row("mlp_l1_wide_noise_mirror", "MLP behaviour cloning, L1 loss, 512 × 3, observation noise 0.02, demos + mirror "
+        "images", "mlp_l1_wide_noise_mirror"),
     Row("mlp_l1_wide_noise05", "MLP behaviour cloning, L1 loss, 512 × 3, observation noise 0.05", "mlp_l1_wide_noise05"),
     Row("mlp_l1_wide_noise01", "MLP behaviour cloning, L1 loss, 512 × 3, observation noise 0.01", "mlp_l1_wide_noise01"),
     Row("mlp_l1_wide_noise_seed1", "MLP behaviour cloning, L1 loss, 512 × 3, observation noise 0.02, seed 1",
@@ -263,6 +271,9 @@ def cmd_train(root: Path, names: list[str], dp_run: Path, threads: int = 2) -> N
             print(f"{name}: already trained ({out})")
             continue
         overrides, minutes = FAMILIES[name]
+        if f"dataset.root={MIRROR_DATASET}" in overrides and not (REPO / MIRROR_DATASET).exists():
+            subprocess.run([sys.executable, "-m", "robopolicy.cli", "convert", f"output={MIRROR_DATASET}",
+                            "with_images=false", "mirror=true"], check=True, cwd=REPO)
         cmd = [sys.executable, "-m", "robopolicy.cli", "train", *overrides, *COMMON, f"num_threads={threads}", f"time_budget_min={minutes}", f"output_dir={out}"]
         print(" ".join(cmd), flush=True)
         subprocess.run(cmd, check=True, cwd=REPO)

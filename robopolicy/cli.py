@@ -38,6 +38,8 @@ Add --cfg to print the composed config and exit. Overrides use Hydra syntax.
 
 
 def cmd_convert(cfg: DictConfig) -> Path:
+    if cfg.mirror and cfg.source != "pusht_zarr":
+        raise ValueError(f"convert: mirror=true is a PushT augmentation (source=pusht_zarr), not for {cfg.source!r}")
     if cfg.source == "robomimic_hdf5":
         from robopolicy.data.importers.robomimic_hdf5 import convert_robomimic_hdf5
 
@@ -52,7 +54,7 @@ def cmd_convert(cfg: DictConfig) -> Path:
 
     out = convert_pusht_zarr(resolve_path(cfg.input), resolve_path(cfg.output), max_episodes=cfg.max_episodes,
                              with_images=cfg.with_images, overwrite=cfg.overwrite, video_codec=cfg.video_codec,
-                             video_crf=cfg.video_crf)
+                             video_crf=cfg.video_crf, mirror=cfg.mirror)
     console.print(f"wrote LeRobot v3.0 dataset to {out}")
     return out
 

@@ -113,6 +113,8 @@ class ConvertConfig:
     overwrite: bool = False
     video_codec: str = "libx264"
     video_crf: int = 18
+    # pusht_zarr only: also write every episode's mirror image across the goal T's symmetry axis (twice the demos).
+    mirror: bool = False
 
 
 @dataclass

@@ -198,6 +198,63 @@ def test_zarr_conversion_counts_and_values(tmp_path):
     assert done.sum() == 3 and done[4] and done[12] and done[18]
 
 
+def test_pusht_mirror_is_the_same_task_reflected_across_the_goals_axis():
+    """The mirror image keeps the goal, each step's coverage and the T's keypoints (as a set, reflected), and
+    mirroring twice gives the episode back."""
+    from robopolicy.data.importers.diffusion_policy_zarr import mirror_pusht
+    from robopolicy.sim.pusht import pusht_features_from_states
+
+    rng = np.random.default_rng(0)
+    near_goal = np.array([256.0, 256.0, np.pi / 4]) + rng.normal(0, [20, 20, 0.3], (40, 3))
+    states = np.column_stack([rng.uniform(50, 450, (40, 2)), near_goal])
+    actions = rng.uniform(0, 512, (40, 2)).astype(np.float32)
+    mirrored, mirrored_actions = mirror_pusht(states, actions)
+    original, image = (pusht_features_from_states(x, render_images=False) for x in (states, mirrored))
+    assert original["coverage"].max() > 0.5  # some states overlap the goal, so coverage is a real check
+    np.testing.assert_allclose(image["coverage"], original["coverage"], atol=1e-9)
+    keypoints = original["observation.environment_state"].reshape(-1, 8, 2)
+    reflected = np.stack([512 - keypoints[..., 1], 512 - keypoints[..., 0]], axis=-1)
+    image_keypoints = image["observation.environment_state"].reshape(-1, 8, 2)
+    nearest = np.abs(reflected[:, :, None] - image_keypoints[:, None]).sum(-1).min(-1)
+    assert nearest.max() < 1e-3
+    np.testing.assert_allclose(image["observation.state"], 512 - states[:, 1::-1], atol=1e-4)
+    np.testing.assert_allclose(mirrored_actions, 512 - actions[:, ::-1])
+    twice, twice_actions = mirror_pusht(mirrored, mirrored_actions)
+    np.testing.assert_allclose(twice[:, :4], states[:, :4], atol=1e-9)
+    np.testing.assert_allclose(np.cos(twice[:, 4] - states[:, 4]), 1.0, atol=1e-9)
+    np.testing.assert_allclose(twice_actions, actions, atol=1e-4)
+    goal, _ = mirror_pusht(np.array([[0.0, 0.0, 256.0, 256.0, np.pi / 4]]), actions[:1])
+    np.testing.assert_allclose(goal[0, 2:], [256.0, 256.0, np.pi / 4])
+
+
+def test_zarr_conversion_with_mirror_interleaves_each_episode_and_its_image(tmp_path):
+    from robopolicy.data.importers.diffusion_policy_zarr import convert_pusht_zarr, mirror_pusht
+
+    state, action = _make_synthetic_zarr(tmp_path / "rb.zarr")
+    out = convert_pusht_zarr(tmp_path / "rb.zarr", tmp_path / "ds", with_images=False, progress=False, mirror=True)
+    ds = LeRobotDataset(out)
+    assert ds.num_episodes == 6 and ds.num_frames == 38
+    np.testing.assert_array_equal(ds.episode_bounds[:, 1] - ds.episode_bounds[:, 0], [5, 5, 8, 8, 6, 6])
+    s, e = ds.episode_bounds[3]
+    np.testing.assert_allclose(ds.column("action")[s:e], mirror_pusht(state[5:13], action[5:13])[1])
+    rewards = ds.column("next.reward").ravel()
+    for original, image in ((0, 1), (2, 3), (4, 5)):
+        (a, b), (c, d) = ds.episode_bounds[original], ds.episode_bounds[image]
+        np.testing.assert_allclose(rewards[c:d], rewards[a:b], atol=1e-6)
+    assert ds.column("next.done").ravel().sum() == 6
+
+
+def test_convert_cli_refuses_mirror_for_other_sources(tmp_path):
+    from omegaconf import OmegaConf
+
+    from robopolicy.cli import cmd_convert
+
+    cfg = OmegaConf.create({"source": "robomimic_hdf5", "mirror": True, "input": str(tmp_path / "x.hdf5"),
+                            "output": str(tmp_path / "o")})
+    with pytest.raises(ValueError, match="mirror=true is a PushT augmentation"):
+        cmd_convert(cfg)
+
+
 @pytest.mark.skipif(not SHARED_PUSHT_ZARR.exists(), reason=f"PushT demos not found at {SHARED_PUSHT_ZARR}")
 def test_real_pusht_conversion_counts(tmp_path):
     import zarr

@@ -21,6 +21,26 @@ from robopolicy.data.writer import LeRobotDatasetWriter
 PUSHT_TASK = "Push the T-shaped block onto the T-shaped target."
 PUSHT_FPS = 10
 SUCCESS_COVERAGE = 0.95
+# gym-pusht's goal is the T at (256, 256) turned by pi/4; the T is symmetric about its body's y axis, which
+# then lies on the arena's diagonal x + y = 512. Reflecting across that line maps the arena (walls at 5 and
+# 506, so to within a pixel), the goal and the physics onto themselves.
+PUSHT_MIRROR_SUM = 512.0
+
+
+def mirror_pusht(states: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mirror image of a PushT episode across the goal T's symmetry axis (x + y = 512).
+
+    A point (x, y) goes to (512 - y, 512 - x); the block's angle θ to π/2 - θ (its symmetry axis,
+    direction (-sin θ, cos θ), is reflected onto (-cos θ, sin θ)), wrapped to [0, 2π). The result is
+    another valid demonstration of the same task with the same coverage at every step.
+    """
+    states = np.asarray(states, dtype=np.float64)
+    actions = np.asarray(actions)
+    mirrored = np.empty_like(states)
+    mirrored[:, 0], mirrored[:, 1] = PUSHT_MIRROR_SUM - states[:, 1], PUSHT_MIRROR_SUM - states[:, 0]
+    mirrored[:, 2], mirrored[:, 3] = PUSHT_MIRROR_SUM - states[:, 3], PUSHT_MIRROR_SUM - states[:, 2]
+    mirrored[:, 4] = np.mod(np.pi / 2 - states[:, 4], 2 * np.pi)
+    return mirrored, (PUSHT_MIRROR_SUM - actions[:, ::-1]).astype(actions.dtype)
 
 
 def read_replay_buffer(path: str | Path, keys: tuple[str, ...]) -> tuple[dict[str, Any], np.ndarray]:
@@ -80,8 +100,13 @@ def convert_pusht_zarr(
     video_codec: str = "libx264",
     video_crf: int = 18,
     progress: bool = True,
+    mirror: bool = False,
 ) -> Path:
-    """Write the PushT replay buffer as a LeRobot v3.0 dataset at ``output`` and return its path."""
+    """Write the PushT replay buffer as a LeRobot v3.0 dataset at ``output`` and return its path.
+
+    ``mirror``: after each episode also write its :func:`mirror_pusht` image, so the dataset holds
+    twice the episodes (observations recomputed by the env from the mirrored states, as for the originals).
+    """
     from robopolicy.sim.pusht import pusht_features_from_states
 
     arrays, ends = read_replay_buffer(zarr_path, ("state", "action"))
@@ -96,20 +121,23 @@ def convert_pusht_zarr(
     with LeRobotDatasetWriter(output, fps=PUSHT_FPS, features=pusht_features(with_images), robot_type="pusht",
                               video_codec=video_codec, video_crf=video_crf, overwrite=overwrite) as writer, \
             Progress(disable=not progress) as bar:
-        task = bar.add_task("converting PushT episodes", total=n_episodes)
-        for e in range(n_episodes):
-            s, t = starts[e], ends[e]
-            obs = pusht_features_from_states(states_all[s:t], render_images=with_images)
+        task = bar.add_task("converting PushT episodes", total=n_episodes * (2 if mirror else 1))
+        episodes = [(states_all[s:t], actions_all[s:t]) for s, t in zip(starts[:n_episodes], ends[:n_episodes])]
+        if mirror:
+            episodes = [pair for episode in episodes for pair in (episode, mirror_pusht(*episode))]
+        for states, actions in episodes:
+            length = len(states)
+            obs = pusht_features_from_states(states, render_images=with_images)
             # The reward of step i is earned by the state it leads to (the next recorded state);
             # the final step has no successor and keeps its own state's coverage.
             next_coverage = np.concatenate([obs["coverage"][1:], obs["coverage"][-1:]])
             episode = {
                 "observation.state": obs["observation.state"],
                 "observation.environment_state": obs["observation.environment_state"],
-                "action": actions_all[s:t],
+                "action": actions,
                 "next.reward": np.clip(next_coverage / SUCCESS_COVERAGE, 0.0, 1.0).astype(np.float32),
                 "next.success": next_coverage >= SUCCESS_COVERAGE,
-                "next.done": np.arange(t - s) == (t - s - 1),
+                "next.done": np.arange(length) == (length - 1),
             }
             if with_images:
                 episode["observation.image"] = obs["observation.image"]
