@@ -90,6 +90,11 @@ FAMILIES: dict[str, tuple[list[str], float]] = {
     "act_tiny_k4": (["policy=act", "policy.dim_model=64", "policy.dim_feedforward=256", "policy.n_heads=4",
                      "policy.dropout=0", "policy.use_vae=false", "policy.n_hypotheses=4", "policy.n_obs_steps=2",
                      "obs_noise_std=0.02", "steps=30000", "lr=5e-4", "batch_size=256"], 60),
+    # act_tiny on the demos plus their mirror images (26k steps to fit a 45-minute budget).
+    "act_tiny_mirror": (["policy=act", "policy.dim_model=64", "policy.dim_feedforward=256", "policy.n_heads=4",
+                         "policy.dropout=0", "policy.n_vae_encoder_layers=1", "policy.n_obs_steps=2",
+                         "obs_noise_std=0.02", f"dataset.root={MIRROR_DATASET}", "steps=26000", "lr=5e-4",
+                         "batch_size=256"], 45),
     "mlp": (["policy=mlp", "steps=40000", "lr=1e-3", "batch_size=256"], 3),
     # Deterministic regressors average PushT's two ways around the block; L1 regresses the median instead.
     "mlp_l1": (["policy=mlp", "policy.loss=l1", "steps=40000", "lr=1e-3", "batch_size=256"], 5),
@@ -119,6 +124,10 @@ FAMILIES: dict[str, tuple[list[str], float]] = {
     "mlp_l1_wide_noise_mirror": (["policy=mlp", "policy.loss=l1", "policy.hidden_dims=[512,512,512]",
                                   "obs_noise_std=0.02", f"dataset.root={MIRROR_DATASET}", "steps=100000", "lr=1e-3",
                                   "batch_size=256"], 25),
+    # Twice the data: the same run with 1.5x the steps and time.
+    "mlp_l1_wide_noise_mirror_long": (["policy=mlp", "policy.loss=l1", "policy.hidden_dims=[512,512,512]",
+                                       "obs_noise_std=0.02", f"dataset.root={MIRROR_DATASET}", "steps=150000",
+                                       "lr=1e-3", "batch_size=256"], 38),
     "mlp_l1_xl": (["policy=mlp", "policy.loss=l1", "policy.hidden_dims=[1024,1024,1024]", "steps=60000", "lr=5e-4",
                    "batch_size=256"], 45),
     # Longer chunks (T = 32): on the 512 x 3 L1 MLP, executing 8 of 16 beat 1, 2 and 4 (commitment through PushT's
@@ -183,12 +192,16 @@ ROWS = [
     Row("mlp_l1_wide_noise", "MLP behaviour cloning, L1 loss, 512 × 3, observation noise 0.02", "mlp_l1_wide_noise"),
     Row("act_tiny_k4", "ACT (d = 64, To = 2, no dropout, observation noise 0.02), 4 hypotheses, no CVAE, chunk of 16, "
         "Ta 8", "act_tiny_k4"),
+    Row("act_tiny_mirror", "ACT (d = 64, To = 2, no dropout, observation noise 0.02), demos + mirror images, chunk of "
+        "16, Ta 8", "act_tiny_mirror"),
     Row("mlp_l1_wide_noise_k4", "MLP behaviour cloning, L1 loss, 512 × 3, observation noise 0.02, 4 hypotheses",
         "mlp_l1_wide_noise_k4"),
     Row("mlp_l1_wide_noise_k8", "MLP behaviour cloning, L1 loss, 512 × 3, observation noise 0.02, 8 hypotheses",
         "mlp_l1_wide_noise_k8"),
     Row("mlp_l1_wide_noise_mirror", "MLP behaviour cloning, L1 loss, 512 × 3, observation noise 0.02, demos + mirror "
         "images", "mlp_l1_wide_noise_mirror"),
+    Row("mlp_l1_wide_noise_mirror_long", "MLP behaviour cloning, L1 loss, 512 × 3, observation noise 0.02, demos + "
+        "mirror images, 150k steps", "mlp_l1_wide_noise_mirror_long"),
     Row("mlp_l1_wide_noise05", "MLP behaviour cloning, L1 loss, 512 × 3, observation noise 0.05", "mlp_l1_wide_noise05"),
     Row("mlp_l1_wide_noise01", "MLP behaviour cloning, L1 loss, 512 × 3, observation noise 0.01", "mlp_l1_wide_noise01"),
     Row("mlp_l1_wide_noise_seed1", "MLP behaviour cloning, L1 loss, 512 × 3, observation noise 0.02, seed 1",
