@@ -39,7 +39,8 @@ class ACTConfig(PolicyConfig):
     temporal_ensemble_coeff: float | None = None
     # > 1: K candidate chunks and a score each (robopolicy/policies/hypotheses.py); the best-scored one runs. With
     # z = 0 at inference the CVAE cannot choose a mode, so this is the deterministic way to; use_vae=false with it
-    # keeps the posterior from carrying the mode in training that inference then lacks.
+    # keeps the posterior from carrying the mode in training that inference then lacks. On PushT it did not beat the
+    # CVAE (docs/benchmarks.md, section 1b).
     n_hypotheses: int = 1
     wta_epsilon: float = 0.05
     score_weight: float = 0.1

@@ -37,7 +37,8 @@ class MLPConfig(PolicyConfig):
     # > 1 predicts that many candidate chunks plus a score for each (robopolicy/policies/hypotheses.py): training
     # moves mostly the candidate nearest the demonstration and teaches the scores which one that was; inference
     # returns the best-scored candidate. Still one deterministic forward pass, so the demonstrations' modes (left
-    # or right around an obstacle) are chosen between instead of averaged.
+    # or right around an obstacle) are chosen between instead of averaged. On PushT it did not beat one chunk
+    # (docs/benchmarks.md, section 1b).
     n_hypotheses: int = 1
     wta_epsilon: float = 0.05  # share of the regression loss every candidate gets (keeps unused ones alive)
     score_weight: float = 0.1  # weight of the scores' cross-entropy against the winning candidate
