@@ -56,10 +56,6 @@ FAMILIES = {
     "sfp_d_e1": {"type": "sfp", "variant": "deterministic", "integration_steps_per_action": 1},
     "act": {"type": "act"},
     "mlp": {"type": "mlp"},
-    # Four candidate chunks and scores: the same layers with a wider output and an argmax (the PushT row's MLP).
-    "mlp_k4": {"type": "mlp", "n_hypotheses": 4},
-    "mlp_512x3_k4": {"type": "mlp", "hidden_dims": [512, 512, 512], "n_hypotheses": 4},
-    "mlp_512x3": {"type": "mlp", "hidden_dims": [512, 512, 512]},
 }
 FEATURES = {"observation.state": (2,), "observation.environment_state": (5,)}
 

@@ -56,7 +56,7 @@ class MLPPolicy(Policy):
         self.net = make_mlp(self.encoder.output_dim, config.hidden_dims, out_dim, config.activation, config.layer_norm)
         if config.latent_dim > 0:
             width = config.hidden_dims[0]
-            self.posterior = make_mlp(self.encoder.output_dim + config.horizon * config.action_dim, [width, width],
+            self.posterior = make_mlp(self.encoder.output_dim + self.chunk_size, [width, width],
                                       2 * config.latent_dim, config.activation)
             self.latent_to_hidden = nn.Linear(config.latent_dim, width, bias=False)
 
@@ -74,13 +74,13 @@ class MLPPolicy(Policy):
         return best_hypothesis(*self.hypotheses(obs, generator))
 
     def compute_loss(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
-        loss = F.l1_loss if self.config.loss == "l1" else F.mse_loss
-        actions = batch[self.action_key]
         c = self.config
+        actions = batch[self.action_key]
         if c.n_hypotheses > 1:
             return winner_takes_all_loss(*self.hypotheses(batch, generator), actions, c.loss, c.wta_epsilon,
                                          c.score_weight)
-        if self.config.latent_dim == 0:
+        loss = F.l1_loss if c.loss == "l1" else F.mse_loss
+        if c.latent_dim == 0:
             return loss(self._predict(batch, generator), actions)
         features = self.encoder(batch, generator=generator)
         mu, log_var = self.posterior(torch.cat([features, actions.flatten(1)], dim=-1)).chunk(2, dim=-1)
@@ -89,7 +89,7 @@ class MLPPolicy(Policy):
         kl = (-0.5 * (1 + log_var - mu.pow(2) - log_var.exp())).sum(-1).mean()
         hidden = self.net[0](features) + self.latent_to_hidden(z)
         chunk = self.net[1:](hidden).view_as(actions)
-        return loss(chunk, actions) + self.config.kl_weight * kl
+        return loss(chunk, actions) + c.kl_weight * kl
 
     def generate_actions(self, obs: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
         return self._predict(obs)
