@@ -33,7 +33,7 @@ COMMON = ["warmup_steps=300", "save_every=0", "log_every=100", "progress=false"]
 FAMILIES: dict[str, tuple[list[str], float]] = {
     "diffusion": (["policy=diffusion", "steps=4000", "lr=5e-4", "batch_size=256"], 20),
     "flow": (["policy=flow", "steps=3000", "lr=5e-4", "batch_size=256"], 20),
-    "act": (["policy=act", "steps=4000", "lr=1e-4", "batch_size=64"], 15),
+    "act": (["policy=act", "policy.n_action_steps=8", "steps=4000", "lr=1e-4", "batch_size=64"], 15),
 }
 ROWS = {row.key: row for row in (
     Row("dp_ddim10", "Diffusion Policy, DDIM 10", "diffusion", ("DDIM", 10)),

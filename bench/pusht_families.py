@@ -15,6 +15,7 @@ and are skipped when present (``--force`` reruns), so the script can be resumed 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import subprocess
@@ -37,6 +38,7 @@ COMMON = ["warmup_steps=500", "save_every=0", "log_every=100", "progress=false"]
 
 # name -> (training overrides, minutes). Step counts are sized so the cosine schedule ends near the budget.
 MIRROR_DATASET = "outputs/datasets/pusht_mirror"  # relative to the repository root
+ACT_TA8 = "policy.n_action_steps=8"  # the ACT runs below were trained when Ta 8 was ACT's default (rows set others)
 FAMILIES: dict[str, tuple[list[str], float]] = {
     # A quarter of the default U-Net's compute ((32, 64, 128): 9.9 vs 37.6 MFLOPs per evaluation), sized for the
     # export issue's 5 ms per 10-step chunk; one thread.
@@ -70,31 +72,36 @@ FAMILIES: dict[str, tuple[list[str], float]] = {
     # SFP-S with the gain that made SFP-D work (k = 8; the earlier SFP-S row had k = 2).
     "sfp_s_k8": (["policy=sfp", "policy.variant=stochastic", "policy.k=8", "steps=8000", "lr=1e-3",
                   "batch_size=256"], 25),
-    "act": (["policy=act", "steps=3500", "lr=1e-4", "batch_size=64"], 10),
+    "act": (["policy=act", ACT_TA8, "steps=3500", "lr=1e-4", "batch_size=64"], 10),
     # ACT again, smaller, with 4x the batch at 3x the rate: 25 minutes see 5x the samples (3 steps/s here).
-    "act_small": (["policy=act", "policy.dim_model=128", "policy.dim_feedforward=512", "steps=4400", "lr=3e-4",
+    "act_small": (["policy=act", ACT_TA8, "policy.dim_model=128", "policy.dim_feedforward=512", "steps=4400", "lr=3e-4",
                    "batch_size=256"], 25),
     # ACT with two observation steps (the velocity the MLP and DP see) and DART-like observation noise.
-    "act_small_to2_noise": (["policy=act", "policy.dim_model=128", "policy.dim_feedforward=512", "policy.n_obs_steps=2",
+    "act_small_to2_noise": (["policy=act", ACT_TA8, "policy.dim_model=128", "policy.dim_feedforward=512", "policy.n_obs_steps=2",
                              "obs_noise_std=0.02", "steps=4400", "lr=3e-4", "batch_size=256"], 25),
     # ACT at a size that trains many steps here (d = 64, no dropout, one CVAE-encoder layer: 0.1 s per step of 256
     # against 0.4 s for d = 128): the d = 128 runs were still improving when their 3-4k steps ran out.
-    "act_tiny": (["policy=act", "policy.dim_model=64", "policy.dim_feedforward=256", "policy.n_heads=4",
+    "act_tiny": (["policy=act", ACT_TA8, "policy.dim_model=64", "policy.dim_feedforward=256", "policy.n_heads=4",
                   "policy.dropout=0", "policy.n_vae_encoder_layers=1", "policy.n_obs_steps=2", "obs_noise_std=0.02",
                   "steps=30000", "lr=5e-4", "batch_size=256"], 60),
     # The same network for 55k steps: its loss was still falling when the 30k steps ran out.
-    "act_tiny_long": (["policy=act", "policy.dim_model=64", "policy.dim_feedforward=256", "policy.n_heads=4",
+    "act_tiny_long": (["policy=act", ACT_TA8, "policy.dim_model=64", "policy.dim_feedforward=256", "policy.n_heads=4",
                        "policy.dropout=0", "policy.n_vae_encoder_layers=1", "policy.n_obs_steps=2", "obs_noise_std=0.02",
                        "steps=55000", "lr=5e-4", "batch_size=256"], 115),
     # act_tiny with 4 candidate chunks and scores instead of the CVAE (z = 0 at inference cannot choose a mode).
-    "act_tiny_k4": (["policy=act", "policy.dim_model=64", "policy.dim_feedforward=256", "policy.n_heads=4",
+    "act_tiny_k4": (["policy=act", ACT_TA8, "policy.dim_model=64", "policy.dim_feedforward=256", "policy.n_heads=4",
                      "policy.dropout=0", "policy.use_vae=false", "policy.n_hypotheses=4", "policy.n_obs_steps=2",
                      "obs_noise_std=0.02", "steps=30000", "lr=5e-4", "batch_size=256"], 60),
     # act_tiny on the demos plus their mirror images (26k steps to fit a 45-minute budget).
-    "act_tiny_mirror": (["policy=act", "policy.dim_model=64", "policy.dim_feedforward=256", "policy.n_heads=4",
+    "act_tiny_mirror": (["policy=act", ACT_TA8, "policy.dim_model=64", "policy.dim_feedforward=256", "policy.n_heads=4",
                          "policy.dropout=0", "policy.n_vae_encoder_layers=1", "policy.n_obs_steps=2",
                          "obs_noise_std=0.02", f"dataset.root={MIRROR_DATASET}", "steps=26000", "lr=5e-4",
                          "batch_size=256"], 45),
+    # act_tiny_mirror with 40k steps and a checkpoint every 8k (chosen on validation seeds, not the table's).
+    "act_tiny_mirror_long": (["policy=act", ACT_TA8, "policy.dim_model=64", "policy.dim_feedforward=256", "policy.n_heads=4",
+                              "policy.dropout=0", "policy.n_vae_encoder_layers=1", "policy.n_obs_steps=2",
+                              "obs_noise_std=0.02", f"dataset.root={MIRROR_DATASET}", "steps=40000", "lr=5e-4",
+                              "batch_size=256", "save_every=8000", "keep_checkpoints=10"], 72),
     "mlp": (["policy=mlp", "steps=40000", "lr=1e-3", "batch_size=256"], 3),
     # Deterministic regressors average PushT's two ways around the block; L1 regresses the median instead.
     "mlp_l1": (["policy=mlp", "policy.loss=l1", "steps=40000", "lr=1e-3", "batch_size=256"], 5),
@@ -147,6 +154,7 @@ class Row:
     sampler: tuple[str | None, int | None] = (None, None)  # set_sampler(kind, steps)
     mode: dict[str, Any] = field(default_factory=dict)  # diffusion set_sampling_mode(**mode)
     ensemble: float | None = None  # ACT temporal ensembling coefficient
+    action_steps: int | None = None  # Ta at evaluation, when it differs from the trained config's
 
 
 ROWS = [
@@ -194,6 +202,20 @@ ROWS = [
         "Ta 8", "act_tiny_k4"),
     Row("act_tiny_mirror", "ACT (d = 64, To = 2, no dropout, observation noise 0.02), demos + mirror images, chunk of "
         "16, Ta 8", "act_tiny_mirror"),
+    *[Row(f"act_tiny_ta{ta}", f"ACT (d = 64, To = 2, no dropout, observation noise 0.02), chunk of 16, Ta {ta}",
+          "act_tiny", action_steps=ta) for ta in (12, 15)],
+    # Execution horizon and ensembling for the mirrored ACT, chosen on validation seeds (``--start-seed 200000``).
+    *[Row(f"act_tiny_mirror_ta{ta}", f"ACT (d = 64, To = 2, no dropout, observation noise 0.02), demos + mirror images, "
+          f"chunk of 16, Ta {ta}", "act_tiny_mirror", action_steps=ta) for ta in (1, 2, 4, 12, 15)],
+    Row("act_tiny_mirror_ensemble", "ACT (d = 64, To = 2, no dropout, observation noise 0.02), demos + mirror images, "
+        "temporal ensembling m = 0.01", "act_tiny_mirror", ensemble=0.01),
+    *[Row(f"act_tiny_mirror_ensemble_m{m:g}", f"ACT (d = 64, To = 2, no dropout, observation noise 0.02), demos + mirror "
+          f"images, temporal ensembling m = {m:g}", "act_tiny_mirror", ensemble=m) for m in (0.0, 0.1, 0.3)],
+    *[Row(f"act_tiny_mirror_long_{step // 1000}k", f"ACT (d = 64, To = 2, no dropout, observation noise 0.02), demos + "
+          f"mirror images, checkpoint {step // 1000}k of 40k, chunk of 16, Ta 8",
+          f"act_tiny_mirror_long/checkpoints/step-{step:08d}") for step in (8000, 16000, 24000, 32000)],
+    Row("act_tiny_mirror_long", "ACT (d = 64, To = 2, no dropout, observation noise 0.02), demos + mirror images, 40k "
+        "steps, chunk of 16, Ta 8", "act_tiny_mirror_long"),
     Row("mlp_l1_wide_noise_k4", "MLP behaviour cloning, L1 loss, 512 × 3, observation noise 0.02, 4 hypotheses",
         "mlp_l1_wide_noise_k4"),
     Row("mlp_l1_wide_noise_k8", "MLP behaviour cloning, L1 loss, 512 × 3, observation noise 0.02, 8 hypotheses",
@@ -217,6 +239,17 @@ def policy_dir(root: Path, run: str) -> Path:
     return root / run / "policy"
 
 
+def train_summary(root: Path, run: str) -> dict[str, Any]:
+    """The run's training summary; for ``<run>/checkpoints/step-N`` the steps and time up to that checkpoint."""
+    run_dir, _, checkpoint = run.partition("/checkpoints/")
+    summary = json.loads((root / run_dir / "train_summary.json").read_text())
+    if checkpoint:
+        step = json.loads((root / run / "training_state.json").read_text())["step"]
+        summary["train_time_s"] *= step / summary["steps"]  # steps run at a steady rate on one thread
+        summary["steps"] = step
+    return summary
+
+
 def load_row_policy(directory: str, row: Row):
     """Worker-side factory: a trained policy set up as ``row`` says."""
     from robopolicy.policies.registry import load_policy
@@ -227,6 +260,8 @@ def load_row_policy(directory: str, row: Row):
         policy.set_sampler(*row.sampler)
     if row.mode:
         policy.set_sampling_mode(**row.mode)
+    if row.action_steps is not None:
+        policy.config = dataclasses.replace(policy.config, n_action_steps=row.action_steps)  # re-validates Ta
     if row.ensemble is not None:
         policy.config.temporal_ensemble_coeff = row.ensemble
         policy.ensembler = TemporalEnsembler(row.ensemble)
@@ -287,12 +322,14 @@ def cmd_train(root: Path, names: list[str], dp_run: Path, threads: int = 2) -> N
         if f"dataset.root={MIRROR_DATASET}" in overrides and not (REPO / MIRROR_DATASET).exists():
             subprocess.run([sys.executable, "-m", "robopolicy.cli", "convert", f"output={MIRROR_DATASET}",
                             "with_images=false", "mirror=true"], check=True, cwd=REPO)
-        cmd = [sys.executable, "-m", "robopolicy.cli", "train", *overrides, *COMMON, f"num_threads={threads}", f"time_budget_min={minutes}", f"output_dir={out}"]
+        common = [c for c in COMMON if c.split("=")[0] not in {o.split("=")[0] for o in overrides}]
+        cmd = [sys.executable, "-m", "robopolicy.cli", "train", *overrides, *common, f"num_threads={threads}", f"time_budget_min={minutes}", f"output_dir={out}"]
         print(" ".join(cmd), flush=True)
         subprocess.run(cmd, check=True, cwd=REPO)
 
 
-def cmd_eval(root: Path, rows: list[Row], episodes: int, force: bool, workers: int = 2) -> None:
+def cmd_eval(root: Path, rows: list[Row], episodes: int, force: bool, workers: int = 2,
+             start_seed: int = 100000) -> None:
     from robopolicy.sim.evaluate import evaluate
 
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -308,12 +345,14 @@ def cmd_eval(root: Path, rows: list[Row], episodes: int, force: bool, workers: i
         policy = load_row_policy(str(directory), row)
         n_chunk, n_first = nfe(policy, row)
         times = timing(policy)
-        result = evaluate(partial(load_row_policy, str(directory), row), n_episodes=episodes, n_workers=workers, n_videos=2,
-                          output_dir=root / "eval" / row.key, progress=True).to_dict()
-        summary = json.loads((root / row.run / "train_summary.json").read_text())
+        eval_dir = root / "eval" / (row.key if start_seed == 100000 else f"{row.key}_seed{start_seed}")
+        result = evaluate(partial(load_row_policy, str(directory), row), n_episodes=episodes, start_seed=start_seed,
+                          n_workers=workers, n_videos=2, output_dir=eval_dir, progress=True).to_dict()
+        summary = train_summary(root, row.run)
         keep = ("n_episodes", "success_rate", "success_ci95", "mean_max_coverage", "max_coverage_ci95",
                 "mean_max_reward", "chunk_latency_ms", "wall_s")
         payload = {"machine": machine(), "row": row.label, "run": row.run, "policy_dir": str(directory),
+                   "start_seed": start_seed,
                    "nfe_per_chunk": n_chunk, "nfe_to_first_action": n_first, "timing_1thread": times,
                    "train": summary, "eval": {k: result.get(k) for k in keep}}
         out.write_text(json.dumps(payload, indent=2))
@@ -376,6 +415,8 @@ def main() -> None:
     parser.add_argument("--dp-run", type=Path, default=REPO / "outputs" / "bench" / "pusht_diffusion")
     parser.add_argument("--only", default="", help="comma-separated family names (train) or row keys (eval/onnx)")
     parser.add_argument("--episodes", type=int, default=200)
+    parser.add_argument("--start-seed", type=int, default=100000,
+                        help="eval: first seed (the table's are 100000...; pick settings on others, e.g. 200000)")
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per training (1 to train two at once)")
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -389,7 +430,7 @@ def main() -> None:
     if args.command in ("train", "all"):
         cmd_train(args.root, only or list(FAMILIES), args.dp_run, args.threads)
     if args.command in ("eval", "all"):
-        cmd_eval(args.root, rows, args.episodes, args.force, args.workers)
+        cmd_eval(args.root, rows, args.episodes, args.force, args.workers, args.start_seed)
     if args.command in ("onnx", "all"):
         onnx_rows = [r for r in rows if r.key in ("flow_euler10", "sfp_d", "sfp_d_k8", "act_chunk", "mlp")] if not only else rows
         cmd_onnx(args.root, onnx_rows, args.episodes, args.force, args.provider, args.graph, args.workers)
