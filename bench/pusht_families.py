@@ -15,7 +15,6 @@ and are skipped when present (``--force`` reruns), so the script can be resumed 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import subprocess
@@ -252,16 +251,14 @@ def train_summary(root: Path, run: str) -> dict[str, Any]:
 
 def load_row_policy(directory: str, row: Row):
     """Worker-side factory: a trained policy set up as ``row`` says."""
-    from robopolicy.policies.registry import load_policy
+    from robopolicy.cli import load_policy_for_eval
     from robopolicy.runtime.ensemble import TemporalEnsembler
 
-    policy = load_policy(directory)
+    policy = load_policy_for_eval(directory, None, None, row.action_steps)
     if row.sampler != (None, None):
         policy.set_sampler(*row.sampler)
     if row.mode:
         policy.set_sampling_mode(**row.mode)
-    if row.action_steps is not None:
-        policy.config = dataclasses.replace(policy.config, n_action_steps=row.action_steps)  # re-validates Ta
     if row.ensemble is not None:
         policy.config.temporal_ensemble_coeff = row.ensemble
         policy.ensembler = TemporalEnsembler(row.ensemble)

@@ -6,6 +6,7 @@ Each command composes ``configs/<command>.yaml`` with Hydra; overrides use Hydra
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -79,8 +80,13 @@ def _resolve_policy_dir(checkpoint: str) -> Path:
     raise FileNotFoundError(f"{path}: no policy found (expected a directory with config.json, a run dir, or a checkpoint)")
 
 
-def load_policy_for_eval(policy_dir: str, noise_scheduler_type: str | None, num_inference_steps: int | None):
-    """Worker-side factory: load a checkpoint and apply sampler overrides."""
+def load_policy_for_eval(policy_dir: str, noise_scheduler_type: str | None, num_inference_steps: int | None,
+                         n_action_steps: int | None = None):
+    """Worker-side factory: load a checkpoint and apply sampler and execution-horizon overrides.
+
+    Ta is an inference-time choice (the network predicts T actions whatever Ta is), so a trained policy can be
+    evaluated, exported and deployed with another one; the family's config checks it against T and To.
+    """
     from robopolicy.policies.registry import load_policy
 
     policy = load_policy(policy_dir)
@@ -88,6 +94,11 @@ def load_policy_for_eval(policy_dir: str, noise_scheduler_type: str | None, num_
         if not hasattr(policy, "set_sampler"):
             raise ValueError(f"policy family {policy.name!r} has no configurable sampler")
         policy.set_sampler(noise_scheduler_type, num_inference_steps)
+    if n_action_steps is not None:
+        try:
+            policy.config = dataclasses.replace(policy.config, n_action_steps=int(n_action_steps))
+        except ValueError as e:
+            raise ValueError(f"n_action_steps={n_action_steps} does not fit the policy at {policy_dir}: {e}") from e
     return policy
 
 
@@ -102,7 +113,8 @@ def cmd_eval(cfg: DictConfig) -> dict:
     out = resolve_path(cfg.output_dir) if cfg.output_dir else REPO_ROOT / "outputs" / "eval" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     if cfg.env.name in QUADROTOR_ENVS:
         return _eval_quadrotor(cfg, policy_dir, out)
-    factory = partial(load_policy_for_eval, str(policy_dir), cfg.noise_scheduler_type, cfg.num_inference_steps)
+    factory = partial(load_policy_for_eval, str(policy_dir), cfg.noise_scheduler_type, cfg.num_inference_steps,
+                      cfg.n_action_steps)
     input_keys = [f.key for f in load_policy(policy_dir).config.input_features]
     n_videos = cfg.n_videos
     if cfg.env.name in ARM_TASKS and n_videos > 0 and not arm_renderer_available():
@@ -187,7 +199,7 @@ def cmd_export(cfg: DictConfig) -> Path:
     torch.set_num_threads(1)
     policy_dir = _resolve_policy_dir(cfg.checkpoint)
     out = resolve_path(cfg.output) if cfg.output else REPO_ROOT / "outputs" / "export" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    policy = load_policy_for_eval(str(policy_dir), cfg.noise_scheduler_type, cfg.num_inference_steps)
+    policy = load_policy_for_eval(str(policy_dir), cfg.noise_scheduler_type, cfg.num_inference_steps, cfg.n_action_steps)
     path = export_policy(policy, out, graph_kinds=tuple(cfg.graph_kinds), opset=cfg.opset, fused_steps=cfg.fused_steps,
                          exporter=cfg.exporter, fps=cfg.fps)
     console.print(f"wrote ONNX artifact of {policy_dir} to {path}")

@@ -62,6 +62,7 @@ class EvalConfig:
     # Optional sampler overrides for diffusion policies (null keeps the checkpoint's).
     noise_scheduler_type: str | None = None
     num_inference_steps: int | None = None
+    n_action_steps: int | None = None  # Ta override (null keeps the checkpoint's), e.g. 12 for a Ta-8-trained ACT
     output_dir: str | None = None
     env: EnvConfig = field(default_factory=EnvConfig)
 
@@ -177,6 +178,7 @@ class ExportConfig:
     fps: float | None = None
     noise_scheduler_type: str | None = None  # sampler overrides applied before export
     num_inference_steps: int | None = None
+    n_action_steps: int | None = None  # Ta written to the manifest (null keeps the checkpoint's)
     precision: str = "fp32"  # tensorrt: fp32 | fp16
     max_batch: int = 8  # tensorrt optimization profile: batch 1..max_batch
 

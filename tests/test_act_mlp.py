@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -96,6 +97,28 @@ def test_save_load_gives_identical_actions(lowdim_dataset, tmp_path, family):
     assert type(loaded) is type(policy) and loaded.config == policy.config
     obs = {"observation.state": torch.randn(4, policy.config.n_obs_steps, 2)}
     torch.testing.assert_close(policy.predict_chunk(obs), loaded.predict_chunk(obs), rtol=0, atol=0)
+
+
+def test_execution_horizon_override_for_eval_and_export(lowdim_dataset, tmp_path):
+    """`eval n_action_steps=` / `export n_action_steps=` run a trained policy with another Ta, same network."""
+    from robopolicy.cli import cmd_export, load_policy_for_eval
+    from robopolicy.configs import load_config
+
+    policy = tiny_policy(lowdim_dataset, "act")  # chunk 4, trained Ta 2
+    policy.save(tmp_path / "p")
+    longer = load_policy_for_eval(str(tmp_path / "p"), None, None, n_action_steps=4)
+    assert longer.config.n_action_steps == 4 and load_policy(tmp_path / "p").config.n_action_steps == 2
+    longer.generate_actions = counter = CallCounter(longer.generate_actions)
+    for _ in range(8):
+        longer.select_action({"observation.state": np.zeros(2, np.float32)})
+    assert counter.calls == 2  # Ta = 4: a new chunk at steps 0 and 4
+    obs = {"observation.state": torch.randn(2, 1, 2)}
+    torch.testing.assert_close(longer.predict_chunk(obs), policy.eval().predict_chunk(obs), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"n_action_steps=5 does not fit the policy at .*p: .*at most horizon"):
+        load_policy_for_eval(str(tmp_path / "p"), None, None, n_action_steps=5)
+    artifact = cmd_export(load_config("export", [f"checkpoint={tmp_path / 'p'}", f"output={tmp_path / 'onnx'}",
+                                                 "graph_kinds=[per_step]", "n_action_steps=3"]))
+    assert json.loads((artifact / "manifest.json").read_text())["n_action_steps"] == 3
 
 
 @pytest.mark.parametrize("family", FAMILIES)
