@@ -15,6 +15,7 @@ and are skipped when present (``--force`` reruns), so the script can be resumed 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import statistics
 import subprocess
@@ -211,10 +212,10 @@ ROWS = [
     *[Row(f"act_tiny_mirror_ensemble_m{m:g}", f"ACT (d = 64, To = 2, no dropout, observation noise 0.02), demos + mirror "
           f"images, temporal ensembling m = {m:g}", "act_tiny_mirror", ensemble=m) for m in (0.0, 0.1, 0.3)],
     *[Row(f"act_tiny_mirror_long_{step // 1000}k", f"ACT (d = 64, To = 2, no dropout, observation noise 0.02), demos + "
-          f"mirror images, checkpoint {step // 1000}k of 40k, chunk of 16, Ta 8",
-          f"act_tiny_mirror_long/checkpoints/step-{step:08d}") for step in (8000, 16000, 24000, 32000)],
+          f"mirror images, checkpoint {step // 1000}k of 40k, chunk of 16, Ta 12",
+          f"act_tiny_mirror_long/checkpoints/step-{step:08d}", action_steps=12) for step in (8000, 16000, 24000, 32000)],
     Row("act_tiny_mirror_long", "ACT (d = 64, To = 2, no dropout, observation noise 0.02), demos + mirror images, 40k "
-        "steps, chunk of 16, Ta 8", "act_tiny_mirror_long"),
+        "steps, chunk of 16, Ta 12", "act_tiny_mirror_long", action_steps=12),
     Row("mlp_l1_wide_noise_k4", "MLP behaviour cloning, L1 loss, 512 × 3, observation noise 0.02, 4 hypotheses",
         "mlp_l1_wide_noise_k4"),
     Row("mlp_l1_wide_noise_k8", "MLP behaviour cloning, L1 loss, 512 × 3, observation noise 0.02, 8 hypotheses",
@@ -239,14 +240,15 @@ def policy_dir(root: Path, run: str) -> Path:
 
 
 def train_summary(root: Path, run: str) -> dict[str, Any]:
-    """The run's training summary; for ``<run>/checkpoints/step-N`` the steps and time up to that checkpoint."""
+    """The run's training summary; for ``<run>/checkpoints/step-N`` the steps and time up to that checkpoint
+    (read from the training log, so it also works while the run is still going)."""
     run_dir, _, checkpoint = run.partition("/checkpoints/")
-    summary = json.loads((root / run_dir / "train_summary.json").read_text())
-    if checkpoint:
-        step = json.loads((root / run / "training_state.json").read_text())["step"]
-        summary["train_time_s"] *= step / summary["steps"]  # steps run at a steady rate on one thread
-        summary["steps"] = step
-    return summary
+    if not checkpoint:
+        return json.loads((root / run_dir / "train_summary.json").read_text())
+    step = json.loads((root / run / "training_state.json").read_text())["step"]
+    with open(root / run_dir / "train_log.csv") as f:
+        logged = [row for row in csv.DictReader(f) if int(row["step"]) <= step]
+    return {"steps": step, "train_time_s": float(logged[-1]["elapsed_s"]) if logged else float("nan")}
 
 
 def load_row_policy(directory: str, row: Row):
