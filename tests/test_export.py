@@ -117,6 +117,21 @@ def test_parity_random_inputs(artifacts, name, graph):
     np.testing.assert_allclose(got, expected, atol=TOL, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["diffusion", "sfp_d", "act"])
+def test_dynamo_exporter_parity(artifacts, name, tmp_path):
+    """``exporter=dynamo`` (torch.export) writes graphs as correct as the default tracer's, for wrappers whose
+    forward takes ``*inputs`` as well as the step graph's fixed arguments."""
+    policy, _ = artifacts[name]
+    path = export_policy(policy, tmp_path / name, exporter="dynamo")
+    history = random_history(policy, seed=3)
+    noise = None if policy.name == "act" else np.random.default_rng(4).standard_normal(noise_shape(policy)).astype(np.float32)
+    policy.reset()
+    expected = torch_chunk(policy, history, noise)
+    for graph in ("per_step", "fused"):
+        got = OnnxPolicy.load(path, graph=graph).predict_chunk(history, noise=noise)
+        np.testing.assert_allclose(got, expected, atol=TOL, rtol=0, err_msg=graph)
+
+
 def test_unet_exports_as_its_4d_twin_and_the_policy_is_untouched(artifacts):
     """The U-Net leaves as ExportUnet: (1, k) Conv2d, constant reshapes, one FiLM product; same numbers."""
     import onnx
@@ -144,6 +159,14 @@ def test_unet_exports_as_its_4d_twin_and_the_policy_is_untouched(artifacts):
     # No shape arithmetic in the graph: every reshape has a constant target (only the batch is -1).
     assert "Shape" not in ops and "Squeeze" not in ops
     assert ops.count("Gemm") == 3  # the step embedding's two layers and one FiLM product for all blocks
+    # The fused graph's times are known at export: the step embedding is folded into constants, the
+    # condition's FiLM share is one product per chunk, and the chunk stays 4-D between the steps.
+    fused = [n.op_type for n in onnx.load(str(path / "fused.onnx")).graph.node]
+    steps = policy.config.num_inference_steps
+    assert fused.count("InstanceNormalization") == steps * ops.count("InstanceNormalization")
+    assert "Sin" not in fused and "Cos" not in fused
+    assert fused.count("Gemm") + fused.count("MatMul") == 1
+    assert fused.count("Transpose") == 2  # in and out, not per step
     with pytest.raises(ValueError, match="divisible"):
         ExportUnet(ConditionalUnet1D(2, 4, step_embed_dim=8, down_dims=(8, 16, 32), n_groups=2), horizon=6)
     from robopolicy.export.unet_graph import export_mish

@@ -91,13 +91,17 @@ class _ConvNormAct(nn.Module):
         # Identity affine per group, given explicitly (the ONNX symbolic needs the group count).
         self.register_buffer("unit_scale", torch.ones(self.groups))
         self.register_buffer("zero_bias", torch.zeros(self.groups))
+        self.register_buffer("zero_mean", torch.zeros(self.channels))
+        self.register_buffer("unit_var", torch.ones(self.channels))
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.conv(x)
         grouped = h.reshape(-1, self.groups, self.channels // self.groups * self.length)
         h = F.instance_norm(grouped, weight=self.unit_scale, bias=self.zero_bias, eps=self.eps)
         h = h.reshape(-1, self.channels, 1, self.length)
-        return self.activation(h * self.gamma + self.beta)
+        # x * gamma + beta as an inference BatchNormalization (mean 0, variance 1, eps 0): one operator, not two.
+        return self.activation(F.batch_norm(h, self.zero_mean, self.unit_var, self.gamma.flatten(), self.beta.flatten(),
+                                            training=False, eps=0.0))
 
 
 class _ResidualBlock(nn.Module):
@@ -162,14 +166,40 @@ class ExportUnet(nn.Module):
             self.film.weight.copy_(torch.cat([f.weight for f in films]))
             self.film.bias.copy_(torch.cat([f.bias for f in films]))
         self.film_width = self.film.out_features
+        self.step_dim = net.step_encoder[-1].out_features  # the FiLM input is [step embedding, condition]
 
     def forward(self, sample: Tensor, timestep: Tensor, global_cond: Tensor) -> Tensor:
         """sample (B, T, A), timestep (B,), global_cond (B, C) -> (B, T, A), as ConditionalUnet1D."""
-        if sample.shape[1] != self.horizon:
-            raise ValueError(f"ExportUnet was built for T = {self.horizon}, got a chunk of {sample.shape[1]}")
-        x = sample.transpose(1, 2).unsqueeze(2)
         cond = torch.cat([self.step_encoder(timestep * self.timestep_scale), global_cond], dim=-1)
         film = self.film(self.cond_activation(cond)).reshape(-1, self.film_width, 1, 1)
+        return self.from_4d(self.forward_4d(self.to_4d(sample), film))
+
+    # The pieces below let an unrolled chunk (the fused graph, whose times are known at export) skip
+    # the per-step timestep embedding and FiLM projection: the activation is elementwise, so
+    # film(act([emb(t), cond])) = W_t act(emb(t)) + b  +  W_c act(cond), a constant plus one product
+    # per chunk, and the chunk stays 4-D between steps.
+    def to_4d(self, sample: Tensor) -> Tensor:
+        """(B, T, A) -> the twin's (B, A, 1, T)."""
+        if sample.shape[1] != self.horizon:
+            raise ValueError(f"ExportUnet was built for T = {self.horizon}, got a chunk of {sample.shape[1]}")
+        return sample.transpose(1, 2).unsqueeze(2)
+
+    def from_4d(self, x: Tensor) -> Tensor:
+        return x.reshape(-1, self.action_dim, self.horizon).transpose(1, 2)
+
+    def observation_film(self, global_cond: Tensor) -> Tensor:
+        """(B, F, 1, 1): the condition's share of every block's FiLM scale and bias, the same at every step."""
+        obs_weight = self.film.weight[:, self.step_dim:]
+        return F.linear(self.cond_activation(global_cond), obs_weight).reshape(-1, self.film_width, 1, 1)
+
+    def time_film(self, timestep: float) -> Tensor:
+        """(1, F, 1, 1): the timestep's share plus the bias, a constant of the traced graph."""
+        with torch.no_grad():
+            emb = self.step_encoder(torch.tensor([timestep * self.timestep_scale]))
+            weight = self.film.weight[:, :self.step_dim]
+            return F.linear(self.cond_activation(emb), weight, self.film.bias).reshape(1, self.film_width, 1, 1)
+
+    def forward_4d(self, x: Tensor, film: Tensor) -> Tensor:
+        """x (B, A, 1, T) and the FiLM tensor (B, F, 1, 1) -> the output, (B, A, 1, T)."""
         x = run_levels(x, film, self.down, self.mid, self.up)
-        out = self.final_conv(self.final_block(x))  # (B, A, 1, T)
-        return out.reshape(-1, self.action_dim, self.horizon).transpose(1, 2)
+        return self.final_conv(self.final_block(x))
