@@ -6,10 +6,10 @@
 Default-sized configs (each family's dataclass defaults) with untrained weights, a PushT-like low-dim
 observation (agent position (2,) + block pose (5,)), one thread everywhere (torch, OMP, ORT intra-op) unless
 ``--threads`` says otherwise. Each chunk is a full ``predict_chunk`` in robot units (normalization included).
-Torch and both ORT graphs are timed round-robin (per round, one untimed and one timed call each), so a
-drifting VM affects their ratio less. Peak RSS is that of a separate runtime-only process (torch blocked from
+Torch and both ORT graphs are timed in interleaved blocks (per round, five untimed and five timed calls
+each), so a drifting VM affects their ratio less. Peak RSS is that of a separate runtime-only process (torch blocked from
 importing) that loads the artifact and predicts chunks with both graph kinds. ``--openvino`` adds both graph
-kinds run by OpenVINO's CPU runtime (``providers=("openvino",)``) to the same round-robin. Prints a markdown table.
+kinds run by OpenVINO's CPU runtime (``providers=("openvino",)``) to the same interleaved timing. Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -98,22 +98,27 @@ def timeit(fn, seconds: float, min_iters: int = 10, max_iters: int = 500) -> np.
     return timeit_interleaved({"fn": fn}, seconds, min_iters, max_iters)["fn"]
 
 
-def timeit_interleaved(fns: dict, seconds: float, min_iters: int = 10, max_iters: int = 500) -> dict[str, np.ndarray]:
-    """Time several callables round-robin, so that a VM whose speed drifts (neighbours, frequency) slows
-    all of them alike and their ratios stay meaningful. In each round every callable runs once untimed,
-    then once timed: each is timed with its own data in cache, as when it runs alone in a control loop."""
-    for fn in fns.values():  # warm-up
+def timeit_interleaved(fns: dict, seconds: float, min_iters: int = 10, max_iters: int = 500, warmup: int = 5,
+                       block: int = 5) -> dict[str, np.ndarray]:
+    """Time several callables in interleaved blocks, so that a VM whose speed drifts (neighbours, frequency)
+    slows all of them alike and their ratios stay meaningful. Each round runs every callable ``warmup`` times
+    untimed, then ``block`` times timed: each is timed as when it runs alone in a policy server. One untimed
+    call is not enough: right after torch eager, ONNX Runtime's next calls run up to 1.35x slower and take
+    about five calls to recover (docs/benchmarks.md, section 2), while torch shows no such effect."""
+    for fn in fns.values():  # first-call costs (allocation, compilation)
         fn()
         fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     start = time.perf_counter()
     rounds = 0
-    while rounds < max_iters and (rounds < min_iters or time.perf_counter() - start < seconds * len(fns)):
+    while rounds * block < max_iters and (rounds * block < min_iters or time.perf_counter() - start < seconds * len(fns)):
         for name, fn in fns.items():
-            fn()
-            t0 = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - t0) * 1e3)
+            for _ in range(warmup):
+                fn()
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - t0) * 1e3)
         rounds += 1
     return {name: np.asarray(t) for name, t in times.items()}
 

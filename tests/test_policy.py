@@ -215,3 +215,17 @@ def test_cli_composes_typed_config():
 
     with pytest.raises((ValidationError, ConfigCompositionException), match="steps"):
         load_config("train", ["steps=many"])
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (Path(__file__).parents[1] / "configs" / "policy").glob("*.yaml")))
+def test_every_policy_preset_builds_its_family(lowdim_dataset, preset):
+    """Each ``policy=<preset>`` composes (presets may extend another) into a valid typed config and a policy."""
+    cfg = load_config("train", [f"policy={preset}"])
+    policy = make_policy_for_dataset(OmegaConf.to_container(cfg.policy), LeRobotDataset(lowdim_dataset),
+                                     ["observation.state"], "action", "min_max")
+    assert policy.name == cfg.policy.type
+    if preset == "diffusion_cpu":  # the CPU preset overrides only the U-Net's size and activation
+        base = load_config("train", ["policy=diffusion"]).policy
+        assert cfg.policy.down_dims == [64, 128] and cfg.policy.activation == "silu"
+        assert {k: v for k, v in cfg.policy.items() if k not in ("down_dims", "activation")} == \
+            {k: v for k, v in base.items() if k not in ("down_dims", "activation")}

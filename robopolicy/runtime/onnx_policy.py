@@ -156,6 +156,10 @@ class OnnxPolicy:
     def needs_new_chunk(self) -> bool:
         return not self._action_queue
 
+    def seed(self, seed: int) -> None:
+        """Seed the runtime's own noise (initial samples, DDPM steps), so a seeded evaluation repeats exactly."""
+        self._rng = np.random.default_rng(seed)
+
     def reset(self) -> None:
         self._obs_queue.clear()
         self._action_queue.clear()

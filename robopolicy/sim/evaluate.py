@@ -33,7 +33,8 @@ class PolicyLike(Protocol):
     """What the evaluator needs from a policy (``robopolicy.policies.Policy`` satisfies it).
 
     Optionally a bool property ``needs_new_chunk``: True when the next ``select_action`` will run
-    inference; the evaluator then reports those calls' latency separately.
+    inference; the evaluator then reports those calls' latency separately. Optionally ``seed(int)``
+    for a policy with its own random generator (the ONNX runtime); torch policies use the global seed.
     """
 
     def reset(self) -> None: ...
@@ -204,6 +205,8 @@ def run_episode(
     """One seeded rollout; ends at success (coverage >= threshold), env termination/truncation or max_steps."""
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)  # scripted or numpy-based policies get the same reproducibility
+    if callable(getattr(policy, "seed", None)):
+        policy.seed(seed)
     policy.reset()
     obs, _ = env.reset(seed=seed)
     has_chunk_flag = hasattr(policy, "needs_new_chunk")
