@@ -60,6 +60,9 @@ FAMILIES: dict[str, tuple[list[str], float]] = {
     "diffusion_2level_wide_silu": (["policy=diffusion", "policy.down_dims=[64,128]", "policy.activation=silu",
                                     "steps=12000", "lr=5e-4", "batch_size=256"], 42),
     "flow": (["policy=flow", "steps=3000", "lr=5e-4", "batch_size=256"], 12),
+    # Flow on the CPU-sized U-Net of diffusion_2level_wide_silu (the policy=diffusion_cpu preset's network).
+    "flow_2level_wide_silu": (["policy=flow", "policy.down_dims=[64,128]", "policy.activation=silu", "steps=3000",
+                               "lr=5e-4", "batch_size=256"], 12),
     "sfp_d": (["policy=sfp", "policy.variant=deterministic", "policy.k=2", "steps=7000", "lr=1e-3", "batch_size=256"], 10),
     "sfp_s": (["policy=sfp", "policy.variant=stochastic", "policy.k=2", "steps=5500", "lr=1e-3", "batch_size=256"], 8),
     # SFP-D again with five times the steps (the recorded run used num_threads=1 beside other work: 6-8 steps/s).
@@ -164,6 +167,8 @@ ROWS = [
         {"mode": "warm_start", "warm_start_fraction": 0.5}),
     Row("flow_euler10", "Flow matching, Euler 10", "flow", ("euler", 10)),
     Row("flow_euler2", "Flow matching, Euler 2", "flow", ("euler", 2)),
+    Row("flow_2level_wide_silu", "Flow matching, U-Net (64, 128), SiLU, Euler 10", "flow_2level_wide_silu",
+        ("euler", 10)),
     Row("sfp_d", "Streaming flow (SFP-D), Euler 6 per action", "sfp_d", ("euler", 6)),
     Row("sfp_s", "Streaming flow (SFP-S), Euler 6 per action", "sfp_s", ("euler", 6)),
     Row("sfp_d_long", "Streaming flow (SFP-D, 19k steps), Euler 6 per action", "sfp_d_long", ("euler", 6)),
