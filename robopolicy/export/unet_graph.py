@@ -8,8 +8,11 @@ Squeeze, and every block runs its own FiLM projection of the same condition. Thi
 - keeps activations in 4-D ``(B, C, 1, L)`` from input to output, so the convolutions are (1, k)
   Conv2d (ONNX Runtime's blocked NCHWc kernels) with no per-layer reshapes;
 - writes GroupNorm as InstanceNormalization over ``(B, groups, C/groups * L)`` with constant
-  reshape shapes (only the batch is left as -1), since every level's length is known from T;
-- computes all blocks' FiLM scales and biases with one matrix product of ``mish(cond)``;
+  reshape shapes (only the batch is left as -1), since every level's length is known from T, and
+  its per-channel affine as one inference BatchNormalization instead of a Mul and an Add;
+- computes all blocks' FiLM scales and biases with one matrix product of ``mish(cond)``, and offers
+  the pieces (:meth:`ExportUnet.time_film`, :meth:`ExportUnet.observation_film`) with which the
+  fused graphs fold each step's time share into a constant;
 - writes Mish with Sigmoid and arithmetic (:func:`export_mish`, the same function): ONNX Runtime's CPU
   Softplus is slow, and such a form ran Mish 1.4x (512 values) to 3.3x (4,096 values) faster than
   Softplus-Tanh-Mul here. A SiLU network's SiLU is traced as Sigmoid and Mul, which ONNX Runtime fuses.
