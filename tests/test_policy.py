@@ -224,8 +224,8 @@ def test_every_policy_preset_builds_its_family(lowdim_dataset, preset):
     policy = make_policy_for_dataset(OmegaConf.to_container(cfg.policy), LeRobotDataset(lowdim_dataset),
                                      ["observation.state"], "action", "min_max")
     assert policy.name == cfg.policy.type
-    if preset == "diffusion_cpu":  # the CPU preset overrides only the U-Net's size and activation
-        base = load_config("train", ["policy=diffusion"]).policy
+    if preset.endswith("_cpu"):  # a CPU preset overrides only its family's U-Net size and activation
+        base = load_config("train", [f"policy={preset.removesuffix('_cpu')}"]).policy
         assert cfg.policy.down_dims == [64, 128] and cfg.policy.activation == "silu"
         assert {k: v for k, v in cfg.policy.items() if k not in ("down_dims", "activation")} == \
             {k: v for k, v in base.items() if k not in ("down_dims", "activation")}
