@@ -225,7 +225,8 @@ def cmd_serve(cfg: DictConfig) -> dict:
         if not cfg.allowed_clients:
             raise ValueError("serve: curve_secret needs allowed_clients=<dir of client .key files>")
         curve = ServerCurve.load(resolve_path(cfg.curve_secret), resolve_path(cfg.allowed_clients))
-    adapter = load_policy_adapter(policy_dir, fps=cfg.fps, providers=list(cfg.providers), threads=cfg.threads)
+    adapter = load_policy_adapter(policy_dir, fps=cfg.fps, providers=list(cfg.providers), threads=cfg.threads,
+                                  graph=cfg.graph)
     server = serve(adapter, address=cfg.address, curve=curve,
                    max_message_bytes=cfg.max_message_bytes, status_every_s=cfg.status_every_s,
                    status_fn=console.print, max_runtime_s=cfg.max_runtime_s, inline_below_ms=cfg.inline_below_ms)

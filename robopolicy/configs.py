@@ -143,6 +143,7 @@ class ServeConfig:
     # ONNX artifacts only: engines in priority order (cpu, cuda, tensorrt, or openvino alone) and their threads.
     providers: list[str] = field(default_factory=lambda: ["cpu"])
     threads: int = 1
+    graph: str = "auto"  # ONNX artifacts: auto (per_step when exported) | per_step | fused
 
 
 @dataclass

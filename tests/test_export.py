@@ -359,6 +359,35 @@ def test_host_sampler_overrides(artifacts):
     assert np.all(chunk >= lo - 1e-4) and np.all(chunk <= hi + 1e-4)
 
 
+def test_fused_graph_refuses_sampler_overrides_and_serves(artifacts, tmp_path, monkeypatch):
+    """A fused graph unrolls the exported sampler: changing it must fail loudly, not be ignored; `robopolicy
+    serve graph=fused` serves that graph."""
+    from robopolicy.configs import load_config
+    from robopolicy.deploy.adapter import load_policy_adapter
+
+    policy, path = artifacts["diffusion"]
+    fused = OnnxPolicy.load(path, graph="fused")
+    with pytest.raises(ValueError, match=r"fused graph, which unrolls 5 DDIM steps.*graph='per_step'"):
+        fused.set_sampler("DDIM", 10)
+    assert load_config("serve", []).graph == "auto"
+    loaded, real_load = [], OnnxPolicy.load.__func__
+
+    def recording_load(cls, *args, **kwargs):
+        loaded.append(real_load(cls, *args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(OnnxPolicy, "load", classmethod(recording_load))
+    served = load_policy_adapter(path, graph="fused")
+    assert [p.graph for p in loaded] == ["fused"]
+    history = {k: v[0] for k, v in random_history(policy, batch=1).items()}
+    lo, hi = (np.asarray(fused.manifest["normalization"]["stats"]["action"][k]) for k in ("min", "max"))
+    chunk = served.predict(history)
+    assert chunk.shape == (policy.config.horizon, 2) and np.all(chunk >= lo - 1e-4) and np.all(chunk <= hi + 1e-4)
+    policy.save(tmp_path / "torch_policy")
+    with pytest.raises(ValueError, match="applies to ONNX artifacts"):
+        load_policy_adapter(tmp_path / "torch_policy", graph="fused")
+
+
 def test_evaluate_factory_is_picklable(artifacts):
     import pickle
 

@@ -102,19 +102,22 @@ def adapter_from_policy(policy: Any, fps: float = DEFAULT_FPS) -> PolicyAdapter:
 
 
 def load_policy_adapter(directory: str | Path, fps: float | None = None, providers: Sequence[str] = ("cpu",),
-                        threads: int = 1) -> PolicyAdapter:
+                        threads: int = 1, graph: str = "auto") -> PolicyAdapter:
     """Serve a torch checkpoint dir (``config.json``) or an ONNX artifact dir (``manifest.json``).
 
     ``fps`` (the action rate) defaults to the one the checkpoint or artifact records (its training data's),
-    else ``DEFAULT_FPS``. ``providers`` and ``threads`` choose the engine of an ONNX artifact (see
-    ``OnnxPolicy.load``).
+    else ``DEFAULT_FPS``. ``providers``, ``threads`` and ``graph`` (auto, per_step or fused) choose the engine
+    and graph kind of an ONNX artifact (see ``OnnxPolicy.load``); the fused graph is the faster one for the
+    sampler it was exported with, the per-step graph also serves warm starts and SFP's streaming.
     """
     directory = Path(directory)
     if (directory / "manifest.json").is_file():
         from robopolicy.runtime.onnx_policy import OnnxPolicy
 
-        policy = OnnxPolicy.load(directory, providers=tuple(providers), intra_op_threads=threads)
+        policy = OnnxPolicy.load(directory, providers=tuple(providers), intra_op_threads=threads, graph=graph)
         return adapter_from_policy(policy, fps=float(fps or policy.fps or DEFAULT_FPS))
+    if graph != "auto":
+        raise ValueError(f"{directory}: graph={graph!r} applies to ONNX artifacts (manifest.json) only")
     if (directory / "config.json").is_file():
         from robopolicy.policies.registry import load_policy
 

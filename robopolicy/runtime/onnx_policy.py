@@ -170,6 +170,11 @@ class OnnxPolicy:
 
     def set_sampler(self, kind: str | None = None, num_inference_steps: int | None = None) -> None:
         """Host-loop sampler overrides (per_step graphs only), as the torch families' ``set_sampler``."""
+        if self.graph == "fused" and self.family in ("diffusion", "flow", "sfp"):
+            fused = self.manifest["graphs"]["fused"]
+            unrolled = f"{fused.get('steps')} {fused.get('sampler')} steps" if "steps" in fused else "its sampler"
+            raise ValueError(f"{self.root}: this OnnxPolicy runs the fused graph, which unrolls {unrolled}; load it "
+                             "with graph='per_step' to change the sampler")
         s = self.sampler
         if self.family == "diffusion":
             kind = kind or s["kind"]
