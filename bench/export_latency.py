@@ -103,7 +103,7 @@ def timeit_interleaved(fns: dict, seconds: float, min_iters: int = 10, max_iters
     """Time several callables in interleaved blocks, so that a VM whose speed drifts (neighbours, frequency)
     slows all of them alike and their ratios stay meaningful. Each round runs every callable ``warmup`` times
     untimed, then ``block`` times timed: each is timed as when it runs alone in a policy server. One untimed
-    call is not enough: right after torch eager, ONNX Runtime's next calls run up to 1.35x slower and take
+    call is not enough: right after torch eager, ONNX Runtime's next calls run up to 1.4x slower and take
     about five calls to recover (docs/benchmarks.md, section 2), while torch shows no such effect."""
     for fn in fns.values():  # first-call costs (allocation, compilation)
         fn()
