@@ -102,20 +102,51 @@ def load_policy_for_eval(policy_dir: str, noise_scheduler_type: str | None, num_
     return policy
 
 
+def load_artifact_for_eval(artifact_dir: str, noise_scheduler_type: str | None, num_inference_steps: int | None,
+                           n_action_steps: int | None = None, providers: tuple[str, ...] = ("cpu",),
+                           graph: str = "auto", threads: int = 1):
+    """Worker-side factory for an exported artifact: the torch-free runtime, with the same overrides as
+    :func:`load_policy_for_eval` (sampler overrides need the per-step graph)."""
+    from robopolicy.runtime import OnnxPolicy
+
+    policy = OnnxPolicy.load(artifact_dir, providers=tuple(providers), intra_op_threads=threads, graph=graph)
+    if noise_scheduler_type is not None or num_inference_steps is not None:
+        policy.set_sampler(noise_scheduler_type, num_inference_steps)
+    if n_action_steps is not None:
+        most = policy.horizon - policy.n_obs_steps + 1
+        if not 1 <= int(n_action_steps) <= most:
+            raise ValueError(f"n_action_steps={n_action_steps} does not fit the artifact at {artifact_dir}: "
+                             f"expected 1..{most} (horizon - n_obs_steps + 1)")
+        policy.n_action_steps = int(n_action_steps)
+    return policy
+
+
 def cmd_eval(cfg: DictConfig) -> dict:
     from robopolicy.policies.registry import load_policy
     from robopolicy.sim.envs import ARM_TASKS, QUADROTOR_ENVS, arm_renderer_available, env_factory
     from robopolicy.sim.evaluate import evaluate
 
     if not cfg.checkpoint:
-        raise ValueError("eval: give checkpoint=<policy dir or training run dir>")
-    policy_dir = _resolve_policy_dir(cfg.checkpoint)
+        raise ValueError("eval: give checkpoint=<policy dir, training run dir or exported ONNX artifact dir>")
     out = resolve_path(cfg.output_dir) if cfg.output_dir else REPO_ROOT / "outputs" / "eval" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    if cfg.env.name in QUADROTOR_ENVS:
-        return _eval_quadrotor(cfg, policy_dir, out)
-    factory = partial(load_policy_for_eval, str(policy_dir), cfg.noise_scheduler_type, cfg.num_inference_steps,
-                      cfg.n_action_steps)
-    input_keys = [f.key for f in load_policy(policy_dir).config.input_features]
+    artifact = resolve_path(cfg.checkpoint)
+    if (artifact / "manifest.json").is_file():  # an exported artifact: evaluate the torch-free runtime
+        if cfg.env.name in QUADROTOR_ENVS:
+            raise ValueError(f"eval: {artifact} is an ONNX artifact; the vectorized quadrotor evaluation takes a "
+                             "torch checkpoint (serve the artifact with `robopolicy serve` to fly it)")
+        from robopolicy.runtime.manifest import read_manifest
+
+        policy_dir = artifact
+        factory = partial(load_artifact_for_eval, str(artifact), cfg.noise_scheduler_type, cfg.num_inference_steps,
+                          cfg.n_action_steps, tuple(cfg.providers), cfg.graph, cfg.threads)
+        input_keys = [f["key"] for f in read_manifest(artifact)["input_features"]]
+    else:
+        policy_dir = _resolve_policy_dir(cfg.checkpoint)
+        if cfg.env.name in QUADROTOR_ENVS:
+            return _eval_quadrotor(cfg, policy_dir, out)
+        factory = partial(load_policy_for_eval, str(policy_dir), cfg.noise_scheduler_type, cfg.num_inference_steps,
+                          cfg.n_action_steps)
+        input_keys = [f.key for f in load_policy(policy_dir).config.input_features]
     n_videos = cfg.n_videos
     if cfg.env.name in ARM_TASKS and n_videos > 0 and not arm_renderer_available():
         console.print("[yellow]no offscreen renderer (MUJOCO_GL=egl or osmesa): evaluating without videos[/]")

@@ -65,6 +65,10 @@ class EvalConfig:
     n_action_steps: int | None = None  # Ta override (null keeps the checkpoint's), e.g. 12 for a Ta-8-trained ACT
     output_dir: str | None = None
     env: EnvConfig = field(default_factory=EnvConfig)
+    # checkpoint=<exported ONNX artifact dir> evaluates the torch-free runtime: its engines, graph kind and threads.
+    providers: list[str] = field(default_factory=lambda: ["cpu"])
+    graph: str = "auto"  # auto (per_step when exported) | per_step | fused
+    threads: int = 1
 
 
 @dataclass

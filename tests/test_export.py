@@ -388,6 +388,33 @@ def test_fused_graph_refuses_sampler_overrides_and_serves(artifacts, tmp_path, m
         load_policy_adapter(tmp_path / "torch_policy", graph="fused")
 
 
+def test_cli_eval_runs_an_exported_artifact(artifacts, tmp_path):
+    """`robopolicy eval checkpoint=<artifact>` evaluates the torch-free runtime on PushT, seeded like torch
+    checkpoints (same seeds, same episodes), with the artifact's engine options and clear errors."""
+    from robopolicy.cli import cmd_eval
+    from robopolicy.configs import load_config
+
+    _, path = artifacts["diffusion"]
+
+    def run(out: str, *extra: str) -> dict:
+        return cmd_eval(load_config("eval", [f"checkpoint={path}", "n_episodes=2", "n_workers=1", "n_videos=0",
+                                             "max_steps=12", f"output_dir={tmp_path / out}", *extra]))
+
+    report = run("a", "graph=per_step", "n_action_steps=2", "num_inference_steps=3")
+    assert report["n_episodes"] == 2 and (tmp_path / "a" / "eval_report.json").is_file()
+    again = run("b", "graph=per_step", "n_action_steps=2", "num_inference_steps=3")
+    assert [e["max_coverage"] for e in report["episodes"]] == [e["max_coverage"] for e in again["episodes"]]
+    # Ta 2 with T = 8: a chunk every second step, so 6 of the 12 steps ran inference.
+    assert [e["chunk_latency_ms"]["n"] for e in report["episodes"]] == [6, 6]
+    assert run("c", "graph=fused")["n_episodes"] == 2
+    with pytest.raises(ValueError, match="fused graph, which unrolls"):
+        run("d", "graph=fused", "num_inference_steps=3")
+    with pytest.raises(ValueError, match=r"n_action_steps=8 does not fit the artifact .*expected 1\.\.7"):
+        run("e", "n_action_steps=8")
+    with pytest.raises(ValueError, match="ONNX artifact; the vectorized quadrotor evaluation takes a torch checkpoint"):
+        run("f", "env.name=quadrotor_hover")
+
+
 def test_evaluate_factory_is_picklable(artifacts):
     import pickle
 
