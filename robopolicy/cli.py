@@ -113,11 +113,7 @@ def load_artifact_for_eval(artifact_dir: str, noise_scheduler_type: str | None, 
     if noise_scheduler_type is not None or num_inference_steps is not None:
         policy.set_sampler(noise_scheduler_type, num_inference_steps)
     if n_action_steps is not None:
-        most = policy.horizon - policy.n_obs_steps + 1
-        if not 1 <= int(n_action_steps) <= most:
-            raise ValueError(f"n_action_steps={n_action_steps} does not fit the artifact at {artifact_dir}: "
-                             f"expected 1..{most} (horizon - n_obs_steps + 1)")
-        policy.n_action_steps = int(n_action_steps)
+        policy.set_n_action_steps(n_action_steps)
     return policy
 
 

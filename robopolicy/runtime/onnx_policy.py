@@ -168,6 +168,14 @@ class OnnxPolicy:
         if self.ensembler is not None:
             self.ensembler.reset()
 
+    def set_n_action_steps(self, n_action_steps: int) -> None:
+        """Execute ``n_action_steps`` actions per chunk: Ta is an inference-time choice, at most T - To + 1."""
+        most = self.horizon - self.n_obs_steps + 1
+        if not 1 <= int(n_action_steps) <= most:
+            raise ValueError(f"n_action_steps={n_action_steps} does not fit the artifact at {self.root}: "
+                             f"expected 1..{most} (horizon - n_obs_steps + 1)")
+        self.n_action_steps = int(n_action_steps)
+
     def set_sampler(self, kind: str | None = None, num_inference_steps: int | None = None) -> None:
         """Host-loop sampler overrides (per_step graphs only), as the torch families' ``set_sampler``."""
         if self.graph == "fused" and self.family in ("diffusion", "flow", "sfp"):
