@@ -60,6 +60,11 @@ FAMILIES: dict[str, tuple[list[str], float]] = {
     "diffusion_2level_wide_silu": (["policy=diffusion", "policy.down_dims=[64,128]", "policy.activation=silu",
                                     "steps=12000", "lr=5e-4", "batch_size=256"], 42),
     "flow": (["policy=flow", "steps=3000", "lr=5e-4", "batch_size=256"], 12),
+    # The default DP network with SiLU instead of Mish (faster ONNX Runtime graphs), with the recipe of the one-hour
+    # default run (bench/pusht_diffusion.py: a 10k-step schedule, which that run cut at 8,617 steps; the two runs'
+    # step-8000 checkpoints are the like-for-like rows).
+    "diffusion_silu": (["policy=diffusion", "policy.activation=silu", "steps=10000", "lr=5e-4", "batch_size=256",
+                        "save_every=1000", "keep_checkpoints=0"], 60),
     # Flow on the CPU-sized U-Net of diffusion_2level_wide_silu (the policy=diffusion_cpu preset's network).
     "flow_2level_wide_silu": (["policy=flow", "policy.down_dims=[64,128]", "policy.activation=silu", "steps=3000",
                                "lr=5e-4", "batch_size=256"], 12),
@@ -169,6 +174,11 @@ ROWS = [
     Row("dp_warm5", "Diffusion Policy, warm start (5 of 10 DDIM)", "diffusion", ("DDIM", 10),
         {"mode": "warm_start", "warm_start_fraction": 0.5}),
     Row("flow_euler10", "Flow matching, Euler 10", "flow", ("euler", 10)),
+    Row("dp_8k_ddim10", "Diffusion Policy, checkpoint 8k of 10k, DDIM 10", "diffusion/checkpoints/step-00008000",
+        ("DDIM", 10)),
+    Row("dp_silu_8k_ddim10", "Diffusion Policy, SiLU, checkpoint 8k of 10k, DDIM 10", "diffusion_silu/checkpoints/step-00008000",
+        ("DDIM", 10)),
+    Row("dp_silu_ddim10", "Diffusion Policy, SiLU, 10k steps, DDIM 10", "diffusion_silu", ("DDIM", 10)),
     Row("flow_euler2", "Flow matching, Euler 2", "flow", ("euler", 2)),
     Row("flow_2level_wide_silu", "Flow matching, U-Net (64, 128), SiLU, Euler 10", "flow_2level_wide_silu",
         ("euler", 10)),
