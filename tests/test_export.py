@@ -25,6 +25,11 @@ CONFIGS = {
     "diffusion_silu": {"type": "diffusion", "n_obs_steps": 2, "horizon": 8, "n_action_steps": 4, "down_dims": [32, 64],
                        "step_embed_dim": 32, "num_inference_steps": 5, "noise_scheduler_type": "DDIM",
                        "activation": "silu"},
+    # x0 prediction with a clip that bites (the random net's outputs exceed 0.1): the noise estimate must come
+    # from the unclipped prediction, as in diffusers.
+    "diffusion_sample": {"type": "diffusion", "n_obs_steps": 2, "horizon": 8, "n_action_steps": 4,
+                         "down_dims": [32, 64], "step_embed_dim": 32, "num_inference_steps": 5,
+                         "noise_scheduler_type": "DDIM", "prediction_type": "sample", "clip_sample_range": 0.1},
     "flow_unet": {"type": "flow", "backbone": "unet", "n_obs_steps": 2, "horizon": 8, "n_action_steps": 4,
                   "down_dims": [32, 64], "step_embed_dim": 32, "num_inference_steps": 3, "integrator": "rk4"},
     "flow_transformer": {"type": "flow", "backbone": "transformer", "n_obs_steps": 2, "horizon": 8,
@@ -115,6 +120,43 @@ def test_parity_random_inputs(artifacts, name, graph):
     assert got.shape == (B, policy.config.horizon, policy.config.action_dim)
     assert np.abs(expected).max() > 1e-3  # not a trivially-zero comparison
     np.testing.assert_allclose(got, expected, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["DDIM", "DDPM"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample"])
+@pytest.mark.parametrize("clip", [None, 0.5])
+def test_host_diffusion_steps_match_diffusers(kind, prediction_type, clip):
+    """The runtime's numpy DDIM/DDPM updates are diffusers' (the schedulers the torch policy samples with),
+    step by step, including x0 clipping (the noise estimate comes from the unclipped x0 prediction)."""
+    from robopolicy.policies.diffusion.configuration import DiffusionConfig
+    from robopolicy.policies.diffusion.modeling import make_noise_scheduler
+    from robopolicy.runtime import solvers
+
+    config = DiffusionConfig(prediction_type=prediction_type, clip_sample=clip is not None,
+                             clip_sample_range=clip or 1.0)
+    scheduler = make_noise_scheduler(config, kind)
+    scheduler.set_timesteps(5)
+    tables = solvers.diffusion_tables(kind, scheduler.alphas_cumprod.numpy(), config.num_train_timesteps, 5)
+    assert tables["timesteps"] == [int(t) for t in scheduler.timesteps]
+    rng = np.random.default_rng(0)
+    for i, t in enumerate(tables["timesteps"][:-1]):  # the last DDPM step adds no noise; all others compared
+        x = rng.standard_normal((2, 8, 2)).astype(np.float32)
+        out = (2.0 * rng.standard_normal((2, 8, 2))).astype(np.float32)  # partly beyond any clip range
+        if kind == "DDIM":
+            expected = scheduler.step(torch.as_tensor(out), t, torch.as_tensor(x)).prev_sample.numpy()
+            got = solvers.ddim_step(out, x, tables["alpha_t"][i], tables["alpha_prev"][i], prediction_type, clip)
+        else:  # the same noise draw on both sides: compare the means by stepping with the noise's scale zeroed
+            gen = torch.Generator().manual_seed(i)
+            expected = scheduler.step(torch.as_tensor(out), t, torch.as_tensor(x), generator=gen).prev_sample.numpy()
+            draw = torch.randn(x.shape, generator=torch.Generator().manual_seed(i)).numpy()
+
+            class _Replay:  # hands the runtime the noise diffusers drew
+                def standard_normal(self, shape, dtype=np.float32):
+                    return draw.astype(dtype)
+
+            got = solvers.ddpm_step(out, x, t, tables["alpha_t"][i], tables["alpha_prev"][i], prediction_type, clip,
+                                    _Replay())
+        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5, err_msg=f"step {i}, t = {t}")
 
 
 @pytest.mark.parametrize("name", ["diffusion", "sfp_d", "act"])

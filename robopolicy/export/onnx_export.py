@@ -195,9 +195,9 @@ class DiffusionFused(_UnrolledModule):
                 x0, eps = (x - beta**0.5 * out) / a_t**0.5, out
                 if clip is not None:
                     x0 = x0.clamp(-clip, clip)
-            else:
+            else:  # the noise from the unclipped prediction, as diffusers and runtime/solvers.py
+                eps = (x - a_t**0.5 * out) / beta**0.5
                 x0 = out.clamp(-clip, clip) if clip is not None else out
-                eps = (x - a_t**0.5 * x0) / beta**0.5
             x = a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps
         return self.leave(x)
 

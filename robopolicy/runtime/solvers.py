@@ -37,17 +37,17 @@ def diffusion_tables(kind: str, alphas_cumprod: np.ndarray, num_train_timesteps:
 
 
 def _x0_eps(out: np.ndarray, x: np.ndarray, a_t: np.float32, prediction_type: str, clip: float | None):
+    """Predicted clean sample (clipped) and noise. As diffusers (``use_clipped_model_output=False``), the noise
+    comes from the unclipped prediction."""
     beta_t = F32(1) - a_t
     if prediction_type == "epsilon":
         x0 = (x - beta_t ** F32(0.5) * out) / a_t ** F32(0.5)
         eps = out
     else:
         x0 = out
-        eps = None
+        eps = (x - a_t ** F32(0.5) * x0) / beta_t ** F32(0.5)
     if clip is not None:
         x0 = np.clip(x0, -clip, clip)
-    if eps is None:
-        eps = (x - a_t ** F32(0.5) * x0) / beta_t ** F32(0.5)
     return x0.astype(F32, copy=False), eps
 
 
