@@ -122,6 +122,17 @@ def test_parity_random_inputs(artifacts, name, graph):
     np.testing.assert_allclose(got, expected, atol=TOL, rtol=0)
 
 
+class _Replay:
+    """A numpy-Generator stand-in that hands the runtime a given noise draw (the one diffusers drew)."""
+
+    def __init__(self, draw: np.ndarray):
+        self.draw = draw
+
+    def standard_normal(self, shape, dtype=np.float32):
+        assert tuple(shape) == self.draw.shape
+        return self.draw.astype(dtype)
+
+
 @pytest.mark.parametrize("kind", ["DDIM", "DDPM"])
 @pytest.mark.parametrize("prediction_type", ["epsilon", "sample"])
 @pytest.mark.parametrize("clip", [None, 0.5])
@@ -145,17 +156,13 @@ def test_host_diffusion_steps_match_diffusers(kind, prediction_type, clip):
         if kind == "DDIM":
             expected = scheduler.step(torch.as_tensor(out), t, torch.as_tensor(x)).prev_sample.numpy()
             got = solvers.ddim_step(out, x, tables["alpha_t"][i], tables["alpha_prev"][i], prediction_type, clip)
-        else:  # the same noise draw on both sides: compare the means by stepping with the noise's scale zeroed
+        else:  # the same noise draw on both sides
             gen = torch.Generator().manual_seed(i)
             expected = scheduler.step(torch.as_tensor(out), t, torch.as_tensor(x), generator=gen).prev_sample.numpy()
             draw = torch.randn(x.shape, generator=torch.Generator().manual_seed(i)).numpy()
 
-            class _Replay:  # hands the runtime the noise diffusers drew
-                def standard_normal(self, shape, dtype=np.float32):
-                    return draw.astype(dtype)
-
             got = solvers.ddpm_step(out, x, t, tables["alpha_t"][i], tables["alpha_prev"][i], prediction_type, clip,
-                                    _Replay())
+                                    _Replay(draw))
         np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5, err_msg=f"step {i}, t = {t}")
 
 
@@ -383,6 +390,36 @@ def test_diffusion_warm_start_matches_torch(artifacts, tmp_path):
         policy.set_sampling_mode("standard")
 
 
+def test_fused_graph_warns_that_it_cannot_warm_start(artifacts, tmp_path):
+    """Warm start needs the host loop: exporting a fused graph and loading it say so, the per-step graph
+    stays silent."""
+    import warnings
+
+    policy, _ = artifacts["diffusion"]
+    policy.set_sampling_mode("warm_start", warm_start_fraction=0.6)
+    try:
+        with pytest.warns(UserWarning, match="fused graph ignores sampling_mode 'warm_start'"):
+            path = export_policy(policy, tmp_path / "warm")
+    finally:
+        policy.set_sampling_mode("standard")
+    with pytest.warns(UserWarning, match="fused graph ignores the policy's sampling_mode 'warm_start'"):
+        OnnxPolicy.load(path, graph="fused")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        OnnxPolicy.load(path, graph="per_step")
+
+
+def test_export_leaves_the_policy_as_it_was(artifacts, tmp_path):
+    """Exporting mid-training must not switch the caller's policy to eval mode (dropout off) or move it."""
+    policy, _ = artifacts["act"]
+    policy.train()
+    try:
+        export_policy(policy, tmp_path / "act", graph_kinds=("fused",))
+        assert policy.training and all(m.training for m in policy.modules())
+    finally:
+        policy.eval()
+
+
 def test_host_sampler_overrides(artifacts):
     policy, path = artifacts["diffusion"]
     runtime = OnnxPolicy.load(path)
@@ -395,6 +432,11 @@ def test_host_sampler_overrides(artifacts):
                                    atol=TOL)
     finally:
         policy.set_sampler("DDIM", 5)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="num_inference_steps must be a positive integer"):
+            runtime.set_sampler("DDIM", bad)
+    with pytest.raises(ValueError, match="num_inference_steps=150 exceeds the 100 training timesteps"):
+        runtime.set_sampler("DDIM", 150)
     runtime.set_sampler("DDPM", 5)  # stochastic: runs, stays in the clipped action range
     chunk = runtime.predict_chunk(history, rng=np.random.default_rng(0))
     lo, hi = (np.asarray(runtime.manifest["normalization"]["stats"]["action"][k]) for k in ("min", "max"))
@@ -545,6 +587,54 @@ def test_manifest_version_mismatch(artifacts, tmp_path):
         OnnxPolicy.load(d)
 
 
+def _drop(*keys):
+    def edit(m):
+        for k in keys[:-1]:
+            m = m[k]
+        m.pop(keys[-1])
+    return edit
+
+
+@pytest.mark.parametrize("edit,field", [
+    (_drop("family"), r"field 'family' must be one of .* \(it is missing\)"),
+    (lambda m: m.update(family="difusion"), r"field 'family' must be one of .*, got 'difusion'"),
+    (_drop("n_obs_steps"), "field 'n_obs_steps' must be a positive integer"),
+    (lambda m: m.update(horizon="8"), "field 'horizon' must be a positive integer, got '8'"),
+    (lambda m: m.update(n_action_steps=9), "field 'n_action_steps' must be at most horizon - n_obs_steps"),
+    (lambda m: m.update(format_version=True), "format_version True is not supported"),
+    (lambda m: m["input_features"][0].update(shape=[2, -1]), "field 'input_features.0' must be"),
+    (_drop("action_feature"), "field 'action_feature' must be"),
+    (_drop("normalization", "modes", "action"), "field 'normalization.modes.action' must be one of"),
+    (_drop("normalization", "stats", "observation.state"),
+     "field 'normalization.stats.observation.state.min' must be numbers broadcastable"),
+    (lambda m: m["normalization"]["stats"]["action"].update(max=[1.0, 2.0, 3.0]),
+     r"field 'normalization.stats.action.max' must be numbers broadcastable to the feature's shape \[2\]"),
+    (lambda m: m.update(files={"other.onnx": "0" * 64}), r"field 'graphs\.\w+\.files\.policy' must be a file the "
+     "manifest's 'files' hashes"),
+    (_drop("graphs"), "field 'graphs' must be"),
+])
+def test_malformed_manifest_fields_name_the_field(artifacts, tmp_path, edit, field):
+    """A manifest whose hashes still match but whose fields are missing, mistyped or inconsistent fails at
+    load, naming manifest.json and the field, before anything runs."""
+    d = _copy(artifacts["mlp"][1], tmp_path)
+    m = json.loads((d / "manifest.json").read_text())
+    edit(m)
+    (d / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match=f"manifest.json: {field}" if "format_version" not in field else field):
+        OnnxPolicy.load(d)
+
+
+def test_manifest_feature_shape_must_match_the_graphs(artifacts, tmp_path):
+    d = _copy(artifacts["mlp"][1], tmp_path)
+    m = json.loads((d / "manifest.json").read_text())
+    m["input_features"][0]["shape"] = [3]  # consistent within the manifest (broadcastable stats), not with the graph
+    m["normalization"]["stats"]["observation.state"] = {"min": [-1.0], "max": [1.0]}
+    (d / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match=r"feature 'observation.state' is \(batch, 2, 3\) in the manifest but the "
+                                            r"policy graph takes \['batch', 2, 2\]"):
+        OnnxPolicy.load(d)
+
+
 def test_unsupported_opset(artifacts, tmp_path):
     import onnx
 
@@ -577,6 +667,27 @@ def test_wrong_input_shapes(artifacts):
 def test_missing_provider_is_a_clear_error(artifacts):
     with pytest.raises(RuntimeError, match="execution provider 'CUDAExecutionProvider' is not available"):
         OnnxPolicy.load(artifacts["mlp"][1], providers=("cuda", "cpu"))
+    with pytest.raises(RuntimeError, match="execution provider 'CUDAExecutionProvider' is not available"):
+        OnnxPolicy.load(artifacts["mlp"][1], providers="cuda")  # one name, not a sequence of letters
+    assert OnnxPolicy.load(artifacts["mlp"][1], providers="cpu").providers == ["CPUExecutionProvider"]
+
+
+def test_observation_buffers_refilled_in_place_are_copied(artifacts):
+    """A control loop that reads each observation into one reused buffer gets the same actions as one
+    that hands over fresh arrays: neither the torch policy nor the runtime keeps a view in its To queue."""
+    policy, path = artifacts["mlp"]  # To = 2
+    runtime = OnnxPolicy.load(path)
+    rng = np.random.default_rng(11)
+    observations = [rng.uniform(-1, 1, 2).astype(np.float32) for _ in range(6)]
+    for agent in (policy, runtime):
+        agent.reset()
+        fresh = [np.asarray(agent.select_action({"observation.state": o.copy()})) for o in observations]
+        agent.reset()
+        buffer, reused = np.empty(2, np.float32), []
+        for o in observations:
+            buffer[:] = o
+            reused.append(np.asarray(agent.select_action({"observation.state": buffer})))
+        np.testing.assert_array_equal(np.stack(reused), np.stack(fresh), err_msg=type(agent).__name__)
 
 
 needs_openvino = pytest.mark.skipif(not __import__("robopolicy.runtime.openvino_session", fromlist=["x"]).openvino_available(),

@@ -286,6 +286,15 @@ def _export(module: nn.Module, args: tuple[Tensor, ...], names: list[str], outpu
         torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
+def host_loop_only_sampling(family: str, config: Any) -> str | None:
+    """The configured sampling option a fused graph cannot run (it needs the host loop), if any."""
+    if family == "diffusion" and getattr(config, "sampling_mode", "standard") == "warm_start":
+        return "sampling_mode 'warm_start'"
+    if family == "flow" and getattr(config, "adaptive", False):
+        return "adaptive sampling"
+    return None
+
+
 def _onnx_export(module, args, path, names, output, opset, kwargs) -> None:
     torch.onnx.export(module, args, str(path), input_names=names, output_names=[output], opset_version=opset,
                       do_constant_folding=True, **kwargs)
@@ -362,10 +371,11 @@ def export_policy(policy: Policy, out_dir: str | Path, graph_kinds: Sequence[str
     name = policy.name
     if name not in ("diffusion", "flow", "sfp", "act", "mlp"):
         raise ValueError(f"export: unknown policy family {name!r}")
-    if name == "flow" and policy.config.adaptive and "fused" in graph_kinds:
-        warnings.warn("flow: the fused graph runs the fixed-step integrator (adaptive sampling needs the host loop)",
-                      stacklevel=2)
-    policy = export_friendly(policy.eval().to("cpu"))
+    if "fused" in graph_kinds and (host_only := host_loop_only_sampling(name, policy.config)):
+        warnings.warn(f"{name}: the fused graph ignores {host_only} and samples from pure noise with the fixed steps; "
+                      "the per_step graph runs it", stacklevel=2)
+    # A CPU copy in eval mode: the caller's policy keeps its device and training mode.
+    policy = export_friendly(copy.deepcopy(policy).to("cpu").eval())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     c = policy.config

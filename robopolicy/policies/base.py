@@ -238,7 +238,8 @@ def read_policy_config(directory: str | Path) -> PolicyConfig:
 
 
 def _as_batched_tensor(value: Any, feature_shape: tuple[int, ...], device: torch.device) -> Tensor:
-    t = torch.as_tensor(np.asarray(value), dtype=torch.float32, device=device)
+    # A copy (torch.tensor, not as_tensor): the observation queue keeps it, and callers may refill one buffer in place.
+    t = torch.tensor(np.asarray(value), dtype=torch.float32, device=device)
     if t.ndim == len(feature_shape):
         t = t.unsqueeze(0)
     return t

@@ -7,10 +7,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 FORMAT_NAME = "robopolicy-onnx"
 FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 MANIFEST_FILE = "manifest.json"
+FAMILIES = ("diffusion", "flow", "sfp", "act", "mlp")
+NORMALIZATION_STATS = {"identity": (), "min_max": ("min", "max"), "mean_std": ("mean", "std")}
 
 
 class ArtifactError(RuntimeError):
@@ -40,20 +44,84 @@ def read_manifest(artifact_dir: str | Path, verify: bool = True) -> dict[str, An
     if manifest.get("format") != FORMAT_NAME:
         raise ArtifactError(f"{path}: not a {FORMAT_NAME} manifest (format={manifest.get('format')!r})")
     version = manifest.get("format_version")
-    if version not in SUPPORTED_VERSIONS:
+    if type(version) is not int or version not in SUPPORTED_VERSIONS:
         raise ArtifactError(f"{path}: manifest format_version {version!r} is not supported by this runtime "
                             f"(supported: {list(SUPPORTED_VERSIONS)}); re-export the policy or upgrade robopolicy")
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         raise ArtifactError(f"{path}: manifest lists no files")
+    check_fields(manifest, path)
     if verify:
         for name, digest in files.items():
             file = root / name
             if not file.is_file():
                 raise ArtifactError(f"{file}: missing file listed in the manifest")
             if sha256_file(file) != digest:
-                raise ArtifactError(f"{name}: hash mismatch, artifact altered (sha256 differs from manifest.json)")
+                raise ArtifactError(f"{file}: hash mismatch, artifact altered (sha256 differs from {path})")
     return manifest
+
+
+def _positive_int(value: Any) -> bool:
+    return type(value) is int and value > 0
+
+
+def _shape(value: Any) -> bool:
+    return isinstance(value, list) and all(_positive_int(d) for d in value)
+
+
+def check_fields(manifest: dict[str, Any], path: Path) -> None:
+    """The fields the runtime reads, with their types: a manifest that passes its own hash check can still be
+    hand-edited or written by a broken tool, and must fail here, naming the field, not later in numpy."""
+
+    def bad(field: str, expected: str) -> ArtifactError:
+        got = "" if "." in field else f", got {manifest[field]!r}" if field in manifest else " (it is missing)"
+        return ArtifactError(f"{path}: field {field!r} must be {expected}{got}")
+
+    if manifest.get("family") not in FAMILIES:
+        raise bad("family", f"one of {list(FAMILIES)}")
+    for field in ("n_obs_steps", "horizon", "n_action_steps"):
+        if not _positive_int(manifest.get(field)):
+            raise bad(field, "a positive integer")
+    if manifest["n_action_steps"] > manifest["horizon"] - manifest["n_obs_steps"] + 1:
+        raise bad("n_action_steps", "at most horizon - n_obs_steps + 1")
+    features = manifest.get("input_features")
+    if not isinstance(features, list) or not features:
+        raise bad("input_features", "a non-empty list of {key, shape, input}")
+    for i, f in enumerate(features):
+        if not (isinstance(f, dict) and isinstance(f.get("key"), str) and isinstance(f.get("input"), str)
+                and _shape(f.get("shape"))):
+            raise bad(f"input_features.{i}", f"{{key: str, shape: [positive ints], input: str}}, got {f!r}")
+    action = manifest.get("action_feature")
+    if not (isinstance(action, dict) and isinstance(action.get("key"), str) and _shape(action.get("shape"))):
+        raise bad("action_feature", "{key: str, shape: [positive ints]}")
+    normalization = manifest.get("normalization")
+    if not (isinstance(normalization, dict) and isinstance(normalization.get("modes"), dict)):
+        raise bad("normalization", "{modes: {feature: mode}, stats: {feature: {...}}}")
+    modes, stats = normalization["modes"], normalization.get("stats") or {}
+    for key, shape in [(f["key"], f["shape"]) for f in features] + [(action["key"], action["shape"])]:
+        mode = modes.get(key)
+        if mode not in NORMALIZATION_STATS:
+            raise bad(f"normalization.modes.{key}", f"one of {list(NORMALIZATION_STATS)} (every feature needs a mode)")
+        for name in NORMALIZATION_STATS[mode]:
+            value = stats.get(key, {}).get(name) if isinstance(stats.get(key), dict) else None
+            try:
+                fits = np.broadcast_shapes(np.shape(np.asarray(value, dtype=np.float64)), tuple(shape)) == tuple(shape)
+            except (TypeError, ValueError):
+                fits = False
+            if value is None or not fits:
+                raise bad(f"normalization.stats.{key}.{name}", f"numbers broadcastable to the feature's shape {shape}")
+    graphs, files = manifest.get("graphs"), manifest["files"]
+    if not isinstance(graphs, dict) or not graphs:
+        raise bad("graphs", "a non-empty mapping of graph kind to {files: {role: file}}")
+    for kind, graph in graphs.items():
+        roles = graph.get("files") if isinstance(graph, dict) else None
+        if not isinstance(roles, dict) or not roles:
+            raise bad(f"graphs.{kind}.files", "a non-empty mapping of role to file")
+        for role, file in roles.items():
+            if file not in files:
+                raise bad(f"graphs.{kind}.files.{role}", f"a file the manifest's 'files' hashes ({file!r} is not)")
+    if not isinstance(manifest.get("sampler", {}), dict):
+        raise bad("sampler", "a mapping")
 
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MANIFEST_FILE", "SUPPORTED_VERSIONS", "ArtifactError", "read_manifest",

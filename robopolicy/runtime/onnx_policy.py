@@ -12,6 +12,7 @@ streaming); ``fused`` runs one graph with the initial noise as an input. Determi
 
 from __future__ import annotations
 
+import warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -22,7 +23,7 @@ import onnxruntime as ort
 
 from robopolicy.runtime import solvers
 from robopolicy.runtime.ensemble import TemporalEnsembler
-from robopolicy.runtime.manifest import ArtifactError, read_manifest
+from robopolicy.runtime.manifest import MANIFEST_FILE, ArtifactError, read_manifest
 from robopolicy.runtime.normalize import NumpyNormalizer
 
 F32 = np.float32
@@ -42,6 +43,8 @@ def resolve_providers(providers: Sequence[str | tuple[str, dict]], trt_cache_dir
 
     ``"openvino"`` (OpenVINO's runtime instead of ONNX Runtime) must be the only entry.
     """
+    if isinstance(providers, str):  # one provider named on its own, not a sequence of its letters
+        providers = (providers,)
     available = ort.get_available_providers()
     out: list[tuple[str, dict]] = []
     for p in providers:
@@ -72,6 +75,33 @@ def resolve_providers(providers: Sequence[str | tuple[str, dict]], trt_cache_dir
     if not out:
         raise ValueError("providers: give at least one execution provider (e.g. 'CPUExecutionProvider')")
     return out
+
+
+def _host_loop_only_sampling(manifest: dict[str, Any]) -> str | None:
+    """The manifest's sampling option that only the per_step host loop runs, if any (as the exporter's check)."""
+    sampler = manifest.get("sampler", {})
+    if manifest["family"] == "diffusion" and sampler.get("sampling_mode") == "warm_start":
+        return "sampling_mode 'warm_start'"
+    if manifest["family"] == "flow" and sampler.get("adaptive"):
+        return "adaptive sampling"
+    return None
+
+
+def _check_graph_inputs(manifest: dict[str, Any], sessions: dict[str, Any], root: Path) -> None:
+    """Each observation input a graph declares has the manifest's (batch, To, *shape), so a manifest that
+    disagrees with its graphs fails at load, naming both, not inside numpy or ONNX Runtime mid-episode."""
+    expected = {f["input"]: (f["key"], [manifest["n_obs_steps"], *f["shape"]]) for f in manifest["input_features"]}
+    for role, session in sessions.items():
+        if not hasattr(session, "get_inputs"):  # OpenVINO's session: its own checks at run time
+            continue
+        for arg in session.get_inputs():
+            if arg.name not in expected:
+                continue
+            key, shape = expected[arg.name]
+            declared = list(arg.shape[1:])
+            if len(declared) != len(shape) or any(isinstance(d, int) and d != s for d, s in zip(declared, shape)):
+                raise ArtifactError(f"{root / MANIFEST_FILE}: feature {key!r} is (batch, {', '.join(map(str, shape))}) "
+                                    f"in the manifest but the {role} graph takes {list(arg.shape)}")
 
 
 class OnnxPolicy:
@@ -145,6 +175,11 @@ class OnnxPolicy:
                 engine = "OpenVINO" if resolved[0][0] == OPENVINO else f"ONNX Runtime {ort.__version__}"
                 raise ArtifactError(f"{file}: {engine} cannot load this graph (exported with opset "
                                     f"{manifest.get('opset')}; an unsupported opset or operator?): {e}") from e
+        _check_graph_inputs(manifest, sessions, root)
+        host_only = _host_loop_only_sampling(manifest)
+        if graph == "fused" and host_only:
+            warnings.warn(f"{root}: the fused graph ignores the policy's {host_only} and samples from pure noise "
+                          "with its fixed steps; load graph='per_step' to run it", stacklevel=2)
         return cls(root, manifest, sessions, graph)
 
     @property
@@ -183,10 +218,17 @@ class OnnxPolicy:
             unrolled = f"{fused.get('steps')} {fused.get('sampler')} steps" if "steps" in fused else "its sampler"
             raise ValueError(f"{self.root}: this OnnxPolicy runs the fused graph, which unrolls {unrolled}; load it "
                              "with graph='per_step' to change the sampler")
+        if num_inference_steps is not None and (type(num_inference_steps) is bool
+                                                 or not float(num_inference_steps).is_integer()
+                                                 or num_inference_steps < 1):
+            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
         s = self.sampler
         if self.family == "diffusion":
             kind = kind or s["kind"]
-            steps = num_inference_steps or s["num_inference_steps"]
+            steps = int(num_inference_steps or s["num_inference_steps"])
+            if steps > s["num_train_timesteps"]:
+                raise ValueError(f"num_inference_steps={steps} exceeds the {s['num_train_timesteps']} training "
+                                 "timesteps of this diffusion policy")
             self._tables = solvers.diffusion_tables(kind, np.asarray(s["alphas_cumprod"]), s["num_train_timesteps"],
                                                     steps)
             s["kind"], s["num_inference_steps"] = kind, steps
@@ -226,7 +268,7 @@ class OnnxPolicy:
         for key, shape, _ in self.input_features:
             if key not in observation:
                 raise KeyError(f"observation lacks feature {key!r} (needs {[k for k, _, _ in self.input_features]})")
-            x = np.asarray(observation[key], dtype=F32)
+            x = np.array(observation[key], dtype=F32)  # a copy: callers may refill one buffer in place
             if x.ndim == len(shape):
                 x = x[None]
             if x.ndim != len(shape) + 1 or tuple(x.shape[1:]) != shape:
