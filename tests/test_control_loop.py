@@ -230,6 +230,37 @@ def test_nan_observations_hold_safe_action(tmp_path):
     assert late and all(r.mode != "policy" and r.reason == "observation" for r in late)
 
 
+class _OneBufferRobot(EchoRobot):
+    """A driver that reads every observation into the same array (as many hardware SDKs do)."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.buffer = np.zeros(2, np.float32)
+
+    def read_state(self):
+        state = super().read_state()
+        if state is not None:
+            self.buffer[:] = state.observation[self.state_key]
+            state.observation[self.state_key] = self.buffer
+        return state
+
+
+def test_observation_history_survives_a_driver_that_reuses_its_buffer(tmp_path):
+    """The To frames sent to the policy are the observations as read, not views of the driver's buffer."""
+    with PolicyServer(RampPolicy(step=1.0), address=f"ipc://{tmp_path}/s.ipc", status_every_s=0) as srv:
+        robot = _OneBufferRobot(start=[0.0, 0.0])
+        robot.connect()
+        loop = ControlLoop(robot, srv.endpoint, ControlLoopConfig(control_hz=100, watchdog_s=0.3))
+        try:
+            loop.run(0.6)
+        finally:
+            loop.close()
+    frames = [s.observation["observation.state"] for s in loop.history]
+    assert len(frames) == 2
+    assert not any(np.shares_memory(f, robot.buffer) for f in frames)
+    assert not np.array_equal(frames[0], frames[1])  # the robot moved between the two reads
+
+
 def _tiny_mlp():
     from robopolicy.data.normalize import Normalizer
     from robopolicy.policies.base import FeatureSpec

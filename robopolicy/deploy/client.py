@@ -306,7 +306,9 @@ class ControlLoop:
             self.state = state
             if is_finite_tree(state.observation):
                 self._obs_ok = True
-                self.history.append(state)
+                # The To history keeps copies: a driver may refill one buffer in place on every read.
+                self.history.append(dataclasses.replace(
+                    state, observation={k: np.array(v, copy=True) for k, v in state.observation.items()}))
             else:
                 self._obs_ok = False
                 self.counters["rejected_observations"] += 1
