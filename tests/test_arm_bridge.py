@@ -101,6 +101,13 @@ def test_state_commands_watchdog_and_estop(bridge):
     assert wait_for(lambda: b.rejected >= rejected + 2)
     client.push.send(b"not msgpack frames")
     assert wait_for(lambda: b.rejected >= rejected + 3)
+    # an empty gripper array and a zero quaternion are rejected too (they crashed the bridge / made its state NaN)
+    client.push.send(pack_frames(encode_arm("arm_cmd", 101, {"target": np.zeros(6), "gripper": np.zeros(0)},
+                                            mode="ee_delta")))
+    assert wait_for(lambda: b.rejected >= rejected + 4)
+    client.push.send(pack_frames(encode_arm("arm_cmd", 102, {"target": np.zeros(7)}, mode="ee_pose")))
+    assert wait_for(lambda: b.rejected >= rejected + 5)
+    assert np.isfinite(client.poll_state(0.1).arrays["ee_quat"]).all()
     # e-stop latches: commands are ignored until clear_estop
     client.estop()
     pos = client.poll_state(0.1).arrays["ee_pos"].copy()

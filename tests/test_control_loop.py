@@ -256,9 +256,32 @@ def test_observation_history_survives_a_driver_that_reuses_its_buffer(tmp_path):
         finally:
             loop.close()
     frames = [s.observation["observation.state"] for s in loop.history]
-    assert len(frames) == 2
+    assert len(frames) >= 2
     assert not any(np.shares_memory(f, robot.buffer) for f in frames)
-    assert not np.array_equal(frames[0], frames[1])  # the robot moved between the two reads
+    assert not np.array_equal(frames[-2], frames[-1])  # the robot moved between the two reads
+
+
+@pytest.mark.parametrize("robot_hz,times,expected", [
+    (50.0, np.arange(12) * 0.02, [0.02, 0.12, 0.22]),  # 5 robot frames per policy step: every fifth
+    (10.0, np.arange(5) * 0.1, [0.2, 0.3, 0.4]),  # the same rate: the last To frames
+    (10.0, np.array([0.0, 0.1, 0.3, 0.4]), [0.1, 0.3, 0.4]),  # a dropped frame: the latest one before
+    (50.0, np.array([0.0, 0.02]), [0.0, 0.0, 0.02]),  # episode start: the oldest repeated
+])
+def test_history_is_sampled_at_the_policy_rate(tmp_path, robot_hz, times, expected):
+    """The To observations sent are 1 / fps apart, whatever the robot's own rate."""
+    from robopolicy.deploy.protocol import PolicySpec
+    from robopolicy.robots.base import RobotState
+
+    robot = EchoRobot(hz=robot_hz)
+    loop = ControlLoop(robot, f"ipc://{tmp_path}/none.ipc", ControlLoopConfig(control_hz=robot_hz))
+    try:
+        loop._configure(PolicySpec({"observation.state": (2,)}, "action", 2, n_obs_steps=3, horizon=8,
+                                   n_action_steps=4, fps=10.0))
+        for i, t in enumerate(times):
+            loop.history.append(RobotState({"observation.state": np.full(2, t, np.float32)}, float(t), i))
+        np.testing.assert_allclose([s.t for s in loop.history_frames()], expected, atol=1e-9)
+    finally:
+        loop.close()
 
 
 def _tiny_mlp():

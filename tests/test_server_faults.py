@@ -249,3 +249,156 @@ def test_inline_inference_can_be_switched_off(tmp_path):
         for _ in range(25):
             assert client.call("infer", obs, t_obs=0.0, timeout_s=5.0).type == "chunk"
     assert set(policy.threads) == {"policy-infer"}
+
+
+# ---- e-stop, safety limits and bad replies (from a review of the control loop) -------------------------
+
+
+def test_velocity_limit_holds_from_the_first_command_and_after_a_stop(tmp_path):
+    """A robot whose safe action is "stop" leaves the safety filter without a reference; the next policy
+    command is limited from where the robot is, never a jump to the policy's target."""
+    with PolicyServer(RampPolicy(step=1.0), address=f"ipc://{tmp_path}/v.ipc", status_every_s=0) as srv:
+        robot = EchoRobot(start=[0.0, 0.0], safe_action="stop", max_velocity=1.0)  # 0.01 per 100 Hz tick
+        robot.connect()
+        loop = ControlLoop(robot, srv.endpoint, ControlLoopConfig(control_hz=100, watchdog_s=0.3))
+
+        def on_tick(lp, rec):
+            if lp.counters["ticks"] == 60:
+                lp.trigger_estop("test")
+            if lp.counters["ticks"] == 90:
+                lp.clear_estop()
+
+        loop.run(1.5, on_tick=on_tick)
+        loop.close()
+    commands = [np.zeros(2)] + [c for _, c in robot.commands]  # the robot starts at 0
+    assert robot.stops >= 1 and len(commands) > 50
+    steps = [np.abs(b - a).max() for a, b in zip(commands, commands[1:])]
+    assert max(steps) <= 0.01 + 1e-9
+
+
+def test_estop_drops_every_chunk_planned_before_it(tmp_path):
+    """After clear_estop the loop runs no chunk planned or requested before the e-stop."""
+    t_obs_of_chunk: dict[int, float] = {}
+    with PolicyServer(RampPolicy(step=1.0), address=f"ipc://{tmp_path}/e.ipc", status_every_s=0) as srv:
+        robot = EchoRobot(start=[0.0, 0.0])
+        robot.connect()
+        loop = ControlLoop(robot, srv.endpoint, ControlLoopConfig(control_hz=100, watchdog_s=0.3))
+        marks: dict[str, float] = {}
+
+        def on_tick(lp, rec):
+            if lp.scheduler is not None and "add_chunk" not in vars(lp.scheduler):  # record each chunk's t_obs
+                add = lp.scheduler.add_chunk
+
+                def recording_add(*args, **kw):
+                    chunk = add(*args, **kw)
+                    if chunk is not None:
+                        t_obs_of_chunk[chunk.id] = chunk.t_obs
+                    return chunk
+
+                lp.scheduler.add_chunk = recording_add
+            if lp.counters["ticks"] == 60:
+                marks["estop"] = time.monotonic()
+                lp.trigger_estop("test")
+            if lp.counters["ticks"] == 75:
+                marks["clear"] = time.monotonic()
+                lp.clear_estop()
+
+        loop.run(1.2, on_tick=on_tick)
+        loop.close()
+    before = [r for r in loop.commands if r.t < marks["estop"] and r.mode == "policy"]
+    after = [r for r in loop.commands if r.t > marks["clear"] and r.mode == "policy"]
+    assert before and after, "the loop ran before the e-stop and resumed after the clear"
+    # (the first request after the clear may carry an observation taken during the e-stop: current state)
+    assert all(t_obs_of_chunk[r.chunk_id] > marks["estop"] for r in after)
+
+
+def test_a_server_estop_from_another_operator_stops_the_loop_at_the_next_pong(tmp_path):
+    with PolicyServer(RampPolicy(step=1.0), address=f"ipc://{tmp_path}/p.ipc", status_every_s=0) as srv:
+        robot = EchoRobot(start=[0.0, 0.0])
+        robot.connect()
+        loop = ControlLoop(robot, srv.endpoint, ControlLoopConfig(control_hz=100, watchdog_s=0.3))
+        marks: dict[str, float] = {}
+
+        def on_tick(lp, rec):
+            if lp.counters["ticks"] == 50:
+                with PolicyClient(srv.endpoint) as operator:
+                    assert operator.call("estop").get("estopped") is True
+                marks["estop"] = time.monotonic()
+
+        loop.run(1.0, on_tick=on_tick)
+        loop.close()
+    assert loop.estop.active
+    late = [r for r in loop.commands if r.t > marks["estop"] + 2 * loop.ping_interval + 0.05]
+    assert late and all(r.mode != "policy" for r in late)
+
+
+def test_server_withholds_chunks_computed_when_the_estop_latches(tmp_path):
+    """A request queued or computing when the e-stop latches is answered with an e-stop error, never a chunk."""
+    with PolicyServer(RampPolicy(delay_s=0.3), address=f"ipc://{tmp_path}/w.ipc", status_every_s=0,
+                      inline_below_ms=0) as srv:
+        with PolicyClient(srv.endpoint) as robot_side, PolicyClient(srv.endpoint) as operator:
+            obs = {"observation.state": np.zeros((2, 2), np.float32)}
+            assert robot_side.call("ping").type == "pong"  # connected: the sends below go out at once
+            seqs = [robot_side.send("infer", obs, t_obs=0.0), robot_side.send("infer", obs, t_obs=0.0)]
+            time.sleep(0.1)  # the first is computing, the second queued
+            assert operator.call("estop").get("estopped") is True
+            replies = []
+            deadline = time.monotonic() + 5
+            while len(replies) < 2 and time.monotonic() < deadline:
+                replies += robot_side.receive(100)
+    assert None not in seqs and sorted(m.get("reply_to") for m in replies) == sorted(seqs)
+    assert all(m.type == "error" and m.get("kind") == "estopped" for m in replies)
+
+
+@pytest.mark.parametrize("field,value", [("t_obs", "soon"), ("t_obs", float("nan")), ("t_first", 123.0),
+                                         ("dt", 0.5)])
+def test_bad_chunk_times_are_rejected_and_the_loop_keeps_running(tmp_path, field, value):
+    class BadTimesServer(PolicyServer):
+        def _infer(self, req_seq, obs, t_obs, t_recv):
+            ok, frames = super()._infer(req_seq, obs, t_obs, t_recv)
+            m = decode(frames)
+            header = {**m.header, field: value}
+            return ok, encode("chunk", m.seq, dict(m.arrays), **{k: v for k, v in header.items()
+                                                                 if k not in ("type", "seq", "v", "arrays")})
+
+    with BadTimesServer(RampPolicy(), address=f"ipc://{tmp_path}/t.ipc", status_every_s=0) as srv:
+        robot = EchoRobot()
+        robot.connect()
+        loop = ControlLoop(robot, srv.endpoint, ControlLoopConfig(control_hz=100, watchdog_s=0.3))
+        summary = loop.run(0.5)
+        loop.close()
+    assert summary["fatal"] is None and loop.counters["rejected_chunks"] >= 1
+    assert not any(r.mode == "policy" for r in loop.commands)
+
+
+def test_a_crash_inside_the_loop_sends_the_safe_action_and_re_raises(tmp_path):
+    with PolicyServer(RampPolicy(), address=f"ipc://{tmp_path}/c.ipc", status_every_s=0) as srv:
+        robot = EchoRobot(safe_action="stop")
+        robot.connect()
+        loop = ControlLoop(robot, srv.endpoint, ControlLoopConfig(control_hz=100, watchdog_s=0.3))
+
+        def on_tick(lp, rec):
+            if rec.mode == "policy":
+                raise RuntimeError("bug in a callback")
+
+        with pytest.raises(RuntimeError, match="bug in a callback"):
+            loop.run(2.0, on_tick=on_tick)
+        loop.close()
+    assert robot.stops >= 1 and loop.commands[-1].mode == "policy"  # the stop came after the last policy command
+    assert "crashed" in loop.fatal
+
+
+def test_server_start_reports_a_bind_failure(tmp_path):
+    with PolicyServer(RampPolicy(), address="tcp://127.0.0.1:*", status_every_s=0) as first:
+        with pytest.raises(RuntimeError, match="could not start on .*Address already in use"):
+            PolicyServer(RampPolicy(), address=first.endpoint, status_every_s=0).start()
+
+
+def test_zero_size_array_with_an_impossible_shape_is_a_protocol_error():
+    from robopolicy.deploy.protocol import ProtocolError
+
+    header = msgpack.packb({"v": PROTOCOL_VERSION, "type": "infer", "seq": 1, "t_obs": 0.0,
+                            "frames": [{"name": "observation.state", "dtype": "float32", "shape": [2**31, 2**31, 0]}]})
+    with pytest.raises(ProtocolError) as e:
+        decode([header, b""])
+    assert e.value.kind == "shape"

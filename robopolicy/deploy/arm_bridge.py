@@ -304,7 +304,11 @@ class ArmBridge:
             target = msg.arrays.get("target")
             if target is None or target.shape != (want,):
                 raise ProtocolError("shape", f"{mode} target must have shape ({want},)")
+            if mode == "ee_pose" and not np.linalg.norm(target[3:7]) > 1e-6:  # no orientation (also NaN)
+                raise ProtocolError("malformed", "ee_pose quaternion must be non-zero")
             g = msg.arrays.get("gripper", np.array([self.backend.read().gripper]))
+            if g.size != 1:
+                raise ProtocolError("shape", f"gripper must be one number, got shape {list(g.shape)}")
             gripper = float(np.clip(g.reshape(-1)[0], -1.0, 1.0))
         except ProtocolError:
             self.rejected += 1

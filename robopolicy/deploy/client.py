@@ -217,16 +217,28 @@ class ControlLoop:
         self._safe_cmd: np.ndarray | None = None
         self.fatal: str | None = None
         self._pending_estop: str | None = None
+        self._clear_seq: int | None = None  # seq of the last clear_estop sent
 
     # ---- operator actions -------------------------------------------------------------------------
     def trigger_estop(self, reason: str = "operator") -> None:
         """Latch the local e-stop and tell the server (it refuses inference until cleared)."""
-        self.estop.trigger(reason)
+        self._latch_estop(reason)
         self._pending_estop = "estop"
 
     def clear_estop(self) -> None:
+        self._forget_plans()
         self.estop.clear()
         self._pending_estop = "clear_estop"
+
+    def _latch_estop(self, reason: str) -> None:
+        """Latch, and drop every chunk planned or requested before it: nothing resumes after a clear."""
+        self.estop.trigger(reason)
+        self._forget_plans()
+
+    def _forget_plans(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.clear()
+        self._inflight = None
 
     # ---- one tick -------------------------------------------------------------------------------------
     def _configure(self, spec: PolicySpec) -> None:
@@ -242,7 +254,9 @@ class ControlLoop:
             self.scheduler = ChunkScheduler(spec.n_obs_steps, spec.horizon, spec.n_action_steps, spec.dt, c.blend,
                                             c.latency_margin_s, c.validity_s, c.ensemble_m, c.rtc_soft_steps,
                                             c.request_lead_s)
-            self.history = collections.deque(self.history, maxlen=spec.n_obs_steps)
+            # Enough robot-rate frames to span the To policy steps (the robot may run faster than the policy).
+            per_step = max(1, math.ceil(spec.dt * self.robot.spec.control_hz - 1e-9))
+            self.history = collections.deque(self.history, maxlen=(spec.n_obs_steps - 1) * per_step + 2)
 
     def _link_lost(self, now: float, reason: str) -> None:
         self.counters["link_lost"] += 1
@@ -262,6 +276,13 @@ class ControlLoop:
     def _handle(self, m: Message, now: float) -> None:
         self.watchdog.feed(now)
         self._link_alive = True
+        says_estopped = m.get("estopped") is True or (m.type == "error" and m.get("kind") == "estopped")
+        reply_to = m.get("reply_to")
+        from_before_clear = self._pending_estop == "clear_estop" or (
+            self._clear_seq is not None and (not isinstance(reply_to, int) or reply_to < self._clear_seq))
+        if says_estopped and not from_before_clear:
+            # any reply that says so (pong, hello, ack, error): another operator may have pressed it
+            self._latch_estop("server is e-stopped")
         if m.type == "hello":
             try:
                 self._configure(PolicySpec.from_dict(m.get("spec")))
@@ -269,12 +290,12 @@ class ControlLoop:
                 self.fatal = f"bad hello from server: {e}"
         elif m.type == "chunk":
             inf = self._inflight
-            if inf is None or m.get("reply_to") != inf["seq"] or self.scheduler is None:
+            if inf is None or m.get("reply_to") != inf["seq"] or self.scheduler is None or self.estop.active:
                 self.counters["unexpected_chunks"] += 1
                 return
             self._inflight = None
             try:
-                actions, t_first, dt = validate_chunk(m, self.spec)
+                actions, t_first, dt = validate_chunk(m, self.spec, t_obs_sent=inf["t_obs"])
             except ProtocolError as e:
                 self.counters["rejected_chunks"] += 1
                 log.warning("rejected chunk: %s", e)
@@ -284,18 +305,13 @@ class ControlLoop:
             self._delay_est = 0.8 * self._delay_est + 0.2 * delay if self.counters["chunks"] else delay
             self.counters["chunks"] += 1
             self.scheduler.add_chunk(actions, t_first, now, dt=dt, t_request=inf["t_sent"],
-                                     expected_delay_s=inf["expected_delay"], t_obs=m.get("t_obs"),
+                                     expected_delay_s=inf["expected_delay"], t_obs=inf["t_obs"],
                                      epoch=self.client.epoch)
         elif m.type == "error":
             kind = str(m.get("kind"))
             self.server_errors[kind] += 1
             if self._inflight is not None and m.get("reply_to") == self._inflight["seq"]:
                 self._inflight = None
-            if kind == "estopped":
-                self.estop.trigger("server is e-stopped")
-        elif m.type == "ack":
-            if m.get("estopped"):
-                self.estop.trigger("server is e-stopped")
 
     def tick(self, now: float) -> CommandRecord:
         c = self.config
@@ -331,7 +347,9 @@ class ControlLoop:
         elif now - self._last_ping > self.ping_interval:
             if self.client.send("ping") is not None:
                 self._last_ping = now
-        if self._pending_estop is not None and self.client.send(self._pending_estop) is not None:
+        if self._pending_estop is not None and (sent := self.client.send(self._pending_estop)) is not None:
+            if self._pending_estop == "clear_estop":  # replies to earlier requests still say "e-stopped"
+                self._clear_seq = sent
             self._pending_estop = None
         # 4. inference request
         if self._inflight is not None and now - self._inflight["t_sent"] > c.request_timeout_s:
@@ -345,7 +363,7 @@ class ControlLoop:
             if now - newest.t <= max_age:
                 seq = self._send_infer(newest)
                 if seq is not None:
-                    self._inflight = {"seq": seq, "t_sent": now, "expected_delay": self._delay_est}
+                    self._inflight = {"seq": seq, "t_sent": now, "t_obs": newest.t, "expected_delay": self._delay_est}
                     self.counters["requests"] += 1
             else:
                 self.counters["stale_observations"] += 1
@@ -370,6 +388,8 @@ class ControlLoop:
                     self.counters["starved_ticks"] += 1
         cmd = None
         if target is not None:
+            if self.safety.last is None:  # first policy command (start, after a stop): limit it from where the
+                self.safety.reset(self._measured_command())  # robot is, not let it jump to the target
             cmd = self.safety(target, self.period)
             if cmd is None:
                 reason = "nonfinite_action"
@@ -386,13 +406,32 @@ class ControlLoop:
             self.commands.append(rec)
         return rec
 
+    def _measured_command(self) -> np.ndarray | None:
+        """The command that holds the robot where it is now (position-clipped), if the robot can tell."""
+        hold = self.robot.hold_action(self.state)
+        if hold is None:
+            if self.safety.max_velocity is not None or self.safety.max_acceleration is not None:
+                self.counters["unlimited_first_commands"] += 1  # no reference: the limits start from this command
+            return None
+        hold = self.safety.clip_position(np.asarray(hold, dtype=np.float64))
+        return hold if np.isfinite(hold).all() else None
+
+    def history_frames(self) -> list[RobotState]:
+        """The To observations the policy expects, ``dt = 1 / fps`` apart and ending at the newest: for each
+        slot the latest observation at or before its time (half a robot period of slack), at episode start
+        the oldest one there is (repeated, as the datasets pad)."""
+        spec, states = self.spec, list(self.history)
+        slack = 0.5 / self.robot.spec.control_hz
+        frames = []
+        for k in range(spec.n_obs_steps):
+            t_k = states[-1].t - (spec.n_obs_steps - 1 - k) * spec.dt
+            earlier = [s for s in states if s.t <= t_k + slack]
+            frames.append(earlier[-1] if earlier else states[0])
+        return frames
+
     def _send_infer(self, newest: RobotState) -> int | None:
-        spec = self.spec
-        states = list(self.history)
-        while len(states) < spec.n_obs_steps:  # episode start: repeat the first observation
-            states.insert(0, states[0])
-        arrays = {k: np.stack([np.asarray(s.observation[k], dtype=np.float32) for s in states])
-                  for k in spec.input_features}
+        arrays = {k: np.stack([np.asarray(s.observation[k], dtype=np.float32) for s in self.history_frames()])
+                  for k in self.spec.input_features}
         return self.client.send("infer", arrays, t_obs=newest.t)
 
     def _apply_safe(self, now: float, reason: str) -> CommandRecord:
@@ -414,25 +453,39 @@ class ControlLoop:
         """Tick at ``control_hz`` for at most ``duration_s`` (or until ``stop_event``/``until``)."""
         t_start = time.monotonic()
         next_t = t_start
-        while True:
-            now = time.monotonic()
-            self.recorder.tick(now)
-            if now - t_start >= duration_s or (stop_event is not None and stop_event.is_set()):
-                break
-            if until is not None and until(self):
-                break
-            rec = self.tick(now)
-            if on_tick is not None:
-                on_tick(self, rec)
-            if self.fatal is not None:
-                log.error("control loop stopped: %s", self.fatal)
-                break
-            next_t += self.period
-            if time.monotonic() > next_t + self.period:  # a whole period late: count it, do not catch up
-                self.recorder.overruns += 1
-                next_t = time.monotonic()
-            self._wait(next_t)
+        try:
+            while True:
+                now = time.monotonic()
+                self.recorder.tick(now)
+                if now - t_start >= duration_s or (stop_event is not None and stop_event.is_set()):
+                    break
+                if until is not None and until(self):
+                    break
+                rec = self.tick(now)
+                if on_tick is not None:
+                    on_tick(self, rec)
+                if self.fatal is not None:
+                    log.error("control loop stopped: %s", self.fatal)
+                    break
+                next_t += self.period
+                if time.monotonic() > next_t + self.period:  # a whole period late: count it, do not catch up
+                    self.recorder.overruns += 1
+                    next_t = time.monotonic()
+                self._wait(next_t)
+        except BaseException as e:  # a bug, a bad reply, Ctrl-C: the robot never keeps tracking a dead loop
+            self._safe_after_crash(e)
+            raise
         return self.summary()
+
+    def _safe_after_crash(self, error: BaseException) -> None:
+        log.error("control loop crashed (%s: %s); sending the safe action", type(error).__name__, error)
+        self.fatal = self.fatal or f"crashed: {type(error).__name__}: {error}"
+        self._safe_mode = None  # enter the safe state afresh
+        try:
+            self._apply_safe(time.monotonic(), "crash")
+        except Exception:
+            log.exception("safe action failed after a crash; stopping the robot")
+            self.robot.stop()
 
     def _wait(self, deadline: float) -> None:
         """Wait for the next tick, handling server replies as they arrive (so latency is not quantized)."""

@@ -201,7 +201,10 @@ def _decode_array(entry: Any, view: memoryview, seq: int, check_finite: bool) ->
     if expected != view.nbytes:
         raise ProtocolError("shape", f"array {name!r}: shape {shape} x {dname} needs {expected} bytes, "
                             f"frame has {view.nbytes}", seq)
-    array = np.frombuffer(view, dtype=dtype).reshape(shape).copy()
+    try:  # a zero-size array may claim any shape; numpy refuses some (e.g. beyond its maximum size)
+        array = np.frombuffer(view, dtype=dtype).reshape(shape).copy()
+    except ValueError as e:
+        raise ProtocolError("shape", f"array {name!r}: shape {shape} is not a valid array shape ({e})", seq) from None
     if check_finite and dtype.kind == "f" and not np.isfinite(array).all():
         raise ProtocolError("nonfinite", f"array {name!r} contains NaN or inf", seq)
     return name, array
@@ -251,8 +254,8 @@ class PolicySpec:
             raise ProtocolError("malformed", "policy spec must be a map")
         try:
             return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
-        except (TypeError, ValueError) as e:
-            raise ProtocolError("malformed", f"bad policy spec: {e}") from None
+        except Exception as e:  # any malformed field (a string for a map, ...) is a protocol error, never a crash
+            raise ProtocolError("malformed", f"bad policy spec: {type(e).__name__}: {e}") from None
 
 
 def validate_infer(msg: Message, spec: PolicySpec) -> tuple[dict[str, np.ndarray], float]:
@@ -280,8 +283,12 @@ def validate_infer(msg: Message, spec: PolicySpec) -> tuple[dict[str, np.ndarray
     return obs, float(t_obs)
 
 
-def validate_chunk(msg: Message, spec: PolicySpec) -> tuple[np.ndarray, float, float]:
-    """Actions ``(T, A)``, ``t_first`` and ``dt`` of a ``chunk`` reply."""
+def validate_chunk(msg: Message, spec: PolicySpec, t_obs_sent: float | None = None) -> tuple[np.ndarray, float, float]:
+    """Actions ``(T, A)``, ``t_first`` and ``dt`` of a ``chunk`` reply.
+
+    The times must be the spec's: ``dt`` its 1 / fps and, given the ``t_obs`` of the request,
+    ``t_obs`` echoed and ``t_first = t_obs - (To - 1) dt``, so a server with a wrong clock or
+    version cannot shift or stretch the trajectory the robot executes."""
     a = msg.arrays.get(spec.action_key)
     if a is None:
         raise ProtocolError("missing_feature", f"chunk has no {spec.action_key!r} array", msg.seq)
@@ -292,6 +299,15 @@ def validate_chunk(msg: Message, spec: PolicySpec) -> tuple[np.ndarray, float, f
     t_first, dt = msg.get("t_first"), msg.get("dt")
     if not (_is_number(t_first) and _is_number(dt) and math.isfinite(t_first) and math.isfinite(dt) and dt > 0):
         raise ProtocolError("malformed", "chunk needs finite 't_first' and positive 'dt'", msg.seq)
+    if abs(dt - spec.dt) > 1e-6 * spec.dt:
+        raise ProtocolError("malformed", f"chunk dt {dt} differs from the policy's 1 / fps = {spec.dt}", msg.seq)
+    if t_obs_sent is not None:
+        t_obs = msg.get("t_obs")
+        if not (_is_number(t_obs) and abs(t_obs - t_obs_sent) <= 1e-6):
+            raise ProtocolError("malformed", f"chunk t_obs {t_obs!r} is not the request's {t_obs_sent}", msg.seq)
+        expected = t_obs_sent - (spec.n_obs_steps - 1) * spec.dt
+        if abs(t_first - expected) > 1e-6:
+            raise ProtocolError("malformed", f"chunk t_first {t_first} is not t_obs - (To - 1) dt = {expected}", msg.seq)
     return a.astype(np.float64), float(t_first), float(dt)
 
 

@@ -100,6 +100,7 @@ class PolicyServer:
         self.stats = ServerStats()
         self.estopped = False
         self.endpoint: str | None = None
+        self.start_error: Exception | None = None  # why run() ended before serving (e.g. the address is in use)
         self.ready = threading.Event()
         self._stop = threading.Event()
         self._jobs: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
@@ -114,11 +115,20 @@ class PolicyServer:
     # ---- lifecycle ------------------------------------------------------------------------------
     def start(self, timeout_s: float = 10.0) -> PolicyServer:
         """Run in a daemon thread; returns once the socket is bound."""
-        self._thread = threading.Thread(target=self.run, name="policy-server", daemon=True)
+        self._thread = threading.Thread(target=self._run_in_thread, name="policy-server", daemon=True)
         self._thread.start()
         if not self.ready.wait(timeout_s):
             raise RuntimeError(f"policy server did not start on {self.address} within {timeout_s}s")
+        if self.start_error is not None:
+            raise RuntimeError(f"policy server could not start on {self.address}: {self.start_error}") from self.start_error
         return self
+
+    def _run_in_thread(self) -> None:
+        try:
+            self.run()
+        except Exception:
+            if self.start_error is None:  # a start failure is raised by start(); anything else is logged here
+                log.exception("policy server thread failed")
 
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stop.set()
@@ -153,7 +163,11 @@ class PolicyServer:
             router.rcvhwm = 1000
             if self.curve is not None:
                 apply_server_curve(router, self.curve)
-            router.bind(self.address)
+            try:
+                router.bind(self.address)
+            except zmq.ZMQError as e:
+                self.start_error = e
+                raise
             self.endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
             results = ctx.socket(zmq.PAIR)
             results.linger = 0
@@ -180,7 +194,12 @@ class PolicyServer:
                             frames = results.recv_multipart(zmq.NOBLOCK)
                         except zmq.Again:
                             break
-                        self._send(router, frames[0], frames[1:])
+                        identity, kind, req_seq, *reply = frames
+                        if kind == b"chunk" and self.estopped:  # computed before the e-stop latched: never sent
+                            self._reply_error(router, identity, "estopped", "server is e-stopped; send clear_estop",
+                                              int(req_seq))
+                        else:
+                            self._send(router, identity, reply)
                 if router in events:
                     for _ in range(1000):  # bounded batch, then service the results socket again
                         try:
@@ -260,6 +279,7 @@ class PolicyServer:
             if not self.estopped:
                 log.warning("E-STOP latched by a client")
             self.estopped = True
+            self._drain_jobs(router)
             self._send(router, identity, encode("ack", seq, reply_to=msg.seq, estopped=True))
         elif msg.type == "clear_estop":
             self.estopped = False
@@ -275,7 +295,7 @@ class PolicyServer:
                 return
             if self._inline_ok() and self._predict_lock.acquire(blocking=False):
                 try:
-                    self._send(router, identity, self._infer(msg.seq, obs, t_obs, t_recv))
+                    self._send(router, identity, self._infer(msg.seq, obs, t_obs, t_recv)[1])
                 finally:
                     self._predict_lock.release()
                 return
@@ -284,6 +304,15 @@ class PolicyServer:
             except queue.Full:
                 self._reply_error(router, identity, "busy", "inference queue full", msg.seq)
 
+    def _drain_jobs(self, router: zmq.Socket) -> None:
+        """Answer every queued inference request with an e-stop error instead of running it."""
+        while True:
+            try:
+                identity, req_seq, *_ = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            self._reply_error(router, identity, "estopped", "server is e-stopped; send clear_estop", req_seq)
+
     def _inline_ok(self) -> bool:
         if self.inline_below_ms <= 0 or not self._jobs.empty():
             return False
@@ -291,8 +320,9 @@ class PolicyServer:
             recent = self._recent_infer_ms
             return len(recent) == recent.maxlen and max(recent) < self.inline_below_ms
 
-    def _infer(self, req_seq: int, obs: dict[str, np.ndarray], t_obs: float, t_recv: float) -> list[bytes]:
-        """Run the policy on one validated request; the reply frames (a chunk or a ``policy`` error)."""
+    def _infer(self, req_seq: int, obs: dict[str, np.ndarray], t_obs: float,
+               t_recv: float) -> tuple[bool, list[bytes]]:
+        """Run the policy on one validated request: (a chunk?, the reply frames: a chunk or a ``policy`` error)."""
         t0 = time.monotonic()
         try:
             chunk = self.adapter.predict(obs)
@@ -303,7 +333,7 @@ class PolicyServer:
             log.warning("policy failed: %s", e)
             with self.stats.lock:
                 self._recent_infer_ms.append((time.monotonic() - t0) * 1e3)
-            return error_frames("policy", f"{type(e).__name__}: {e}", next(self._seq), req_seq)
+            return False, error_frames("policy", f"{type(e).__name__}: {e}", next(self._seq), req_seq)
         t1 = time.monotonic()
         with self.stats.lock:
             self._recent_infer_ms.append((t1 - t0) * 1e3)
@@ -311,7 +341,7 @@ class PolicyServer:
             self.stats.infer_ms.append((t1 - t0) * 1e3)
             self.stats.queue_ms.append((t0 - t_recv) * 1e3)
         dt = self.spec.dt
-        return encode("chunk", next(self._seq), {self.spec.action_key: chunk}, reply_to=req_seq,
+        return True, encode("chunk", next(self._seq), {self.spec.action_key: chunk}, reply_to=req_seq,
                       t_obs=t_obs, t_first=t_obs - (self.spec.n_obs_steps - 1) * dt, dt=dt,
                       t_recv=t_recv, t_reply=t1, infer_ms=(t1 - t0) * 1e3)
 
@@ -327,9 +357,10 @@ class PolicyServer:
                 except queue.Empty:
                     continue
                 with self._predict_lock:
-                    frames = self._infer(req_seq, obs, t_obs, t_recv)
-                try:
-                    out.send_multipart([identity, *frames])
+                    ok, frames = self._infer(req_seq, obs, t_obs, t_recv)
+                kind = b"chunk" if ok else b"error"
+                try:  # the socket thread withholds a chunk if the e-stop latched meanwhile
+                    out.send_multipart([identity, kind, str(req_seq).encode(), *frames])
                 except zmq.ZMQError:
                     break
         finally:
