@@ -96,6 +96,15 @@ def validate_features(features: dict[str, dict[str, Any]], where: str) -> None:
             raise DatasetError(f"{where}: camera feature {key!r} must have shape (H, W, C), got {ft['shape']}")
 
 
+def validate_writable_features(features: dict[str, dict[str, Any]], where: str) -> None:
+    """validate_features, plus what this writer can write: cameras as video, not LeRobot's per-frame images."""
+    validate_features(features, where)
+    images = [k for k, ft in features.items() if ft["dtype"] == "image"]
+    if images:
+        raise DatasetError(f"{where}: features {images} have dtype 'image' (PNG frames in the parquet files), which "
+                           "this writer does not write; declare cameras with dtype 'video'")
+
+
 def video_keys(features: dict[str, dict[str, Any]]) -> list[str]:
     return [k for k, ft in features.items() if ft["dtype"] == "video"]
 

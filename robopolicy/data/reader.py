@@ -83,7 +83,13 @@ class LeRobotDataset:
             )
         self.features: dict[str, dict[str, Any]] = self.info["features"]
         fmt.validate_features(self.features, str(info_path))
+        if isinstance(self.info["fps"], bool) or not isinstance(self.info["fps"], int | float) \
+                or not float(self.info["fps"]).is_integer() or self.info["fps"] <= 0:
+            raise DatasetError(f"{info_path}: field 'fps' must be a positive integer, got {self.info['fps']!r}")
         self.fps = int(self.info["fps"])
+        if fmt.video_keys(self.features) and not isinstance(self.info.get("video_path"), str):
+            raise DatasetError(f"{info_path}: field 'video_path' must be a path template (the dataset has video "
+                               f"features {fmt.video_keys(self.features)}), got {self.info.get('video_path')!r}")
         self.video_keys = fmt.video_keys(self.features)
         if self.version == "v3.0":
             self._load_v30_meta()
@@ -145,13 +151,14 @@ class LeRobotDataset:
             for key in self.video_keys:
                 path = self.root / self.info["video_path"].format(episode_chunk=chunk, video_key=key, episode_index=index)
                 self._videos[key].append(EpisodeVideo(path, 0.0))
-        stats_path = self.root / fmt.STATS_PATH
-        if stats_path.is_file():
-            self.stats = from_jsonable(_read_json(stats_path))
-        else:  # v2.1 keeps only per-episode statistics
-            per_episode = [from_jsonable(_require(r, "stats", fmt.V21_EPISODES_STATS_PATH))
-                           for r in _read_jsonl(self.root / fmt.V21_EPISODES_STATS_PATH)]
+        # v2.1's statistics are its per-episode ones (LeRobot aggregates them and ignores a stats.json, which
+        # older versions wrote and a converted dataset may still carry); stats.json only when there are none.
+        episodes_stats = self.root / fmt.V21_EPISODES_STATS_PATH
+        if episodes_stats.is_file():
+            per_episode = [from_jsonable(_require(r, "stats", str(episodes_stats))) for r in _read_jsonl(episodes_stats)]
             self.stats = {k: aggregate_stats([s[k] for s in per_episode]) for k in per_episode[0]} if per_episode else {}
+        else:
+            self.stats = from_jsonable(_read_json(self.root / fmt.STATS_PATH))
 
     def _check_episodes(self) -> None:
         where = self.root / ("meta/episodes" if self.version == "v3.0" else fmt.V21_EPISODES_PATH)
@@ -167,7 +174,7 @@ class LeRobotDataset:
             raise DatasetError(f"{where}: {len(indices)} episodes listed, info.json total_episodes says {self.info['total_episodes']}")
         position = 0
         for e in self.episodes:
-            f, t = int(e["dataset_from_index"]), int(e["dataset_to_index"])
+            f, t = int(_require(e, "dataset_from_index", str(where))), int(_require(e, "dataset_to_index", str(where)))
             if f != position or t - f != int(_require(e, "length", str(where))):
                 raise DatasetError(
                     f"{where}: episode {e['episode_index']} covers frames [{f}, {t}) with length {e['length']}, "

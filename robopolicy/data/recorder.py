@@ -18,7 +18,8 @@ dataset on disk after every saved episode:
   (Where ``renameat2`` is unavailable, e.g. macOS, the commit is two renames; a crash between them is
   repaired the next time a recorder opens the dataset.)
 - Opening a recorder on an existing dataset resumes it: new episodes are appended, and leftovers of
-  a crash (staging files, data/video files no episode references) are removed.
+  a crash (staging files, data/video files no episode references) are removed; so are those of a crash
+  in the very first save, which leaves files but no ``meta/``.
 - ``discard_episode()`` drops the episode in progress (re-record).
 
 Statistics: ``stats.json`` aggregates the per-episode statistics (exact min/max/mean/std/count;
@@ -30,6 +31,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import json
+import logging
 import os
 import shutil
 import sys
@@ -46,6 +48,8 @@ from robopolicy.data.stats import aggregate_stats, image_stats, numeric_stats, t
 from robopolicy.data.video import VideoAppender
 from robopolicy.data.writer import _to_arrow, tasks_table, write_parquet_atomic
 from robopolicy.utils.io import atomic_write_text, fsync_dir
+
+log = logging.getLogger(__name__)
 
 STAGING_DIR = ".recorder"
 _MAX_STAT_FRAMES = 64  # camera frames kept per episode for image statistics
@@ -117,6 +121,8 @@ class DatasetRecorder:
         exists = info_path.is_file()
         if exists and not resume:
             raise FileExistsError(f"{self.root}: a dataset exists (resume=True appends to it, overwrite=True replaces it)")
+        if not exists and self.root.exists():
+            self._remove_uncommitted_first_episode()
         if not exists and self.root.exists() and any(p.name != STAGING_DIR for p in self.root.iterdir()):
             raise FileExistsError(f"{self.root}: directory is not empty and holds no dataset (meta/info.json)")
         self.root.mkdir(parents=True, exist_ok=True)
@@ -125,7 +131,7 @@ class DatasetRecorder:
         else:
             if fps is None or features is None:
                 raise ValueError("a new dataset needs fps and features")
-            fmt.validate_features(features, "features")
+            fmt.validate_writable_features(features, "features")
             reserved = set(features) & set(fmt.DEFAULT_FEATURES)
             if reserved:
                 raise ValueError(f"features {sorted(reserved)} are added by the recorder; do not declare them")
@@ -296,7 +302,20 @@ class DatasetRecorder:
     clear_episode_buffer = discard_episode  # the writer's name for it
 
     def save_episode(self, task: str | None = None) -> int:
-        """Make the episode in progress durable and part of the dataset; returns its index."""
+        """Make the episode in progress durable and part of the dataset; returns its index.
+
+        If it raises (disk full, an encoder error), nothing was committed and the episode stays buffered:
+        call it again to retry, or :meth:`discard_episode` to drop it.
+        """
+        try:
+            return self._save_episode(task)
+        except Exception as e:
+            if self._buffer:
+                e.add_note(f"{self.root}: the episode ({len(self._buffer)} frames) is still buffered: call "
+                           "save_episode() again to retry, or discard_episode() before recording the next one")
+            raise
+
+    def _save_episode(self, task: str | None) -> int:
         if self._closed:
             raise RuntimeError("recorder is closed")
         if not self._buffer:
@@ -365,6 +384,16 @@ class DatasetRecorder:
         self.discard_episode()  # resets buffers and staging
         return episode_index
 
+    def _remove_uncommitted_first_episode(self) -> None:
+        """A crash during the very first save leaves data/ and videos/ files but no meta/: no episode was
+        committed, so they are the episode in progress's leftovers, removed as on any resume."""
+        entries = {p.name for p in self.root.iterdir()}
+        if not entries - {STAGING_DIR} or not entries <= {"data", "videos", STAGING_DIR}:
+            return
+        for name in entries - {STAGING_DIR}:
+            shutil.rmtree(self.root / name)
+        log.warning("%s: removed the files of a first episode whose save never committed", self.root)
+
     def _schema(self) -> pa.Schema:
         fields = [pa.field(k, fmt.arrow_type(self.features[k])) for k in self.data_keys]
         hf = {"info": {"features": {k: fmt.hf_feature(self.features[k]) for k in self.data_keys}}}
@@ -383,24 +412,32 @@ class DatasetRecorder:
                              nxt / "episodes" / "chunk-000" / "file-000.parquet")
         write_parquet_atomic(tasks_table(tasks), nxt / "tasks.parquet")
         stats = {}
-        for key in self.data_keys + self.video_keys:
-            per_episode = [{name: np.asarray(r[f"stats/{key}/{name}"]) for name in fmt.STAT_NAMES} for r in rows]
+        for key in self.data_keys + self.video_keys:  # (datasets converted from v2.1 have no quantiles)
+            per_episode = [{name: np.asarray(r[f"stats/{key}/{name}"]) for name in fmt.STAT_NAMES
+                            if r.get(f"stats/{key}/{name}") is not None} for r in rows]
             stats[key] = aggregate_stats(per_episode)
         atomic_write_text(nxt / "stats.json", json.dumps(to_jsonable(stats), indent=2))
         atomic_write_text(nxt / "info.json", json.dumps(self._info(len(rows), total_frames, len(tasks)), indent=2))
         fsync_dir(nxt)
         meta = self.root / "meta"
+        previous = None
         if not meta.exists():
             os.replace(nxt, meta)
         elif exchange_dirs(nxt, meta):
-            shutil.rmtree(nxt)  # now holds the previous metadata
+            previous = nxt  # now holds the previous metadata
         else:  # no atomic exchange here: two renames, repaired on open if cut in half
-            old = self.staging / "meta-old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(meta, old)
+            previous = self.staging / "meta-old"
+            shutil.rmtree(previous, ignore_errors=True)
+            os.replace(meta, previous)
             os.replace(nxt, meta)
-            shutil.rmtree(old)
-        fsync_dir(self.root)
+        # Committed: the episode is in the dataset. Failing to tidy up must not report the save as failed
+        # (the caller would record the next episode over this one's index and files).
+        try:
+            if previous is not None:
+                shutil.rmtree(previous)
+            fsync_dir(self.root)
+        except OSError as e:
+            log.warning("%s: episode committed, but cleaning up after it failed: %s", self.root, e)
 
     def _info(self, total_episodes: int, total_frames: int, total_tasks: int) -> dict[str, Any]:
         extra = dict(self._info_extra)

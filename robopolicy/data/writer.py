@@ -62,7 +62,7 @@ class LeRobotDatasetWriter:
                 raise FileExistsError(f"{self.root}: directory is not empty (pass overwrite=True to replace it)")
             shutil.rmtree(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
-        fmt.validate_features(features, "features")
+        fmt.validate_writable_features(features, "features")
         reserved = set(features) & set(fmt.DEFAULT_FEATURES)
         if reserved:
             raise ValueError(f"features {sorted(reserved)} are added by the writer; do not declare them")
@@ -148,11 +148,6 @@ class LeRobotDatasetWriter:
         if self._pending_bytes and (self._pending_bytes + episode_bytes) / 1024**2 > self.data_files_size_in_mb:
             self._flush_data_file()
         chunk_index, file_index = self._data_file
-        for key in self.data_keys:
-            self._pending_columns[key].append(columns[key])
-            self._all_numeric[key].append(columns[key])
-        self._pending_bytes += episode_bytes
-
         episode = fmt.episode_record(episode_index=episode_index, task=task, length=n, chunk_index=chunk_index,
                                      file_index=file_index, from_index=self.total_frames)
         stats = {key: numeric_stats(columns[key]) for key in self.data_keys}
@@ -172,7 +167,14 @@ class LeRobotDatasetWriter:
             )
             stats[key] = image_stats(frames[:: max(1, n // 50)])
             stats[key]["count"] = np.array([n])
+        # Commit the rows only now that every video took its frames: an episode whose video append failed
+        # leaves no rows behind (its frames, if any reached a video file, are referenced by no episode).
+        for key in self.video_keys:
             self._image_episode_stats[key].append(stats[key])
+        for key in self.data_keys:
+            self._pending_columns[key].append(columns[key])
+            self._all_numeric[key].append(columns[key])
+        self._pending_bytes += episode_bytes
         episode["meta/episodes/chunk_index"] = 0
         episode["meta/episodes/file_index"] = 0
         for key, s in stats.items():
