@@ -254,22 +254,31 @@ def test_inline_inference_can_be_switched_off(tmp_path):
 # ---- e-stop, safety limits and bad replies (from a review of the control loop) -------------------------
 
 
+def _run_ramp_loop(tmp_path, robot, seconds, on_tick=None, server_cls=PolicyServer):
+    """A 100 Hz control loop on ``robot`` against a ramp-policy server, run for ``seconds``; the closed loop.
+    ``on_tick(loop, record, server)`` runs after every tick."""
+    with server_cls(RampPolicy(step=1.0), address=f"ipc://{tmp_path}/loop.ipc", status_every_s=0) as srv:
+        robot.connect()
+        loop = ControlLoop(robot, srv.endpoint, ControlLoopConfig(control_hz=100, watchdog_s=0.3))
+        try:
+            loop.run(seconds, on_tick=None if on_tick is None else (lambda lp, rec: on_tick(lp, rec, srv)))
+        finally:
+            loop.close()
+    return loop
+
+
 def test_velocity_limit_holds_from_the_first_command_and_after_a_stop(tmp_path):
     """A robot whose safe action is "stop" leaves the safety filter without a reference; the next policy
     command is limited from where the robot is, never a jump to the policy's target."""
-    with PolicyServer(RampPolicy(step=1.0), address=f"ipc://{tmp_path}/v.ipc", status_every_s=0) as srv:
-        robot = EchoRobot(start=[0.0, 0.0], safe_action="stop", max_velocity=1.0)  # 0.01 per 100 Hz tick
-        robot.connect()
-        loop = ControlLoop(robot, srv.endpoint, ControlLoopConfig(control_hz=100, watchdog_s=0.3))
+    robot = EchoRobot(start=[0.0, 0.0], safe_action="stop", max_velocity=1.0)  # 0.01 per 100 Hz tick
 
-        def on_tick(lp, rec):
-            if lp.counters["ticks"] == 60:
-                lp.trigger_estop("test")
-            if lp.counters["ticks"] == 90:
-                lp.clear_estop()
+    def on_tick(lp, rec, srv):
+        if lp.counters["ticks"] == 60:
+            lp.trigger_estop("test")
+        if lp.counters["ticks"] == 90:
+            lp.clear_estop()
 
-        loop.run(1.5, on_tick=on_tick)
-        loop.close()
+    _run_ramp_loop(tmp_path, robot, 1.5, on_tick)
     commands = [np.zeros(2)] + [c for _, c in robot.commands]  # the robot starts at 0
     assert robot.stops >= 1 and len(commands) > 50
     steps = [np.abs(b - a).max() for a, b in zip(commands, commands[1:])]
@@ -279,32 +288,27 @@ def test_velocity_limit_holds_from_the_first_command_and_after_a_stop(tmp_path):
 def test_estop_drops_every_chunk_planned_before_it(tmp_path):
     """After clear_estop the loop runs no chunk planned or requested before the e-stop."""
     t_obs_of_chunk: dict[int, float] = {}
-    with PolicyServer(RampPolicy(step=1.0), address=f"ipc://{tmp_path}/e.ipc", status_every_s=0) as srv:
-        robot = EchoRobot(start=[0.0, 0.0])
-        robot.connect()
-        loop = ControlLoop(robot, srv.endpoint, ControlLoopConfig(control_hz=100, watchdog_s=0.3))
-        marks: dict[str, float] = {}
+    marks: dict[str, float] = {}
 
-        def on_tick(lp, rec):
-            if lp.scheduler is not None and "add_chunk" not in vars(lp.scheduler):  # record each chunk's t_obs
-                add = lp.scheduler.add_chunk
+    def on_tick(lp, rec, srv):
+        if lp.scheduler is not None and "add_chunk" not in vars(lp.scheduler):  # record each chunk's t_obs
+            add = lp.scheduler.add_chunk
 
-                def recording_add(*args, **kw):
-                    chunk = add(*args, **kw)
-                    if chunk is not None:
-                        t_obs_of_chunk[chunk.id] = chunk.t_obs
-                    return chunk
+            def recording_add(*args, **kw):
+                chunk = add(*args, **kw)
+                if chunk is not None:
+                    t_obs_of_chunk[chunk.id] = chunk.t_obs
+                return chunk
 
-                lp.scheduler.add_chunk = recording_add
-            if lp.counters["ticks"] == 60:
-                marks["estop"] = time.monotonic()
-                lp.trigger_estop("test")
-            if lp.counters["ticks"] == 75:
-                marks["clear"] = time.monotonic()
-                lp.clear_estop()
+            lp.scheduler.add_chunk = recording_add
+        if lp.counters["ticks"] == 60:
+            marks["estop"] = time.monotonic()
+            lp.trigger_estop("test")
+        if lp.counters["ticks"] == 75:
+            marks["clear"] = time.monotonic()
+            lp.clear_estop()
 
-        loop.run(1.2, on_tick=on_tick)
-        loop.close()
+    loop = _run_ramp_loop(tmp_path, EchoRobot(start=[0.0, 0.0]), 1.2, on_tick)
     before = [r for r in loop.commands if r.t < marks["estop"] and r.mode == "policy"]
     after = [r for r in loop.commands if r.t > marks["clear"] and r.mode == "policy"]
     assert before and after, "the loop ran before the e-stop and resumed after the clear"
@@ -313,20 +317,15 @@ def test_estop_drops_every_chunk_planned_before_it(tmp_path):
 
 
 def test_a_server_estop_from_another_operator_stops_the_loop_at_the_next_pong(tmp_path):
-    with PolicyServer(RampPolicy(step=1.0), address=f"ipc://{tmp_path}/p.ipc", status_every_s=0) as srv:
-        robot = EchoRobot(start=[0.0, 0.0])
-        robot.connect()
-        loop = ControlLoop(robot, srv.endpoint, ControlLoopConfig(control_hz=100, watchdog_s=0.3))
-        marks: dict[str, float] = {}
+    marks: dict[str, float] = {}
 
-        def on_tick(lp, rec):
-            if lp.counters["ticks"] == 50:
-                with PolicyClient(srv.endpoint) as operator:
-                    assert operator.call("estop").get("estopped") is True
-                marks["estop"] = time.monotonic()
+    def on_tick(lp, rec, srv):
+        if lp.counters["ticks"] == 50:
+            with PolicyClient(srv.endpoint) as operator:
+                assert operator.call("estop").get("estopped") is True
+            marks["estop"] = time.monotonic()
 
-        loop.run(1.0, on_tick=on_tick)
-        loop.close()
+    loop = _run_ramp_loop(tmp_path, EchoRobot(start=[0.0, 0.0]), 1.0, on_tick)
     assert loop.estop.active
     late = [r for r in loop.commands if r.t > marks["estop"] + 2 * loop.ping_interval + 0.05]
     assert late and all(r.mode != "policy" for r in late)
@@ -361,29 +360,23 @@ def test_bad_chunk_times_are_rejected_and_the_loop_keeps_running(tmp_path, field
             return ok, encode("chunk", m.seq, dict(m.arrays), **{k: v for k, v in header.items()
                                                                  if k not in ("type", "seq", "v", "arrays")})
 
-    with BadTimesServer(RampPolicy(), address=f"ipc://{tmp_path}/t.ipc", status_every_s=0) as srv:
-        robot = EchoRobot()
-        robot.connect()
-        loop = ControlLoop(robot, srv.endpoint, ControlLoopConfig(control_hz=100, watchdog_s=0.3))
-        summary = loop.run(0.5)
-        loop.close()
-    assert summary["fatal"] is None and loop.counters["rejected_chunks"] >= 1
+    loop = _run_ramp_loop(tmp_path, EchoRobot(), 0.5, server_cls=BadTimesServer)
+    assert loop.fatal is None and loop.counters["rejected_chunks"] >= 1
     assert not any(r.mode == "policy" for r in loop.commands)
 
 
 def test_a_crash_inside_the_loop_sends_the_safe_action_and_re_raises(tmp_path):
-    with PolicyServer(RampPolicy(), address=f"ipc://{tmp_path}/c.ipc", status_every_s=0) as srv:
-        robot = EchoRobot(safe_action="stop")
-        robot.connect()
-        loop = ControlLoop(robot, srv.endpoint, ControlLoopConfig(control_hz=100, watchdog_s=0.3))
+    robot = EchoRobot(safe_action="stop")
+    crashed: list = []
 
-        def on_tick(lp, rec):
-            if rec.mode == "policy":
-                raise RuntimeError("bug in a callback")
+    def on_tick(lp, rec, srv):
+        if rec.mode == "policy":
+            crashed.append(lp)
+            raise RuntimeError("bug in a callback")
 
-        with pytest.raises(RuntimeError, match="bug in a callback"):
-            loop.run(2.0, on_tick=on_tick)
-        loop.close()
+    with pytest.raises(RuntimeError, match="bug in a callback"):
+        _run_ramp_loop(tmp_path, robot, 2.0, on_tick)
+    loop = crashed[0]
     assert robot.stops >= 1 and loop.commands[-1].mode == "policy"  # the stop came after the last policy command
     assert "crashed" in loop.fatal
 
