@@ -87,10 +87,10 @@ class LeRobotDataset:
                 or not float(self.info["fps"]).is_integer() or self.info["fps"] <= 0:
             raise DatasetError(f"{info_path}: field 'fps' must be a positive integer, got {self.info['fps']!r}")
         self.fps = int(self.info["fps"])
-        if fmt.video_keys(self.features) and not isinstance(self.info.get("video_path"), str):
-            raise DatasetError(f"{info_path}: field 'video_path' must be a path template (the dataset has video "
-                               f"features {fmt.video_keys(self.features)}), got {self.info.get('video_path')!r}")
         self.video_keys = fmt.video_keys(self.features)
+        if self.video_keys and not isinstance(self.info.get("video_path"), str):
+            raise DatasetError(f"{info_path}: field 'video_path' must be a path template (the dataset has video "
+                               f"features {self.video_keys}), got {self.info.get('video_path')!r}")
         if self.version == "v3.0":
             self._load_v30_meta()
         else:

@@ -33,7 +33,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robopolicy.policies.base import Policy
-from robopolicy.runtime.manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST_FILE, sha256_file
+from robopolicy.runtime.manifest import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    host_loop_only_sampling,
+    sha256_file,
+)
 from robopolicy.runtime.solvers import diffusion_tables
 
 GRAPH_KINDS = ("per_step", "fused")
@@ -286,15 +292,6 @@ def _export(module: nn.Module, args: tuple[Tensor, ...], names: list[str], outpu
         torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
-def host_loop_only_sampling(family: str, config: Any) -> str | None:
-    """The configured sampling option a fused graph cannot run (it needs the host loop), if any."""
-    if family == "diffusion" and getattr(config, "sampling_mode", "standard") == "warm_start":
-        return "sampling_mode 'warm_start'"
-    if family == "flow" and getattr(config, "adaptive", False):
-        return "adaptive sampling"
-    return None
-
-
 def _onnx_export(module, args, path, names, output, opset, kwargs) -> None:
     torch.onnx.export(module, args, str(path), input_names=names, output_names=[output], opset_version=opset,
                       do_constant_folding=True, **kwargs)
@@ -371,9 +368,6 @@ def export_policy(policy: Policy, out_dir: str | Path, graph_kinds: Sequence[str
     name = policy.name
     if name not in ("diffusion", "flow", "sfp", "act", "mlp"):
         raise ValueError(f"export: unknown policy family {name!r}")
-    if "fused" in graph_kinds and (host_only := host_loop_only_sampling(name, policy.config)):
-        warnings.warn(f"{name}: the fused graph ignores {host_only} and samples from pure noise with the fixed steps; "
-                      "the per_step graph runs it", stacklevel=2)
     # A CPU copy in eval mode: the caller's policy keeps its device and training mode.
     policy = export_friendly(copy.deepcopy(policy).to("cpu").eval())
     out = Path(out_dir)
@@ -383,6 +377,9 @@ def export_policy(policy: Policy, out_dir: str | Path, graph_kinds: Sequence[str
     obs = _example_obs(policy, EXPORT_BATCH, gen)
     obs_names = [input_name(f.key) for f in c.input_features]
     sampler_section = _sampler_section(policy)
+    if "fused" in graph_kinds and (host_only := host_loop_only_sampling(name, sampler_section)):
+        warnings.warn(f"{name}: the fused graph ignores {host_only} and samples from pure noise with the fixed steps; "
+                      "the per_step graph runs it", stacklevel=2)
     if name == "diffusion" and sampler is not None and sampler != c.noise_scheduler_type:
         sampler_section["kind"] = sampler
         sampler_section["tables"] = _scheduler_tables(policy, sampler, c.num_inference_steps)

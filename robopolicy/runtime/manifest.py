@@ -61,6 +61,16 @@ def read_manifest(artifact_dir: str | Path, verify: bool = True) -> dict[str, An
     return manifest
 
 
+def host_loop_only_sampling(family: str, sampler: dict[str, Any]) -> str | None:
+    """The artifact's sampling option that only the per-step host loop runs (a fused graph samples from pure
+    noise with its fixed steps), if any."""
+    if family == "diffusion" and sampler.get("sampling_mode") == "warm_start":
+        return "sampling_mode 'warm_start'"
+    if family == "flow" and sampler.get("adaptive"):
+        return "adaptive sampling"
+    return None
+
+
 def _positive_int(value: Any) -> bool:
     return type(value) is int and value > 0
 

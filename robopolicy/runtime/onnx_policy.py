@@ -23,7 +23,7 @@ import onnxruntime as ort
 
 from robopolicy.runtime import solvers
 from robopolicy.runtime.ensemble import TemporalEnsembler
-from robopolicy.runtime.manifest import MANIFEST_FILE, ArtifactError, read_manifest
+from robopolicy.runtime.manifest import MANIFEST_FILE, ArtifactError, host_loop_only_sampling, read_manifest
 from robopolicy.runtime.normalize import NumpyNormalizer
 
 F32 = np.float32
@@ -75,16 +75,6 @@ def resolve_providers(providers: Sequence[str | tuple[str, dict]], trt_cache_dir
     if not out:
         raise ValueError("providers: give at least one execution provider (e.g. 'CPUExecutionProvider')")
     return out
-
-
-def _host_loop_only_sampling(manifest: dict[str, Any]) -> str | None:
-    """The manifest's sampling option that only the per_step host loop runs, if any (as the exporter's check)."""
-    sampler = manifest.get("sampler", {})
-    if manifest["family"] == "diffusion" and sampler.get("sampling_mode") == "warm_start":
-        return "sampling_mode 'warm_start'"
-    if manifest["family"] == "flow" and sampler.get("adaptive"):
-        return "adaptive sampling"
-    return None
 
 
 def _check_graph_inputs(manifest: dict[str, Any], sessions: dict[str, Any], root: Path) -> None:
@@ -176,7 +166,7 @@ class OnnxPolicy:
                 raise ArtifactError(f"{file}: {engine} cannot load this graph (exported with opset "
                                     f"{manifest.get('opset')}; an unsupported opset or operator?): {e}") from e
         _check_graph_inputs(manifest, sessions, root)
-        host_only = _host_loop_only_sampling(manifest)
+        host_only = host_loop_only_sampling(manifest["family"], manifest.get("sampler", {}))
         if graph == "fused" and host_only:
             warnings.warn(f"{root}: the fused graph ignores the policy's {host_only} and samples from pure noise "
                           "with its fixed steps; load graph='per_step' to run it", stacklevel=2)
