@@ -218,11 +218,16 @@ def test_unet_exports_as_its_4d_twin_and_the_policy_is_untouched(artifacts):
     assert fused.count("Transpose") == 2  # in and out, not per step
     with pytest.raises(ValueError, match="divisible"):
         ExportUnet(ConditionalUnet1D(2, 4, step_embed_dim=8, down_dims=(8, 16, 32), n_groups=2), horizon=6)
-    from robopolicy.export.unet_graph import export_mish
+    from robopolicy.export.unet_graph import export_mish, mish_of_negated
 
     values = torch.linspace(-60, 60, 24001, dtype=torch.float64)
     exact = torch.nn.functional.mish(values)
     assert (export_mish(values.float()).double() - exact).abs().max() < 1e-5
+    assert (mish_of_negated(-values.float()).double() - exact).abs().max() < 1e-5
+    # Every Mish after a GroupNorm is the four-operator form (Sigmoid, Log, Tanh, Mul) on the negated affine;
+    # only the step and condition embeddings' Mish keep the six-operator one (its Div).
+    assert ops.count("Log") == ops.count("InstanceNormalization")
+    assert ops.count("Div") == 2
     # Any other Conv1d is still wrapped as a (1, k) Conv2d.
     conv = nn.Sequential(nn.Conv1d(3, 4, 5, padding=2))
     wrapped = Conv1dAs2d(conv[0])
