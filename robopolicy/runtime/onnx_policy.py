@@ -25,6 +25,7 @@ from robopolicy.runtime import solvers
 from robopolicy.runtime.ensemble import TemporalEnsembler
 from robopolicy.runtime.manifest import MANIFEST_FILE, ArtifactError, host_loop_only_sampling, read_manifest
 from robopolicy.runtime.normalize import NumpyNormalizer
+from robopolicy.runtime.tensorrt_engines import ENGINE_PROVIDERS
 
 F32 = np.float32
 PROVIDER_ALIASES = {
@@ -41,7 +42,8 @@ def resolve_providers(providers: Sequence[str | tuple[str, dict]], trt_cache_dir
                       trt_fp16: bool = False) -> list[tuple[str, dict]]:
     """Execution providers with options; a clear error naming any provider this onnxruntime lacks.
 
-    ``"openvino"`` (OpenVINO's runtime instead of ONNX Runtime) must be the only entry.
+    ``"openvino"`` (OpenVINO's runtime instead of ONNX Runtime) and ``"tensorrt_engine"`` /
+    ``"tensorrt_engine_fp16"`` (TensorRT's own runtime on engines built from the graphs) must be the only entry.
     """
     if isinstance(providers, str):  # one provider named on its own, not a sequence of its letters
         providers = (providers,)
@@ -49,6 +51,14 @@ def resolve_providers(providers: Sequence[str | tuple[str, dict]], trt_cache_dir
     out: list[tuple[str, dict]] = []
     for p in providers:
         name, options = (p, {}) if isinstance(p, str) else (p[0], dict(p[1]))
+        if name.lower() in ENGINE_PROVIDERS:
+            if len(providers) != 1:
+                raise ValueError(f"providers: {name!r} replaces ONNX Runtime and cannot be mixed with others, got "
+                                 f"{list(providers)}")
+            from robopolicy.runtime.tensorrt_engines import import_tensorrt
+
+            import_tensorrt()  # a RuntimeError that says what is missing
+            return [(name.lower(), options)]
         if name.lower() == OPENVINO:
             if len(providers) != 1:
                 raise ValueError(f"providers: 'openvino' replaces ONNX Runtime and cannot be mixed with others, got "
@@ -134,7 +144,9 @@ class OnnxPolicy:
         ``providers``: ONNX Runtime execution providers in priority order, names or (name, options);
         "cpu", "cuda" and "tensorrt" are accepted too. ``trt_cache_dir`` enables TensorRT's engine cache.
         ``("openvino",)`` (or ``(("openvino", {compile properties}),)``) runs the same graphs with OpenVINO's
-        CPU runtime instead, ``intra_op_threads`` threads.
+        CPU runtime instead, ``intra_op_threads`` threads. ``("tensorrt_engine",)`` / ``("tensorrt_engine_fp16",)``
+        run TensorRT engines built from the graphs (in ``trt_cache_dir``, default ``<artifact>/tensorrt``), building
+        missing or stale ones first; option ``max_batch`` (default 8) sets their batch profile.
         """
         root = Path(artifact_dir)
         manifest = read_manifest(root, verify=verify)
@@ -149,20 +161,32 @@ class OnnxPolicy:
         options.inter_op_num_threads = int(inter_op_threads)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         sessions = {}
+        engines: dict[str, Path] = {}
+        if resolved[0][0] in ENGINE_PROVIDERS:
+            from robopolicy.runtime.tensorrt_engines import TensorRTSession, ensure_engines
+
+            precision, engine_options = ENGINE_PROVIDERS[resolved[0][0]], resolved[0][1]
+            engines, max_batch = ensure_engines(root, manifest, list(graphs[graph]["files"].values()), precision,
+                                                trt_cache_dir, int(engine_options.get("max_batch", 8)))
         for role, file in graphs[graph]["files"].items():
             path = root / file
             if not path.is_file():
                 raise ArtifactError(f"{path}: missing file")
             try:
-                if resolved[0][0] == OPENVINO:
+                if engines:
+                    sessions[role] = TensorRTSession(engines[file], precision, max_batch)
+                elif resolved[0][0] == OPENVINO:
                     from robopolicy.runtime.openvino_session import OpenVinoSession
 
                     sessions[role] = OpenVinoSession(path, threads=intra_op_threads, config=resolved[0][1])
                 else:
                     sessions[role] = ort.InferenceSession(str(path), options, providers=[p for p, _ in resolved],
                                                           provider_options=[o for _, o in resolved])
-            except Exception as e:  # onnxruntime and openvino raise their own exception types
-                engine = "OpenVINO" if resolved[0][0] == OPENVINO else f"ONNX Runtime {ort.__version__}"
+            except ArtifactError:
+                raise
+            except Exception as e:  # onnxruntime, openvino and tensorrt raise their own exception types
+                engine = {OPENVINO: "OpenVINO"}.get(resolved[0][0], "TensorRT" if engines else
+                                                    f"ONNX Runtime {ort.__version__}")
                 raise ArtifactError(f"{file}: {engine} cannot load this graph (exported with opset "
                                     f"{manifest.get('opset')}; an unsupported opset or operator?): {e}") from e
         _check_graph_inputs(manifest, sessions, root)
