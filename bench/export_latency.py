@@ -1,7 +1,7 @@
 """Batch-1 latency of every policy family: torch eager vs ONNX Runtime per-step vs ONNX Runtime fused.
 
     python bench/export_latency.py [--families diffusion,flow_unet,...] [--seconds 2] [--out DIR] [--threads N]
-                                   [--openvino]
+                                   [--openvino] [--tensorrt]
 
 Default-sized configs (each family's dataclass defaults) with untrained weights, a PushT-like low-dim
 observation (agent position (2,) + block pose (5,)), one thread everywhere (torch, OMP, ORT intra-op) unless
@@ -9,7 +9,9 @@ observation (agent position (2,) + block pose (5,)), one thread everywhere (torc
 Torch and both ORT graphs are timed in interleaved blocks (per round, five untimed and five timed calls
 each), so a drifting VM affects their ratio less. Peak RSS is that of a separate runtime-only process (torch blocked from
 importing) that loads the artifact and predicts chunks with both graph kinds. ``--openvino`` adds both graph
-kinds run by OpenVINO's CPU runtime (``providers=("openvino",)``) to the same interleaved timing. Prints a markdown table.
+kinds run by OpenVINO's CPU runtime (``providers=("openvino",)``) to the same interleaved timing. ``--tensorrt`` (a CUDA
+GPU with tensorrt and cuda-python) adds the fused graph as FP32 and FP16 TensorRT engines (``providers=("tensorrt_engine",)``,
+``("tensorrt_engine_fp16",)``; built once per artifact, before timing). Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -134,6 +136,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="where to write the artifacts (default: a temp dir)")
     ap.add_argument("--threads", type=int, default=1, help="torch and ORT intra-op threads")
     ap.add_argument("--openvino", action="store_true", help="also time the graphs on OpenVINO's runtime")
+    ap.add_argument("--tensorrt", action="store_true", help="also time the fused graph as TensorRT engines (GPU)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from robopolicy.export import export_policy
@@ -157,6 +160,9 @@ def main() -> None:
         if args.openvino:
             runtimes.update({f"ov_{graph}": OnnxPolicy.load(path, graph=graph, intra_op_threads=args.threads,
                                                             providers=("openvino",)) for graph in ("per_step", "fused")})
+        if args.tensorrt:
+            runtimes.update({f"trt_{precision}": OnnxPolicy.load(path, graph="fused", providers=(provider,))
+                             for precision, provider in (("fp32", "tensorrt_engine"), ("fp16", "tensorrt_engine_fp16"))})
         timed = timeit_interleaved({
             "eager": lambda p=policy, o=obs_t, g=gen: p.predict_chunk(o, generator=g),
             **{graph: (lambda rt=rt, o=obs_np, r=rng: rt.predict_chunk(o, rng=r)) for graph, rt in runtimes.items()},
@@ -184,15 +190,19 @@ def main() -> None:
         size_mb = sum((path / f).stat().st_size for f in os.listdir(path)) / 1e6
         openvino = ((fmt(results["ov_per_step"]), fmt(results["ov_fused"]),
                      f"{np.median(eager) / np.median(results['ov_fused']):.1f}x") if args.openvino else ())
+        tensorrt = ((fmt(results["trt_fp32"]), fmt(results["trt_fp16"]),
+                     f"{np.median(eager) / np.median(results['trt_fp16']):.1f}x") if args.tensorrt else ())
         rows.append((name, f"{n_params / 1e6:.2f}", fmt(eager), fmt(results["per_step"]), fmt(results["fused"]),
                      f"{np.median(eager) / np.median(results['per_step']):.1f}x",
-                     f"{np.median(eager) / np.median(results['fused']):.1f}x", *openvino, first, rss,
+                     f"{np.median(eager) / np.median(results['fused']):.1f}x", *openvino, *tensorrt, first, rss,
                      f"{size_mb:.1f}", f"{export_s:.1f}"))
         print(f"done {name}", file=sys.stderr, flush=True)
     openvino = (("OpenVINO per-step p50/p99 ms", "OpenVINO fused p50/p99 ms", "speed-up OpenVINO fused")
                 if args.openvino else ())
+    tensorrt = (("TensorRT FP32 fused p50/p99 ms", "TensorRT FP16 fused p50/p99 ms", "speed-up TensorRT FP16")
+                if args.tensorrt else ())
     header = ("family", "params (M)", "torch eager p50/p99 ms", "ORT per-step p50/p99 ms", "ORT fused p50/p99 ms",
-              "speed-up per-step", "speed-up fused", *openvino, "SFP first action p50 / p99 ms",
+              "speed-up per-step", "speed-up fused", *openvino, *tensorrt, "SFP first action p50 / p99 ms",
               "runtime peak RSS (MiB)", "artifact (MB)", "export (s)")
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" for _ in header) + "|")

@@ -439,7 +439,8 @@ def main() -> None:
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per training (1 to train two at once)")
     parser.add_argument("--results", type=Path, default=RESULTS)
-    parser.add_argument("--provider", default="cpu", help="onnx: cpu (ONNX Runtime) or openvino")
+    parser.add_argument("--provider", default="cpu", help="onnx: cpu (ONNX Runtime), openvino, or tensorrt_engine[_fp16] "
+                        "(a CUDA GPU; use --workers 1 so one process builds the engines)")
     parser.add_argument("--graph", default="per_step", choices=["per_step", "fused"], help="onnx: graph kind")
     parser.add_argument("--workers", type=int, default=2, help="eval/onnx: evaluation processes")
     args = parser.parse_args()

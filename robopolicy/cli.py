@@ -223,6 +223,12 @@ def cmd_export(cfg: DictConfig) -> Path:
         raise ValueError("export: give checkpoint=<policy dir or training run dir>")
     if cfg.format not in ("onnx", "tensorrt"):
         raise ValueError(f"export: format must be 'onnx' or 'tensorrt', got {cfg.format!r}")
+    if cfg.format == "tensorrt":  # say what is missing before exporting anything
+        from robopolicy.runtime.tensorrt_engines import PRECISIONS, import_tensorrt
+
+        if cfg.precision not in PRECISIONS:
+            raise ValueError(f"export: precision must be one of {PRECISIONS}, got {cfg.precision!r}")
+        import_tensorrt()
     torch.set_num_threads(1)
     policy_dir = _resolve_policy_dir(cfg.checkpoint)
     out = resolve_path(cfg.output) if cfg.output else REPO_ROOT / "outputs" / "export" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")

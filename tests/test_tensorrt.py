@@ -169,10 +169,18 @@ def test_select_action_and_streaming_run_on_engines(artifacts, fake_trt, tmp_pat
 
 
 def test_engine_provider_errors(artifacts, monkeypatch, tmp_path):
-    _, path = artifacts["mlp"]
+    from robopolicy.cli import cmd_export
+    from robopolicy.configs import load_config
+
+    policy, path = artifacts["mlp"]
+    policy.save(tmp_path / "policy")
+    export = [f"checkpoint={tmp_path / 'policy'}", f"output={tmp_path / 'artifact'}", "format=tensorrt"]
     if not tensorrt_available():
         with pytest.raises(RuntimeError, match="pip install 'robopolicy\\[tensorrt\\]'"):
             OnnxPolicy.load(path, providers=("tensorrt_engine",))
+        with pytest.raises(RuntimeError, match="`import tensorrt` failed"):
+            cmd_export(load_config("export", export))
+        assert not (tmp_path / "artifact").exists()  # said before exporting anything
     fake = fake_tensorrt.install(monkeypatch)
     with pytest.raises(ValueError, match="cannot be mixed"):
         OnnxPolicy.load(path, providers=("tensorrt_engine", "cpu"))
@@ -182,6 +190,8 @@ def test_engine_provider_errors(artifacts, monkeypatch, tmp_path):
     fake.cuda.devices = 1
     with pytest.raises(ValueError, match="precision must be one of"):
         engines_module.build_engine(path / "policy.onnx", tmp_path / "x.engine", precision="int8")
+    with pytest.raises(ValueError, match="export: precision must be one of"):
+        cmd_export(load_config("export", [*export, "precision=int8"]))
 
 
 def test_cli_export_format_tensorrt(artifacts, fake_trt, tmp_path):

@@ -29,16 +29,20 @@ class NumpyNormalizer:
     def from_manifest(cls, normalization: dict[str, Any]) -> NumpyNormalizer:
         return cls(normalization["modes"], normalization.get("stats", {}))
 
+    # float32 in, float32 parameters: the arithmetic stays float32 and writes in place into its own result
+    # (a few microseconds per call matter to a 20-microsecond MLP).
     def normalize(self, key: str, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
-        if key not in self._params:
+        params = self._params.get(key)
+        if params is None:
             return x
-        center, scale = self._params[key]
-        return ((x - center) / scale).astype(np.float32, copy=False)
+        out = np.subtract(x, params[0])
+        return np.divide(out, params[1], out=out)
 
     def unnormalize(self, key: str, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
-        if key not in self._params:
+        params = self._params.get(key)
+        if params is None:
             return x
-        center, scale = self._params[key]
-        return (x * scale + center).astype(np.float32, copy=False)
+        out = np.multiply(x, params[1])
+        return np.add(out, params[0], out=out)

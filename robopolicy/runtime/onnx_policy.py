@@ -321,8 +321,8 @@ class OnnxPolicy:
             if key not in obs_history:
                 raise KeyError(f"observation history lacks feature {key!r}")
             x = np.asarray(obs_history[key], dtype=F32)
-            expected = f"(B, {self.n_obs_steps}, {', '.join(map(str, shape))})"
-            if x.ndim != len(shape) + 2 or x.shape[1] != self.n_obs_steps or tuple(x.shape[2:]) != shape:
+            if x.ndim != len(shape) + 2 or x.shape[1] != self.n_obs_steps or x.shape[2:] != shape:
+                expected = f"(B, {self.n_obs_steps}, {', '.join(map(str, shape))})"
                 raise ValueError(f"observation {key!r}: expected shape {expected}, got {tuple(x.shape)}")
             if batch is not None and x.shape[0] != batch:
                 raise ValueError(f"observation {key!r}: batch size {x.shape[0]} differs from the other features' {batch}")
