@@ -75,6 +75,8 @@ def resolve_providers(providers: Sequence[str | tuple[str, dict]], trt_cache_dir
                     }.get(name, "install an onnxruntime build that has it")
             raise RuntimeError(f"execution provider {name!r} is not available in this onnxruntime "
                                f"{ort.__version__} (available: {available}); {hint}")
+        if name == "CUDAExecutionProvider":  # TF32 (on by default since Ampere) costs ~1e-3: outside fp32 parity
+            options.setdefault("use_tf32", 0)
         if name == "TensorrtExecutionProvider":
             options.setdefault("trt_fp16_enable", bool(trt_fp16))
             if trt_cache_dir is not None:
