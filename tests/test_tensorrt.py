@@ -26,7 +26,7 @@ from robopolicy.runtime.tensorrt_engines import (
     tensorrt_available,
 )
 from tests import fake_tensorrt
-from tests.test_export import CONFIGS, TOL, make_policy, noise_shape, random_history, torch_chunk
+from tests.test_export import TOL, make_policy, noise_shape, random_history, torch_chunk
 
 # FP16 engines: float16 weights and activations through up to 10 unrolled steps, against float32 torch.
 FP16_TOL = 2e-2
