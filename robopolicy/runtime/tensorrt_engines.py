@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from robopolicy.runtime.manifest import ArtifactError, read_manifest, sha256_file
+from robopolicy.utils.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -139,20 +138,8 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, precision: str 
         raise RuntimeError(f"{onnx_path}: TensorRT engine build failed (see TensorRT's log above)")
     engine_path = Path(engine_path)
     engine_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(engine_path, bytes(serialized))
+    atomic_write_bytes(engine_path, bytes(serialized))  # never half an engine
     return engine_path
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """A crash mid-write leaves the old file (or none), never half an engine."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_engines_index(engine_dir: str | Path) -> dict[str, Any]:
@@ -184,12 +171,12 @@ def build_engines(artifact_dir: str | Path, out_dir: str | Path | None = None, p
     entry = {"tensorrt_version": trt.__version__, "gpu": gpu_name(cudart), "batch": [1, opt_batch, max_batch],
              "engines": {}}
     previous = index.get("precisions", {}).get(precision, {})
-    if {k: previous.get(k) for k in ("tensorrt_version", "gpu", "batch")} == {k: entry[k] for k in entry if k != "engines"}:
+    if all(previous.get(k) == entry[k] for k in ("tensorrt_version", "gpu", "batch")):
         entry["engines"] = dict(previous.get("engines", {}))  # keep the still-valid engines of other graphs
     for name, path in engines.items():
         entry["engines"][name] = {"file": path.name, "sha256": sha256_file(path), "source_sha256": manifest["files"][name]}
     index.setdefault("precisions", {})[precision] = entry
-    _write_atomically(out / ENGINES_FILE, json.dumps(index, indent=2).encode())
+    atomic_write_bytes(out / ENGINES_FILE, json.dumps(index, indent=2).encode())
     return engines
 
 
