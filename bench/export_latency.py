@@ -11,12 +11,15 @@ each), so a drifting VM affects their ratio less. Peak RSS is that of a separate
 importing) that loads the artifact and predicts chunks with both graph kinds. ``--openvino`` adds both graph
 kinds run by OpenVINO's CPU runtime (``providers=("openvino",)``) to the same interleaved timing. ``--tensorrt`` (a CUDA
 GPU with tensorrt and cuda-python) adds the fused graph as FP32 and FP16 TensorRT engines (``providers=("tensorrt_engine",)``,
-``("tensorrt_engine_fp16",)``; built once per artifact, before timing). Prints a markdown table.
+``("tensorrt_engine_fp16",)``; built once per artifact, before timing). ``--torch-cuda`` adds torch eager on the GPU
+(a copy of the policy; each call copies the observations in and the chunk out, as a policy server must). Prints a
+markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import subprocess
 import sys
@@ -137,6 +140,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch and ORT intra-op threads")
     ap.add_argument("--openvino", action="store_true", help="also time the graphs on OpenVINO's runtime")
     ap.add_argument("--tensorrt", action="store_true", help="also time the fused graph as TensorRT engines (GPU)")
+    ap.add_argument("--torch-cuda", action="store_true",
+                    help="also time torch eager on the GPU (observations copied in, the chunk copied out per call)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from robopolicy.export import export_policy
@@ -163,8 +168,14 @@ def main() -> None:
         if args.tensorrt:
             runtimes.update({f"trt_{precision}": OnnxPolicy.load(path, graph="fused", providers=(provider,))
                              for precision, provider in (("fp32", "tensorrt_engine"), ("fp16", "tensorrt_engine_fp16"))})
+        gpu_fns = {}
+        if args.torch_cuda:
+            gpu_policy = copy.deepcopy(policy).to("cuda")
+            gpu_fns["torch_cuda"] = lambda p=gpu_policy, o=obs_t, g=gen: p.predict_chunk(
+                {k: v.to("cuda") for k, v in o.items()}, generator=g).cpu()
         timed = timeit_interleaved({
             "eager": lambda p=policy, o=obs_t, g=gen: p.predict_chunk(o, generator=g),
+            **gpu_fns,
             **{graph: (lambda rt=rt, o=obs_np, r=rng: rt.predict_chunk(o, rng=r)) for graph, rt in runtimes.items()},
         }, args.seconds)
         eager, results = timed["eager"], timed
@@ -192,7 +203,8 @@ def main() -> None:
                      f"{np.median(eager) / np.median(results['ov_fused']):.1f}x") if args.openvino else ())
         tensorrt = ((fmt(results["trt_fp32"]), fmt(results["trt_fp16"]),
                      f"{np.median(eager) / np.median(results['trt_fp16']):.1f}x") if args.tensorrt else ())
-        rows.append((name, f"{n_params / 1e6:.2f}", fmt(eager), fmt(results["per_step"]), fmt(results["fused"]),
+        torch_cuda = (fmt(results["torch_cuda"]),) if args.torch_cuda else ()
+        rows.append((name, f"{n_params / 1e6:.2f}", fmt(eager), *torch_cuda, fmt(results["per_step"]), fmt(results["fused"]),
                      f"{np.median(eager) / np.median(results['per_step']):.1f}x",
                      f"{np.median(eager) / np.median(results['fused']):.1f}x", *openvino, *tensorrt, first, rss,
                      f"{size_mb:.1f}", f"{export_s:.1f}"))
@@ -201,7 +213,8 @@ def main() -> None:
                 if args.openvino else ())
     tensorrt = (("TensorRT FP32 fused p50/p99 ms", "TensorRT FP16 fused p50/p99 ms", "speed-up TensorRT FP16")
                 if args.tensorrt else ())
-    header = ("family", "params (M)", "torch eager p50/p99 ms", "ORT per-step p50/p99 ms", "ORT fused p50/p99 ms",
+    torch_cuda = ("torch CUDA eager p50/p99 ms",) if args.torch_cuda else ()
+    header = ("family", "params (M)", "torch eager p50/p99 ms", *torch_cuda, "ORT per-step p50/p99 ms", "ORT fused p50/p99 ms",
               "speed-up per-step", "speed-up fused", *openvino, *tensorrt, "SFP first action p50 / p99 ms",
               "runtime peak RSS (MiB)", "artifact (MB)", "export (s)")
     print("| " + " | ".join(header) + " |")

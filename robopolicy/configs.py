@@ -92,6 +92,10 @@ class TrainConfig:
     # AMX, large matrix products run several times faster; whole PushT training steps here gained 1.1-1.35x.
     # The saved policy is fp32 either way.
     precision: str = "fp32"
+    # Where the policy and the (normalized, in-memory) dataset live while training: auto (the first CUDA GPU when
+    # torch sees one, else the CPU) | cpu | cuda | cuda:N. Batches are still drawn by a CPU generator, so a run's
+    # window order does not depend on the device; checkpoints are device-independent.
+    device: str = "auto"
     ema: bool = True
     ema_power: float = 0.75
     ema_max_decay: float = 0.9999

@@ -214,7 +214,7 @@ class FakeTensorRT(types.ModuleType):
                 return outputs[self.engine.outputs.index(name)].shape
 
             def execute_async_v3(self, stream_handle: int) -> bool:
-                assert isinstance(stream_handle, int) and stream_handle in trt.cuda.streams, "not a live stream"
+                assert isinstance(stream_handle, int) and trt.cuda.live_stream(stream_handle), "not a live stream"
                 outputs = self.engine.session.run(None, self._feed())
                 for name, value in zip(self.engine.outputs, outputs):
                     trt.cuda.write(self.addresses[name], np.ascontiguousarray(value, np.float32).tobytes())
@@ -308,6 +308,9 @@ class FakeCudaRuntime(types.ModuleType):
     def cudaStreamSynchronize(self, stream):  # noqa: N802
         return (self.ok,) if int(stream) in self.streams else (self.cudaError_t.cudaErrorInvalidValue,)
 
+    def live_stream(self, handle: int) -> bool:
+        return handle in self.streams
+
     def read(self, pointer: int, count: int) -> bytearray:
         buffer = self.memory[pointer]  # KeyError: not a device allocation
         assert count <= len(buffer), f"read of {count} bytes from a {len(buffer)}-byte device buffer"
@@ -331,8 +334,53 @@ class FakeCudaRuntime(types.ModuleType):
         return (self.ok,)
 
 
-def install(monkeypatch) -> FakeTensorRT:
-    """Put the fakes in ``sys.modules`` for one test; returns the fake ``tensorrt`` (its ``.cuda`` the runtime)."""
+class RealCudaMemory:
+    """The fake engine's view of a real GPU: it reads its inputs from, and writes its outputs to, real device
+    memory through cuda-python, so robopolicy's allocations, copies and stream handling run on the hardware."""
+
+    def __init__(self, cudart: Any):
+        from robopolicy.runtime.tensorrt_engines import gpu_name
+
+        self.cudart, self.gpu_name = cudart, gpu_name(cudart)
+
+    def _check(self, result: tuple, what: str) -> None:
+        assert int(result[0]) == 0, f"{what}: CUDA error {result[0]}"
+
+    def live_stream(self, handle: int) -> bool:
+        # The engine would run on this stream: it must exist, and the inputs copied on it must have arrived.
+        return int(self.cudart.cudaStreamSynchronize(handle)[0]) == 0
+
+    def read(self, pointer: int, count: int) -> bytearray:
+        host = np.empty(count, np.uint8)
+        self._check(self.cudart.cudaMemcpy(host.ctypes.data, pointer, count,
+                                           self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost), "read")
+        return bytearray(host.tobytes())
+
+    def write(self, pointer: int, data: bytes) -> None:
+        host = np.frombuffer(data, np.uint8).copy()
+        self._check(self.cudart.cudaMemcpy(pointer, host.ctypes.data, host.nbytes,
+                                           self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice), "write")
+
+
+def real_cuda_runtime() -> Any | None:
+    """cuda-python's runtime bindings when a CUDA GPU is visible, else None."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        return None
+    error, count = cudart.cudaGetDeviceCount()
+    return cudart if int(error) == 0 and count > 0 else None
+
+
+def install(monkeypatch, real_cuda: bool = False) -> FakeTensorRT:
+    """Put the fakes in ``sys.modules`` for one test; returns the fake ``tensorrt`` (its ``.cuda`` the runtime).
+
+    ``real_cuda``: fake only TensorRT; device memory and streams are the GPU's, through the real cuda-python.
+    """
+    if real_cuda:
+        trt = FakeTensorRT(RealCudaMemory(real_cuda_runtime()))
+        monkeypatch.setitem(sys.modules, "tensorrt", trt)
+        return trt
     cuda = FakeCudaRuntime()
     trt = FakeTensorRT(cuda)
     bindings = types.ModuleType("cuda.bindings")

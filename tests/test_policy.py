@@ -20,7 +20,7 @@ from robopolicy.data.reader import LeRobotDataset
 from robopolicy.policies import available_policies, load_policy
 from robopolicy.policies.registry import get_policy_class
 from robopolicy.train.checkpoint import latest_checkpoint, list_checkpoints
-from robopolicy.train.trainer import Trainer, make_policy_for_dataset
+from robopolicy.train.trainer import Trainer, make_policy_for_dataset, resolve_device
 from tests.helpers import CallCounter
 
 TINY_POLICY = {"type": "diffusion", "n_obs_steps": 1, "horizon": 4, "n_action_steps": 2, "down_dims": [32, 64],
@@ -162,6 +162,96 @@ def test_bf16_training_learns_with_fp32_weights(lowdim_dataset, tmp_path):
     assert all(p.dtype == torch.float32 for p in policy.parameters())
     with pytest.raises(ValueError, match="precision must be one of"):
         Trainer(train_cfg(lowdim_dataset, tmp_path / "bad", steps=10, precision="fp8"))
+
+
+def test_train_device_is_checked_before_anything_is_written(lowdim_dataset, tmp_path):
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="train.device='tpu' is not a device"):
+        resolve_device("tpu")
+    with pytest.raises(ValueError, match="training runs on cpu or cuda"):
+        resolve_device("meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="train.device='cuda', but torch .* sees no CUDA GPU"):
+            Trainer(train_cfg(lowdim_dataset, tmp_path / "gpu", steps=10, device="cuda"))
+        assert not (tmp_path / "gpu").exists()
+    elif torch.cuda.device_count() < 8:
+        with pytest.raises(ValueError, match="train.device='cuda:7', but torch sees"):
+            resolve_device("cuda:7")
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+
+
+@needs_cuda
+def test_cuda_training_learns_resumes_and_exports(lowdim_dataset, tmp_path):
+    """On a GPU: the policy and the dataset's tensors live there, the mapping is learned, a resumed run continues
+    on the GPU, and the saved policy loads and exports on a machine without one."""
+    from robopolicy.export import export_policy
+    from robopolicy.runtime import OnnxPolicy
+    from tests.test_export import torch_chunk
+
+    torch.manual_seed(0)
+    trainer = Trainer(train_cfg(lowdim_dataset, tmp_path / "run", steps=300, save_every=150, device="cuda",
+                                precision="bf16"))
+    assert trainer.policy.device.type == "cuda" and trainer.ema_policy.device.type == "cuda"
+    assert all(v.device.type == "cuda" for v in trainer.sampler.data.values())
+    run_dir = trainer.fit()
+    log = np.genfromtxt(run_dir / "train_log.csv", delimiter=",", names=True)
+    assert log["loss"][-3:].mean() < 0.5 * log["loss"][:2].mean()
+    policy = load_policy(run_dir / "policy")
+    assert policy.device.type == "cpu"
+    states = torch.tensor([[0.5, -0.5], [-0.8, 0.2], [0.1, 0.9], [-0.3, -0.7]])
+    expected = torch.stack([states[:, 0] + 0.5 * states[:, 1], -states[:, 1]], dim=1)
+    chunk = policy.predict_chunk({"observation.state": states[:, None]}, generator=torch.Generator().manual_seed(0))
+    assert (chunk[:, 0] - expected).abs().mean() < 0.15
+
+    resumed = Trainer(train_cfg(lowdim_dataset, tmp_path / "run", steps=320, resume=True, device="cuda"))
+    assert resumed.step == 300 and resumed.policy.device.type == "cuda"
+    assert all(p.device.type == "cuda" for p in resumed.ema.shadow_params)
+    assert all(v.device.type == "cuda" for state in resumed.optimizer.state.values() for v in state.values()
+               if torch.is_tensor(v) and v.ndim)
+    resumed.fit()
+    on_cpu = Trainer(train_cfg(lowdim_dataset, tmp_path / "run", steps=330, resume=True, device="cpu"))
+    assert on_cpu.policy.device.type == "cpu" and on_cpu.step == 320
+    on_cpu.fit()
+
+    artifact = export_policy(resumed.ema_policy, tmp_path / "artifact", fps=10)  # the caller's policy is on the GPU
+    assert resumed.ema_policy.device.type == "cuda"
+    runtime = OnnxPolicy.load(artifact, graph="fused")
+    history = {"observation.state": states[:, None].numpy()}
+    noise = np.random.default_rng(0).standard_normal((4, 4, 2)).astype(np.float32)
+    cpu_policy = load_policy(run_dir / "policy")
+    cpu_policy.load_state_dict({k: v.cpu() for k, v in resumed.ema_policy.state_dict().items()})
+    np.testing.assert_allclose(runtime.predict_chunk(history, noise=noise), torch_chunk(cpu_policy, history, noise),
+                               atol=1e-4, rtol=0)
+
+
+@needs_cuda
+@pytest.mark.parametrize("name", ["diffusion", "flow_unet", "flow_transformer", "sfp_d", "sfp_s", "act", "mlp"])
+def test_a_cpu_generator_drives_every_family_on_the_gpu(lowdim_dataset, name, monkeypatch):
+    """Training and sampling draw their noise from a CPU generator, so a GPU copy of a policy computes the same
+    loss and the same chunk as the CPU original from the same seed (TF32 off)."""
+    import copy
+
+    from tests.test_export import make_policy
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # matmuls are full fp32 by default
+    cpu = make_policy(lowdim_dataset, name)
+    gpu = copy.deepcopy(cpu).to("cuda")
+    rng = np.random.default_rng(0)
+    batch = {"observation.state": torch.from_numpy(rng.uniform(-1, 1, (8, cpu.config.n_obs_steps, 2))).float(),
+             "action": torch.from_numpy(rng.uniform(-1, 1, (8, cpu.config.horizon, 2))).float()}
+    losses = [float(p.compute_loss({k: v.to(p.device) for k, v in batch.items()},
+                                   generator=torch.Generator().manual_seed(1)).detach()) for p in (cpu, gpu)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4, abs=1e-6)
+    loss = gpu.compute_loss({k: v.to("cuda") for k, v in batch.items()}, generator=torch.Generator().manual_seed(1))
+    loss.backward()
+    assert all(p.grad is None or p.grad.device.type == "cuda" for p in gpu.parameters())
+    obs = {"observation.state": batch["observation.state"][:3]}
+    chunks = [p.predict_chunk({k: v.to(p.device) for k, v in obs.items()},
+                              generator=torch.Generator().manual_seed(2)).cpu() for p in (cpu, gpu)]
+    torch.testing.assert_close(chunks[1], chunks[0], atol=1e-4, rtol=0)
 
 
 def test_resume_continues_exactly(lowdim_dataset, tmp_path):

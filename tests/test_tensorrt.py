@@ -207,6 +207,52 @@ def test_cli_export_format_tensorrt(artifacts, fake_trt, tmp_path):
     assert index["batch"] == [1, 1, 2] and (out / "tensorrt" / index["engines"]["policy.onnx"]["file"]).is_file()
 
 
+# ---- a real GPU under a fake TensorRT ------------------------------------------------------------------------
+# TensorRT's builder libraries are not on PyPI (NVIDIA's index serves them), so a GPU machine may have CUDA and
+# cuda-python but no TensorRT. These run robopolicy's device side for real: cudaMalloc'd buffers that grow with
+# the batch, host<->device copies on its stream, the stream handle handed to the engine, and the frees.
+
+real_cuda = pytest.mark.skipif(fake_tensorrt.real_cuda_runtime() is None,
+                               reason="needs cuda-python and a CUDA GPU (none on this machine)")
+
+
+@real_cuda
+@pytest.mark.parametrize("name", PARITY_FAMILIES)
+@pytest.mark.parametrize("graph", ["per_step", "fused"])
+def test_engine_tensors_travel_through_real_device_memory(artifacts, monkeypatch, name, graph, tmp_path):
+    trt = fake_tensorrt.install(monkeypatch, real_cuda=True)
+    policy, path = artifacts[name]
+    _, expected, got = _chunks(policy, path, ("tensorrt_engine",), graph, tmp_path)
+    assert np.abs(expected).max() > 1e-3
+    np.testing.assert_allclose(got, expected, atol=TOL, rtol=0)
+    assert read_engines_index(tmp_path / "engines")["precisions"]["fp32"]["gpu"] == trt.cuda.gpu_name
+
+
+@real_cuda
+def test_real_device_buffers_grow_and_are_freed(artifacts, monkeypatch, tmp_path):
+    trt = fake_tensorrt.install(monkeypatch, real_cuda=True)
+    cudart = trt.cuda.cudart
+    policy, path = artifacts["diffusion"]
+    runtime = OnnxPolicy.load(path, graph="fused", providers=(("tensorrt_engine", {"max_batch": 3}),),
+                              trt_cache_dir=tmp_path)
+    reference = OnnxPolicy.load(path, graph="fused")
+    session = runtime._sessions["fused"]
+    sizes = []
+    for batch in (1, 3, 2):  # buffers are reallocated for 3 and reused for 2
+        history = random_history(policy, batch=batch, seed=batch)
+        noise = np.random.default_rng(batch).standard_normal(noise_shape(policy, batch)).astype(np.float32)
+        np.testing.assert_allclose(runtime.predict_chunk(history, noise=noise),
+                                   reference.predict_chunk(history, noise=noise), atol=1e-6, rtol=0)
+        sizes.append({name: size for name, (_, size) in session._buffers.items()})
+    assert sizes[0] and all(sizes[1][n] == 3 * sizes[0][n] for n in sizes[0]) and sizes[2] == sizes[1]
+    live = [pointer for pointer, _ in session._buffers.values()]
+    for other in runtime._sessions.values():
+        other.close()
+    session.close()  # idempotent
+    for pointer in live:  # already freed: a second free is an error
+        assert int(cudart.cudaFree(pointer)[0]) != 0
+
+
 # ---- real GPUs ---------------------------------------------------------------------------------------------
 
 gpu = pytest.mark.skipif(not tensorrt_available(), reason="needs the tensorrt and cuda-python packages and a CUDA GPU "

@@ -71,6 +71,26 @@ def add_observation_noise(batch: dict[str, torch.Tensor], keys: list[str], std: 
     return noisy
 
 
+def resolve_device(name: str) -> torch.device:
+    """``train.device`` as a torch device; a CUDA request on a machine without one is an error, not a CPU run."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"train.device={name!r} is not a device (expected auto, cpu, cuda or cuda:N)") from e
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"train.device={name!r}: training runs on cpu or cuda")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise RuntimeError(f"train.device={name!r}, but torch {torch.__version__} sees no CUDA GPU "
+                               f"(a CPU-only build or no driver); use train.device=cpu or auto")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"train.device={name!r}, but torch sees {count} CUDA GPU(s)")
+    return device
+
+
 def _new_run_dir(cfg: DictConfig) -> Path:
     if cfg.output_dir:
         return resolve_path(cfg.output_dir)
@@ -93,9 +113,9 @@ class Trainer:
             saved = self.run_dir / "config.yaml"
             if not saved.is_file():
                 raise FileNotFoundError(f"{saved}: cannot resume, the run has no saved config")
-            # The run's own config wins; only how long to train may change on resume.
+            # The run's own config wins; only how long to train (and on which device) may change on resume.
             resumed = OmegaConf.load(saved)
-            for key in ("steps", "time_budget_min", "progress", "eval_every"):
+            for key in ("steps", "time_budget_min", "progress", "eval_every", "device"):  # checkpoints are device-free
                 resumed[key] = cfg[key]
             resumed.resume = True
             cfg = resumed
@@ -107,6 +127,7 @@ class Trainer:
             from robopolicy.sim.envs import check_env_name
 
             check_env_name(cfg.env.name)  # fail now, not at the first evaluation
+        self.device = resolve_device(str(cfg.get("device", "auto")))  # before anything is written
         self.cfg = cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if cfg.num_threads:
@@ -126,6 +147,8 @@ class Trainer:
             data = {k: torch.from_numpy(self.dataset.video_frames(k)) if k in self.dataset.video_keys
                     else self.policy.normalizer.normalize(k, torch.from_numpy(self.dataset.column(k)).float())
                     for k in [*obs_keys, action_key]}
+        self.policy.to(self.device)
+        data = {k: v.to(self.device) for k, v in data.items()}  # batches are gathered where they are used
         make = lambda b: WindowSampler(data, b, obs_keys, action_key, pc.n_obs_steps, pc.horizon, pc.n_action_steps)  # noqa: E731
         if cfg.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {cfg.precision!r}")
@@ -186,6 +209,7 @@ class Trainer:
         if self.ema is not None:
             shadow = [tensors[f"ema.{i}"] for i in range(len(list(self.policy.parameters())))]
             self.ema.load_state_dict({**meta["ema"], "shadow_params": shadow})
+            self.ema.to(self.device)  # checkpoints hold CPU tensors
         self.step = int(meta["step"])
         self.elapsed_before = float(meta.get("elapsed_s", 0.0))
         console.print(f"resumed from {path} at step {self.step}")

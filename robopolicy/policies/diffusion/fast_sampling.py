@@ -34,6 +34,7 @@ from torch import Tensor
 
 from robopolicy.policies.diffusion.configuration import SAMPLING_MODES
 from robopolicy.policies.networks.unet1d import ConditionalUnet1D
+from robopolicy.policies.noise import randn
 
 if TYPE_CHECKING:
     from robopolicy.policies.diffusion.configuration import DiffusionConfig
@@ -140,7 +141,7 @@ def sample_standard(policy: DiffusionPolicy, cond: Tensor, generator: torch.Gene
                     noise: Tensor | None = None) -> Tensor:
     """A full chunk from pure noise, exactly as the standard sampler draws it."""
     shape = (cond.shape[0], policy.config.horizon, policy.config.action_dim)
-    x = noise if noise is not None else torch.randn(shape, generator=generator, device=cond.device)
+    x = noise if noise is not None else randn(tuple(shape), generator, cond.device)
     policy.sampling_scheduler.set_timesteps(policy.config.num_inference_steps, device=cond.device)
     return denoise(policy, x, cond, policy.sampling_scheduler.timesteps, generator)
 
@@ -181,7 +182,7 @@ class WarmStartSampler:
             scheduler.set_timesteps(self.config.num_inference_steps, device=cond.device)
             timesteps = scheduler.timesteps[-warm_start_num_steps(self.config):]
             guess = shift_chunk(self.previous, self.config.n_action_steps)
-            eps = noise if noise is not None else torch.randn(guess.shape, generator=generator, device=cond.device)
+            eps = noise if noise is not None else randn(tuple(guess.shape), generator, cond.device)
             x = policy.train_scheduler.add_noise(guess, eps, timesteps[:1].expand(b))
             chunk = denoise(policy, x, cond, timesteps, generator)
         self.previous = chunk
@@ -221,11 +222,11 @@ class StreamingSampler:
             chunk = sample_standard(policy, cond, generator, noise)
             t = self.timesteps(self.settled).to(device)
             ab = alpha_bar[t + 1][None, :, None]
-            eps = torch.randn(chunk.shape, generator=generator, device=device)
+            eps = randn(tuple(chunk.shape), generator, device)
             self.buffer = ab.sqrt() * chunk + (1 - ab).sqrt() * eps
             return chunk
         # Roll: the action just executed joins the past, fresh noise enters at the far end.
-        fresh = torch.randn((b, 1, self.buffer.shape[-1]), generator=generator, device=device)
+        fresh = randn((b, 1, self.buffer.shape[-1]), generator, device)
         x = torch.cat([self.buffer[:, 1:], fresh], dim=1)
         k = self.config.streaming_steps
         x0 = x

@@ -20,6 +20,7 @@ from robopolicy.policies.diffusion.fast_sampling import (
 )
 from robopolicy.policies.encoders import make_observation_encoder
 from robopolicy.policies.networks.unet1d import ConditionalUnet1D
+from robopolicy.policies.noise import randn
 from robopolicy.policies.registry import register_policy
 
 
@@ -108,7 +109,7 @@ class DiffusionPolicy(Policy):
         cond = self.encoder(batch, generator=generator)
         if self.config.per_position_noise:  # streaming training (fast_sampling.py)
             return per_position_noise_loss(self, actions, cond, generator)
-        noise = torch.randn(actions.shape, generator=generator, device=actions.device)
+        noise = randn(tuple(actions.shape), generator, actions.device)
         t = torch.randint(0, self.config.num_train_timesteps, (actions.shape[0],), generator=generator).to(actions.device)
         noisy = self.train_scheduler.add_noise(actions, noise, t)
         pred = self.net(noisy, t, cond)
@@ -121,7 +122,7 @@ class DiffusionPolicy(Policy):
         if self.fast_sampler is not None:  # warm_start / streaming (fast_sampling.py)
             return self.fast_sampler(self, cond, generator=generator, noise=noise)
         shape = (cond.shape[0], self.config.horizon, self.config.action_dim)
-        x = noise if noise is not None else torch.randn(shape, generator=generator, device=cond.device)
+        x = noise if noise is not None else randn(tuple(shape), generator, cond.device)
         scheduler = self.sampling_scheduler
         scheduler.set_timesteps(self.config.num_inference_steps, device=cond.device)
         # Only stochastic schedulers (DDPM, DDIM with eta > 0) draw noise in step().

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Everything a lent CUDA machine is for, in one short run (docs/benchmarks.md, "GPU"): what the machine has,
+# the GPU-only tests, torch-on-GPU batch-1 latency next to ONNX Runtime on its CPU, and training throughput.
+#     bench/gpu_checks.sh OUT_DIR
+# Each stage has its own time limit and writes to OUT_DIR as it goes, so a stage that overruns costs only itself.
+set -u
+out=${1:-gpu_checks}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+{
+  date -u
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+  python3 -c "import sys, torch, onnxruntime as o; print(sys.version.split()[0], 'torch', torch.__version__,
+'cuda', torch.cuda.is_available(), 'onnxruntime', o.__version__, o.get_available_providers())"
+  python3 -c "import tensorrt; print('tensorrt', tensorrt.__version__)" 2>&1 | tail -1
+  python3 -c "from cuda.bindings import runtime as r; print('cuda-python runtime, devices:', r.cudaGetDeviceCount())" 2>&1 | tail -1
+  echo "libnvinfer: $( (ldconfig -p; find /usr /opt -name 'libnvinfer*' 2>/dev/null) | grep -c nvinfer) files"
+} 2>&1 | tee "$out/machine.txt"
+timeout 300 python3 -m pytest -q -p no:cacheprovider -rs tests/test_tensorrt.py tests/test_policy.py \
+  -k "real or cuda or generator or device" 2>&1 | tee "$out/gpu_tests.txt"
+timeout 200 python3 bench/export_latency.py --families diffusion,flow_unet,sfp_d_e1,act,mlp --seconds 1.5 \
+  --torch-cuda --out /tmp/export_latency 2>&1 | tee "$out/latency.md"
+timeout 200 python3 bench/train_throughput.py --runs cpu:fp32,cuda:fp32,cuda:bf16 --steps 200 --cpu-steps 30 \
+  --out /tmp/train_throughput 2>&1 | tail -8 | tee "$out/train_throughput.md"
