@@ -16,7 +16,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
   python3 -c "from cuda.bindings import runtime as r; print('cuda-python runtime, devices:', r.cudaGetDeviceCount())" 2>&1 | tail -1
   echo "libnvinfer: $( (ldconfig -p; find /usr /opt -name 'libnvinfer*' 2>/dev/null) | grep -c nvinfer) files"
 } 2>&1 | tee "$out/machine.txt"
-timeout 300 python3 -m pytest -q -p no:cacheprovider -rs tests/test_tensorrt.py tests/test_policy.py \
+timeout 300 python3 -m pytest -q -p no:cacheprovider -rfEs tests/test_tensorrt.py tests/test_policy.py \
   -k "real or cuda or generator or device" 2>&1 | tee "$out/gpu_tests.txt"
 timeout 200 python3 bench/export_latency.py --families diffusion,flow_unet,sfp_d_e1,act,mlp --seconds 1.5 \
   --torch-cuda --out /tmp/export_latency 2>&1 | tee "$out/latency.md"

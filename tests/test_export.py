@@ -237,6 +237,24 @@ def test_unet_exports_as_its_4d_twin_and_the_policy_is_untouched(artifacts):
     assert export_friendly(mlp) is mlp  # nothing to swap: no copy
 
 
+def test_export_under_a_torch_that_refuses_zero_eps(lowdim_dataset, monkeypatch, tmp_path):
+    """torch 2.11 (the GPU machine's) raises on batch_norm(eps=0); the U-Net graph must not depend on eps 0."""
+    real = torch.nn.functional.batch_norm
+
+    def strict(*args, eps: float = 1e-5, **kwargs):
+        if eps <= 0:
+            raise ValueError(f"batch_norm eps must be positive, but got {eps}")
+        return real(*args, eps=eps, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "batch_norm", strict)
+    policy = make_policy(lowdim_dataset, "diffusion")
+    runtime = OnnxPolicy.load(export_policy(policy, tmp_path / "artifact", fps=10), graph="fused")
+    history = random_history(policy)
+    noise = np.random.default_rng(1).standard_normal(noise_shape(policy)).astype(np.float32)
+    np.testing.assert_allclose(runtime.predict_chunk(history, noise=noise), torch_chunk(policy, history, noise),
+                               atol=TOL, rtol=0)
+
+
 def test_unet_silu_activation_and_its_twin(artifacts):
     """activation=silu swaps every Mish of the U-Net (blocks, FiLM, step embedding); the exported step graph
     then has no Mish arithmetic (Sub/Div), only Sigmoid and Mul, which ONNX Runtime fuses."""

@@ -255,8 +255,16 @@ def test_real_device_buffers_grow_and_are_freed(artifacts, monkeypatch, tmp_path
 
 # ---- real GPUs ---------------------------------------------------------------------------------------------
 
-gpu = pytest.mark.skipif(not tensorrt_available(), reason="needs the tensorrt and cuda-python packages and a CUDA GPU "
-                         "(none on this machine); tests/fake_tensorrt.py covers the logic without one")
+def _missing() -> str:
+    try:
+        engines_module.import_tensorrt()
+    except RuntimeError as e:
+        return str(e).split(". ")[0]  # what is missing here: the tensorrt package, cuda-python or a GPU
+    return ""
+
+
+gpu = pytest.mark.skipif(not tensorrt_available(), reason=f"{_missing()}; tests/fake_tensorrt.py covers the logic "
+                         "without TensorRT")
 
 
 @gpu

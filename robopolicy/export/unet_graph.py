@@ -37,6 +37,8 @@ from robopolicy.policies.networks.unet1d import (
     run_levels,
 )
 
+AFFINE_EPS = 1e-12  # the affine BatchNormalization's epsilon: positive, and below float32's resolution at 1
+
 
 def export_mish(x: Tensor) -> Tensor:
     """mish(x) = x tanh(softplus(x)) from Sigmoid and arithmetic (see the module docstring).
@@ -118,8 +120,9 @@ class _ConvNormAct(nn.Module):
         grouped = h.reshape(-1, self.groups, self.channels // self.groups * self.length)
         h = F.instance_norm(grouped, weight=self.unit_scale, bias=self.zero_bias, eps=self.eps)
         h = h.reshape(-1, self.channels, 1, self.length)
-        # x * gamma + beta as an inference BatchNormalization (mean 0, variance 1, eps 0): one operator, not two.
-        h = F.batch_norm(h, self.zero_mean, self.unit_var, self.gamma, self.beta, training=False, eps=0.0)
+        # x * gamma + beta as an inference BatchNormalization (mean 0, variance 1): one operator, not two. Its eps
+        # must be positive (torch 2.11 refuses 0); 1e-12 vanishes in float32 (1 + 1e-12 == 1), so this is exact.
+        h = F.batch_norm(h, self.zero_mean, self.unit_var, self.gamma, self.beta, training=False, eps=AFFINE_EPS)
         return mish_of_negated(h) if self.negate else self.activation(h)
 
 
