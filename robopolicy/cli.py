@@ -117,13 +117,23 @@ def load_artifact_for_eval(artifact_dir: str, noise_scheduler_type: str | None, 
     return policy
 
 
+def load_c_export_for_eval(export_dir: str, n_action_steps: int | None = None):
+    """Worker-side factory for a C export: its library compiled for this host (cached), called through ctypes."""
+    from robopolicy.runtime.c_policy import CPolicy
+
+    policy = CPolicy.load(export_dir)
+    if n_action_steps is not None:
+        policy.set_n_action_steps(n_action_steps)
+    return policy
+
+
 def cmd_eval(cfg: DictConfig) -> dict:
     from robopolicy.policies.registry import load_policy
     from robopolicy.sim.envs import ARM_TASKS, QUADROTOR_ENVS, arm_renderer_available, env_factory
     from robopolicy.sim.evaluate import evaluate
 
     if not cfg.checkpoint:
-        raise ValueError("eval: give checkpoint=<policy dir, training run dir or exported ONNX artifact dir>")
+        raise ValueError("eval: give checkpoint=<policy dir, training run dir, exported ONNX artifact or C export dir>")
     out = resolve_path(cfg.output_dir) if cfg.output_dir else REPO_ROOT / "outputs" / "eval" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     artifact = resolve_path(cfg.checkpoint)
     if (artifact / "manifest.json").is_file():  # an exported artifact: evaluate the torch-free runtime
@@ -136,6 +146,18 @@ def cmd_eval(cfg: DictConfig) -> dict:
         factory = partial(load_artifact_for_eval, str(artifact), cfg.noise_scheduler_type, cfg.num_inference_steps,
                           cfg.n_action_steps, tuple(cfg.providers), cfg.graph, cfg.threads)
         input_keys = [f["key"] for f in read_manifest(artifact)["input_features"]]
+    elif (artifact / "export.json").is_file() and (artifact / "policy.c").is_file():  # the C a microcontroller runs
+        if cfg.env.name in QUADROTOR_ENVS:
+            raise ValueError(f"eval: {artifact} is a C export; the vectorized quadrotor evaluation takes a torch "
+                             "checkpoint (serve the C export with `robopolicy serve` to fly it)")
+        if cfg.noise_scheduler_type is not None or cfg.num_inference_steps is not None:
+            raise ValueError("eval: a C export's sampler is compiled in; noise_scheduler_type and "
+                             "num_inference_steps do not apply")
+        from robopolicy.runtime.c_policy import CPolicy
+
+        policy_dir = artifact
+        input_keys = [key for key, _ in CPolicy.load(artifact).obs_layout]  # also builds the library once
+        factory = partial(load_c_export_for_eval, str(artifact), cfg.n_action_steps)
     else:
         policy_dir = _resolve_policy_dir(cfg.checkpoint)
         if cfg.env.name in QUADROTOR_ENVS:
@@ -214,15 +236,18 @@ def cmd_demo(cfg: DictConfig) -> dict:
 
 
 def cmd_export(cfg: DictConfig) -> Path:
-    """Checkpoint -> ONNX artifact (manifest.json + graphs) for robopolicy.runtime; format=tensorrt adds engines."""
+    """Checkpoint -> ONNX artifact (manifest.json + graphs) for robopolicy.runtime; format=tensorrt adds engines;
+    format=c writes C99 sources (microcontrollers, and CPolicy on a host)."""
     import torch
 
     from robopolicy.export import export_policy
 
     if not cfg.checkpoint:
         raise ValueError("export: give checkpoint=<policy dir or training run dir>")
-    if cfg.format not in ("onnx", "tensorrt"):
-        raise ValueError(f"export: format must be 'onnx' or 'tensorrt', got {cfg.format!r}")
+    if cfg.format not in ("onnx", "tensorrt", "c"):
+        raise ValueError(f"export: format must be 'onnx', 'tensorrt' or 'c', got {cfg.format!r}")
+    if cfg.format == "c" and cfg.precision not in ("fp32", "int8"):
+        raise ValueError(f"export: format=c takes precision fp32 or int8 (int8 weights), got {cfg.precision!r}")
     if cfg.format == "tensorrt":  # say what is missing before exporting anything
         from robopolicy.runtime.tensorrt_engines import PRECISIONS, import_tensorrt
 
@@ -233,6 +258,14 @@ def cmd_export(cfg: DictConfig) -> Path:
     policy_dir = _resolve_policy_dir(cfg.checkpoint)
     out = resolve_path(cfg.output) if cfg.output else REPO_ROOT / "outputs" / "export" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     policy = load_policy_for_eval(str(policy_dir), cfg.noise_scheduler_type, cfg.num_inference_steps, cfg.n_action_steps)
+    if cfg.format == "c":
+        from robopolicy.export.c_export import export_c
+
+        if cfg.fps is not None:
+            policy.config.fps = float(cfg.fps)
+        path = export_c(policy, out, int8=cfg.precision == "int8")
+        console.print(f"wrote C sources of {policy_dir} to {path} (run on a host with robopolicy.runtime.CPolicy)")
+        return path
     path = export_policy(policy, out, graph_kinds=tuple(cfg.graph_kinds), opset=cfg.opset, fused_steps=cfg.fused_steps,
                          exporter=cfg.exporter, fps=cfg.fps)
     console.print(f"wrote ONNX artifact of {policy_dir} to {path}")

@@ -178,7 +178,9 @@ class KeysConfig:
 @dataclass
 class ExportConfig:
     checkpoint: str = ""
-    format: str = "onnx"  # onnx | tensorrt (ONNX, then TensorRT engines from it; needs tensorrt + a CUDA GPU)
+    # onnx | tensorrt (ONNX, then TensorRT engines from it; needs tensorrt + a CUDA GPU) | c (C99 sources: mlp, flow
+    # with the mlp backbone, sfp; for microcontrollers, and for robopolicy.runtime.CPolicy on a host)
+    format: str = "onnx"
     output: str | None = None  # default outputs/export/<time>
     graph_kinds: list[str] = field(default_factory=lambda: ["per_step", "fused"])
     opset: int = 18
@@ -188,7 +190,7 @@ class ExportConfig:
     noise_scheduler_type: str | None = None  # sampler overrides applied before export
     num_inference_steps: int | None = None
     n_action_steps: int | None = None  # Ta written to the manifest (null keeps the checkpoint's)
-    precision: str = "fp32"  # tensorrt: fp32 | fp16
+    precision: str = "fp32"  # tensorrt: fp32 | fp16; c: fp32 | int8 (int8 weights, one scale per row)
     max_batch: int = 8  # tensorrt optimization profile: batch 1..max_batch
 
 

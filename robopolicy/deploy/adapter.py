@@ -103,7 +103,8 @@ def adapter_from_policy(policy: Any, fps: float = DEFAULT_FPS) -> PolicyAdapter:
 
 def load_policy_adapter(directory: str | Path, fps: float | None = None, providers: Sequence[str] = ("cpu",),
                         threads: int = 1, graph: str = "auto") -> PolicyAdapter:
-    """Serve a torch checkpoint dir (``config.json``) or an ONNX artifact dir (``manifest.json``).
+    """Serve a torch checkpoint dir (``config.json``), an ONNX artifact dir (``manifest.json``) or a C export
+    (``export.json`` + ``policy.c``, compiled for this host by ``CPolicy``).
 
     ``fps`` (the action rate) defaults to the one the checkpoint or artifact records (its training data's),
     else ``DEFAULT_FPS``. ``providers``, ``threads`` and ``graph`` (auto, per_step or fused) choose the engine
@@ -118,12 +119,18 @@ def load_policy_adapter(directory: str | Path, fps: float | None = None, provide
         return adapter_from_policy(policy, fps=float(fps or policy.fps or DEFAULT_FPS))
     if graph != "auto":
         raise ValueError(f"{directory}: graph={graph!r} applies to ONNX artifacts (manifest.json) only")
+    if (directory / "export.json").is_file() and (directory / "policy.c").is_file():
+        from robopolicy.runtime.c_policy import CPolicy
+
+        policy = CPolicy.load(directory)
+        return adapter_from_policy(policy, fps=float(fps or policy.fps or DEFAULT_FPS))
     if (directory / "config.json").is_file():
         from robopolicy.policies.registry import load_policy
 
         policy = load_policy(directory)
         return adapter_from_policy(policy, fps=float(fps or policy.config.fps or DEFAULT_FPS))
-    raise FileNotFoundError(f"{directory}: neither manifest.json (ONNX artifact) nor config.json (torch checkpoint)")
+    raise FileNotFoundError(f"{directory}: neither manifest.json (ONNX artifact), export.json (C export) nor "
+                            "config.json (torch checkpoint)")
 
 
 __all__ = ["DEFAULT_FPS", "PolicyAdapter", "adapter_from_policy", "load_policy_adapter", "spec_from_config"]

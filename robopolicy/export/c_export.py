@@ -893,7 +893,8 @@ int main(void)
     meta = {
         "family": name,
         "n_obs_steps": cfg.n_obs_steps, "step_dim": step_dim, "obs_dim": obs_dim, "action_dim": act_dim,
-        "horizon": cfg.horizon, "obs_layout": [{"key": f.key, "size": int(np.prod(f.shape))} for f in cfg.input_features],
+        "horizon": cfg.horizon, "n_action_steps": cfg.n_action_steps, "fps": getattr(cfg, "fps", None),
+        "obs_layout": [{"key": f.key, "size": int(np.prod(f.shape))} for f in cfg.input_features],
         "action_key": policy.action_key, "int8": int8, "n_selftest": n_selftest, "selftest_tolerance": tol,
         **family_meta,
     }
