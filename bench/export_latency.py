@@ -11,7 +11,8 @@ each), so a drifting VM affects their ratio less. Peak RSS is that of a separate
 importing) that loads the artifact and predicts chunks with both graph kinds. ``--openvino`` adds both graph
 kinds run by OpenVINO's CPU runtime (``providers=("openvino",)``) to the same interleaved timing. ``--tensorrt`` (a CUDA
 GPU with tensorrt and cuda-python) adds the fused graph as FP32 and FP16 TensorRT engines (``providers=("tensorrt_engine",)``,
-``("tensorrt_engine_fp16",)``; built once per artifact, before timing). ``--torch-cuda`` adds torch eager on the GPU
+``("tensorrt_engine_fp16",)``; built once per artifact, before timing). ``--c`` adds the C export (the microcontroller code) compiled for this CPU and called through ctypes
+(``robopolicy.runtime.CPolicy``), for the families that have one (mlp, flow with the mlp backbone). ``--torch-cuda`` adds torch eager on the GPU
 (a copy of the policy; each call copies the observations in and the chunk out, as a policy server must). Prints a
 markdown table.
 """
@@ -61,6 +62,7 @@ FAMILIES = {
     "sfp_d_e1": {"type": "sfp", "variant": "deterministic", "integration_steps_per_action": 1},
     "act": {"type": "act"},
     "mlp": {"type": "mlp"},
+    "flow_mlp": {"type": "flow", "backbone": "mlp", "integrator": "euler"},  # C-exportable flow
 }
 FEATURES = {"observation.state": (2,), "observation.environment_state": (5,)}
 
@@ -129,7 +131,8 @@ def timeit_interleaved(fns: dict, seconds: float, min_iters: int = 10, max_iters
 
 
 def fmt(ms: np.ndarray) -> str:
-    return f"{np.percentile(ms, 50):.2f} / {np.percentile(ms, 99):.2f}"
+    digits = 4 if np.percentile(ms, 50) < 0.1 else 2  # microsecond-scale calls keep their microseconds
+    return f"{np.percentile(ms, 50):.{digits}f} / {np.percentile(ms, 99):.{digits}f}"
 
 
 def main() -> None:
@@ -140,6 +143,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch and ORT intra-op threads")
     ap.add_argument("--openvino", action="store_true", help="also time the graphs on OpenVINO's runtime")
     ap.add_argument("--tensorrt", action="store_true", help="also time the fused graph as TensorRT engines (GPU)")
+    ap.add_argument("--c", action="store_true",
+                    help="also time the C export compiled for this host (CPolicy; mlp and mlp-backbone flow)")
     ap.add_argument("--torch-cuda", action="store_true",
                     help="also time torch eager on the GPU (observations copied in, the chunk copied out per call)")
     args = ap.parse_args()
@@ -173,9 +178,18 @@ def main() -> None:
             gpu_policy = copy.deepcopy(policy).to("cuda")
             gpu_fns["torch_cuda"] = lambda p=gpu_policy, o=obs_t, g=gen: p.predict_chunk(
                 {k: v.to("cuda") for k, v in o.items()}, generator=g).cpu()
+        c_fns = {}
+        c_family = FAMILIES[name]["type"] == "mlp" or FAMILIES[name].get("backbone") == "mlp"
+        if args.c and c_family:
+            from robopolicy.export.c_export import export_c
+            from robopolicy.runtime import CPolicy
+
+            c_policy = CPolicy.load(export_c(policy, out_root / f"{name}_c"))
+            c_fns["c"] = lambda cp=c_policy, o=obs_np, r=rng: cp.predict_chunk(o, rng=r)
         timed = timeit_interleaved({
             "eager": lambda p=policy, o=obs_t, g=gen: p.predict_chunk(o, generator=g),
             **gpu_fns,
+            **c_fns,
             **{graph: (lambda rt=rt, o=obs_np, r=rng: rt.predict_chunk(o, rng=r)) for graph, rt in runtimes.items()},
         }, args.seconds)
         eager, results = timed["eager"], timed
@@ -204,9 +218,10 @@ def main() -> None:
         tensorrt = ((fmt(results["trt_fp32"]), fmt(results["trt_fp16"]),
                      f"{np.median(eager) / np.median(results['trt_fp16']):.1f}x") if args.tensorrt else ())
         torch_cuda = (fmt(results["torch_cuda"]),) if args.torch_cuda else ()
+        c_host = ((fmt(results["c"]) if "c" in results else "–"),) if args.c else ()
         rows.append((name, f"{n_params / 1e6:.2f}", fmt(eager), *torch_cuda, fmt(results["per_step"]), fmt(results["fused"]),
                      f"{np.median(eager) / np.median(results['per_step']):.1f}x",
-                     f"{np.median(eager) / np.median(results['fused']):.1f}x", *openvino, *tensorrt, first, rss,
+                     f"{np.median(eager) / np.median(results['fused']):.1f}x", *openvino, *tensorrt, *c_host, first, rss,
                      f"{size_mb:.1f}", f"{export_s:.1f}"))
         print(f"done {name}", file=sys.stderr, flush=True)
     openvino = (("OpenVINO per-step p50/p99 ms", "OpenVINO fused p50/p99 ms", "speed-up OpenVINO fused")
@@ -215,7 +230,8 @@ def main() -> None:
                 if args.tensorrt else ())
     torch_cuda = ("torch CUDA eager p50/p99 ms",) if args.torch_cuda else ()
     header = ("family", "params (M)", "torch eager p50/p99 ms", *torch_cuda, "ORT per-step p50/p99 ms", "ORT fused p50/p99 ms",
-              "speed-up per-step", "speed-up fused", *openvino, *tensorrt, "SFP first action p50 / p99 ms",
+              "speed-up per-step", "speed-up fused", *openvino, *tensorrt,
+              *(("C on the host (CPolicy) p50/p99 ms",) if args.c else ()), "SFP first action p50 / p99 ms",
               "runtime peak RSS (MiB)", "artifact (MB)", "export (s)")
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" for _ in header) + "|")
