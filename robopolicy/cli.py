@@ -137,9 +137,10 @@ def cmd_eval(cfg: DictConfig) -> dict:
     out = resolve_path(cfg.output_dir) if cfg.output_dir else REPO_ROOT / "outputs" / "eval" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     artifact = resolve_path(cfg.checkpoint)
     if (artifact / "manifest.json").is_file():  # an exported artifact: evaluate the torch-free runtime
-        if cfg.env.name in QUADROTOR_ENVS:
-            raise ValueError(f"eval: {artifact} is an ONNX artifact; the vectorized quadrotor evaluation takes a "
-                             "torch checkpoint (serve the artifact with `robopolicy serve` to fly it)")
+        if cfg.env.name in QUADROTOR_ENVS:  # every drone of a batch through the runtime's batched select_action
+            return _eval_quadrotor(cfg, artifact, out, load_artifact_for_eval(
+                str(artifact), cfg.noise_scheduler_type, cfg.num_inference_steps, cfg.n_action_steps,
+                tuple(cfg.providers), cfg.graph, cfg.threads))
         from robopolicy.runtime.manifest import read_manifest
 
         policy_dir = artifact
@@ -147,12 +148,11 @@ def cmd_eval(cfg: DictConfig) -> dict:
                           cfg.n_action_steps, tuple(cfg.providers), cfg.graph, cfg.threads)
         input_keys = [f["key"] for f in read_manifest(artifact)["input_features"]]
     elif (artifact / "export.json").is_file() and (artifact / "policy.c").is_file():  # the C a microcontroller runs
-        if cfg.env.name in QUADROTOR_ENVS:
-            raise ValueError(f"eval: {artifact} is a C export; the vectorized quadrotor evaluation takes a torch "
-                             "checkpoint (serve the C export with `robopolicy serve` to fly it)")
         if cfg.noise_scheduler_type is not None or cfg.num_inference_steps is not None:
             raise ValueError("eval: a C export's sampler is compiled in; noise_scheduler_type and "
                              "num_inference_steps do not apply")
+        if cfg.env.name in QUADROTOR_ENVS:  # the code that will fly, on every drone of a batch
+            return _eval_quadrotor(cfg, artifact, out, load_c_export_for_eval(str(artifact), cfg.n_action_steps))
         from robopolicy.runtime.c_policy import CPolicy
 
         policy_dir = artifact
@@ -180,15 +180,22 @@ def cmd_eval(cfg: DictConfig) -> dict:
     return report
 
 
-def _eval_quadrotor(cfg: DictConfig, policy_dir: Path, out: Path) -> dict:
-    """Vectorized: ``n_episodes`` drones (1,024 at a time) fly one episode each; batch b is seeded start_seed + b."""
+def _eval_quadrotor(cfg: DictConfig, policy_dir: Path, out: Path, policy=None) -> dict:
+    """Vectorized: ``n_episodes`` drones (1,024 at a time) fly one episode each; batch b is seeded start_seed + b.
+
+    ``policy``: an exported runtime (``OnnxPolicy``, ``CPolicy``) instead of the torch checkpoint at ``policy_dir``.
+    """
     import torch
 
     from robopolicy.policies.registry import load_policy
     from robopolicy.sim.envs import evaluate_quadrotor
 
     torch.manual_seed(cfg.start_seed)
-    report = evaluate_quadrotor(load_policy(policy_dir), cfg.env.name, n_episodes=cfg.n_episodes,
+    if policy is None:
+        policy = load_policy(policy_dir)
+    else:
+        policy.seed(cfg.start_seed)  # the runtime's own noise
+    report = evaluate_quadrotor(policy, cfg.env.name, n_episodes=cfg.n_episodes,
                                 seed=cfg.start_seed, progress=True)
     report.update(policy=str(policy_dir), env=cfg.env.name, start_seed=cfg.start_seed)
     out.mkdir(parents=True, exist_ok=True)

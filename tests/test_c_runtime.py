@@ -194,8 +194,6 @@ def test_cli_export_serve_and_eval_a_c_export(tmp_path):
     assert report["n_episodes"] == 2 and [e["chunk_latency_ms"]["n"] for e in report["episodes"]] == [6, 6]
     with pytest.raises(ValueError, match="sampler is compiled in"):
         run("b", "num_inference_steps=3")
-    with pytest.raises(ValueError, match="C export; the vectorized quadrotor evaluation takes a torch"):
-        run("c", "env.name=quadrotor_hover")
 
 
 def test_c_policy_runs_with_torch_blocked(tmp_path):

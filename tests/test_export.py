@@ -518,8 +518,6 @@ def test_cli_eval_runs_an_exported_artifact(artifacts, tmp_path):
         run("d", "graph=fused", "num_inference_steps=3")
     with pytest.raises(ValueError, match=r"n_action_steps=8 does not fit the artifact .*expected 1\.\.7"):
         run("e", "n_action_steps=8")
-    with pytest.raises(ValueError, match="ONNX artifact; the vectorized quadrotor evaluation takes a torch checkpoint"):
-        run("f", "env.name=quadrotor_hover")
 
 
 def test_evaluate_factory_is_picklable(artifacts):

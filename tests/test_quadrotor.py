@@ -260,6 +260,24 @@ def test_record_train_eval_and_serve_on_the_quadrotor(tmp_path):
                                            f"output_dir={tmp_path / 'eval'}"]))
     assert report["n_episodes"] == 16 and 0 <= report["crash_rate"] <= 1
     assert (tmp_path / "eval" / "eval_report.json").is_file()
+    # The exported runtimes fly the same seeded episodes: the ONNX artifact and the C the Crazyflie would run.
+    from robopolicy.cli import cmd_export
+    from robopolicy.policies import load_policy
+    from robopolicy.runtime import CPolicy, OnnxPolicy
+    from robopolicy.sim.quadrotor import evaluate_policy
+
+    reference = evaluate_policy(load_policy(run / "policy"), "hover", n_episodes=8, n_envs=8, seed=3)
+    for fmt, runtime in (("onnx", OnnxPolicy), ("c", CPolicy)):
+        exported = cmd_export(load_config("export", [f"checkpoint={run}", f"format={fmt}",
+                                                     f"output={tmp_path / fmt}"]))
+        flown = cmd_eval(load_config("eval", [f"checkpoint={exported}", "env.name=quadrotor_hover", "n_episodes=16",
+                                              f"output_dir={tmp_path / ('eval_' + fmt)}"]))
+        assert flown["n_episodes"] == 16 and flown["crash_reasons"] == report["crash_reasons"], fmt
+        episodes = evaluate_policy(runtime.load(exported), "hover", n_episodes=8, n_envs=8, seed=3)
+        assert [(e.crash, e.steps, e.crash_reason) for e in episodes] == [
+            (e.crash, e.steps, e.crash_reason) for e in reference], fmt
+        np.testing.assert_allclose([e.final_error for e in episodes], [e.final_error for e in reference],
+                                   rtol=1e-3, err_msg=fmt)
     from robopolicy.deploy.closed_loop import run_served_episodes
 
     served = run_served_episodes(str(run / "policy"), 1, start_seed=4, env="quadrotor_hover", episode_s=0.4,
