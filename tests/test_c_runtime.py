@@ -156,6 +156,20 @@ def test_bad_exports_and_inputs_get_clear_errors(tmp_path, monkeypatch):
         runtime.set_n_action_steps(4)
 
 
+def test_a_compiler_that_rejects_the_host_flags_gets_portable_ones(tmp_path):
+    policy = make_policy()
+    out = export_c(policy, tmp_path / "c")
+    picky = tmp_path / "picky-cc"
+    picky.write_text("#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = -march=native ] && "
+                     "{ echo 'error: unsupported -march' >&2; exit 1; }; done\n"
+                     f"exec {shutil.which('gcc') or shutil.which('cc')} \"$@\"\n")
+    picky.chmod(0o755)
+    with pytest.warns(UserWarning, match="rejected .*-march=native.*built with -O2"):
+        runtime = CPolicy.load(out, compiler=str(picky))
+    hist = history(policy, batch=2)
+    np.testing.assert_allclose(runtime.predict_chunk(hist), torch_chunk(policy, hist), atol=FLOAT_BOUND, rtol=0)
+
+
 def test_build_refuses_a_directory_without_sources(tmp_path):
     with pytest.raises(ArtifactError, match="needs policy.c and policy.h"):
         build_library(tmp_path)

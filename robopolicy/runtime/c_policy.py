@@ -16,7 +16,8 @@ The host build reassociates floating-point sums (``-fassociative-math``, no ``-f
 still work), so that the compiler vectorizes the matrix-vector products. Results therefore differ from the
 microcontroller's in the last bits (1e-7 relative). The library is cached next to the sources under a name
 that hashes the sources, the compiler, the flags and this CPU's instruction-set flags. A library built with
-``-march=native`` never runs on a CPU it was not built for.
+``-march=native`` never runs on a CPU it was not built for. Load only exports you trust: like any native library,
+the compiled policy runs inside the calling process.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import warnings
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ from robopolicy.runtime.manifest import ArtifactError
 C_FAMILIES = ("mlp", "flow")
 HOST_CFLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros",
                "-fno-trapping-math", "-std=c99")
+PORTABLE_CFLAGS = ("-O2", "-fno-math-errno", "-std=c99")  # when the compiler rejects HOST_CFLAGS
 F32 = np.float32
 
 
@@ -81,30 +84,41 @@ def _build_dir(directory: Path) -> Path:
 
 
 def build_library(directory: str | Path, compiler: str | None = None, cflags: tuple[str, ...] = HOST_CFLAGS) -> Path:
-    """Compile ``policy.c`` of a C export into a shared library (cached), and return its path."""
+    """Compile ``policy.c`` of a C export into a shared library (cached), and return its path.
+
+    With the default flags, a compiler that rejects them (``-march=native`` on some targets) gets a second try
+    with ``PORTABLE_CFLAGS``, and a warning: a slower library rather than none.
+    """
     directory = Path(directory)
     source = directory / "policy.c"
     if not source.is_file() or not (directory / "policy.h").is_file():
         raise ArtifactError(f"{directory}: a C export needs policy.c and policy.h (write them with "
-                           "`robopolicy export format=c`)")
+                            "`robopolicy export format=c`)")
     cc = find_compiler(compiler)
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256()
-    for part in (source.read_bytes(), (directory / "policy.h").read_bytes(), cc.encode(), version.encode(),
-                 " ".join(cflags).encode(), _cpu_flags().encode()):
-        key.update(part)
-        key.update(b"\0")
-    library = _build_dir(directory) / f"policy-{key.hexdigest()[:16]}.so"
-    if library.is_file():
-        return library
-    partial = library.with_suffix(f".{os.getpid()}.tmp")
-    result = subprocess.run([cc, *cflags, "-shared", "-fPIC", "-o", str(partial), str(source), "-lm"],
-                            capture_output=True, text=True, timeout=300)
-    if result.returncode != 0:
+    errors = []
+    for flags in ((cflags, PORTABLE_CFLAGS) if tuple(cflags) == HOST_CFLAGS else (cflags,)):
+        key = hashlib.sha256()
+        for part in (source.read_bytes(), (directory / "policy.h").read_bytes(), cc.encode(), version.encode(),
+                     " ".join(flags).encode(), _cpu_flags().encode()):
+            key.update(part)
+            key.update(b"\0")
+        library = _build_dir(directory) / f"policy-{key.hexdigest()[:16]}.so"
+        if library.is_file():
+            return library
+        partial = library.with_suffix(f".{os.getpid()}.tmp")
+        result = subprocess.run([cc, *flags, "-shared", "-fPIC", "-o", str(partial), str(source), "-lm"],
+                                capture_output=True, text=True, timeout=300)
+        if result.returncode == 0:
+            os.replace(partial, library)  # atomic: a concurrent loader sees no half-written library
+            if errors:
+                warnings.warn(f"{source}: {Path(cc).name} rejected {' '.join(cflags)}; built with "
+                              f"{' '.join(flags)} instead (slower):\n{errors[0]}", stacklevel=2)
+            return library
         partial.unlink(missing_ok=True)
-        raise ArtifactError(f"{source}: {Path(cc).name} failed (exit {result.returncode}):\n{result.stderr.strip()[-2000:]}")
-    os.replace(partial, library)  # atomic: a concurrent loader sees no half-written library
-    return library
+        errors.append(f"{Path(cc).name} {' '.join(flags)} failed (exit {result.returncode}):\n"
+                      f"{result.stderr.strip()[-2000:]}")
+    raise ArtifactError(f"{source}: " + "\n".join(errors))
 
 
 class CPolicy:
@@ -250,4 +264,4 @@ class CPolicy:
         self.reset()
 
 
-__all__ = ["CPolicy", "C_FAMILIES", "HOST_CFLAGS", "build_library", "find_compiler"]
+__all__ = ["CPolicy", "C_FAMILIES", "HOST_CFLAGS", "PORTABLE_CFLAGS", "build_library", "find_compiler"]
