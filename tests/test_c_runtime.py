@@ -79,8 +79,7 @@ def test_flow_chunks_from_seeds_match_torch_and_repeat(tmp_path):
     policy = make_flow()
     runtime = CPolicy.load(export_c(policy, tmp_path / "c"))
     hist = history(policy, batch=3, seed=4)
-    draw = np.random.default_rng(7)
-    seeds = [int(draw.integers(2 ** 32)) for _ in range(3)]  # what the runtime takes from rng, row by row
+    seeds = np.random.default_rng(7).integers(2 ** 32, size=3, dtype=np.uint32)  # row i's seed, as documented
     c = policy.config
     noise = np.stack([c_gaussian(s, c.horizon * c.action_dim) for s in seeds]).reshape(3, c.horizon, c.action_dim)
     got = runtime.predict_chunk(hist, rng=np.random.default_rng(7))
@@ -90,6 +89,9 @@ def test_flow_chunks_from_seeds_match_torch_and_repeat(tmp_path):
     runtime.seed(3)
     np.testing.assert_array_equal(runtime.predict_chunk(hist), first)
     assert np.abs(runtime.predict_chunk(hist) - first).max() > 1e-3  # the next seeds: other noise
+    # batch 1 (fixed buffers) gives what row 0 of a batch gives from the same rng
+    one = {k: v[:1] for k, v in hist.items()}
+    np.testing.assert_array_equal(runtime.predict_chunk(one, rng=np.random.default_rng(7)), got[:1])
 
 
 def test_library_is_cached_rebuilt_when_the_sources_change_and_built_elsewhere_when_read_only(tmp_path, monkeypatch):
