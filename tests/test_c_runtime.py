@@ -127,6 +127,10 @@ def test_bad_exports_and_inputs_get_clear_errors(tmp_path, monkeypatch):
     (out / "export.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "n_action_steps"}))
     with pytest.raises(ArtifactError, match=r"fields \['n_action_steps'\] are missing"):
         CPolicy.load(out)
+    for field, value in (("horizon", 8), ("obs_dim", 8), ("obs_layout", [{"key": "observation.state", "size": 5}])):
+        (out / "export.json").write_text(json.dumps({**meta, field: value}))  # disagrees with the compiled C
+        with pytest.raises(ArtifactError, match="disagrees with policy.h"):
+            CPolicy.load(out)
     (out / "export.json").write_text("{oops")
     with pytest.raises(ArtifactError, match="export.json: invalid JSON"):
         CPolicy.load(out)
