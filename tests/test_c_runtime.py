@@ -131,6 +131,9 @@ def test_bad_exports_and_inputs_get_clear_errors(tmp_path, monkeypatch):
         (out / "export.json").write_text(json.dumps({**meta, field: value}))  # disagrees with the compiled C
         with pytest.raises(ArtifactError, match="disagrees with policy.h"):
             CPolicy.load(out)
+    (out / "export.json").write_text(json.dumps({**meta, "obs_layout": "observation.state"}))
+    with pytest.raises(ArtifactError, match="malformed field"):
+        CPolicy.load(out)
     (out / "export.json").write_text("{oops")
     with pytest.raises(ArtifactError, match="export.json: invalid JSON"):
         CPolicy.load(out)

@@ -165,12 +165,19 @@ class CPolicy:
     def __init__(self, directory: Path, meta: dict[str, Any], library: ctypes.CDLL, library_path: Path):
         self.directory, self.meta, self.library_path = directory, meta, library_path
         self.family = self.name = meta["family"]
-        self.n_obs_steps, self.horizon = int(meta["n_obs_steps"]), int(meta["horizon"])
-        self.n_action_steps, self.action_dim = int(meta["n_action_steps"]), int(meta["action_dim"])
-        self.action_key, self.fps = meta["action_key"], meta.get("fps")
-        self.obs_layout = [(f["key"], int(f["size"])) for f in meta["obs_layout"]]
+        try:
+            self.n_obs_steps, self.horizon = int(meta["n_obs_steps"]), int(meta["horizon"])
+            self.n_action_steps, self.action_dim = int(meta["n_action_steps"]), int(meta["action_dim"])
+            self.action_key, self.fps = str(meta["action_key"]), meta.get("fps")
+            self.obs_layout = [(str(f["key"]), int(f["size"])) for f in meta["obs_layout"]]
+            self.obs_dim = int(meta["obs_dim"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ArtifactError(f"{directory / 'export.json'}: malformed field ({type(e).__name__}: {e}); expected "
+                                "integers n_obs_steps, horizon, n_action_steps, action_dim, obs_dim and an "
+                                "obs_layout list of {key, size}") from e
+        if not self.obs_layout or min(self.n_obs_steps, self.horizon, self.action_dim) < 1:
+            raise ArtifactError(f"{directory / 'export.json'}: empty obs_layout or a non-positive dimension")
         self.input_features = [(key, (size,), key) for key, size in self.obs_layout]
-        self.obs_dim = int(meta["obs_dim"])
         self._lib = library
         compiled = (ctypes.c_int * 4)()
         library.robopolicy_dims(compiled)
@@ -185,8 +192,8 @@ class CPolicy:
         self._obs_queue: deque[dict[str, np.ndarray]] = deque(maxlen=self.n_obs_steps)
         self._action_queue: deque[np.ndarray] = deque()
         self._rng = np.random.default_rng()
-        # One observation in the C layout (oldest step first, features concatenated per step) and one chunk, at
-        # fixed addresses: a call copies the features in and passes two integers, nothing else per call.
+        # One observation in the C layout (oldest step first, features concatenated per step), one seed and one
+        # chunk, at fixed addresses: a batch-1 call copies the features in and passes their addresses.
         self._obs = np.empty((self.n_obs_steps, self.obs_dim // self.n_obs_steps), F32)
         offsets = np.cumsum([0] + [size for _, size in self.obs_layout])
         self._obs_views = [self._obs[:, a:b] for a, b in zip(offsets[:-1], offsets[1:])]
