@@ -11,10 +11,11 @@ each), so a drifting VM affects their ratio less. Peak RSS is that of a separate
 importing) that loads the artifact and predicts chunks with both graph kinds. ``--openvino`` adds both graph
 kinds run by OpenVINO's CPU runtime (``providers=("openvino",)``) to the same interleaved timing. ``--tensorrt`` (a CUDA
 GPU with tensorrt and cuda-python) adds the fused graph as FP32 and FP16 TensorRT engines (``providers=("tensorrt_engine",)``,
-``("tensorrt_engine_fp16",)``; built once per artifact, before timing). ``--c`` adds the C export (the microcontroller code) compiled for this CPU and called through ctypes
-(``robopolicy.runtime.CPolicy``), for the families that have one (mlp, flow with the mlp backbone). ``--torch-cuda`` adds torch eager on the GPU
-(a copy of the policy; each call copies the observations in and the chunk out, as a policy server must). Prints a
-markdown table.
+``("tensorrt_engine_fp16",)``; built once per artifact, before timing). ``--c`` adds the C export (the
+microcontroller code) compiled for this CPU and called through ctypes (``robopolicy.runtime.CPolicy``), for the
+families that have one (mlp, flow with the mlp backbone). ``--torch-cuda`` adds torch eager on the GPU (a copy of
+the policy; each call copies the observations in and the chunk out, as a policy server must). Prints a markdown
+table.
 """
 
 from __future__ import annotations
