@@ -787,12 +787,3 @@ def test_unsupported_sampler_is_a_clear_error(artifacts, tmp_path):
         runtime.predict_chunk(random_history(policy))
     runtime.set_sampler("DDIM")
     assert runtime.predict_chunk(random_history(policy)).shape == (B, 8, 2)
-
-
-def test_tensorrt_without_tensorrt_is_a_clear_error(artifacts, tmp_path):
-    from robopolicy.export import tensorrt as trt_export
-
-    if trt_export.tensorrt_available():
-        pytest.skip("TensorRT is installed here; real engines are covered by tests/test_tensorrt.py")
-    with pytest.raises(RuntimeError, match="TensorRT"):
-        trt_export.build_engines(artifacts["mlp"][1], tmp_path / "engines")

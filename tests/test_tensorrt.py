@@ -180,6 +180,8 @@ def test_engine_provider_errors(artifacts, monkeypatch, tmp_path):
             OnnxPolicy.load(path, providers=("tensorrt_engine",))
         with pytest.raises(RuntimeError, match="`import tensorrt` failed"):
             cmd_export(load_config("export", export))
+        with pytest.raises(RuntimeError, match="TensorRT"):
+            build_engines(path, tmp_path / "engines")
         assert not (tmp_path / "artifact").exists()  # said before exporting anything
     fake = fake_tensorrt.install(monkeypatch)
     with pytest.raises(ValueError, match="cannot be mixed"):

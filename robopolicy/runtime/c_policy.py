@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from robopolicy.runtime.manifest import ArtifactError
+from robopolicy.runtime.queues import batched_observation, push_observation, stacked_history
 
 C_FAMILIES = ("mlp", "flow")
 HOST_CFLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros",
@@ -282,22 +283,10 @@ class CPolicy:
 
     def select_action(self, observation: dict[str, Any], rng: np.random.Generator | None = None) -> np.ndarray:
         """One action in robot units for the current observation (single or batched), with To/Ta queues."""
-        first_key, first_size = self.obs_layout[0]
-        unbatched = first_key in observation and np.asarray(observation[first_key]).ndim == 1
-        obs = {}
-        for key, size in self.obs_layout:
-            if key not in observation:
-                raise KeyError(f"observation lacks feature {key!r} (needs {[k for k, _ in self.obs_layout]})")
-            x = np.array(observation[key], dtype=F32)  # a copy: callers may refill one buffer in place
-            x = x[None] if x.ndim == 1 else x
-            if x.ndim != 2 or x.shape[1] != size:
-                raise ValueError(f"observation {key!r}: expected ({size},) or (B, {size}), got {np.shape(observation[key])}")
-            obs[key] = x
-        for _ in range(self.n_obs_steps if not self._obs_queue else 1):
-            self._obs_queue.append(obs)
+        obs, unbatched = batched_observation(observation, self.input_features)
+        push_observation(self._obs_queue, obs, self.n_obs_steps)
         if not self._action_queue:
-            history = {k: np.stack([o[k] for o in self._obs_queue], axis=1) for k in obs}
-            chunk = self.executable_actions(self.predict_chunk(history, rng=rng))
+            chunk = self.executable_actions(self.predict_chunk(stacked_history(self._obs_queue), rng=rng))
             self._action_queue.extend(np.swapaxes(chunk, 0, 1))
         action = self._action_queue.popleft()
         return action[0] if unbatched else action

@@ -25,6 +25,7 @@ from robopolicy.runtime import solvers
 from robopolicy.runtime.ensemble import TemporalEnsembler
 from robopolicy.runtime.manifest import MANIFEST_FILE, ArtifactError, host_loop_only_sampling, read_manifest
 from robopolicy.runtime.normalize import NumpyNormalizer
+from robopolicy.runtime.queues import batched_observation, push_observation, stacked_history
 from robopolicy.runtime.tensorrt_engines import ENGINE_PROVIDERS
 
 F32 = np.float32
@@ -51,23 +52,21 @@ def resolve_providers(providers: Sequence[str | tuple[str, dict]], trt_cache_dir
     out: list[tuple[str, dict]] = []
     for p in providers:
         name, options = (p, {}) if isinstance(p, str) else (p[0], dict(p[1]))
-        if name.lower() in ENGINE_PROVIDERS:
+        if name.lower() in (OPENVINO, *ENGINE_PROVIDERS):  # another runtime instead of ONNX Runtime
             if len(providers) != 1:
-                raise ValueError(f"providers: {name!r} replaces ONNX Runtime and cannot be mixed with others, got "
-                                 f"{list(providers)}")
-            from robopolicy.runtime.tensorrt_engines import import_tensorrt
+                raise ValueError(f"providers: {name.lower()!r} replaces ONNX Runtime and cannot be mixed with others, "
+                                 f"got {list(providers)}")
+            if name.lower() == OPENVINO:
+                from robopolicy.runtime.openvino_session import openvino_available
 
-            import_tensorrt()  # a RuntimeError that says what is missing
+                if not openvino_available():
+                    raise RuntimeError("provider 'openvino' needs the openvino package: "
+                                       "pip install 'robopolicy[openvino]'")
+            else:
+                from robopolicy.runtime.tensorrt_engines import import_tensorrt
+
+                import_tensorrt()  # a RuntimeError that says what is missing
             return [(name.lower(), options)]
-        if name.lower() == OPENVINO:
-            if len(providers) != 1:
-                raise ValueError(f"providers: 'openvino' replaces ONNX Runtime and cannot be mixed with others, got "
-                                 f"{list(providers)}")
-            from robopolicy.runtime.openvino_session import openvino_available
-
-            if not openvino_available():
-                raise RuntimeError("provider 'openvino' needs the openvino package: pip install 'robopolicy[openvino]'")
-            return [(OPENVINO, options)]
         name = PROVIDER_ALIASES.get(name.lower(), name)
         if name not in available:
             hint = {"CUDAExecutionProvider": "install onnxruntime-gpu and a matching CUDA/cuDNN",
@@ -278,27 +277,10 @@ class OnnxPolicy:
     def select_action(self, observation: dict[str, Any], noise: np.ndarray | None = None,
                       rng: np.random.Generator | None = None) -> np.ndarray:
         """One action in robot units for the current observation (single or batched), with To/Ta queues."""
-        first_key, first_shape, _ = self.input_features[0]
-        unbatched = np.asarray(observation[first_key]).ndim == len(first_shape) if first_key in observation else False
-        obs = {}
-        for key, shape, _ in self.input_features:
-            if key not in observation:
-                raise KeyError(f"observation lacks feature {key!r} (needs {[k for k, _, _ in self.input_features]})")
-            x = np.array(observation[key], dtype=F32)  # a copy: callers may refill one buffer in place
-            if x.ndim == len(shape):
-                x = x[None]
-            if x.ndim != len(shape) + 1 or tuple(x.shape[1:]) != shape:
-                raise ValueError(f"observation {key!r}: expected shape {shape} or (B, {', '.join(map(str, shape))}), "
-                                 f"got {tuple(np.asarray(observation[key]).shape)}")
-            obs[key] = x
-        if not self._obs_queue:
-            for _ in range(self.n_obs_steps):
-                self._obs_queue.append(obs)
-        else:
-            self._obs_queue.append(obs)
+        obs, unbatched = batched_observation(observation, self.input_features)
+        push_observation(self._obs_queue, obs, self.n_obs_steps)
         if not self._action_queue:
-            history = {k: np.stack([o[k] for o in self._obs_queue], axis=1) for k in obs}
-            chunk = self.executable_actions(self.predict_chunk(history, noise=noise, rng=rng))
+            chunk = self.executable_actions(self.predict_chunk(stacked_history(self._obs_queue), noise=noise, rng=rng))
             self._action_queue.extend(np.swapaxes(chunk, 0, 1))
         action = self._action_queue.popleft()
         if self.family == "sfp":
