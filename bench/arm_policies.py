@@ -110,7 +110,7 @@ def cmd_eval(task: str, rows: list[str], episodes: int, force: bool) -> None:
 
 
 def cmd_served(task: str, family: str, episodes: int, force: bool) -> None:
-    from robopolicy.deploy.closed_loop import run_served_episodes
+    from robopolicy.robots.closed_loop import run_served_episodes
 
     path = RESULTS / f"{task.lower()}_served_{family}.json"
     if path.exists() and not force:

@@ -17,7 +17,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def main() -> None:
-    from robopolicy.deploy.closed_loop import run_served_episodes
+    from robopolicy.robots.closed_loop import run_served_episodes
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--policy", required=True)

@@ -63,7 +63,7 @@ def main() -> None:
         report = evaluate_quadrotor(load_policy(args.policy), f"quadrotor_{args.task}", n_episodes=args.episodes,
                                     seed=0, progress=True, sim_hz=args.sim_hz)
     else:
-        from robopolicy.deploy.closed_loop import run_served_episodes
+        from robopolicy.robots.closed_loop import run_served_episodes
 
         report = run_served_episodes(args.policy, args.episodes, start_seed=0, env=f"quadrotor_{args.task}",
                                      verbose=False)

@@ -10,14 +10,13 @@ import dataclasses
 import json
 import sys
 import time
-from datetime import datetime
 from functools import partial
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from robopolicy.configs import REPO_ROOT, load_config, resolve_path
+from robopolicy.configs import default_output_dir, load_config, resolve_path
 
 console = Console()
 
@@ -34,7 +33,7 @@ commands:
   keys      generate CurveZMQ keypairs (configs/keys.yaml; dir=<dir>)
   record    record arm demonstrations (configs/record.yaml; output=<dataset> device=keyboard|gamepad|zmq|expert)
 
-Add --cfg to print the composed config and exit. Overrides use Hydra syntax.
+Add --cfg (or --cfg job) to print the composed config and exit. Overrides use Hydra syntax.
 """
 
 
@@ -42,7 +41,7 @@ def cmd_convert(cfg: DictConfig) -> Path:
     if cfg.mirror and cfg.source != "pusht_zarr":
         raise ValueError(f"convert: mirror=true is a PushT augmentation (source=pusht_zarr), not for {cfg.source!r}")
     if cfg.source == "robomimic_hdf5":
-        from robopolicy.data.importers.robomimic_hdf5 import convert_robomimic_hdf5
+        from robopolicy.importers.robomimic_hdf5 import convert_robomimic_hdf5
 
         out = convert_robomimic_hdf5(resolve_path(cfg.input), resolve_path(cfg.output), max_episodes=cfg.max_episodes,
                                      image_keys=None if cfg.with_images else [], overwrite=cfg.overwrite,
@@ -51,7 +50,7 @@ def cmd_convert(cfg: DictConfig) -> Path:
         return out
     if cfg.source != "pusht_zarr":
         raise ValueError(f"convert: unknown source {cfg.source!r} (known: pusht_zarr, robomimic_hdf5)")
-    from robopolicy.data.importers.diffusion_policy_zarr import convert_pusht_zarr
+    from robopolicy.importers.diffusion_policy_zarr import convert_pusht_zarr
 
     out = convert_pusht_zarr(resolve_path(cfg.input), resolve_path(cfg.output), max_episodes=cfg.max_episodes,
                              with_images=cfg.with_images, overwrite=cfg.overwrite, video_codec=cfg.video_codec,
@@ -134,7 +133,7 @@ def cmd_eval(cfg: DictConfig) -> dict:
 
     if not cfg.checkpoint:
         raise ValueError("eval: give checkpoint=<policy dir, training run dir, exported ONNX artifact or C export dir>")
-    out = resolve_path(cfg.output_dir) if cfg.output_dir else REPO_ROOT / "outputs" / "eval" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    out = resolve_path(cfg.output_dir) if cfg.output_dir else default_output_dir("eval")
     artifact = resolve_path(cfg.checkpoint)
     if (artifact / "manifest.json").is_file():  # an exported artifact: evaluate the torch-free runtime
         if cfg.env.name in QUADROTOR_ENVS:  # every drone of a batch through the runtime's batched select_action
@@ -208,9 +207,9 @@ def _eval_quadrotor(cfg: DictConfig, policy_dir: Path, out: Path, policy=None) -
 
 def cmd_demo(cfg: DictConfig) -> dict:
     """Bundled demos -> train -> evaluate -> export to ONNX -> closed loop through the ZeroMQ control loop."""
-    from robopolicy.deploy.closed_loop import run_served_episodes
+    from robopolicy.robots.closed_loop import run_served_episodes
 
-    out = resolve_path(cfg.output_dir) if cfg.output_dir else REPO_ROOT / "outputs" / "demo" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    out = resolve_path(cfg.output_dir) if cfg.output_dir else default_output_dir("demo")
     t0 = time.perf_counter()
     dataset_root = resolve_path(cfg.train.dataset.root)
     if not (dataset_root / "meta" / "info.json").is_file():
@@ -263,7 +262,7 @@ def cmd_export(cfg: DictConfig) -> Path:
         import_tensorrt()
     torch.set_num_threads(1)
     policy_dir = _resolve_policy_dir(cfg.checkpoint)
-    out = resolve_path(cfg.output) if cfg.output else REPO_ROOT / "outputs" / "export" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    out = resolve_path(cfg.output) if cfg.output else default_output_dir("export")
     policy = load_policy_for_eval(str(policy_dir), cfg.noise_scheduler_type, cfg.num_inference_steps, cfg.n_action_steps)
     if cfg.format == "c":
         from robopolicy.export.c_export import export_c
@@ -284,6 +283,16 @@ def cmd_export(cfg: DictConfig) -> Path:
     return path
 
 
+def _torch_checkpoint_loader(policy_dir: Path):
+    """``load_policy`` for a torch checkpoint (the training stack); None for exported artifacts, whose runtime
+    needs no torch."""
+    if not (Path(policy_dir) / "config.json").is_file():
+        return None
+    from robopolicy.policies.registry import load_policy
+
+    return load_policy
+
+
 def cmd_serve(cfg: DictConfig) -> dict:
     from robopolicy.deploy.adapter import load_policy_adapter
     from robopolicy.deploy.keys import ServerCurve
@@ -299,7 +308,7 @@ def cmd_serve(cfg: DictConfig) -> dict:
             raise ValueError("serve: curve_secret needs allowed_clients=<dir of client .key files>")
         curve = ServerCurve.load(resolve_path(cfg.curve_secret), resolve_path(cfg.allowed_clients))
     adapter = load_policy_adapter(policy_dir, fps=cfg.fps, providers=list(cfg.providers), threads=cfg.threads,
-                                  graph=cfg.graph)
+                                  graph=cfg.graph, load_checkpoint=_torch_checkpoint_loader(policy_dir))
     server = serve(adapter, address=cfg.address, curve=curve,
                    max_message_bytes=cfg.max_message_bytes, status_every_s=cfg.status_every_s,
                    status_fn=console.print, max_runtime_s=cfg.max_runtime_s, inline_below_ms=cfg.inline_below_ms)
@@ -313,7 +322,10 @@ def cmd_run(cfg: DictConfig) -> dict:
 
     curve = (ClientCurve.load(resolve_path(cfg.curve_secret), resolve_path(cfg.server_public))
              if cfg.curve_secret else None)
-    robot = make_robot(cfg.robot, **({"seed": cfg.seed} if cfg.robot == "sim_pusht" else {}))
+    fields = OmegaConf.to_container(cfg.robot, resolve=True) if cfg.robot is not None else {}
+    if not isinstance(fields, dict) or "name" not in fields:
+        raise ValueError("run: robot needs a name (robot=<name>, e.g. robot=sim_pusht)")
+    robot = make_robot(fields.pop("name"), **fields)
     loop_cfg = ControlLoopConfig(control_hz=cfg.control_hz, blend=cfg.blend, watchdog_s=cfg.watchdog_s,
                                  latency_margin_s=cfg.latency_margin_s, rtc_soft_steps=cfg.rtc_soft_steps)
     with robot:
@@ -412,7 +424,9 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]unknown command {command!r}[/]\n{USAGE}")
         return 2
     print_cfg = "--cfg" in overrides
-    overrides = [o for o in overrides if o != "--cfg"]
+    if print_cfg:  # `--cfg` or Hydra's `--cfg job`: print the composed config and exit
+        i = overrides.index("--cfg")
+        del overrides[i:i + (2 if overrides[i + 1:i + 2] in (["job"], ["all"]) else 1)]
     cfg = load_config(command, overrides)
     if print_cfg:
         print(OmegaConf.to_yaml(cfg))

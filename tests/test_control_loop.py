@@ -16,6 +16,7 @@ from robopolicy.deploy.safety import EStop, SafetyFilter, Watchdog
 from robopolicy.deploy.scheduling import ChunkScheduler
 from robopolicy.deploy.server import PolicyServer
 from robopolicy.deploy.timing import PeriodRecorder, precise_wait
+from robopolicy.policies.registry import load_policy
 from robopolicy.robots.base import EchoRobot
 
 torch.set_num_threads(1)
@@ -301,7 +302,7 @@ def _tiny_mlp():
 def test_torch_policy_through_server_matches_direct(tmp_path):
     policy = _tiny_mlp()
     policy.save(tmp_path / "ckpt")
-    adapter = load_policy_adapter(tmp_path / "ckpt", fps=10)
+    adapter = load_policy_adapter(tmp_path / "ckpt", fps=10, load_checkpoint=load_policy)
     assert adapter.spec.n_obs_steps == 2 and adapter.spec.horizon == 8 and adapter.spec.action_dim == 2
     obs = np.array([[100.0, 200.0], [110.0, 190.0]], np.float32)
     direct = policy.predict_chunk({"observation.state": torch.from_numpy(obs)[None]})[0].numpy()

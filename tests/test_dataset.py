@@ -182,7 +182,7 @@ def _make_synthetic_zarr(path: Path, lengths=(5, 8, 6)) -> tuple[np.ndarray, np.
 
 
 def test_zarr_conversion_counts_and_values(tmp_path):
-    from robopolicy.data.importers.diffusion_policy_zarr import convert_pusht_zarr
+    from robopolicy.importers.diffusion_policy_zarr import convert_pusht_zarr
     from robopolicy.sim.pusht import pusht_features_from_states
 
     state, action = _make_synthetic_zarr(tmp_path / "rb.zarr")
@@ -201,7 +201,7 @@ def test_zarr_conversion_counts_and_values(tmp_path):
 def test_pusht_mirror_is_the_same_task_reflected_across_the_goals_axis():
     """The mirror image keeps the goal, each step's coverage and the T's keypoints (as a set, reflected), and
     mirroring twice gives the episode back."""
-    from robopolicy.data.importers.diffusion_policy_zarr import mirror_pusht
+    from robopolicy.importers.diffusion_policy_zarr import mirror_pusht
     from robopolicy.sim.pusht import pusht_features_from_states
 
     rng = np.random.default_rng(0)
@@ -228,7 +228,7 @@ def test_pusht_mirror_is_the_same_task_reflected_across_the_goals_axis():
 
 
 def test_zarr_conversion_with_mirror_interleaves_each_episode_and_its_image(tmp_path):
-    from robopolicy.data.importers.diffusion_policy_zarr import convert_pusht_zarr, mirror_pusht
+    from robopolicy.importers.diffusion_policy_zarr import convert_pusht_zarr, mirror_pusht
 
     state, action = _make_synthetic_zarr(tmp_path / "rb.zarr")
     out = convert_pusht_zarr(tmp_path / "rb.zarr", tmp_path / "ds", with_images=False, progress=False, mirror=True)
@@ -259,7 +259,7 @@ def test_convert_cli_refuses_mirror_for_other_sources(tmp_path):
 def test_real_pusht_conversion_counts(tmp_path):
     import zarr
 
-    from robopolicy.data.importers.diffusion_policy_zarr import convert_pusht_zarr
+    from robopolicy.importers.diffusion_policy_zarr import convert_pusht_zarr
 
     ends = zarr.open_group(str(SHARED_PUSHT_ZARR), mode="r")["meta/episode_ends"][:4]
     out = convert_pusht_zarr(SHARED_PUSHT_ZARR, tmp_path / "pusht", max_episodes=4, progress=False)
@@ -378,7 +378,7 @@ def test_writer_rejects_wrong_frame_shape(tmp_path):
 
 
 def test_zarr_errors(tmp_path):
-    from robopolicy.data.importers.diffusion_policy_zarr import convert_pusht_zarr
+    from robopolicy.importers.diffusion_policy_zarr import convert_pusht_zarr
 
     with pytest.raises(DatasetError, match="does not exist"):
         convert_pusht_zarr(tmp_path / "nope.zarr", tmp_path / "o", progress=False)

@@ -71,19 +71,20 @@ def test_eval_command_on_lift_with_a_trained_policy(tmp_path):
     import json
 
     from robopolicy.deploy.adapter import DEFAULT_FPS, load_policy_adapter
+    from robopolicy.policies.registry import load_policy
 
     assert json.loads((run / "policy" / "config.json").read_text())["fps"] == 20.0
-    assert load_policy_adapter(run / "policy").spec.fps == 20.0
-    assert load_policy_adapter(run / "policy", fps=5.0).spec.fps == 5.0
+    assert load_policy_adapter(run / "policy", load_checkpoint=load_policy).spec.fps == 20.0
+    assert load_policy_adapter(run / "policy", fps=5.0, load_checkpoint=load_policy).spec.fps == 5.0
     config = json.loads((run / "policy" / "config.json").read_text())
     del config["fps"]  # a checkpoint from before the field existed
     (run / "policy" / "config.json").write_text(json.dumps(config))
-    assert load_policy_adapter(run / "policy").spec.fps == DEFAULT_FPS
+    assert load_policy_adapter(run / "policy", load_checkpoint=load_policy).spec.fps == DEFAULT_FPS
     config["fps"] = 20.0
     (run / "policy" / "config.json").write_text(json.dumps(config))
     # the same policy through the deployment path: policy server + 500 Hz control loop + robosuite behind the
     # reference arm bridge in its own process; an episode ends after max_steps env steps (no success in 10)
-    from robopolicy.deploy.closed_loop import run_served_episodes
+    from robopolicy.robots.closed_loop import run_served_episodes
 
     served = run_served_episodes(str(run / "policy"), 2, start_seed=7, env="Lift", max_steps=10, verbose=False)
     assert served["control_hz"] == 500.0 and served["n_episodes"] == 2

@@ -278,7 +278,7 @@ def test_record_train_eval_and_serve_on_the_quadrotor(tmp_path):
             (e.crash, e.steps, e.crash_reason) for e in reference], fmt
         np.testing.assert_allclose([e.final_error for e in episodes], [e.final_error for e in reference],
                                    rtol=1e-3, err_msg=fmt)
-    from robopolicy.deploy.closed_loop import run_served_episodes
+    from robopolicy.robots.closed_loop import run_served_episodes
 
     served = run_served_episodes(str(run / "policy"), 1, start_seed=4, env="quadrotor_hover", episode_s=0.4,
                                  verbose=False)

@@ -11,8 +11,8 @@ import pytest
 h5py = pytest.importorskip("h5py")
 
 from robopolicy.data.format import DatasetError  # noqa: E402
-from robopolicy.data.importers.robomimic_hdf5 import convert_robomimic_hdf5  # noqa: E402
 from robopolicy.data.reader import LeRobotDataset  # noqa: E402
+from robopolicy.importers.robomimic_hdf5 import convert_robomimic_hdf5  # noqa: E402
 
 LENGTHS = {"demo_0": 6, "demo_1": 4, "demo_10": 5, "demo_2": 3}  # demo_10 sorts after demo_2
 

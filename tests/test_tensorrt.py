@@ -294,9 +294,11 @@ def test_onnxruntime_tensorrt_provider_matches_torch(artifacts, name, tmp_path):
 
 def test_onnxruntime_gpu_provider_options(monkeypatch, tmp_path):
     """ONNX Runtime's CUDA provider runs with TF32 off (fp32 parity); its TensorRT provider gets the engine cache."""
+    import onnxruntime
+
     from robopolicy.runtime import onnx_policy
 
-    monkeypatch.setattr(onnx_policy.ort, "get_available_providers", lambda: [
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [
         "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
     assert onnx_policy.resolve_providers(("cuda", "cpu")) == [("CUDAExecutionProvider", {"use_tf32": 0}),
                                                               ("CPUExecutionProvider", {})]

@@ -10,6 +10,7 @@ wraps anything with ``predict_chunk(obs_history (B, To, ...)) -> (B, T, A)`` and
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -77,16 +78,8 @@ def adapter_from_policy(policy: Any, fps: float = DEFAULT_FPS) -> PolicyAdapter:
                           n_obs_steps=int(policy.n_obs_steps), horizon=int(policy.horizon),
                           n_action_steps=int(policy.n_action_steps), fps=float(getattr(policy, "fps", None) or fps),
                           name=name)
-    is_torch = False
-    try:
-        import torch
-
-        is_torch = isinstance(policy, torch.nn.Module)
-    except ImportError:  # a torch-free robot/runtime install
-        pass
-
-    if is_torch:
-        import torch
+    torch = sys.modules.get("torch")  # a torch policy means torch is already imported; deploy never imports it
+    if torch is not None and isinstance(policy, torch.nn.Module):
 
         def predict(obs: dict[str, np.ndarray]) -> np.ndarray:
             batch = {k: torch.as_tensor(np.asarray(v, dtype=np.float32)).unsqueeze(0) for k, v in obs.items()}
@@ -102,7 +95,8 @@ def adapter_from_policy(policy: Any, fps: float = DEFAULT_FPS) -> PolicyAdapter:
 
 
 def load_policy_adapter(directory: str | Path, fps: float | None = None, providers: Sequence[str] = ("cpu",),
-                        threads: int = 1, graph: str = "auto") -> PolicyAdapter:
+                        threads: int = 1, graph: str = "auto",
+                        load_checkpoint: Callable[[Path], Any] | None = None) -> PolicyAdapter:
     """Serve a torch checkpoint dir (``config.json``), an ONNX artifact dir (``manifest.json``) or a C export
     (``export.json`` + ``policy.c``, compiled for this host by ``CPolicy``).
 
@@ -110,6 +104,9 @@ def load_policy_adapter(directory: str | Path, fps: float | None = None, provide
     else ``DEFAULT_FPS``. ``providers``, ``threads`` and ``graph`` (auto, per_step or fused) choose the engine
     and graph kind of an ONNX artifact (see ``OnnxPolicy.load``); the fused graph is the faster one for the
     sampler it was exported with, the per-step graph also serves warm starts and SFP's streaming.
+
+    ``load_checkpoint`` loads a torch checkpoint directory (``robopolicy.policies.load_policy``): ``deploy``
+    sits below the torch policies and never imports them, so whoever serves a checkpoint passes the loader.
     """
     directory = Path(directory)
     if (directory / "manifest.json").is_file():
@@ -125,9 +122,10 @@ def load_policy_adapter(directory: str | Path, fps: float | None = None, provide
         policy = CPolicy.load(directory)
         return adapter_from_policy(policy, fps=float(fps or policy.fps or DEFAULT_FPS))
     if (directory / "config.json").is_file():
-        from robopolicy.policies.registry import load_policy
-
-        policy = load_policy(directory)
+        if load_checkpoint is None:
+            raise ValueError(f"{directory}: a torch checkpoint; serve it where the training stack is installed "
+                             "(robopolicy[train]), or export it first (robopolicy export format=onnx|c)")
+        policy = load_checkpoint(directory)
         return adapter_from_policy(policy, fps=float(fps or policy.config.fps or DEFAULT_FPS))
     raise FileNotFoundError(f"{directory}: neither manifest.json (ONNX artifact), export.json (C export) nor "
                             "config.json (torch checkpoint)")

@@ -52,6 +52,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from robopolicy.deploy.protocol import (
     MAX_FRAMES,
@@ -61,7 +62,6 @@ from robopolicy.deploy.protocol import (
     decode,
     encode,
 )
-from robopolicy.teleop.base import axis_angle_to_quat, quat_mul
 
 ARM_MSG_TYPES = frozenset({"arm_cmd", "arm_state", "hello", "estop", "clear_estop", "ping", "pong", "ack", "error",
                            "reset", "ee_target"})
@@ -198,7 +198,7 @@ class KinematicArm(ArmBackend):
     def step(self, mode: str, target: np.ndarray, gripper: float) -> None:
         if mode == "ee_delta":
             self.pos = self.pos + target[:3]
-            self.quat = quat_mul(axis_angle_to_quat(target[3:6]), self.quat)
+            self.quat = (Rotation.from_rotvec(target[3:6]) * Rotation.from_quat(self.quat)).as_quat()
         elif mode == "ee_pose":
             self.pos = target[:3].copy()
             self.quat = target[3:7] / np.linalg.norm(target[3:7])

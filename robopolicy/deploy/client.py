@@ -43,10 +43,10 @@ from robopolicy.deploy.protocol import (
     encode,
     validate_chunk,
 )
+from robopolicy.deploy.robot import Robot, RobotState
 from robopolicy.deploy.safety import EStop, SafetyFilter, Watchdog, is_finite_tree
 from robopolicy.deploy.scheduling import ChunkScheduler
 from robopolicy.deploy.timing import PeriodRecorder, precise_wait
-from robopolicy.robots.base import Robot, RobotState
 
 log = logging.getLogger("robopolicy.deploy.client")
 

@@ -382,12 +382,6 @@ def serve(policy_adapter: PolicyAdapter, address: str = DEFAULT_ADDRESS, curve: 
 def _server_process_main(factory: Callable[..., PolicyAdapter], factory_kwargs: dict[str, Any], address: str,
                          curve: ServerCurve | None, ready: Any, max_runtime_s: float, server_kwargs: dict) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:
-        pass
     server = PolicyServer(factory(**factory_kwargs), address=address, curve=curve, **server_kwargs)
     threading.Thread(target=lambda: (server.ready.wait(), ready.set()), daemon=True).start()
     server.run(max_runtime_s=max_runtime_s)

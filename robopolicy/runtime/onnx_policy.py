@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 from robopolicy.runtime import solvers
 from robopolicy.runtime.ensemble import TemporalEnsembler
@@ -39,6 +38,16 @@ HOST_DIFFUSION_SAMPLERS = ("DDIM", "DDPM")
 OPENVINO = "openvino"  # not an ONNX Runtime provider: OpenVINO's own runtime on the same files (openvino_session.py)
 
 
+def import_onnxruntime() -> Any:
+    """ONNX Runtime, imported when an artifact is run on it (OpenVINO and TensorRT engines replace it)."""
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise RuntimeError("ONNX artifacts run on ONNX Runtime by default: pip install 'robopolicy[runtime]' "
+                           "(or choose providers=[openvino] / [tensorrt_engine])") from e
+    return onnxruntime
+
+
 def resolve_providers(providers: Sequence[str | tuple[str, dict]], trt_cache_dir: str | Path | None = None,
                       trt_fp16: bool = False) -> list[tuple[str, dict]]:
     """Execution providers with options; a clear error naming any provider this onnxruntime lacks.
@@ -48,7 +57,6 @@ def resolve_providers(providers: Sequence[str | tuple[str, dict]], trt_cache_dir
     """
     if isinstance(providers, str):  # one provider named on its own, not a sequence of its letters
         providers = (providers,)
-    available = ort.get_available_providers()
     out: list[tuple[str, dict]] = []
     for p in providers:
         name, options = (p, {}) if isinstance(p, str) else (p[0], dict(p[1]))
@@ -68,6 +76,8 @@ def resolve_providers(providers: Sequence[str | tuple[str, dict]], trt_cache_dir
                 import_tensorrt()  # a RuntimeError that says what is missing
             return [(name.lower(), options)]
         name = PROVIDER_ALIASES.get(name.lower(), name)
+        ort = import_onnxruntime()
+        available = ort.get_available_providers()
         if name not in available:
             hint = {"CUDAExecutionProvider": "install onnxruntime-gpu and a matching CUDA/cuDNN",
                     "TensorrtExecutionProvider": "install onnxruntime-gpu built with TensorRT and the TensorRT libraries"
@@ -108,7 +118,7 @@ def _check_graph_inputs(manifest: dict[str, Any], sessions: dict[str, Any], root
 class OnnxPolicy:
     """An exported policy run by ONNX Runtime; construct with :meth:`load`."""
 
-    def __init__(self, root: Path, manifest: dict[str, Any], sessions: dict[str, ort.InferenceSession], graph: str):
+    def __init__(self, root: Path, manifest: dict[str, Any], sessions: dict[str, Any], graph: str):
         self.root = root
         self.manifest = manifest
         self.graph = graph
@@ -157,10 +167,13 @@ class OnnxPolicy:
         if graph not in graphs:
             raise ArtifactError(f"{root}: graph kind {graph!r} was not exported (have {sorted(graphs)})")
         resolved = resolve_providers(providers, trt_cache_dir, trt_fp16)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(intra_op_threads)
-        options.inter_op_num_threads = int(inter_op_threads)
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        on_ort = resolved[0][0] not in (OPENVINO, *ENGINE_PROVIDERS)
+        if on_ort:
+            ort = import_onnxruntime()
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = int(intra_op_threads)
+            options.inter_op_num_threads = int(inter_op_threads)
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         sessions = {}
         engines: dict[str, Path] = {}
         if resolved[0][0] in ENGINE_PROVIDERS:
@@ -186,8 +199,8 @@ class OnnxPolicy:
             except ArtifactError:
                 raise
             except Exception as e:  # onnxruntime, openvino and tensorrt raise their own exception types
-                engine = {OPENVINO: "OpenVINO"}.get(resolved[0][0], "TensorRT" if engines else
-                                                    f"ONNX Runtime {ort.__version__}")
+                engine = (f"ONNX Runtime {ort.__version__}" if on_ort else
+                          {OPENVINO: "OpenVINO"}.get(resolved[0][0], "TensorRT"))
                 raise ArtifactError(f"{file}: {engine} cannot load this graph (exported with opset "
                                     f"{manifest.get('opset')}; an unsupported opset or operator?): {e}") from e
         _check_graph_inputs(manifest, sessions, root)

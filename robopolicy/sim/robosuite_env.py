@@ -1,7 +1,7 @@
 """robosuite arm tasks (Panda Lift, PickPlaceCan, Stack) as gymnasium envs keyed by dataset feature names.
 
 Features (the same numbers robomimic's low-dim datasets use, so imported robomimic demos and these
-envs agree; see :mod:`robopolicy.data.importers.robomimic_hdf5`):
+envs agree; see :mod:`robopolicy.importers.robomimic_hdf5`):
 
 - ``observation.state`` (9,): ``robot0_eef_pos`` (3), ``robot0_eef_quat`` (4, x y z w), ``robot0_gripper_qpos`` (2)
 - ``observation.environment_state``: robosuite's ``object-state`` (Lift: cube pos, quat, gripper-to-cube; 10)

@@ -11,7 +11,6 @@ import csv
 import json
 import math
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from robopolicy.configs import REPO_ROOT, policy_config_from, resolve_path
+from robopolicy.configs import default_output_dir, policy_config_from, resolve_path
 from robopolicy.data.normalize import Normalizer
 from robopolicy.data.reader import LeRobotDataset
 from robopolicy.data.sampler import WindowSampler
@@ -94,13 +93,13 @@ def resolve_device(name: str) -> torch.device:
 def _new_run_dir(cfg: DictConfig) -> Path:
     if cfg.output_dir:
         return resolve_path(cfg.output_dir)
-    return REPO_ROOT / "outputs" / "train" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    return default_output_dir("train")
 
 
 def _find_resume_dir(cfg: DictConfig) -> Path:
     if cfg.output_dir:
         return resolve_path(cfg.output_dir)
-    runs = sorted((REPO_ROOT / "outputs" / "train").glob("*/checkpoints"))
+    runs = sorted((Path.cwd() / "outputs" / "train").glob("*/checkpoints"))
     if not runs:
         raise FileNotFoundError("resume=true but no output_dir given and no earlier run under outputs/train/")
     return runs[-1].parent

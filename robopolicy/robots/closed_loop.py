@@ -53,6 +53,7 @@ def run_served_episodes(policy_dir: str, episodes: int, start_seed: int = 100000
     from robopolicy.deploy.adapter import load_policy_adapter
     from robopolicy.deploy.client import ControlLoop, ControlLoopConfig
     from robopolicy.deploy.server import PolicyServer
+    from robopolicy.policies.registry import load_policy
     from robopolicy.sim.envs import check_env_name
     from robopolicy.sim.evaluate import wilson_interval
 
@@ -60,7 +61,7 @@ def run_served_episodes(policy_dir: str, episodes: int, start_seed: int = 100000
     is_arm = env != "pusht" and not is_quad
     control_hz = control_hz or (100.0 if env == "pusht" else 500.0)
     torch.set_num_threads(1)
-    adapter = load_policy_adapter(policy_dir)
+    adapter = load_policy_adapter(policy_dir, load_checkpoint=load_policy)
     results = []
     with PolicyServer(adapter, address=address, status_every_s=0) as srv:
         if is_quad:

@@ -1,41 +1,65 @@
-"""Typed configuration for every command, composed by Hydra from ``configs/``.
+"""Typed configuration for every command, composed by Hydra from the YAML files beside this module.
 
-The dataclasses are the schema: Hydra composes the YAML files in ``configs/`` plus command-line
-overrides, and the result is validated against these types (a misspelt key or a string where a
-number belongs is an error naming the key).
+The dataclasses are the schema: Hydra composes ``robopolicy/configs/<command>.yaml`` (shipped inside the
+package, so an installed ``robopolicy`` finds them from any directory) plus command-line overrides, and the
+result is validated against these types (a misspelt key or a string where a number belongs is an error naming
+the key). On a robot computer's runtime install, which has no Hydra, :func:`load_config` composes the same files
+with OmegaConf alone (defaults lists of schemas and config groups, ``key=value`` and ``group=option``
+overrides); a test keeps the two identical for the runtime commands.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from hydra import compose, initialize_config_dir
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_DIR = Path(__file__).resolve().parent
+# The checkout (editable installs and CI), where the bundled datasets live in datasets/.
+REPO_ROOT = PACKAGE_DIR.parents[1]
+BUNDLED_PREFIX = "bundled:"
 
 
 def config_dir() -> Path:
-    """``configs/`` of the checkout (or ``$ROBOPOLICY_CONFIG_DIR``)."""
-    path = Path(os.environ.get("ROBOPOLICY_CONFIG_DIR", REPO_ROOT / "configs"))
+    """The YAML configs shipped in the package (or ``$ROBOPOLICY_CONFIG_DIR``)."""
+    path = Path(os.environ.get("ROBOPOLICY_CONFIG_DIR", PACKAGE_DIR))
     if not (path / "train.yaml").is_file():
-        raise FileNotFoundError(f"{path}: Hydra config directory not found (set ROBOPOLICY_CONFIG_DIR)")
+        raise FileNotFoundError(f"{path}: config directory without train.yaml (check ROBOPOLICY_CONFIG_DIR)")
     return path
 
 
+def bundled_dataset(name: str) -> Path:
+    """A dataset that ships with robopolicy: inside the installed package (``robopolicy/_bundled/<name>``, put
+    there by the wheel build), or in a checkout's ``datasets/<name>/lerobot``."""
+    for root in (PACKAGE_DIR.parent / "_bundled" / name, REPO_ROOT / "datasets" / name / "lerobot"):
+        if (root / "meta" / "info.json").is_file():
+            return root
+    raise FileNotFoundError(f"bundled dataset {name!r} not found: this robopolicy install has no "
+                            f"robopolicy/_bundled/{name}; reinstall from the wheel, or pass dataset.root=<a LeRobot "
+                            f"dataset> (`robopolicy convert` makes one from the Diffusion Policy zarr)")
+
+
 def resolve_path(path: str | Path) -> Path:
-    """Relative paths in configs are relative to the repository root, wherever the command runs."""
-    p = Path(os.path.expanduser(str(path)))
-    return p if p.is_absolute() else REPO_ROOT / p
+    """``bundled:<name>`` is a dataset shipped with robopolicy; other relative paths are relative to the
+    current directory, as in any command-line tool."""
+    text = os.path.expanduser(str(path))
+    if text.startswith(BUNDLED_PREFIX):
+        return bundled_dataset(text.removeprefix(BUNDLED_PREFIX))
+    return Path(text).absolute()
+
+
+def default_output_dir(command: str) -> Path:
+    """``outputs/<command>/<time>`` under the current directory."""
+    return Path.cwd() / "outputs" / command / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
 
 
 @dataclass
 class DatasetConfig:
-    root: str = "datasets/pusht/lerobot"
+    root: str = "bundled:pusht"  # bundled:<name> is a dataset shipped with robopolicy
     observation_keys: list[str] = field(default_factory=lambda: ["observation.state", "observation.environment_state"])
     action_key: str = "action"
     normalization: str = "min_max"  # per-feature mode for all of them: min_max | mean_std
@@ -156,10 +180,11 @@ class ServeConfig:
 
 @dataclass
 class RunConfig:
-    robot: str = "sim_pusht"
+    # The robot: ``name`` (robopolicy.robots.available_robots()) and that robot's own fields, from the config
+    # group robopolicy/configs/robot/<name>.yaml; make_robot checks them against the robot's constructor.
+    robot: Any = None
     server: str = "tcp://127.0.0.1:5555"
     duration_s: float = 60.0
-    seed: int = 0
     control_hz: float = 100.0
     blend: str = "rtc"  # rtc | ensemble | replace
     watchdog_s: float = 0.1
@@ -222,18 +247,104 @@ SCHEMAS = {"train": TrainConfig, "export": ExportConfig, "eval": EvalConfig, "co
 
 
 def register_schemas() -> None:
+    from hydra.core.config_store import ConfigStore
+
     cs = ConfigStore.instance()
     for name, schema in SCHEMAS.items():
         cs.store(name=f"{name}_schema", node=schema)
 
 
-def load_config(command: str, overrides: list[str] | None = None) -> DictConfig:
-    """Compose ``configs/<command>.yaml`` with overrides and type-check it against the schema."""
-    register_schemas()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose(config_name=command, overrides=list(overrides or []))
+def hydra_available() -> bool:
+    try:
+        import hydra  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def load_config(command: str, overrides: list[str] | None = None, use_hydra: bool | None = None) -> DictConfig:
+    """Compose ``<command>.yaml`` with overrides and type-check it against the schema.
+
+    Hydra composes when it is installed (the training stack); a runtime-only install composes with OmegaConf
+    (:func:`compose_without_hydra`). ``use_hydra`` forces one or the other (tests compare them).
+    """
+    if command not in SCHEMAS:
+        raise ValueError(f"unknown command {command!r} (known: {', '.join(SCHEMAS)})")
+    overrides = list(overrides or [])
+    if use_hydra if use_hydra is not None else hydra_available():
+        from hydra import compose, initialize_config_dir
+
+        register_schemas()
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = compose(config_name=command, overrides=overrides)
+    else:
+        cfg = compose_without_hydra(command, overrides)
     OmegaConf.set_struct(cfg, False)
     return cfg
+
+
+def _read_yaml(path: Path) -> tuple[list[Any], DictConfig]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config not found")
+    node = OmegaConf.load(path)
+    defaults = list(node.pop("defaults", []) or [])
+    return defaults, node
+
+
+def _group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+
+
+def _load_group_option(group: str, option: str) -> DictConfig:
+    path = config_dir() / group / f"{option}.yaml"
+    if not path.is_file():
+        raise ValueError(f"{group}={option}: no such option (available: {', '.join(_group_options(group))})")
+    defaults, node = _read_yaml(path)
+    if [d for d in defaults if d != "_self_"]:
+        raise ValueError(f"{path}: nested defaults lists need Hydra (pip install 'robopolicy[train]')")
+    return node
+
+
+def compose_without_hydra(command: str, overrides: list[str]) -> DictConfig:
+    """Hydra's composition for the subset the configs use, with OmegaConf only (a runtime install has no Hydra).
+
+    Defaults entries: ``<command>_schema``, ``group: option`` and ``/group@target: option``, ``_self_``.
+    Overrides: ``group=option`` selects a config group's file, ``a.b=value`` (value parsed as YAML, as Hydra
+    does for plain values) sets a key, ``+a.b=value`` adds one. The result is merged onto the typed schema, so
+    unknown keys and wrong types fail as they do under Hydra.
+    """
+    defaults, own = _read_yaml(config_dir() / f"{command}.yaml")
+    selections: dict[str, tuple[str, str]] = {}  # group -> (target key, option)
+    for entry in defaults:
+        if isinstance(entry, str) or entry is None:
+            continue  # the schema and _self_
+        ((key, option),) = entry.items()
+        group, _, target = str(key).lstrip("/").partition("@")
+        selections[group] = (target or group, str(option))
+    plain: list[str] = []
+    for override in overrides:
+        key, sep, value = override.lstrip("+").partition("=")
+        if not sep:
+            raise ValueError(f"override {override!r}: expected key=value")
+        if key in selections or (config_dir() / key).is_dir():
+            selections[key] = (selections.get(key, (key, ""))[0], value)
+        else:
+            plain.append(f"{key}={value}")
+    cfg = OmegaConf.structured(SCHEMAS[command])
+    for group, (target, option) in selections.items():
+        cfg = OmegaConf.merge(cfg, _at(target, _load_group_option(group, option)))
+    cfg = OmegaConf.merge(cfg, own)
+    try:
+        return OmegaConf.merge(cfg, OmegaConf.from_dotlist(plain))
+    except Exception as e:  # OmegaConf's validation errors name the key; say which command
+        raise ValueError(f"{command}: {e}") from e
+
+
+def _at(dotted: str, node: DictConfig) -> DictConfig:
+    """``node`` placed at the dotted key ``dotted`` (``train.policy`` -> ``{train: {policy: node}}``)."""
+    for part in reversed(dotted.split(".")):
+        node = OmegaConf.create({part: node})
+    return node
 
 
 def policy_config_from(cfg: DictConfig | dict[str, Any], **extra: Any):
