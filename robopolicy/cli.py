@@ -65,6 +65,11 @@ def cmd_train(cfg: DictConfig) -> Path:
     return train(cfg)
 
 
+def _is_export(path: Path) -> bool:
+    """An ONNX artifact (manifest.json) or a C export (export.json + policy.c): served without torch."""
+    return (path / "manifest.json").is_file() or ((path / "export.json").is_file() and (path / "policy.c").is_file())
+
+
 def _resolve_policy_dir(checkpoint: str) -> Path:
     """Accept a policy dir, a training run dir, or a checkpoint dir."""
     path = resolve_path(checkpoint)
@@ -301,7 +306,7 @@ def cmd_serve(cfg: DictConfig) -> dict:
     if not cfg.checkpoint:
         raise ValueError("serve: give checkpoint=<policy dir, run dir or ONNX artifact dir>")
     path = resolve_path(cfg.checkpoint)
-    policy_dir = path if (path / "manifest.json").is_file() else _resolve_policy_dir(cfg.checkpoint)
+    policy_dir = path if _is_export(path) else _resolve_policy_dir(cfg.checkpoint)
     curve = None
     if cfg.curve_secret:
         if not cfg.allowed_clients:
