@@ -37,7 +37,7 @@ RESULTS = REPO / "bench" / "results" / "pusht_families"
 COMMON = ["warmup_steps=500", "save_every=0", "log_every=100", "progress=false"]
 
 # name -> (training overrides, minutes). Step counts are sized so the cosine schedule ends near the budget.
-MIRROR_DATASET = "outputs/datasets/pusht_mirror"  # relative to the repository root
+MIRROR_DATASET = "outputs/datasets/pusht_mirror"  # relative to the current directory (run from the repository root)
 ACT_TA8 = "policy.n_action_steps=8"  # the ACT runs below were trained when Ta 8 was ACT's default (rows set others)
 FAMILIES: dict[str, tuple[list[str], float]] = {
     # A quarter of the default U-Net's compute ((32, 64, 128): 9.9 vs 37.6 MFLOPs per evaluation), sized for the
