@@ -5,7 +5,7 @@
   export made during setup, answers a request, drives ``robopolicy run robot=echo`` and writes keys.
 * Full profile (the training stack): ``pip install 'robopolicy-*.whl[train]'`` into another empty venv (torch's
   CPU wheel, as the README says to install it); from an empty directory ``robopolicy --help``, ``robopolicy train
-  --cfg job`` and a two-step training on the bundled demos, read from the installed package.
+  --cfg job`` and a shortened ``robopolicy demo`` on the bundled demos, read from the installed package.
 
 Both ``pip check``. The wheel is built once per session without build isolation (no download); pip's cache serves
 the profiles' dependencies after the first run (about a minute each).
@@ -141,11 +141,16 @@ def test_full_install_runs_from_an_empty_directory(full_venv, tmp_path):
     assert "usage: robopolicy <command>" in _run([cli, "--help"], cwd=tmp_path).stdout
     composed = _run([cli, "train", "--cfg", "job", "policy=mlp"], cwd=tmp_path).stdout
     assert "root: bundled:pusht" in composed and "type: mlp" in composed
-    _run([cli, "train", "policy=mlp", "steps=2", "batch_size=8", "warmup_steps=1", "save_every=0",
-          "progress=false", "output_dir=run"], cwd=tmp_path, timeout=300)
-    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
-    assert summary["steps"] == 2, summary
-    assert (tmp_path / "run" / "policy" / "config.json").is_file()
+    # the main job, shortened: bundled demos -> train -> evaluate -> ONNX export -> served control loop
+    _run([cli, "demo", "train.steps=20", "train.batch_size=16", "train.warmup_steps=2", "train.progress=false",
+          "eval.n_episodes=2", "eval.n_workers=1", "eval.n_videos=0", "eval.max_steps=60", "control_episodes=1",
+          "output_dir=demo"], cwd=tmp_path, timeout=900)
+    report = json.loads((tmp_path / "demo" / "demo_report.json").read_text())
+    assert report["train"]["steps"] == 20 and report["eval"]["n_episodes"] == 2, report
+    assert report["control_loop"]["n_episodes"] == 1, report
+    assert Path(report["dataset"]) == package_dir / "_bundled" / "pusht"
+    assert Path(report["artifacts"]["onnx"]).is_relative_to(tmp_path), "outputs go under the current directory"
+
 
 
 def test_full_install_is_consistent_and_cpu_only(full_venv):
