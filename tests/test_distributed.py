@@ -73,7 +73,7 @@ def test_rank_slices_make_up_the_one_process_batch():
     data = {"s": torch.arange(40.0)[:, None], "a": torch.arange(40.0)[:, None]}
     sampler = WindowSampler(data, np.array([[0, 20], [20, 40]]), ["s"], "a", 1, 2, 1)
     whole = sampler.sample(12, generator=torch.Generator().manual_seed(3))
-    parts = [distributed.DistContext(rank, 3, rank, torch.device("cpu"), wait_group=None).sample(
+    parts = [distributed.DistContext(rank, 3, rank, torch.device("cpu"), None, None).sample(
         sampler, 12, torch.Generator().manual_seed(3)) for rank in range(3)]
     for key in whole:
         assert all(len(p[key]) == 4 for p in parts)
@@ -81,7 +81,7 @@ def test_rank_slices_make_up_the_one_process_batch():
 
 
 def test_step_generators_differ_by_rank_and_step_and_repeat():
-    ctx = lambda rank: distributed.DistContext(rank, 2, rank, torch.device("cpu"), wait_group=None)  # noqa: E731
+    ctx = lambda rank: distributed.DistContext(rank, 2, rank, torch.device("cpu"), None, None)  # noqa: E731
     draw = lambda rank, step: torch.randn(4, generator=ctx(rank).step_generator(0, step))  # noqa: E731
     torch.testing.assert_close(draw(1, 5), draw(1, 5), rtol=0, atol=0)  # re-derived on resume: the same stream
     assert not torch.allclose(draw(0, 5), draw(1, 5)) and not torch.allclose(draw(1, 5), draw(1, 6))
@@ -173,3 +173,44 @@ def test_killing_a_rank_fails_the_job_and_resume_continues(lowdim_dataset, tmp_p
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["steps"] == step + 5 and summary["world_size"] == 2
     assert read_log(out)["step"][-1] == step + 5
+
+
+def _socket_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_with_slow_evaluation(rank: int, port: int, args: list[str], evaluation_s: float, out: str) -> None:
+    """A torchrun-like worker whose rank-0 evaluation sleeps longer than the training collectives' timeout."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+
+    def slow_evaluate(self) -> dict:
+        time.sleep(evaluation_s)
+        return {"success_rate": 0.5, "mean_max_coverage": 0.5}
+
+    Trainer.evaluate = slow_evaluate
+    trainer = Trainer(load_config("train", args))
+    trainer.fit()
+    torch.save({"step": trainer.step, "params": [p.detach().clone() for p in trainer.policy.parameters()]},
+               Path(out) / f"rank{rank}.pt")
+
+
+def test_rank_0_evaluation_longer_than_the_collective_timeout_does_not_fail_the_others(lowdim_dataset, tmp_path):
+    """The other ranks wait for rank 0's evaluation on the long-timeout group (dist_eval_timeout_min), so an evaluation
+    twice dist_timeout_min (9 s) neither times out a training collective nor desynchronizes the ranks."""
+    import torch.multiprocessing as mp
+
+    args = train_args(lowdim_dataset, tmp_path / "run", *TINY_MLP, "batch_size=16", "steps=3", "save_every=0",
+                      "eval_every=2", "dist_timeout_min=0.15", "dist_eval_timeout_min=5")
+    mp.spawn(_rank_with_slow_evaluation, args=(_socket_port(), args, 18.0, str(tmp_path)), nprocs=2, join=True)
+    log = read_log(tmp_path / "run")
+    assert list(log["step"]) == [1, 2, 3] and log["eval_success"][1] == 0.5
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert ranks[0]["step"] == ranks[1]["step"] == 3
+    for a, b in zip(ranks[0]["params"], ranks[1]["params"]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)  # DDP kept the replicas identical

@@ -63,7 +63,8 @@ class DistContext:
     world_size: int
     local_rank: int
     device: torch.device
-    wait_group: dist.ProcessGroup  # gloo, long timeout: where ranks wait for rank 0's evaluation
+    train_group: dist.ProcessGroup | None  # the training collectives: short timeout, so a dead rank fails the job
+    wait_group: dist.ProcessGroup | None  # gloo, long timeout: where ranks wait for rank 0's evaluation
 
     @property
     def is_main(self) -> bool:
@@ -86,17 +87,18 @@ class DistContext:
     def mean(self, value: Tensor) -> Tensor:
         """The mean of ``value`` over ranks (for the logged loss: the mean over the global batch)."""
         total = value.detach().float().reshape(1).clone()
-        dist.all_reduce(total)
+        dist.all_reduce(total, group=self.train_group)
         return total[0] / self.world_size
 
     def all_true(self, flag: bool) -> bool:
         """One decision for every rank (e.g. 'within the time budget'), so no rank trains a step the others skip."""
         value = torch.tensor([int(flag)], device=self.device)
-        dist.all_reduce(value, op=dist.ReduceOp.MIN)
+        dist.all_reduce(value, op=dist.ReduceOp.MIN, group=self.train_group)
         return bool(value.item())
 
     def wait_for_main(self) -> None:
-        """Every rank calls this at the same step; rank 0 arrives after its evaluation, the others wait for it."""
+        """Every rank calls this at the same point (after building its trainer, after rank 0's evaluation): the
+        long timeout covers whatever rank 0 (or a slow node) does meanwhile."""
         dist.barrier(group=self.wait_group)
 
     def close(self) -> None:
@@ -119,10 +121,12 @@ def setup(device: torch.device, batch_size: int, timeout_min: float, eval_timeou
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    kwargs = {"device_id": device} if device.type == "cuda" else {}
-    dist.init_process_group(backend, timeout=timedelta(minutes=timeout_min), **kwargs)
+    # The default group (rendezvous, setup) and the waiting group get the long timeout: nodes start, and load
+    # their data, at their own pace. The training collectives run on a group with the short one.
+    dist.init_process_group(backend, timeout=timedelta(minutes=eval_timeout_min))
+    train_group = dist.new_group(backend=backend, timeout=timedelta(minutes=timeout_min))
     wait_group = dist.new_group(backend="gloo", timeout=timedelta(minutes=eval_timeout_min))
-    return DistContext(rank, world_size, local_rank, device, wait_group)
+    return DistContext(rank, world_size, local_rank, device, train_group, wait_group)
 
 
 class _TrainingLoss(nn.Module):
@@ -139,9 +143,11 @@ class _TrainingLoss(nn.Module):
 def wrap(policy: nn.Module, ctx: DistContext) -> DistributedDataParallel:
     """``policy.compute_loss`` behind DDP. Rank 0's weights are broadcast once; the policies' buffers are
     constants (normalization, image statistics), so they are not re-broadcast every step."""
+    ctx.wait_for_main()  # every rank has built its trainer (loading data takes each its own time)
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     # torch 2.13 renamed broadcast_buffers (still accepted, with a warning); older releases know only that name.
     no_buffer_sync = ({"forward_sync_buffers": False}
                       if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
                       else {"broadcast_buffers": False})
-    return DistributedDataParallel(_TrainingLoss(policy), device_ids=device_ids, **no_buffer_sync)
+    return DistributedDataParallel(_TrainingLoss(policy), device_ids=device_ids, process_group=ctx.train_group,
+                                   **no_buffer_sync)
