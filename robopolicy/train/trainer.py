@@ -137,7 +137,8 @@ class Trainer:
             self.dist = distributed.setup(self.device, cfg.batch_size, cfg.dist_timeout_min, cfg.dist_eval_timeout_min)
             self.device = self.dist.device
         self.is_main = self.dist is None or self.dist.is_main  # rank 0 alone keeps EMA, logs, evaluates, saves
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.is_main:  # (without output_dir, other ranks may time-stamp another name: they write nothing)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         torch.manual_seed(cfg.seed)
