@@ -63,7 +63,8 @@ def two_rank_run(tmp_path_factory) -> tuple[Path, Path, list[str]]:
     """One 2-rank torchrun of the tiny MLP (global batch 16, so 8 windows per rank), shared by the tests below."""
     root = tmp_path_factory.mktemp("ddp")
     dataset = write_dataset(root / "lowdim", linear_mapping_episodes())
-    extra = [*TINY_MLP, f"batch_size={BATCH}", f"steps={STEPS}", f"save_every={STEPS // 2}"]
+    # (a time budget that never runs out: the ranks still agree on it every step)
+    extra = [*TINY_MLP, "time_budget_min=60", f"batch_size={BATCH}", f"steps={STEPS}", f"save_every={STEPS // 2}"]
     run_torchrun(train_args(dataset, root / "two_ranks", *extra))
     return dataset, root / "two_ranks", extra
 
@@ -80,6 +81,15 @@ def test_rank_slices_make_up_the_one_process_batch():
         torch.testing.assert_close(torch.cat([p[key] for p in parts]), whole[key], rtol=0, atol=0)
 
 
+def test_a_global_batch_that_does_not_split_evenly_is_refused(lowdim_dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with pytest.raises(ValueError, match=r"batch_size=16 is the global batch .* \(WORLD_SIZE=3\)"):
+        Trainer(load_config("train", train_args(lowdim_dataset, tmp_path / "run", *TINY_MLP, "batch_size=16")))
+    assert not torch.distributed.is_initialized()
+
+
 def test_step_generators_differ_by_rank_and_step_and_repeat():
     ctx = lambda rank: distributed.DistContext(rank, 2, rank, torch.device("cpu"), None, None)  # noqa: E731
     draw = lambda rank, step: torch.randn(4, generator=ctx(rank).step_generator(0, step))  # noqa: E731
@@ -93,6 +103,7 @@ def test_two_ranks_with_half_batches_match_one_process(two_rank_run, tmp_path):
     one = Trainer(load_config("train", train_args(dataset, tmp_path / "one", *extra)))
     assert one.dist is None and "RANK" not in os.environ  # the plain path
     one.fit()
+    assert not torch.distributed.is_initialized()
     np.testing.assert_allclose(read_log(two_ranks)["loss"], read_log(tmp_path / "one")["loss"], rtol=1e-5, atol=0)
     for step in (STEPS // 2, STEPS):
         two, two_meta = checkpoint_state(two_ranks, step)
