@@ -22,3 +22,5 @@ timeout 200 python3 bench/export_latency.py --families diffusion,flow_unet,sfp_d
   --torch-cuda --out /tmp/export_latency 2>&1 | tee "$out/latency.md"
 timeout 200 python3 bench/train_throughput.py --runs cpu:fp32,cuda:fp32,cuda:bf16 --steps 200 --cpu-steps 30 \
   --out /tmp/train_throughput 2>&1 | tail -8 | tee "$out/train_throughput.md"
+timeout 200 python3 bench/ddp_throughput.py --steps 200 --out /tmp/ddp_throughput 2>&1 | tail -6 \
+  | tee "$out/ddp_throughput.md"

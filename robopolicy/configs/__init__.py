@@ -131,6 +131,10 @@ class TrainConfig:
     eval_every: int = 0  # 0 = no evaluation during training
     eval_episodes: int = 20
     eval_workers: int = 2
+    # Under torchrun (robopolicy/train/distributed.py): how long a training collective may wait for a slow or
+    # dead rank before the job fails, and how long the other ranks wait while rank 0 evaluates.
+    dist_timeout_min: float = 10.0
+    dist_eval_timeout_min: float = 120.0
     output_dir: str | None = None
     resume: bool = False
     progress: bool = True

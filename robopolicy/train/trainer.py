@@ -2,6 +2,7 @@
 
 Everything random (batch indices, noise, diffusion timesteps) draws from one torch.Generator whose
 state is checkpointed, so ``resume=true`` continues the exact same run after a crash.
+Launched by ``torchrun``, the same loop runs data-parallel: see :mod:`robopolicy.train.distributed`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from robopolicy.policies.base import FeatureSpec, Policy
 from robopolicy.policies.encoders import set_image_stats
 from robopolicy.policies.registry import get_policy_class
 from robopolicy.train import checkpoint as ckpt
+from robopolicy.train import distributed
 
 console = Console()
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -114,7 +116,8 @@ class Trainer:
                 raise FileNotFoundError(f"{saved}: cannot resume, the run has no saved config")
             # The run's own config wins; only how long to train (and on which device) may change on resume.
             resumed = OmegaConf.load(saved)
-            for key in ("steps", "time_budget_min", "progress", "eval_every", "device"):  # checkpoints are device-free
+            for key in ("steps", "time_budget_min", "progress", "eval_every", "device",  # checkpoints are device-free
+                        "dist_timeout_min", "dist_eval_timeout_min"):
                 resumed[key] = cfg[key]
             resumed.resume = True
             cfg = resumed
@@ -128,7 +131,13 @@ class Trainer:
             check_env_name(cfg.env.name)  # fail now, not at the first evaluation
         self.device = resolve_device(str(cfg.get("device", "auto")))  # before anything is written
         self.cfg = cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.dist: distributed.DistContext | None = None  # set when torchrun started this process
+        if distributed.launched_by_torchrun():
+            self.dist = distributed.setup(self.device, cfg.batch_size, cfg.dist_timeout_min, cfg.dist_eval_timeout_min)
+            self.device = self.dist.device
+        self.is_main = self.dist is None or self.dist.is_main  # rank 0 alone keeps EMA, logs, evaluates, saves
+        if self.is_main:  # (without output_dir, other ranks may time-stamp another name: they write nothing)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         torch.manual_seed(cfg.seed)
@@ -162,15 +171,16 @@ class Trainer:
         self.lr_scheduler = get_scheduler("cosine", self.optimizer, num_warmup_steps=cfg.warmup_steps,
                                           num_training_steps=cfg.steps)
         self.ema = EMAModel(self.policy.parameters(), decay=cfg.ema_max_decay, use_ema_warmup=True,
-                            power=cfg.ema_power) if cfg.ema else None
-        self.ema_policy = copy.deepcopy(self.policy) if cfg.ema else self.policy
+                            power=cfg.ema_power) if cfg.ema and self.is_main else None
+        self.ema_policy = copy.deepcopy(self.policy) if self.ema is not None else self.policy
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
         self.elapsed_before = 0.0
         if cfg.resume:
             self._restore()
-        else:
+        elif self.is_main:
             OmegaConf.save(cfg, self.run_dir / "config.yaml")
+        self.ddp = distributed.wrap(self.policy, self.dist) if self.dist is not None else None
 
     # ---- checkpointing -------------------------------------------------------------------------
     def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -180,6 +190,7 @@ class Trainer:
         tensors["rng.generator"] = self.generator.get_state()
         tensors["rng.torch"] = torch.get_rng_state()
         meta: dict[str, Any] = {"step": self.step, "optimizer": opt_meta, "elapsed_s": self.elapsed(),
+                                "world_size": self.dist.world_size if self.dist is not None else 1,
                                 "lr_scheduler": {k: v for k, v in self.lr_scheduler.state_dict().items() if k != "lr_lambdas"}}
         if self.ema is not None:
             ema_sd = self.ema.state_dict()
@@ -223,12 +234,17 @@ class Trainer:
     # ---- the loop ------------------------------------------------------------------------------
     def train_step(self) -> tuple[float, float]:
         self.policy.train()
-        batch = self.sampler.sample(self.cfg.batch_size, generator=self.generator)
+        if self.dist is None:
+            generator, loss_fn = self.generator, self.policy.compute_loss
+            batch = self.sampler.sample(self.cfg.batch_size, generator=generator)
+        else:  # this rank's slice of the global batch, its own noise, gradients all-reduced by DDP
+            batch = self.dist.sample(self.sampler, self.cfg.batch_size, self.generator)
+            generator, loss_fn = self.dist.step_generator(self.cfg.seed, self.step), self.ddp
         if self.cfg.obs_noise_std > 0:
-            batch = add_observation_noise(batch, self.noisy_obs_keys, self.cfg.obs_noise_std, self.generator)
+            batch = add_observation_noise(batch, self.noisy_obs_keys, self.cfg.obs_noise_std, generator)
         with torch.autocast(self.policy.device.type, dtype=PRECISIONS[self.cfg.precision],
                             enabled=self.cfg.precision != "fp32"):
-            loss = self.policy.compute_loss(batch, generator=self.generator).float()
+            loss = loss_fn(batch, generator=generator).float()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.grad_clip_norm)
@@ -237,7 +253,32 @@ class Trainer:
         if self.ema is not None:
             self.ema.step(self.policy.parameters())
         self.step += 1
+        if self.dist is not None:
+            loss = self.dist.mean(loss)  # the global batch's loss, the same on every rank
         return loss.item(), grad_norm.item()
+
+    def _keep_going(self, budget_s: float) -> bool:
+        going = self.step < self.cfg.steps and self.elapsed() < budget_s
+        if self.dist is not None and budget_s < math.inf:
+            going = self.dist.all_true(going)  # clocks differ: all ranks stop at the same step
+        return going
+
+    def _evaluates_now(self) -> bool:
+        """Whether rank 0 evaluates after this step (the other ranks wait for it then)."""
+        cfg = self.cfg
+        logs = self.step % cfg.log_every == 0 or self.step == cfg.steps
+        return logs and bool(cfg.eval_every) and self.step % cfg.eval_every == 0
+
+    def _follow_main(self) -> Path:
+        """Ranks other than 0: the same steps as rank 0, whose collectives they join; rank 0 alone writes."""
+        self._t0 = time.perf_counter()
+        budget_s = self.cfg.time_budget_min * 60 if self.cfg.time_budget_min else math.inf
+        while self._keep_going(budget_s):
+            self.train_step()
+            if self._evaluates_now():
+                self.dist.wait_for_main()
+        self.dist.close()
+        return self.run_dir
 
     @torch.no_grad()
     def validation_loss(self, n_batches: int = 4) -> float:
@@ -275,6 +316,8 @@ class Trainer:
         return result.to_dict()
 
     def fit(self) -> Path:
+        if not self.is_main:
+            return self._follow_main()
         cfg = self.cfg
         log_path = self.run_dir / "train_log.csv"
         new_log = not log_path.exists()
@@ -292,7 +335,7 @@ class Trainer:
                    TimeElapsedColumn(), TimeRemainingColumn()]
         with Progress(*columns, console=console, disable=not cfg.progress) as bar:
             task = bar.add_task("train", total=cfg.steps, completed=self.step, status="")
-            while self.step < cfg.steps and self.elapsed() < budget_s:
+            while self._keep_going(budget_s):
                 loss, grad_norm = self.train_step()
                 window_loss += loss
                 window_n += 1
@@ -305,8 +348,10 @@ class Trainer:
                     if self.val_sampler is not None:
                         row["val_loss"] = self.validation_loss()
                     bar.update(task, status=f"loss {row['loss']:.4f} | {row['samples_per_s']:.0f} samples/s")
-                    if cfg.eval_every and self.step % cfg.eval_every == 0:
+                    if self._evaluates_now():
                         result = self.evaluate()
+                        if self.dist is not None:
+                            self.dist.wait_for_main()
                         row["eval_success"], row["eval_coverage"] = result["success_rate"], result["mean_max_coverage"]
                         console.print(f"step {self.step}: success {result['success_rate']:.2f}, "
                                       f"mean max coverage {result['mean_max_coverage']:.3f}")
@@ -321,6 +366,9 @@ class Trainer:
         self.ema_policy.save(self.run_dir / "policy")
         summary = {"steps": self.step, "train_time_s": round(self.elapsed(), 1), "batch_size": cfg.batch_size,
                    "parameters": n_params, "policy_dir": str(self.run_dir / "policy")}
+        if self.dist is not None:
+            summary["world_size"] = self.dist.world_size  # batch_size is the global batch
+            self.dist.close()
         (self.run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
         console.print(f"done: {self.step} steps in {summary['train_time_s']:.0f} s; policy saved to {self.run_dir / 'policy'}")
         return self.run_dir
