@@ -36,10 +36,12 @@ import zmq
 from robopolicy.deploy.keys import ClientCurve, apply_client_curve
 from robopolicy.deploy.protocol import (
     DEFAULT_MAX_MESSAGE_BYTES,
+    ERROR_KINDS,
     Message,
     PolicySpec,
     ProtocolError,
     decode,
+    describe,
     encode,
     validate_chunk,
 )
@@ -116,6 +118,9 @@ class PolicyClient:
             except ProtocolError as e:
                 self.invalid_replies += 1
                 log.warning("invalid reply from server: %s", e)
+            except Exception as e:  # a decoder bug on hostile input: count it, never crash the control loop
+                self.invalid_replies += 1
+                log.warning("invalid reply from server (%s while decoding)", type(e).__name__)
         return out
 
     def call(self, msg_type: str, arrays: dict[str, np.ndarray] | None = None, timeout_s: float = 1.0,
@@ -248,6 +253,11 @@ class ControlLoop:
             self.fatal = f"robot {self.robot.spec.name!r} does not provide {missing} that the policy reads"
         if spec.action_dim != self.robot.spec.action_dim:
             self.fatal = f"policy action dim {spec.action_dim} != robot action dim {self.robot.spec.action_dim}"
+        if spec.infer_bytes() > self.client.max_message_bytes:
+            self.fatal = (f"the policy's observation history ({spec.infer_bytes()} bytes per request) exceeds the "
+                          f"message limit of {self.client.max_message_bytes} bytes")
+        if self.fatal is not None:
+            return
         if self.spec is None or spec != self.spec:
             c = self.config
             self.spec = spec
@@ -308,10 +318,18 @@ class ControlLoop:
                                      expected_delay_s=inf["expected_delay"], t_obs=inf["t_obs"],
                                      epoch=self.client.epoch)
         elif m.type == "error":
-            kind = str(m.get("kind"))
+            kind = m.get("kind") if m.get("kind") in ERROR_KINDS else f"unknown:{describe(m.get('kind'), 20)}"
             self.server_errors[kind] += 1
             if self._inflight is not None and m.get("reply_to") == self._inflight["seq"]:
                 self._inflight = None
+
+    def _handle_safely(self, m: Message, now: float) -> None:
+        """:meth:`_handle`, counting a reply that breaks it as invalid: one bad reply never stops the loop."""
+        try:
+            self._handle(m, now)
+        except Exception as e:
+            self.client.invalid_replies += 1
+            log.warning("invalid %s reply from server ignored (%s)", describe(m.type), type(e).__name__)
 
     def tick(self, now: float) -> CommandRecord:
         c = self.config
@@ -333,7 +351,7 @@ class ControlLoop:
                     self.scheduler.clear()
         # 2. replies
         for m in self.client.receive(0):
-            self._handle(m, now)
+            self._handle_safely(m, now)
         # 3. link watchdog, heartbeat, (re)connection
         if self._link_alive and self.watchdog.expired(now):
             self._link_lost(now, f"no reply for {c.watchdog_s * 1e3:.0f} ms")
@@ -496,7 +514,7 @@ class ControlLoop:
                 break
             if self.client.sock.poll(int(remaining * 1000), zmq.POLLIN):
                 for m in self.client.receive(0):
-                    self._handle(m, time.monotonic())
+                    self._handle_safely(m, time.monotonic())
         precise_wait(deadline, spin)
 
     def summary(self) -> dict[str, Any]:
@@ -504,6 +522,7 @@ class ControlLoop:
         sched = dataclasses.asdict(self.scheduler.stats) if self.scheduler is not None else {}
         return {
             **dict(self.counters), "server_errors": dict(self.server_errors), "schedule": sched,
+            "invalid_replies": self.client.invalid_replies,
             "deadline_misses": sched.get("late_chunks", 0) + self.counters["starved_ticks"],
             "watchdog_trips": self.watchdog.trips, "estop": self.estop.active,
             "safety": {"rejected": self.safety.rejected, "clipped_position": self.safety.clipped_position,

@@ -208,9 +208,14 @@ class PolicyServer:
                             break
                         try:
                             self._handle(router, frames)
-                        except Exception:  # a bug must not take the server down
-                            self.stats.error("internal")
-                            log.exception("internal error while handling a message")
+                        except Exception as e:  # a bug must not take the server down; the peer still gets a reply
+                            log.error("internal error while handling a message: %s", type(e).__name__,
+                                      exc_info=not isinstance(e, RecursionError))
+                            if len(frames) >= 2:
+                                self._reply_error(router, frames[0].bytes, "internal",
+                                                  f"server error ({type(e).__name__})", None)
+                            else:
+                                self.stats.error("internal")
                 if self.status_every_s and now - last_status >= self.status_every_s:
                     with self.stats.lock:
                         received = self.stats.received
