@@ -64,6 +64,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from robopolicy.deploy.operator import operator_address
 from robopolicy.deploy.protocol import (
     MAX_FRAMES,
     Message,
@@ -73,7 +74,6 @@ from robopolicy.deploy.protocol import (
     describe,
     encode,
 )
-from robopolicy.deploy.operator import operator_address
 from robopolicy.teleop.base import axis_angle_to_quat, quat_mul
 
 log = logging.getLogger("robopolicy.deploy.arm_bridge")

@@ -17,6 +17,7 @@ Everyone else's ``clear_estop`` (and an arm bridge's ``reset``) is refused with 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import re
 import sys
 from pathlib import Path
@@ -58,8 +59,10 @@ def operator_address(address: str) -> str:
 
 
 def default_operator_address(for_address: str, kind: str = "policy-server") -> str:
-    """``ipc://$XDG_RUNTIME_DIR/robopolicy/<kind>-<address>.ipc`` (a private directory), one per served address."""
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", for_address).strip("-")[-60:]
+    """``ipc://$XDG_RUNTIME_DIR/robopolicy/<kind>-<port or hash>.ipc`` (a private directory), one per served
+    address (ipc paths are limited to about 100 bytes, so a long address is hashed)."""
+    port = re.fullmatch(r"tcp://[^/]*:(\d+)", for_address)
+    name = port.group(1) if port else hashlib.sha256(for_address.encode()).hexdigest()[:12]
     return f"ipc://{user_runtime_dir()}/{kind}-{name}.ipc"
 
 

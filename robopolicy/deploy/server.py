@@ -221,13 +221,8 @@ class PolicyServer:
             if operator is not None:
                 poller.register(operator, zmq.POLLIN)
             self.ready.set()
-            log.info("policy server on %s (%s, To=%d T=%d Ta=%d, %s Hz)%s; up to %d clients", self.endpoint,
-                     self.spec.name, self.spec.n_obs_steps, self.spec.horizon, self.spec.n_action_steps, self.spec.fps,
-                     f" with CURVE ({len(self.curve.allowed_clients)} client keys, {len(self.curve.operator_keys)} "
-                     "operator keys)" if self.curve else " without CURVE", self.max_clients)
-            if self.operator_endpoint:
-                log.info("operator socket %s (clear an e-stop: python -m robopolicy.deploy.operator clear %s)",
-                         self.operator_endpoint, self.operator_endpoint)
+            # The start line goes where the status lines go (the console under `robopolicy serve`), logged or not.
+            self.status_fn(self.start_line())
             t_start = last_status = time.monotonic()
             last_received = 0
             while not stop.is_set() and not self._stop.is_set():
@@ -281,6 +276,15 @@ class PolicyServer:
                 auth.stop()
             ctx.term()
             self.ready.set()
+
+    def start_line(self) -> str:
+        s = self.spec
+        curve = (f"with CURVE ({len(self.curve.allowed_clients)} client keys, {len(self.curve.operator_keys)} operator "
+                 "keys)" if self.curve else "without CURVE")
+        operator = (f"; operator socket {self.operator_endpoint} (clear an e-stop: python -m robopolicy.deploy.operator "
+                    f"clear {self.operator_endpoint})" if self.operator_endpoint else "; no operator socket")
+        return (f"[policy server] serving {s.name or 'a policy'} on {self.endpoint} (To={s.n_obs_steps} T={s.horizon} "
+                f"Ta={s.n_action_steps}, {s.fps:g} Hz) {curve}, up to {self.max_clients} clients{operator}")
 
     def status_line(self, rate: float | None = None) -> str:
         s = self.stats.snapshot()

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import tempfile
 import shutil
+import tempfile
 import time
 from typing import Any
 

@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 
 from robopolicy.runtime.manifest import ArtifactError
-from robopolicy.utils.private_dir import UnsafePathError, check_owned, user_cache_dir
 from robopolicy.runtime.queues import batched_observation, push_observation, stacked_history
+from robopolicy.utils.private_dir import UnsafePathError, check_owned, user_cache_dir
 
 C_FAMILIES = ("mlp", "flow")
 HOST_CFLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros",
