@@ -198,7 +198,8 @@ class ControlLoop:
         self.period = 1.0 / c.control_hz
         self.ping_interval = c.ping_interval_s or c.watchdog_s / 4
         rs = robot.spec
-        self.safety = SafetyFilter(rs.action_low, rs.action_high, rs.max_velocity, rs.max_acceleration)
+        self.safety = SafetyFilter(rs.action_low, rs.action_high, rs.max_velocity, rs.max_acceleration,
+                                   angle_dims=rs.angle_dims, angle_period=rs.angle_period)
         self.watchdog = Watchdog(c.watchdog_s)
         self.estop = EStop()
         self.spec: PolicySpec | None = None
@@ -263,7 +264,8 @@ class ControlLoop:
             self.spec = spec
             self.scheduler = ChunkScheduler(spec.n_obs_steps, spec.horizon, spec.n_action_steps, spec.dt, c.blend,
                                             c.latency_margin_s, c.validity_s, c.ensemble_m, c.rtc_soft_steps,
-                                            c.request_lead_s)
+                                            c.request_lead_s, angle_dims=self.robot.spec.angle_dims,
+                                            angle_period=self.robot.spec.angle_period)
             # Enough robot-rate frames to span the To policy steps (the robot may run faster than the policy).
             per_step = max(1, math.ceil(spec.dt * self.robot.spec.control_hz - 1e-9))
             self.history = collections.deque(self.history, maxlen=(spec.n_obs_steps - 1) * per_step + 2)
