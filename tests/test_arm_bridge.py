@@ -276,3 +276,28 @@ def test_leader_stream_socket_bounds_message_size():
         assert device._sock.getsockopt(zmq.MAXMSGSIZE) == MAX_STREAM_FRAME_BYTES
     finally:
         device.close()
+
+
+def test_a_bad_state_message_is_counted_and_the_last_good_state_kept():
+    import zmq
+
+    from tests.test_hostile_messages import nested_header
+
+    a = addrs()
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.linger = 0
+    pub.bind(a[0])
+    client = ArmClient(*a, timeout_s=0.5)
+    try:
+        good = pack_frames(encode_arm("arm_state", 1, {"ee_pos": np.zeros(3)}, t=0.0))
+        assert wait_for(lambda: (pub.send(good), client.poll_state(0.05))[1] is not None)
+        for bad in (pack_frames([nested_header(1000)]), b"\xc1", pack_frames([b"\x80"])):
+            pub.send(bad)
+            time.sleep(0.05)
+            assert client.poll_state(0.05).seq == 1
+        assert client.invalid_states >= 3
+    finally:
+        client.close()
+        pub.close(0)
+        ctx.term()

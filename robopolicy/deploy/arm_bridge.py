@@ -456,6 +456,7 @@ class ArmClient:
         self.seq = 0
         self.state: Message | None = None
         self.dropped_commands = 0
+        self.invalid_states = 0
 
     def _req_socket(self, operator: bool = False) -> Any:
         attr, addr = ("_operator_req", self.operator_addr) if operator else ("_req", self.ctl_addr)
@@ -505,9 +506,13 @@ class ArmClient:
         """The newest state (kept until a newer one arrives); waits up to ``timeout_s`` for one."""
         if timeout_s > 0 and self.sub.poll(int(timeout_s * 1000)) == 0:
             return self.state
-        frames = recv_latest(self.sub)
-        if frames is not None:
-            self.state = decode_arm(frames)
+        try:
+            frames = recv_latest(self.sub)
+            if frames is not None:
+                self.state = decode_arm(frames)
+        except Exception as e:  # a bad state message is counted and skipped; the robot loop carries on
+            self.invalid_states += 1
+            log.warning("invalid arm state message ignored (%s)", e if isinstance(e, ProtocolError) else type(e).__name__)
         return self.state
 
     def send(self, mode: str, target: np.ndarray, gripper: float) -> bool:

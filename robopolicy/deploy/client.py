@@ -232,6 +232,9 @@ class ControlLoop:
         self._pending_estop = "estop"
 
     def clear_estop(self) -> None:
+        """Clear the local latch and ask the server to clear its own. The server accepts only an operator
+        (docs/protocol.md, "E-stop authority"): unless this client's CURVE key is an operator key it answers
+        ``forbidden``, and its next reply saying "e-stopped" latches this loop again."""
         self._forget_plans()
         self.estop.clear()
         self._pending_estop = "clear_estop"
