@@ -14,8 +14,11 @@ with its own state, so on the host it runs from its ONNX artifact.
 
 The host build reassociates floating-point sums (``-fassociative-math``, no ``-ffast-math``: NaN checks
 still work), so that the compiler vectorizes the matrix-vector products. Results therefore differ from the
-microcontroller's in the last bits (1e-7 relative). The library is cached next to the sources under a name
-that hashes the sources, the compiler, the flags and this CPU's instruction-set flags. A library built with
+microcontroller's in the last bits (1e-7 relative). The library is cached next to the sources (``build/``), or
+when the export is read-only in this user's ``$XDG_CACHE_HOME/robopolicy/c`` (default ``~/.cache``), under a
+name that hashes the sources, the compiler, the flags and this CPU's instruction-set flags. Both folders must
+belong to this user with no group/other write (created 0700), and so must the library, or it is not loaded:
+another local user must not be able to plant a library that this process would load. A library built with
 ``-march=native`` never runs on a CPU it was not built for. Load only exports you trust: like any native library,
 the compiled policy runs inside the calling process.
 """
