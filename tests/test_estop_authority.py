@@ -130,10 +130,11 @@ def test_no_admitted_client_starves_and_extra_clients_are_told_busy(tmp_path):
     for name, r in results.items():
         assert r["errors"] == {}, f"{name} got {r['errors']}"
         assert r["chunks"] >= 10, f"{name} got only {r['chunks']} chunks"
-        # round robin: at most n inferences (plus scheduling slack on a loaded 2-core CI machine) between chunks
-        assert max(r["gaps"]) < n * infer_s * 3 + 0.3, f"{name} waited {max(r['gaps']):.2f} s"
+        # round robin: about n inferences (60 ms) between chunks; the bound leaves room for a loaded 2-core CI
+        # machine (the fuzzer saw gaps of 3.9 s median, 8.9 s max with the old single queue)
+        assert max(r["gaps"]) < 1.0, f"{name} waited {max(r['gaps']):.2f} s"
     counts = [r["chunks"] for r in results.values()]
-    assert min(counts) >= 0.5 * max(counts), f"unfair shares {counts}"
+    assert min(counts) >= 0.3 * max(counts), f"unfair shares {counts}"
 
 
 def test_a_quiet_client_frees_its_place(tmp_path):
