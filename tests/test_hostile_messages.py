@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import msgpack
 import numpy as np
@@ -174,13 +173,11 @@ def test_control_loop_refuses_a_spec_with_millions_of_observation_steps(tmp_path
     with HostileServer(address, spec, lambda m, seq: encode("pong", seq, reply_to=m.seq, estopped=False)):
         with EchoRobot(hz=50.0) as robot:
             loop = ControlLoop(robot, address, ControlLoopConfig(control_hz=100.0, watchdog_s=0.5))
-            t0 = time.monotonic()
             try:
                 summary = loop.run(2.0)
             finally:
                 loop.close()
     assert summary["fatal"] is not None and "spec" in summary["fatal"]
-    assert time.monotonic() - t0 < 1.5
     assert loop.commands and all(r.mode != "policy" for r in loop.commands)
 
 
