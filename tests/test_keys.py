@@ -91,7 +91,11 @@ def test_operator_keys_must_differ_from_client_keys(tmp_path):
     with pytest.raises(ValueError, match="both client and operator"):
         ServerCurve.load(k["server"][1], k["client"][0], operators=k["client"][0])
     curve = ServerCurve.load(k["server"][1], k["client"][0], operators=k["operator"][0])
-    assert curve.operator_keys == {zmq.auth.load_certificate(str(k["operator"][0]))[0]}
+    operator_key = zmq.auth.load_certificate(str(k["operator"][0]))[0]
+    assert curve.operator_keys == {operator_key}
+    # the folder `robopolicy keys` wrote as allowed_clients: its operator key stays an operator, not a client
+    curve = ServerCurve.load(k["server"][1], tmp_path, operators=k["operator"][0])
+    assert operator_key not in curve.allowed_clients and operator_key in curve.admitted
 
 
 def test_default_keys_folder_is_outside_the_repository_and_keys_are_ignored_by_git():

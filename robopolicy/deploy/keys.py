@@ -87,8 +87,11 @@ class ServerCurve:
     def load(cls, server_secret_file: str | Path, allowed: str | Path | list[bytes | str],
              operators: str | Path | list[bytes | str] | None = None) -> ServerCurve:
         public, secret = _load_secret_certificate(server_secret_file)
-        return cls(public, secret, load_public_keys(allowed, exclude=public),
-                   load_public_keys(operators, exclude=public) if operators else frozenset())
+        operator_keys = load_public_keys(operators, exclude=public) if operators else frozenset()
+        clients = load_public_keys(allowed, exclude=public)
+        if not isinstance(allowed, list | tuple | set | frozenset) and Path(allowed).is_dir():
+            clients -= operator_keys  # the folder `robopolicy keys` wrote also holds operator.key: an operator
+        return cls(public, secret, clients, operator_keys)
 
 
 @dataclasses.dataclass
