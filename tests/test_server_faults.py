@@ -167,7 +167,7 @@ def test_kill_server_mid_episode_then_restart(tmp_path):
     loop = ControlLoop(robot, address, ControlLoopConfig(control_hz=100, watchdog_s=watchdog))
     stop = threading.Event()
     result = {}
-    th = threading.Thread(target=lambda: result.update(loop.run(8.0, stop_event=stop)), daemon=True)
+    th = threading.Thread(target=lambda: result.update(loop.run(60.0, stop_event=stop)), daemon=True)
     th.start()
     proc2 = None
     try:
