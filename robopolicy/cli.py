@@ -298,10 +298,25 @@ def _torch_checkpoint_loader(policy_dir: Path):
     return load_policy
 
 
+def _show_logs(logger_name: str) -> None:
+    """Warnings and errors of ``logger_name`` (refused handshakes, refused e-stop clears) on the console."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(h, RichHandler) for h in logger.handlers):
+        logger.addHandler(RichHandler(console=console, markup=False, show_path=False))
+    logger.setLevel(min(logger.getEffectiveLevel(), logging.INFO))
+
+
 def cmd_serve(cfg: DictConfig) -> dict:
     from robopolicy.deploy.adapter import load_policy_adapter
     from robopolicy.deploy.keys import ServerCurve
+    from robopolicy.deploy.operator import default_operator_address
     from robopolicy.deploy.server import serve
+
+    _show_logs("robopolicy.deploy")
 
     if not cfg.checkpoint:
         raise ValueError("serve: give checkpoint=<policy dir, run dir or ONNX artifact dir>")
@@ -311,12 +326,16 @@ def cmd_serve(cfg: DictConfig) -> dict:
     if cfg.curve_secret:
         if not cfg.allowed_clients:
             raise ValueError("serve: curve_secret needs allowed_clients=<dir of client .key files>")
-        curve = ServerCurve.load(resolve_path(cfg.curve_secret), resolve_path(cfg.allowed_clients))
+        curve = ServerCurve.load(resolve_path(cfg.curve_secret), resolve_path(cfg.allowed_clients),
+                                 operators=resolve_path(cfg.operator_keys) if cfg.operator_keys else None)
+    operator = default_operator_address(cfg.address) if cfg.operator_address == "auto" else cfg.operator_address
     adapter = load_policy_adapter(policy_dir, fps=cfg.fps, providers=list(cfg.providers), threads=cfg.threads,
                                   graph=cfg.graph, load_checkpoint=_torch_checkpoint_loader(policy_dir))
     server = serve(adapter, address=cfg.address, curve=curve,
                    max_message_bytes=cfg.max_message_bytes, status_every_s=cfg.status_every_s,
-                   status_fn=console.print, max_runtime_s=cfg.max_runtime_s, inline_below_ms=cfg.inline_below_ms)
+                   status_fn=partial(console.print, markup=False, highlight=False),  # "[policy server]" is not markup
+                   max_runtime_s=cfg.max_runtime_s, inline_below_ms=cfg.inline_below_ms,
+                   operator_address=operator or None, max_clients=cfg.max_clients)
     return server.stats.snapshot()
 
 

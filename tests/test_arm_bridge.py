@@ -33,11 +33,12 @@ def addrs():
 @pytest.fixture
 def bridge():
     a = addrs()
+    operator = ipc_address("arm-operator")  # in the tests' private (0700) ipc folder
     arm = KinematicArm(ArmSpec(dof=0, rate_hz=100.0, watchdog_s=0.15, max_step_pos=0.05))
-    b = ArmBridge(arm, *a)
+    b = ArmBridge(arm, *a, operator_addr=operator)
     t = threading.Thread(target=b.run, kwargs={"max_runtime_s": 20.0}, daemon=True)
     t.start()
-    client = ArmClient(*a, timeout_s=2.0)
+    client = ArmClient(*a, timeout_s=2.0, operator_addr=operator)
     yield b, arm, client
     client.close()
     b.stop()
@@ -178,10 +179,11 @@ def test_an_arm_without_reset_answers_unsupported():
         reset = ArmBackend.reset  # what a real arm's bridge inherits: no episode resets
 
     a = addrs()
-    b = ArmBridge(RealishArm(ArmSpec(dof=0, rate_hz=100.0, name="real-arm")), *a)
+    operator = ipc_address("arm-operator")
+    b = ArmBridge(RealishArm(ArmSpec(dof=0, rate_hz=100.0, name="real-arm")), *a, operator_addr=operator)
     t = threading.Thread(target=b.run, kwargs={"max_runtime_s": 10.0}, daemon=True)
     t.start()
-    client = ArmClient(*a, timeout_s=2.0)
+    client = ArmClient(*a, timeout_s=2.0, operator_addr=operator)
     try:
         with pytest.raises(ProtocolError, match="unsupported.*real-arm"):
             client.reset(1)
@@ -204,3 +206,98 @@ def test_sim_arm_robot_reset_returns_the_new_episodes_first_state():
         state = robot.reset(11)
         assert state.info["episode"] == 1
         np.testing.assert_allclose(state.observation["observation.state"][:3], [0.0, 0.0, 1.0])
+
+
+def test_only_the_operator_socket_clears_an_estop_or_resets(bridge, caplog):
+    """Issue 27: the bridge accepted clear_estop and reset from anyone who reached its control socket."""
+    b, arm, client = bridge
+    assert wait_for(lambda: client.poll_state() is not None)
+    robot_side = ArmClient(*client.addrs, timeout_s=2.0)  # no operator socket: a robot, not an operator
+    try:
+        robot_side.estop()  # anyone may stop the arm
+        assert wait_for(lambda: client.poll_state().get("estopped") is True)
+        with caplog.at_level("ERROR", logger="robopolicy.deploy.arm_bridge"):
+            with pytest.raises(ProtocolError, match="forbidden.*operator socket"):
+                robot_side.clear_estop()
+            with pytest.raises(ProtocolError, match="forbidden"):
+                robot_side.reset(3)
+        assert "refused clear_estop" in caplog.text and "refused reset" in caplog.text
+        assert b.forbidden == 2 and b.estopped and b.episode == 0
+        assert robot_side.request("ping").type == "pong"  # and the bridge goes on serving
+        client.clear_estop()  # the operator socket
+        assert wait_for(lambda: client.poll_state().get("estopped") is False)
+        assert client.reset(4) == 1
+    finally:
+        robot_side.close()
+
+
+def test_operator_socket_must_be_private_ipc(tmp_path):
+    a = addrs()
+    with pytest.raises(ValueError, match="ipc"):
+        ArmBridge(KinematicArm(), *a, operator_addr="tcp://127.0.0.1:0")
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    with pytest.raises(PermissionError, match="group or others"):
+        ArmBridge(KinematicArm(), *addrs(), operator_addr=f"ipc://{shared}/op.ipc")
+
+
+def test_receiving_sockets_bound_message_size(bridge):
+    """A frame over the limit never reaches the bridge (ZMQ_MAXMSGSIZE drops the sender); others carry on."""
+    import zmq
+
+    from robopolicy.deploy.arm_bridge import MAX_ARM_MESSAGE_BYTES
+
+    b, arm, client = bridge
+    for sock in (b.pull, b.rep, b.operator_rep, client.sub):
+        assert 0 < sock.getsockopt(zmq.MAXMSGSIZE) <= 2 * MAX_ARM_MESSAGE_BYTES
+    rejected = b.rejected
+    ctx = zmq.Context()
+    big = ctx.socket(zmq.PUSH)
+    big.linger = 0
+    big.connect(client.addrs[1])
+    big.send(b"x" * (3 * MAX_ARM_MESSAGE_BYTES))
+    time.sleep(0.3)
+    big.close(0)
+    ctx.term()
+    assert b.rejected == rejected  # dropped by libzmq before the bridge saw (and buffered) it
+    assert client.request("ping").type == "pong"
+
+
+def test_leader_stream_socket_bounds_message_size():
+    import zmq
+
+    from robopolicy.deploy.arm_bridge import MAX_STREAM_FRAME_BYTES
+    from robopolicy.teleop.zmq_leader import ZmqLeaderDevice
+
+    device = ZmqLeaderDevice(ipc_address("leader"))
+    device.start()
+    try:
+        assert device._sock.getsockopt(zmq.MAXMSGSIZE) == MAX_STREAM_FRAME_BYTES
+    finally:
+        device.close()
+
+
+def test_a_bad_state_message_is_counted_and_the_last_good_state_kept():
+    import zmq
+
+    from tests.test_hostile_messages import nested_header
+
+    a = addrs()
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.linger = 0
+    pub.bind(a[0])
+    client = ArmClient(*a, timeout_s=0.5)
+    try:
+        good = pack_frames(encode_arm("arm_state", 1, {"ee_pos": np.zeros(3)}, t=0.0))
+        assert wait_for(lambda: (pub.send(good), client.poll_state(0.05))[1] is not None)
+        for bad in (pack_frames([nested_header(1000)]), b"\xc1", pack_frames([b"\x80"])):
+            pub.send(bad)
+            time.sleep(0.05)
+            assert client.poll_state(0.05).seq == 1
+        assert client.invalid_states >= 3
+    finally:
+        client.close()
+        pub.close(0)
+        ctx.term()

@@ -110,9 +110,67 @@ def test_library_is_cached_rebuilt_when_the_sources_change_and_built_elsewhere_w
     from robopolicy.runtime import c_policy
 
     monkeypatch.setattr(c_policy, "_writable", lambda path: False)  # a read-only export (root would write anyway)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     elsewhere = CPolicy.load(out)
-    assert not elsewhere.library_path.is_relative_to(out) and elsewhere.library_path.name == runtime.library_path.name
+    assert elsewhere.library_path.parent == tmp_path / "cache" / "robopolicy" / "c"
+    assert elsewhere.library_path.name == runtime.library_path.name
+    assert (elsewhere.library_path.parent.stat().st_mode & 0o777) == 0o700
     np.testing.assert_array_equal(elsewhere.predict_chunk(hist), runtime.predict_chunk(hist))
+
+
+@pytest.fixture()
+def read_only_export(tmp_path, monkeypatch):
+    """A C export that cannot be built in place (so the per-user cache is used), and an empty cache root."""
+    from robopolicy.runtime import c_policy
+
+    out = export_c(make_policy(), tmp_path / "c")
+    monkeypatch.setattr(c_policy, "_writable", lambda path: False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return out, tmp_path / "cache" / "robopolicy" / "c"
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o775, 0o757])
+def test_a_cache_others_can_write_is_refused(read_only_export, mode):
+    """Issue 27: another user could create the cache first and plant a library loaded through ctypes."""
+    out, cache = read_only_export
+    cache.mkdir(parents=True)
+    cache.chmod(mode)
+    with pytest.raises(ArtifactError, match=f"{cache}.*mode {mode:04o}.*group or others"):
+        CPolicy.load(out)
+
+
+def test_a_cache_of_another_user_is_refused(read_only_export, monkeypatch):
+    out, cache = read_only_export
+    cache.mkdir(parents=True, mode=0o700)
+    monkeypatch.setattr(os, "geteuid", lambda: os.stat(cache).st_uid + 1)  # as if another user had created it
+    with pytest.raises(ArtifactError, match="owned by uid .* not by this user"):
+        CPolicy.load(out)
+
+
+def test_a_planted_library_is_never_loaded(read_only_export, monkeypatch):
+    """A library with the cache key's name that others can write (or that another user owns) is refused."""
+    out, cache = read_only_export
+    library = build_library(out)  # the name a planted library would take
+    assert library.parent == cache
+    library.chmod(0o777)
+    with pytest.raises(ArtifactError, match="library has mode 0777"):
+        CPolicy.load(out)
+    library.chmod(0o755)
+    assert CPolicy.load(out).library_path == library
+    real_euid = os.geteuid()
+    monkeypatch.setattr(os, "geteuid", lambda: real_euid + 1)
+    with pytest.raises(ArtifactError, match="not by this user"):
+        CPolicy.load(out)
+
+
+def test_a_symlinked_cache_is_refused(read_only_export, tmp_path):
+    out, cache = read_only_export
+    elsewhere = tmp_path / "attacker"
+    elsewhere.mkdir(mode=0o700)
+    cache.parent.mkdir(parents=True, mode=0o700)
+    cache.symlink_to(elsewhere)
+    with pytest.raises(ArtifactError, match="symlink"):
+        CPolicy.load(out)
 
 
 def test_bad_exports_and_inputs_get_clear_errors(tmp_path, monkeypatch):

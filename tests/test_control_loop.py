@@ -12,6 +12,7 @@ from robopolicy.deploy.adapter import adapter_from_policy, load_policy_adapter
 from robopolicy.deploy.client import ControlLoop, ControlLoopConfig, PolicyClient
 from robopolicy.deploy.fake import RampPolicy, ramp_spec
 from robopolicy.deploy.interpolation import Waypoints, interpolate
+from robopolicy.deploy.operator import send_operator_command
 from robopolicy.deploy.safety import EStop, SafetyFilter, Watchdog
 from robopolicy.deploy.scheduling import ChunkScheduler
 from robopolicy.deploy.server import PolicyServer
@@ -191,7 +192,10 @@ def test_loop_tracks_ramp_policy(tmp_path, blend):
 
 
 def test_loop_estop_latches(tmp_path):
-    with PolicyServer(RampPolicy(), address=f"ipc://{tmp_path}/s.ipc", status_every_s=0) as srv:
+    private = tmp_path / "operator"
+    private.mkdir(mode=0o700)
+    with PolicyServer(RampPolicy(), address=f"ipc://{tmp_path}/s.ipc", status_every_s=0,
+                      operator_address=f"ipc://{private}/op.ipc") as srv:
         robot = EchoRobot()
         robot.connect()
         loop = ControlLoop(robot, srv.endpoint, ControlLoopConfig(watchdog_s=0.3))
@@ -207,7 +211,9 @@ def test_loop_estop_latches(tmp_path):
         c = PolicyClient(srv.endpoint)
         m = c.call("infer", {"observation.state": np.zeros((2, 2), np.float32)}, t_obs=0.0)
         assert m.type == "error" and m.get("kind") == "estopped"
-        assert c.call("clear_estop").get("estopped") is False
+        refused = c.call("clear_estop")  # a client is not an operator
+        assert refused.type == "error" and refused.get("kind") == "forbidden" and srv.estopped
+        assert send_operator_command(srv.operator_endpoint, "clear_estop")["estopped"] is False
         assert c.call("infer", {"observation.state": np.zeros((2, 2), np.float32)}, t_obs=0.0).type == "chunk"
         c.close()
         loop.close()

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from robopolicy.deploy.client import ControlLoop, ControlLoopConfig, PolicyClient
 from robopolicy.deploy.fake import RampPolicy, make_ramp_policy, ramp_spec
 from robopolicy.deploy.keys import ClientCurve, ServerCurve, generate_keys
+from robopolicy.deploy.operator import send_operator_command
 from robopolicy.deploy.protocol import PROTOCOL_VERSION, decode, encode
 from robopolicy.deploy.server import PolicyServer, start_server_process
 from robopolicy.robots.base import EchoRobot
@@ -166,7 +167,7 @@ def test_kill_server_mid_episode_then_restart(tmp_path):
     loop = ControlLoop(robot, address, ControlLoopConfig(control_hz=100, watchdog_s=watchdog))
     stop = threading.Event()
     result = {}
-    th = threading.Thread(target=lambda: result.update(loop.run(8.0, stop_event=stop)), daemon=True)
+    th = threading.Thread(target=lambda: result.update(loop.run(60.0, stop_event=stop)), daemon=True)
     th.start()
     proc2 = None
     try:
@@ -257,7 +258,10 @@ def test_inline_inference_can_be_switched_off(tmp_path):
 def _run_ramp_loop(tmp_path, robot, seconds, on_tick=None, server_cls=PolicyServer):
     """A 100 Hz control loop on ``robot`` against a ramp-policy server, run for ``seconds``; the closed loop.
     ``on_tick(loop, record, server)`` runs after every tick."""
-    with server_cls(RampPolicy(step=1.0), address=f"ipc://{tmp_path}/loop.ipc", status_every_s=0) as srv:
+    private = tmp_path / "operator"
+    private.mkdir(mode=0o700, exist_ok=True)
+    with server_cls(RampPolicy(step=1.0), address=f"ipc://{tmp_path}/loop.ipc", status_every_s=0,
+                    operator_address=f"ipc://{private}/op.ipc") as srv:
         robot.connect()
         loop = ControlLoop(robot, srv.endpoint, ControlLoopConfig(control_hz=100, watchdog_s=0.3))
         try:
@@ -277,6 +281,7 @@ def test_velocity_limit_holds_from_the_first_command_and_after_a_stop(tmp_path):
             lp.trigger_estop("test")
         if lp.counters["ticks"] == 90:
             lp.clear_estop()
+            send_operator_command(srv.operator_endpoint, "clear_estop")  # only an operator clears the server
 
     _run_ramp_loop(tmp_path, robot, 1.5, on_tick)
     commands = [np.zeros(2)] + [c for _, c in robot.commands]  # the robot starts at 0
@@ -307,6 +312,7 @@ def test_estop_drops_every_chunk_planned_before_it(tmp_path):
         if lp.counters["ticks"] == 75:
             marks["clear"] = time.monotonic()
             lp.clear_estop()
+            send_operator_command(srv.operator_endpoint, "clear_estop")
 
     loop = _run_ramp_loop(tmp_path, EchoRobot(start=[0.0, 0.0]), 1.2, on_tick)
     before = [r for r in loop.commands if r.t < marks["estop"] and r.mode == "policy"]

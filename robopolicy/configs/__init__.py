@@ -171,6 +171,11 @@ class ServeConfig:
     fps: float | None = None  # action rate; default: the checkpoint's (its dataset's), else 10
     curve_secret: str | None = None  # server .key_secret; enables CURVE
     allowed_clients: str | None = None  # dir of allowed client *.key files
+    # E-stop authority (docs/protocol.md): CURVE public keys that may clear an e-stop (dir or .key file), and the
+    # local operator socket (ipc:// in a directory only this user can enter; auto: one per address; null: none).
+    operator_keys: str | None = None
+    operator_address: str | None = "auto"
+    max_clients: int = 8  # clients served round robin at once; more get `busy`
     max_message_bytes: int = 16 * 1024 * 1024
     status_every_s: float = 5.0
     max_runtime_s: float | None = None

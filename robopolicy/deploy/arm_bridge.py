@@ -21,11 +21,13 @@ type            direction   content
                             ``episode`` (resets so far)
 ``hello``       client→arm  request; the reply (``hello``) carries ``spec``: dof, modes, rate_hz, limits
 ``estop``       client→arm  latch the e-stop: the arm holds position and ignores commands; reply ``ack``
-``clear_estop`` client→arm  unlatch; reply ``ack``
+``clear_estop`` operator→   unlatch; reply ``ack``. Only on the **operator** socket (below); on the control
+                arm         socket it is refused (``error`` kind ``forbidden``, logged)
 ``ping``/       both        liveness; ``pong`` replies
 ``pong``
-``reset``       client→arm  simulation only: field ``seed`` (int) starts a new episode; reply ``ack`` with
-                            ``episode``. A real arm replies ``error`` (kind ``unsupported``)
+``reset``       operator→   simulation only: field ``seed`` (int) starts a new episode; reply ``ack`` with
+                arm         ``episode``. A real arm replies ``error`` (kind ``unsupported``). Operator socket
+                            only, like ``clear_estop``
 ``error``       arm→client  ``kind`` and ``message`` (same kinds as the policy protocol)
 ==============  ==========  =================================================================================
 
@@ -34,7 +36,15 @@ where the newest message wins: receivers set ``ZMQ_CONFLATE``, which only works 
 messages, so a stream message is the multipart message packed into one frame (a msgpack list of the
 frames, :func:`pack_frames`). (A high-water mark alone would not do: a full queue drops the *newest*
 messages and keeps stale ones.) Clients never block on a send. **control** REP←REQ (hello, estop,
-clear_estop, ping) stays multipart; clients use timeouts.
+ping) stays multipart; clients use timeouts. **operator** REP←REQ (also ``clear_estop`` and ``reset``) is
+an ``ipc://`` socket in a directory only the bridge's user can enter (0700; checked at bind), so only a
+deliberate local operator (or the robot process of the same user, e.g. a simulation's episode reset)
+reaches it (:mod:`robopolicy.deploy.operator`).
+
+Memory: every receiving socket sets ``ZMQ_MAXMSGSIZE`` (a larger frame drops that peer's connection
+before it is buffered). Stream messages are single frames, so that bounds them whole; the control sockets
+take multipart messages, for which libzmq buffers every frame of a message before delivering it
+(``docs/protocol.md``, "Memory bounds").
 
 Safety on the arm side: a **watchdog** (default 0.5 s, like LeKiwi) holds the current pose when no
 command arrives; an e-stop latches until ``clear_estop``; targets are clipped to the workspace
@@ -44,6 +54,7 @@ box and the per-tick step limit; non-finite targets are rejected (protocol valid
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import threading
 import time
@@ -54,19 +65,26 @@ import msgpack
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from robopolicy.deploy.operator import operator_address
 from robopolicy.deploy.protocol import (
     MAX_FRAMES,
     Message,
     ProtocolError,
     _frame_bytes,
     decode,
+    describe,
     encode,
 )
 
+log = logging.getLogger("robopolicy.deploy.arm_bridge")
 ARM_MSG_TYPES = frozenset({"arm_cmd", "arm_state", "hello", "estop", "clear_estop", "ping", "pong", "ack", "error",
                            "reset", "ee_target"})
 CMD_MODES = ("ee_delta", "ee_pose", "joint")
 MAX_ARM_MESSAGE_BYTES = 1024 * 1024
+# A stream message packs the whole multipart message into one frame: msgpack adds a few bytes per frame.
+MAX_STREAM_FRAME_BYTES = MAX_ARM_MESSAGE_BYTES + 16 * (MAX_FRAMES + 1) + 16
+CONTROL_RCVHWM = 16  # queued control requests per peer (a REQ peer has one in flight)
+OPERATOR_ONLY = frozenset({"clear_estop", "reset"})
 
 
 # ---- codec -------------------------------------------------------------------------------------
@@ -98,12 +116,17 @@ def unpack_frames(data: Any) -> list[bytes]:
     return frames
 
 
-def stream_socket(ctx: Any, kind: int, conflate: bool = True) -> Any:
-    """A streaming socket where the newest message wins: ZMQ_CONFLATE on receivers (set before connect/bind)."""
+def stream_socket(ctx: Any, kind: int, conflate: bool = True, max_frame_bytes: int = MAX_STREAM_FRAME_BYTES) -> Any:
+    """A streaming socket where the newest message wins: ZMQ_CONFLATE on receivers (set before connect/bind).
+
+    Receivers refuse frames over ``max_frame_bytes`` (ZMQ_MAXMSGSIZE: libzmq drops that connection before
+    buffering more); a stream message is one frame, so that bounds each message whole."""
     import zmq
 
     sock = ctx.socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
+    if kind in (zmq.SUB, zmq.PULL):
+        sock.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
     if conflate and kind in (zmq.SUB, zmq.PULL):
         sock.setsockopt(zmq.CONFLATE, 1)
     # Senders keep the default high-water mark: a small one would drop the *newest* message when the
@@ -225,10 +248,26 @@ def clip_target(spec: ArmSpec, mode: str, target: np.ndarray, reading: ArmReadin
     return t
 
 
-class ArmBridge:
-    """The reference arm-side process: binds the three sockets and runs the arm at ``spec.rate_hz``."""
+def control_socket(ctx: Any, kind: int) -> Any:
+    """A REQ/REP socket for control requests, with the message-size and queue limits."""
+    import zmq
 
-    def __init__(self, backend: ArmBackend, state_addr: str, cmd_addr: str, ctl_addr: str, context: Any = None):
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_ARM_MESSAGE_BYTES + 1)
+    sock.setsockopt(zmq.RCVHWM, CONTROL_RCVHWM)
+    return sock
+
+
+class ArmBridge:
+    """The reference arm-side process: binds its sockets and runs the arm at ``spec.rate_hz``.
+
+    ``operator_addr``: the operator socket (``ipc://`` in a directory only this user can enter), the only
+    place ``clear_estop`` and ``reset`` are accepted; None: nowhere (an e-stop then holds until a restart).
+    """
+
+    def __init__(self, backend: ArmBackend, state_addr: str, cmd_addr: str, ctl_addr: str, context: Any = None,
+                 operator_addr: str | None = None):
         import zmq
 
         self.backend = backend
@@ -239,9 +278,13 @@ class ArmBridge:
         self.pub.bind(state_addr)
         self.pull = stream_socket(self.ctx, zmq.PULL)
         self.pull.bind(cmd_addr)
-        self.rep = self.ctx.socket(zmq.REP)
-        self.rep.setsockopt(zmq.LINGER, 0)
+        self.rep = control_socket(self.ctx, zmq.REP)
         self.rep.bind(ctl_addr)
+        self.operator_rep = None
+        if operator_addr is not None:
+            self.operator_rep = control_socket(self.ctx, zmq.REP)
+            self.operator_rep.bind(operator_address(operator_addr))
+        self.forbidden = 0  # operator-only requests refused on the control socket
         self.estopped = False
         self.seq = 0
         self.episode = 0  # counts resets, so a client can tell the first state of a new episode
@@ -253,16 +296,27 @@ class ArmBridge:
         self._stop = threading.Event()
 
     def _control(self) -> None:
+        self._serve_control(self.rep, operator=False)
+        if self.operator_rep is not None:
+            self._serve_control(self.operator_rep, operator=True)
+
+    def _serve_control(self, sock: Any, operator: bool) -> None:
         import zmq
 
         while True:
             try:
-                frames = self.rep.recv_multipart(flags=zmq.NOBLOCK)
+                frames = sock.recv_multipart(flags=zmq.NOBLOCK)
             except zmq.Again:
                 return
             self.seq += 1
             try:
                 msg = decode_arm(frames)
+                if msg.type in OPERATOR_ONLY and not operator:
+                    self.forbidden += 1
+                    log.error("refused %s on the control socket: only the operator socket may clear an e-stop or "
+                              "reset the arm", msg.type)
+                    raise ProtocolError("forbidden", f"{msg.type} is accepted only on the bridge's operator socket",
+                                        msg.seq)
                 if msg.type == "hello":
                     reply = encode_arm("hello", self.seq, spec=self.spec.to_dict(), reply_to=msg.seq)
                 elif msg.type == "estop":
@@ -278,7 +332,8 @@ class ArmBridge:
                 elif msg.type == "reset":
                     seed = msg.get("seed")
                     if not isinstance(seed, int) or isinstance(seed, bool):
-                        raise ProtocolError("malformed", f"reset needs an integer 'seed', got {seed!r}", msg.seq)
+                        raise ProtocolError("malformed", f"reset needs an integer 'seed', got {describe(seed)}",
+                                            msg.seq)
                     self.backend.reset(seed)
                     self.command, self.episode = None, self.episode + 1
                     reply = encode_arm("ack", self.seq, reply_to=msg.seq, episode=self.episode)
@@ -287,7 +342,11 @@ class ArmBridge:
                     raise ProtocolError("type", f"control channel does not accept {msg.type!r}", msg.seq)
             except ProtocolError as e:
                 reply = encode_arm("error", self.seq, kind=e.kind, message=e.message[:500], reply_to=e.seq)
-            self.rep.send_multipart(reply)
+            except Exception as e:  # a bug (or a backend failure) must not stop the arm's loop; REP must answer
+                log.error("internal error on the control socket: %s", type(e).__name__)
+                reply = encode_arm("error", self.seq, kind="internal", message=f"bridge error ({type(e).__name__})",
+                                   reply_to=None)
+            sock.send_multipart(reply)
 
     def _take_command(self) -> None:
         try:
@@ -298,8 +357,9 @@ class ArmBridge:
             if msg.type != "arm_cmd":
                 raise ProtocolError("type", f"command channel takes arm_cmd, got {msg.type!r}", msg.seq)
             mode = msg.get("mode")
-            if mode not in self.spec.modes:
-                raise ProtocolError("malformed", f"mode {mode!r} not supported (arm supports {list(self.spec.modes)})")
+            if not isinstance(mode, str) or mode not in self.spec.modes:
+                raise ProtocolError("malformed", f"mode {describe(mode)} not supported (arm supports "
+                                    f"{list(self.spec.modes)})")
             want = {"ee_delta": 6, "ee_pose": 7, "joint": self.spec.dof}[mode]
             target = msg.arrays.get("target")
             if target is None or target.shape != (want,):
@@ -360,8 +420,9 @@ class ArmBridge:
         self._stop.set()
 
     def close(self) -> None:
-        for s in (self.pub, self.pull, self.rep):
-            s.close(0)
+        for s in (self.pub, self.pull, self.rep, self.operator_rep):
+            if s is not None:
+                s.close(0)
         if self._own_ctx:
             self.ctx.term()
         self.backend.close()
@@ -372,45 +433,57 @@ class ArmBridge:
 class ArmClient:
     """Connects to an arm bridge: latest state, non-blocking commands, e-stop with acknowledgement."""
 
-    def __init__(self, state_addr: str, cmd_addr: str, ctl_addr: str, timeout_s: float = 1.0, context: Any = None):
+    def __init__(self, state_addr: str, cmd_addr: str, ctl_addr: str, timeout_s: float = 1.0, context: Any = None,
+                 operator_addr: str | None = None):
+        """``operator_addr``: the bridge's operator socket, for :meth:`clear_estop` and :meth:`reset` (without
+        it they go to the control socket, which refuses them with ``forbidden``)."""
         import zmq
 
         self._zmq = zmq
         self._own_ctx = context is None
         self.ctx = context or zmq.Context()
         self.timeout_ms = int(timeout_s * 1000)
+        self.addrs = (state_addr, cmd_addr, ctl_addr)
         self.ctl_addr = ctl_addr
+        self.operator_addr = operator_addr
         self.sub = stream_socket(self.ctx, zmq.SUB)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
         self.sub.connect(state_addr)
         self.push = stream_socket(self.ctx, zmq.PUSH)
         self.push.connect(cmd_addr)
         self._req = None
+        self._operator_req = None
         self.seq = 0
         self.state: Message | None = None
         self.dropped_commands = 0
+        self.invalid_states = 0
 
-    def _req_socket(self) -> Any:
-        if self._req is None:
+    def _req_socket(self, operator: bool = False) -> Any:
+        attr, addr = ("_operator_req", self.operator_addr) if operator else ("_req", self.ctl_addr)
+        if getattr(self, attr) is None:
             zmq = self._zmq
-            self._req = self.ctx.socket(zmq.REQ)
-            self._req.setsockopt(zmq.LINGER, 0)
-            self._req.setsockopt(zmq.RCVTIMEO, self.timeout_ms)
-            self._req.setsockopt(zmq.SNDTIMEO, self.timeout_ms)
-            self._req.connect(self.ctl_addr)
-        return self._req
+            sock = control_socket(self.ctx, zmq.REQ)
+            sock.setsockopt(zmq.RCVTIMEO, self.timeout_ms)
+            sock.setsockopt(zmq.SNDTIMEO, self.timeout_ms)
+            sock.connect(addr)
+            setattr(self, attr, sock)
+        return getattr(self, attr)
 
     def request(self, msg_type: str, **fields: Any) -> Message:
-        """A control request (hello, estop, clear_estop, ping); TimeoutError when the arm does not answer."""
+        """A control request (hello, estop, clear_estop, ping, reset); TimeoutError when the arm does not answer.
+
+        ``clear_estop`` and ``reset`` go to the operator socket when this client has its address."""
         self.seq += 1
-        sock = self._req_socket()
+        operator = msg_type in OPERATOR_ONLY and self.operator_addr is not None
+        sock = self._req_socket(operator)
+        addr = self.operator_addr if operator else self.ctl_addr
         try:
             sock.send_multipart(encode_arm(msg_type, self.seq, **fields))
             reply = decode_arm(sock.recv_multipart())
         except self._zmq.Again:
-            self._req.close(0)  # a REQ socket that missed its reply is stuck: replace it
-            self._req = None
-            raise TimeoutError(f"arm bridge at {self.ctl_addr} did not answer {msg_type!r} "
+            sock.close(0)  # a REQ socket that missed its reply is stuck: replace it
+            setattr(self, "_operator_req" if operator else "_req", None)
+            raise TimeoutError(f"arm bridge at {addr} did not answer {msg_type!r} "
                                f"within {self.timeout_ms} ms") from None
         if reply.type == "error":
             raise ProtocolError(reply.get("kind", "internal"), reply.get("message", ""))
@@ -433,9 +506,13 @@ class ArmClient:
         """The newest state (kept until a newer one arrives); waits up to ``timeout_s`` for one."""
         if timeout_s > 0 and self.sub.poll(int(timeout_s * 1000)) == 0:
             return self.state
-        frames = recv_latest(self.sub)
-        if frames is not None:
-            self.state = decode_arm(frames)
+        try:
+            frames = recv_latest(self.sub)
+            if frames is not None:
+                self.state = decode_arm(frames)
+        except Exception as e:  # a bad state message is counted and skipped; the robot loop carries on
+            self.invalid_states += 1
+            log.warning("invalid arm state message ignored (%s)", e if isinstance(e, ProtocolError) else type(e).__name__)
         return self.state
 
     def send(self, mode: str, target: np.ndarray, gripper: float) -> bool:
@@ -453,7 +530,7 @@ class ArmClient:
             return False
 
     def close(self) -> None:
-        for s in (self.sub, self.push, self._req):
+        for s in (self.sub, self.push, self._req, self._operator_req):
             if s is not None:
                 s.close(0)
         if self._own_ctx:
@@ -461,5 +538,5 @@ class ArmClient:
 
 
 __all__ = ["ARM_MSG_TYPES", "CMD_MODES", "ArmBackend", "ArmBridge", "ArmClient", "ArmReading", "ArmSpec", "KinematicArm",
-           "clip_target", "decode_arm", "encode_arm", "pack_frames", "recv_latest", "stream_socket",
+           "clip_target", "control_socket", "decode_arm", "encode_arm", "pack_frames", "recv_latest", "stream_socket",
            "unpack_frames"]

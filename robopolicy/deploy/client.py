@@ -36,10 +36,12 @@ import zmq
 from robopolicy.deploy.keys import ClientCurve, apply_client_curve
 from robopolicy.deploy.protocol import (
     DEFAULT_MAX_MESSAGE_BYTES,
+    ERROR_KINDS,
     Message,
     PolicySpec,
     ProtocolError,
     decode,
+    describe,
     encode,
     validate_chunk,
 )
@@ -116,6 +118,9 @@ class PolicyClient:
             except ProtocolError as e:
                 self.invalid_replies += 1
                 log.warning("invalid reply from server: %s", e)
+            except Exception as e:  # a decoder bug on hostile input: count it, never crash the control loop
+                self.invalid_replies += 1
+                log.warning("invalid reply from server (%s while decoding)", type(e).__name__)
         return out
 
     def call(self, msg_type: str, arrays: dict[str, np.ndarray] | None = None, timeout_s: float = 1.0,
@@ -193,7 +198,8 @@ class ControlLoop:
         self.period = 1.0 / c.control_hz
         self.ping_interval = c.ping_interval_s or c.watchdog_s / 4
         rs = robot.spec
-        self.safety = SafetyFilter(rs.action_low, rs.action_high, rs.max_velocity, rs.max_acceleration)
+        self.safety = SafetyFilter(rs.action_low, rs.action_high, rs.max_velocity, rs.max_acceleration,
+                                   angle_dims=rs.angle_dims, angle_period=rs.angle_period)
         self.watchdog = Watchdog(c.watchdog_s)
         self.estop = EStop()
         self.spec: PolicySpec | None = None
@@ -226,6 +232,9 @@ class ControlLoop:
         self._pending_estop = "estop"
 
     def clear_estop(self) -> None:
+        """Clear the local latch and ask the server to clear its own. The server accepts only an operator
+        (docs/protocol.md, "E-stop authority"): unless this client's CURVE key is an operator key it answers
+        ``forbidden``, and its next reply saying "e-stopped" latches this loop again."""
         self._forget_plans()
         self.estop.clear()
         self._pending_estop = "clear_estop"
@@ -248,12 +257,18 @@ class ControlLoop:
             self.fatal = f"robot {self.robot.spec.name!r} does not provide {missing} that the policy reads"
         if spec.action_dim != self.robot.spec.action_dim:
             self.fatal = f"policy action dim {spec.action_dim} != robot action dim {self.robot.spec.action_dim}"
+        if spec.infer_bytes() > self.client.max_message_bytes:
+            self.fatal = (f"the policy's observation history ({spec.infer_bytes()} bytes per request) exceeds the "
+                          f"message limit of {self.client.max_message_bytes} bytes")
+        if self.fatal is not None:
+            return
         if self.spec is None or spec != self.spec:
             c = self.config
             self.spec = spec
             self.scheduler = ChunkScheduler(spec.n_obs_steps, spec.horizon, spec.n_action_steps, spec.dt, c.blend,
                                             c.latency_margin_s, c.validity_s, c.ensemble_m, c.rtc_soft_steps,
-                                            c.request_lead_s)
+                                            c.request_lead_s, angle_dims=self.robot.spec.angle_dims,
+                                            angle_period=self.robot.spec.angle_period)
             # Enough robot-rate frames to span the To policy steps (the robot may run faster than the policy).
             per_step = max(1, math.ceil(spec.dt * self.robot.spec.control_hz - 1e-9))
             self.history = collections.deque(self.history, maxlen=(spec.n_obs_steps - 1) * per_step + 2)
@@ -308,10 +323,18 @@ class ControlLoop:
                                      expected_delay_s=inf["expected_delay"], t_obs=inf["t_obs"],
                                      epoch=self.client.epoch)
         elif m.type == "error":
-            kind = str(m.get("kind"))
+            kind = m.get("kind") if m.get("kind") in ERROR_KINDS else f"unknown:{describe(m.get('kind'), 20)}"
             self.server_errors[kind] += 1
             if self._inflight is not None and m.get("reply_to") == self._inflight["seq"]:
                 self._inflight = None
+
+    def _handle_safely(self, m: Message, now: float) -> None:
+        """:meth:`_handle`, counting a reply that breaks it as invalid: one bad reply never stops the loop."""
+        try:
+            self._handle(m, now)
+        except Exception as e:
+            self.client.invalid_replies += 1
+            log.warning("invalid %s reply from server ignored (%s)", describe(m.type), type(e).__name__)
 
     def tick(self, now: float) -> CommandRecord:
         c = self.config
@@ -333,7 +356,7 @@ class ControlLoop:
                     self.scheduler.clear()
         # 2. replies
         for m in self.client.receive(0):
-            self._handle(m, now)
+            self._handle_safely(m, now)
         # 3. link watchdog, heartbeat, (re)connection
         if self._link_alive and self.watchdog.expired(now):
             self._link_lost(now, f"no reply for {c.watchdog_s * 1e3:.0f} ms")
@@ -496,7 +519,7 @@ class ControlLoop:
                 break
             if self.client.sock.poll(int(remaining * 1000), zmq.POLLIN):
                 for m in self.client.receive(0):
-                    self._handle(m, time.monotonic())
+                    self._handle_safely(m, time.monotonic())
         precise_wait(deadline, spin)
 
     def summary(self) -> dict[str, Any]:
@@ -504,6 +527,7 @@ class ControlLoop:
         sched = dataclasses.asdict(self.scheduler.stats) if self.scheduler is not None else {}
         return {
             **dict(self.counters), "server_errors": dict(self.server_errors), "schedule": sched,
+            "invalid_replies": self.client.invalid_replies,
             "deadline_misses": sched.get("late_chunks", 0) + self.counters["starved_ticks"],
             "watchdog_trips": self.watchdog.trips, "estop": self.estop.active,
             "safety": {"rejected": self.safety.rejected, "clipped_position": self.safety.clipped_position,

@@ -3,15 +3,57 @@
 A waypoint ``(t_i, a_i)`` says "at time t_i the target is a_i". Between two waypoints the target
 is interpolated linearly; after the last one it is held for at most ``validity_s``; outside that
 (and before the first waypoint) there is *no* valid target, so the caller must use its safe action.
+
+Angles: the action dimensions listed in ``angle_dims`` are angles that wrap with ``angle_period``
+(2π for radians, 360 for degrees): a yaw joint, a heading. Between 179° and -179° such a dimension
+moves 2° through ±180°, not 358° through 0, and every result is wrapped into [-period/2, period/2).
+Blends of several chunks use the same rule (:func:`blend`, and :func:`weighted_mean`: the circular mean).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+
+TWO_PI = 2 * np.pi
+
+
+def wrap_angle(a: np.ndarray | float, period: float = TWO_PI) -> np.ndarray:
+    """Angles mapped into [-period/2, period/2)."""
+    return (np.asarray(a, dtype=np.float64) + period / 2) % period - period / 2
+
+
+def _dims(angle_dims: Sequence[int]) -> list[int]:
+    return [int(i) for i in angle_dims]
+
+
+def blend(a: np.ndarray, b: np.ndarray, w: float, angle_dims: Sequence[int] = (), period: float = TWO_PI) -> np.ndarray:
+    """``(1 - w) a + w b``; angle dimensions go the short way round and come back wrapped."""
+    out = (1.0 - w) * a + w * b
+    dims = _dims(angle_dims)
+    if dims:
+        out[dims] = wrap_angle(a[dims] + w * wrap_angle(b[dims] - a[dims], period), period)
+    return out
+
+
+def weighted_mean(values: Sequence[np.ndarray], weights: np.ndarray, angle_dims: Sequence[int] = (),
+                  period: float = TWO_PI) -> np.ndarray:
+    """Weighted mean of actions; angle dimensions by their circular mean (of unit vectors)."""
+    v = np.stack(values)
+    w = np.asarray(weights, dtype=np.float64)
+    out = (w[:, None] * v).sum(axis=0) / w.sum()
+    dims = _dims(angle_dims)
+    if dims:
+        theta = v[:, dims] * (TWO_PI / period)
+        s, c = (w[:, None] * np.sin(theta)).sum(axis=0), (w[:, None] * np.cos(theta)).sum(axis=0)
+        out[dims] = wrap_angle(np.arctan2(s, c) * (period / TWO_PI), period)
+    return out
 
 
 class Waypoints:
-    def __init__(self, times: np.ndarray, actions: np.ndarray, validity_s: float):
+    def __init__(self, times: np.ndarray, actions: np.ndarray, validity_s: float, angle_dims: Sequence[int] = (),
+                 angle_period: float = TWO_PI):
         times = np.asarray(times, dtype=np.float64).reshape(-1)
         actions = np.asarray(actions, dtype=np.float64)
         if actions.ndim != 2 or actions.shape[0] != len(times):
@@ -21,6 +63,8 @@ class Waypoints:
         self.times = times
         self.actions = actions
         self.validity_s = float(validity_s)
+        self.angle_dims = _dims(angle_dims)
+        self.angle_period = float(angle_period)
 
     def __len__(self) -> int:
         return len(self.times)
@@ -41,7 +85,7 @@ class Waypoints:
         """Target at time ``t``, or None when ``t`` lies outside ``[t_first, t_last + validity]``."""
         if not self.valid_at(t):
             return None
-        return interpolate(self.times, self.actions, t)
+        return interpolate(self.times, self.actions, t, self.angle_dims, self.angle_period)
 
     def drop_before(self, t: float) -> int:
         """Drop waypoints whose time is before ``t``; returns how many were dropped."""
@@ -57,17 +101,20 @@ class Waypoints:
             self.times, self.actions = self.times[i:], self.actions[i:]
 
 
-def interpolate(times: np.ndarray, actions: np.ndarray, t: float) -> np.ndarray:
-    """Linear interpolation of ``actions (N, A)`` at ``t``; held constant outside ``[times[0], times[-1]]``."""
+def interpolate(times: np.ndarray, actions: np.ndarray, t: float, angle_dims: Sequence[int] = (),
+                period: float = TWO_PI) -> np.ndarray:
+    """Linear interpolation of ``actions (N, A)`` at ``t``; held constant outside ``[times[0], times[-1]]``.
+    ``angle_dims`` interpolate the short way round and are returned wrapped into [-period/2, period/2)."""
     n = len(times)
-    if n == 1 or t <= times[0]:
-        return actions[0].copy()
-    if t >= times[-1]:
-        return actions[-1].copy()
+    dims = _dims(angle_dims)
+    if n == 1 or t <= times[0] or t >= times[-1]:
+        out = (actions[0] if n == 1 or t <= times[0] else actions[-1]).copy()
+        if dims:
+            out[dims] = wrap_angle(out[dims], period)
+        return out
     j = int(np.searchsorted(times, t, side="right"))  # times[j-1] <= t < times[j]
     t0, t1 = times[j - 1], times[j]
-    w = (t - t0) / (t1 - t0)
-    return (1.0 - w) * actions[j - 1] + w * actions[j]
+    return blend(actions[j - 1], actions[j], (t - t0) / (t1 - t0), dims, period)
 
 
-__all__ = ["Waypoints", "interpolate"]
+__all__ = ["Waypoints", "blend", "interpolate", "weighted_mean", "wrap_angle"]

@@ -43,6 +43,11 @@ MAX_HEADER_BYTES = 64 * 1024
 MAX_FRAMES = 64  # array frames per message
 MAX_NDIM = 8
 MAX_NAME_LEN = 128
+MAX_HEADER_DEPTH = 16  # nesting of maps/lists in a header (a spec needs 3); deeper is refused before any repr
+# Bounds on a policy spec received in a hello reply, so a hostile or broken server cannot make the robot
+# loop allocate or scan millions of history frames (the loop's work per request grows with To).
+MAX_OBS_STEPS = 64
+MAX_HORIZON = 4096
 _INT64_MAX = 2**63 - 1
 
 # Error kinds, as sent in ``error`` replies (``header["kind"]``).
@@ -60,6 +65,7 @@ ERROR_KINDS = (
     "estopped",  # the server is e-stopped (latched until clear_estop)
     "unsupported",  # a valid request this receiver cannot carry out (e.g. reset on a real arm)
     "policy",  # the policy raised, or returned a non-finite / wrongly shaped chunk
+    "forbidden",  # the sender may not do this (clear_estop or reset from a peer that is not an operator)
     "internal",  # anything else on the server (a bug; it keeps serving)
 )
 
@@ -131,6 +137,40 @@ def _is_number(x: Any) -> bool:
     return (isinstance(x, int | float)) and not isinstance(x, bool)
 
 
+def describe(x: Any, limit: int = 40) -> str:
+    """A short, safe description of an untrusted value for error messages.
+
+    Never ``repr`` a received container: a deeply nested one raises RecursionError (the fuzzer's
+    995-1023-level headers did, inside the decoder's own error message) and a huge one costs time.
+    Scalars are shown (strings truncated), containers only by type and length."""
+    if x is None or isinstance(x, bool | int | float):
+        return repr(x)[:limit]
+    if isinstance(x, str):
+        return repr(x[:limit])
+    if isinstance(x, bytes | bytearray):
+        return f"<{len(x)} bytes>"
+    if isinstance(x, list | tuple | dict):
+        return f"<{type(x).__name__} of {len(x)}>"
+    return f"<{type(x).__name__}>"
+
+
+def _depth_exceeds(obj: Any, limit: int) -> bool:
+    """True if maps/lists nest deeper than ``limit`` (iterative: no recursion on untrusted input)."""
+    stack = [(obj, 1)]
+    while stack:
+        x, depth = stack.pop()
+        if isinstance(x, dict):
+            items = list(x.keys()) + list(x.values())
+        elif isinstance(x, list):
+            items = x
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((y, depth + 1) for y in items if isinstance(y, dict | list))
+    return False
+
+
 def _frame_bytes(f: Any) -> memoryview:
     # zmq.Frame exposes .buffer; bytes / bytearray / memoryview work directly.
     buf = getattr(f, "buffer", f)
@@ -150,21 +190,17 @@ def decode(frames: Sequence[Any], max_message_bytes: int = DEFAULT_MAX_MESSAGE_B
         raise ProtocolError("too_large", f"message of {total} bytes (max {max_message_bytes})")
     if views[0].nbytes > MAX_HEADER_BYTES:
         raise ProtocolError("too_large", f"header of {views[0].nbytes} bytes (max {MAX_HEADER_BYTES})")
-    try:
-        header = msgpack.unpackb(views[0], raw=False, strict_map_key=True, use_list=True)
-    except Exception as e:  # msgpack raises many types (ExtraData, ValueError, UnicodeDecodeError, ...)
-        raise ProtocolError("malformed", f"header is not valid msgpack ({type(e).__name__})") from None
-    if not isinstance(header, dict):
-        raise ProtocolError("malformed", "header is not a map")
+    header = unpack_header(views[0])
     seq = header.get("seq")
     seq = seq if _is_int(seq) and 0 <= seq <= _INT64_MAX else None
     if "v" not in header:
         raise ProtocolError("malformed", "header has no protocol version 'v'", seq)
-    if header["v"] != PROTOCOL_VERSION:
-        raise ProtocolError("version", f"protocol version {header['v']!r} (this side speaks {PROTOCOL_VERSION})", seq)
+    if not (_is_int(header["v"]) and header["v"] == PROTOCOL_VERSION):  # True and 1.0 are not version 1
+        raise ProtocolError("version", f"protocol version {describe(header['v'])} (this side speaks "
+                            f"{PROTOCOL_VERSION}, an integer)", seq)
     msg_type = header.get("type")
     if not isinstance(msg_type, str) or msg_type not in msg_types:
-        raise ProtocolError("type", f"unknown message type {str(msg_type)[:40]!r}", seq)
+        raise ProtocolError("type", f"unknown message type {describe(msg_type)}", seq)
     if seq is None:
         raise ProtocolError("malformed", "'seq' must be an integer in [0, 2**63)")
     t_send = header.get("t_send")
@@ -184,6 +220,21 @@ def decode(frames: Sequence[Any], max_message_bytes: int = DEFAULT_MAX_MESSAGE_B
     return Message(type=msg_type, seq=seq, header=header, arrays=arrays)
 
 
+def unpack_header(data: Any) -> dict[str, Any]:
+    """The msgpack map of a header frame, with bounded sizes and nesting; ProtocolError otherwise."""
+    try:
+        header = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True,
+                                 max_str_len=MAX_HEADER_BYTES, max_bin_len=MAX_HEADER_BYTES,
+                                 max_array_len=MAX_HEADER_BYTES, max_map_len=MAX_HEADER_BYTES, max_ext_len=0)
+    except Exception as e:  # msgpack raises many types (ExtraData, ValueError, UnicodeDecodeError, ...)
+        raise ProtocolError("malformed", f"header is not valid msgpack ({type(e).__name__})") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("malformed", "header is not a map")
+    if _depth_exceeds(header, MAX_HEADER_DEPTH):
+        raise ProtocolError("malformed", f"header nests maps/lists deeper than {MAX_HEADER_DEPTH} levels")
+    return header
+
+
 def _decode_array(entry: Any, view: memoryview, seq: int, check_finite: bool) -> tuple[str, np.ndarray]:
     if not isinstance(entry, dict):
         raise ProtocolError("malformed", "frame table entries must be maps", seq)
@@ -191,7 +242,7 @@ def _decode_array(entry: Any, view: memoryview, seq: int, check_finite: bool) ->
     if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LEN:
         raise ProtocolError("malformed", "array name must be a non-empty string", seq)
     if not isinstance(dname, str) or dname not in ALLOWED_DTYPES:
-        raise ProtocolError("dtype", f"array {name!r}: dtype {str(dname)[:20]!r} not allowed "
+        raise ProtocolError("dtype", f"array {name!r}: dtype {describe(dname, 20)} not allowed "
                             f"(allowed: {sorted(ALLOWED_DTYPES)})", seq)
     if not isinstance(shape, list) or len(shape) > MAX_NDIM or not all(_is_int(d) and 0 <= d <= 2**31 for d in shape):
         raise ProtocolError("shape", f"array {name!r}: shape must be a list of at most {MAX_NDIM} "
@@ -230,6 +281,11 @@ class PolicySpec:
         self.input_features = {str(k): tuple(int(d) for d in v) for k, v in self.input_features.items()}
         if not (self.n_obs_steps >= 1 and self.horizon >= self.n_obs_steps and self.n_action_steps >= 1):
             raise ValueError(f"inconsistent To/T/Ta = {self.n_obs_steps}/{self.horizon}/{self.n_action_steps}")
+        if self.n_obs_steps > MAX_OBS_STEPS or self.horizon > MAX_HORIZON or self.n_action_steps > self.horizon:
+            raise ValueError(f"To/T/Ta = {self.n_obs_steps}/{self.horizon}/{self.n_action_steps} out of range "
+                             f"(To <= {MAX_OBS_STEPS}, T <= {MAX_HORIZON}, Ta <= T)")
+        if len(self.input_features) > MAX_FRAMES or any(len(s) > MAX_NDIM - 1 for s in self.input_features.values()):
+            raise ValueError(f"at most {MAX_FRAMES} input features of at most {MAX_NDIM - 1} dimensions")
         if not (self.fps > 0 and math.isfinite(self.fps)):
             raise ValueError(f"fps must be positive, got {self.fps}")
         if self.action_dim < 1:
@@ -248,14 +304,31 @@ class PolicySpec:
         d["input_features"] = {k: list(v) for k, v in self.input_features.items()}
         return d
 
+    def infer_bytes(self) -> int:
+        """Size of the arrays of one ``infer`` request (float32), to check against the message limit."""
+        return sum(self.n_obs_steps * math.prod(s) * 4 for s in self.input_features.values())
+
     @classmethod
     def from_dict(cls, d: Any) -> PolicySpec:
         if not isinstance(d, dict):
             raise ProtocolError("malformed", "policy spec must be a map")
+        fields = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
+        for key in ("action_dim", "n_obs_steps", "horizon", "n_action_steps"):
+            if key in fields and not _is_int(fields[key]):
+                raise ProtocolError("malformed", f"bad policy spec: {key!r} must be an integer, got "
+                                    f"{describe(fields[key])}")
+        feats = fields.get("input_features")
+        if not isinstance(feats, dict) or not all(
+                isinstance(k, str) and isinstance(v, list) and all(_is_int(x) and 0 < x <= 2**31 for x in v)
+                for k, v in feats.items()):
+            raise ProtocolError("malformed", "bad policy spec: 'input_features' must map names to lists of positive "
+                                "integers")
         try:
-            return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+            return cls(**fields)
         except Exception as e:  # any malformed field (a string for a map, ...) is a protocol error, never a crash
-            raise ProtocolError("malformed", f"bad policy spec: {type(e).__name__}: {e}") from None
+            # the message of our own checks names fields and numbers only; anything else is summarized by type
+            detail = str(e) if isinstance(e, ValueError) else type(e).__name__
+            raise ProtocolError("malformed", f"bad policy spec: {detail[:300]}") from None
 
 
 def validate_infer(msg: Message, spec: PolicySpec) -> tuple[dict[str, np.ndarray], float]:
@@ -304,7 +377,8 @@ def validate_chunk(msg: Message, spec: PolicySpec, t_obs_sent: float | None = No
     if t_obs_sent is not None:
         t_obs = msg.get("t_obs")
         if not (_is_number(t_obs) and abs(t_obs - t_obs_sent) <= 1e-6):
-            raise ProtocolError("malformed", f"chunk t_obs {t_obs!r} is not the request's {t_obs_sent}", msg.seq)
+            raise ProtocolError("malformed", f"chunk t_obs {describe(t_obs)} is not the request's {t_obs_sent}",
+                                msg.seq)
         expected = t_obs_sent - (spec.n_obs_steps - 1) * spec.dt
         if abs(t_first - expected) > 1e-6:
             raise ProtocolError("malformed", f"chunk t_first {t_first} is not t_obs - (To - 1) dt = {expected}", msg.seq)
@@ -313,6 +387,6 @@ def validate_chunk(msg: Message, spec: PolicySpec, t_obs_sent: float | None = No
 
 __all__ = [
     "ALLOWED_DTYPES", "DEFAULT_MAX_MESSAGE_BYTES", "ERROR_KINDS", "MAX_FRAMES", "MAX_HEADER_BYTES", "MSG_TYPES",
-    "PROTOCOL_VERSION", "REQUEST_TYPES", "Message", "PolicySpec", "ProtocolError", "decode", "encode",
-    "error_frames", "validate_chunk", "validate_infer",
+    "PROTOCOL_VERSION", "REQUEST_TYPES", "Message", "PolicySpec", "ProtocolError", "decode", "describe", "encode",
+    "error_frames", "unpack_header", "validate_chunk", "validate_infer",
 ]

@@ -28,6 +28,11 @@ class RobotSpec:
     control_hz: float = 10.0  # the robot driver's own rate
     safe_action: str | np.ndarray = "hold"  # "hold" (keep the current position), "stop", or a fixed action
     observation_keys: tuple[str, ...] = ()
+    # Action dimensions that are angles (a yaw joint, a heading) wrapping with angle_period (2π: radians, 360:
+    # degrees): interpolation, chunk blending and the safety filter take the short way round for them
+    # (robopolicy.deploy.interpolation), and their commands are wrapped into [-period/2, period/2).
+    angle_dims: tuple[int, ...] = ()
+    angle_period: float = 2 * np.pi
 
     def __post_init__(self) -> None:
         self.action_low = np.asarray(self.action_low, dtype=np.float64).reshape(self.action_dim)
@@ -44,6 +49,11 @@ class RobotSpec:
             if a.shape != (self.action_dim,) or not np.isfinite(a).all():
                 raise ValueError(f"a fixed safe action must be {self.action_dim} finite numbers")
             self.safe_action = a
+        self.angle_dims = tuple(int(i) for i in self.angle_dims)
+        if any(not 0 <= i < self.action_dim for i in self.angle_dims) or len(set(self.angle_dims)) != len(self.angle_dims):
+            raise ValueError(f"angle_dims {self.angle_dims} must be distinct action dimensions in [0, {self.action_dim})")
+        if not (self.angle_period > 0 and np.isfinite(self.angle_period)):
+            raise ValueError(f"angle_period must be positive, got {self.angle_period}")
 
 
 @dataclasses.dataclass

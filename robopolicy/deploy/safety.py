@@ -6,6 +6,11 @@ step from the previous command is limited so that velocity and acceleration stay
 limits for the tick's duration. Safe actions bypass the velocity/acceleration limits (holding or
 stopping is by definition what the robot should do now) but still respect the position limits,
 and they reset the filter's state so that motion resumes smoothly from there.
+
+Angles (``angle_dims`` wrapping with ``angle_period``, 2π for radians, declared per robot in
+``RobotSpec.angle_dims``/``angle_period``): a target is first wrapped into [-period/2, period/2), the step from the previous command is the short way round (179° to -179°
+is +2°, not -358°, so the velocity limit never sends a yaw the long way), and commands are wrapped.
+Position limits still apply to the wrapped value (limits of ±period/2 leave the dimension free).
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from __future__ import annotations
 import time
 
 import numpy as np
+
+from robopolicy.deploy.interpolation import wrap_angle
 
 
 def is_finite_tree(obs: dict[str, np.ndarray]) -> bool:
@@ -26,7 +33,8 @@ def is_finite_tree(obs: dict[str, np.ndarray]) -> bool:
 
 class SafetyFilter:
     def __init__(self, low: np.ndarray | None = None, high: np.ndarray | None = None,
-                 max_velocity: np.ndarray | float | None = None, max_acceleration: np.ndarray | float | None = None):
+                 max_velocity: np.ndarray | float | None = None, max_acceleration: np.ndarray | float | None = None,
+                 angle_dims: tuple[int, ...] = (), angle_period: float = 2 * np.pi):
         self.low = None if low is None else np.asarray(low, dtype=np.float64)
         self.high = None if high is None else np.asarray(high, dtype=np.float64)
         self.max_velocity = None if max_velocity is None else np.asarray(max_velocity, dtype=np.float64)
@@ -36,6 +44,8 @@ class SafetyFilter:
         for name, lim in (("max_velocity", self.max_velocity), ("max_acceleration", self.max_acceleration)):
             if lim is not None and np.any(lim <= 0):
                 raise ValueError(f"{name} must be positive")
+        self.angle_dims = [int(i) for i in angle_dims]
+        self.angle_period = float(angle_period)
         self.last: np.ndarray | None = None
         self.velocity: np.ndarray | None = None
         self.rejected = 0
@@ -43,10 +53,23 @@ class SafetyFilter:
         self.clipped_velocity = 0
         self.clipped_acceleration = 0
 
+    def _wrap(self, a: np.ndarray) -> np.ndarray:
+        if self.angle_dims:
+            a = a.copy()
+            a[self.angle_dims] = wrap_angle(a[self.angle_dims], self.angle_period)
+        return a
+
+    def _step(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """``a - b``, the short way round for angles."""
+        d = a - b
+        if self.angle_dims:
+            d[self.angle_dims] = wrap_angle(d[self.angle_dims], self.angle_period)
+        return d
+
     def clip_position(self, a: np.ndarray) -> np.ndarray:
-        out = a
+        out = self._wrap(a)
         if self.low is not None or self.high is not None:
-            out = np.clip(a, self.low, self.high)
+            out = np.clip(out, self.low, self.high)
         return out
 
     def reset(self, command: np.ndarray | None = None) -> None:
@@ -62,13 +85,13 @@ class SafetyFilter:
             self.rejected += 1
             return None
         clipped = self.clip_position(a)
-        if not np.array_equal(clipped, a):
+        if not np.array_equal(clipped, self._wrap(a)):
             self.clipped_position += 1
         a = clipped
         if self.last is None or dt <= 0 or a.shape != self.last.shape:
             self.reset(a)
             return a.copy()
-        v = (a - self.last) / dt
+        v = self._step(a, self.last) / dt
         if self.max_acceleration is not None and self.velocity is not None:
             dv = np.clip(v - self.velocity, -self.max_acceleration * dt, self.max_acceleration * dt)
             if not np.allclose(dv, v - self.velocity):
@@ -80,7 +103,7 @@ class SafetyFilter:
                 self.clipped_velocity += 1
             v = vc
         cmd = self.clip_position(self.last + v * dt)
-        self.velocity = (cmd - self.last) / dt
+        self.velocity = self._step(cmd, self.last) / dt
         self.last = cmd
         return cmd.copy()
 

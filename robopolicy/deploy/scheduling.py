@@ -29,7 +29,7 @@ import math
 
 import numpy as np
 
-from robopolicy.deploy.interpolation import Waypoints
+from robopolicy.deploy.interpolation import Waypoints, blend, weighted_mean
 
 BLEND_MODES = ("rtc", "ensemble", "replace")
 
@@ -66,7 +66,10 @@ class ScheduleStats:
 class ChunkScheduler:
     def __init__(self, n_obs_steps: int, horizon: int, n_action_steps: int, dt: float, mode: str = "rtc",
                  latency_margin_s: float = 0.0, validity_s: float | None = None, ensemble_m: float = 0.01,
-                 rtc_soft_steps: int = 0, request_lead_s: float = 0.0, max_chunks: int = 8):
+                 rtc_soft_steps: int = 0, request_lead_s: float = 0.0, max_chunks: int = 8,
+                 angle_dims: tuple[int, ...] = (), angle_period: float = 2 * math.pi):
+        """``angle_dims``: action dimensions that are angles wrapping with ``angle_period`` (interpolated and
+        blended the short way round; see :mod:`robopolicy.deploy.interpolation`)."""
         if mode not in BLEND_MODES:
             raise ValueError(f"blend mode must be one of {BLEND_MODES}, got {mode!r}")
         self.n_obs_steps, self.horizon, self.n_action_steps = n_obs_steps, horizon, n_action_steps
@@ -78,6 +81,8 @@ class ChunkScheduler:
         self.rtc_soft_steps = int(rtc_soft_steps)
         self.request_lead_s = float(request_lead_s)
         self.max_chunks = max_chunks
+        self.angle_dims = tuple(int(i) for i in angle_dims)
+        self.angle_period = float(angle_period)
         self.chunks: list[ScheduledChunk] = []  # oldest first
         self.stats = ScheduleStats()
         self._next_id = 0
@@ -102,7 +107,7 @@ class ChunkScheduler:
             self.stats.chunks_discarded += 1  # even the last action's hold window is over
             return None
         first = max(n_past - 1, 0)  # keep the last past waypoint as an interpolation anchor only
-        wp = Waypoints(times[first:], actions[first:], self.validity_s)
+        wp = Waypoints(times[first:], actions[first:], self.validity_s, self.angle_dims, self.angle_period)
         t_switch = t_valid_from
         if self.mode == "rtc" and t_request is not None:
             d = 0.0 if expected_delay_s is None else max(0.0, expected_delay_s)
@@ -136,7 +141,7 @@ class ChunkScheduler:
             if not valid:
                 return None, None
             w = np.exp(-self.ensemble_m * np.arange(len(valid)))  # oldest first
-            value = sum(wi * a for wi, (_, a) in zip(w, valid)) / w.sum()
+            value = weighted_mean([a for _, a in valid], w, self.angle_dims, self.angle_period)
             return value, valid[-1][0]
         chosen = None
         for k in range(len(self.chunks) - 1, -1, -1):  # newest first
@@ -157,7 +162,7 @@ class ChunkScheduler:
             if older is not None:
                 w_old = max(0.0, 1.0 - (t - c.t_switch + self.dt) / ((self.rtc_soft_steps + 1) * self.dt))
                 if w_old > 0:
-                    value = (1.0 - w_old) * value + w_old * older.at(t)
+                    value = blend(value, older.at(t), w_old, self.angle_dims, self.angle_period)
         return value, c
 
     # ---- when to ask for the next chunk ---------------------------------------------------------------

@@ -13,7 +13,16 @@ round trip. A policy that turns slow is back on the worker after that one call.
 
 No input can crash the loop: protocol violations get an ``error`` reply with a ``kind`` (and are
 counted); what cannot be answered (an empty message) is dropped and counted; an unexpected
-exception is logged, counted as ``internal`` and the loop goes on.
+exception is logged, answered ``internal`` and the loop goes on.
+
+Several clients: each admitted client has its own queue of at most ``queue_size`` pending inferences
+(one more is answered ``busy``), and the worker serves the clients' queues round robin, one request
+each, so no admitted client waits for more than ``max_clients - 1`` other inferences. At most
+``max_clients`` clients are admitted at once (a client is admitted while it has sent ``infer`` within
+``client_timeout_s``); the others get ``busy`` replies (their pings and e-stops are still answered).
+
+E-stop: any peer may latch it; only an operator may clear it (:mod:`robopolicy.deploy.operator`): a
+CURVE peer with an operator key, or a message on the local operator socket (``operator_address``).
 """
 
 from __future__ import annotations
@@ -22,7 +31,6 @@ import collections
 import itertools
 import logging
 import os
-import queue
 import signal
 import threading
 import time
@@ -35,6 +43,8 @@ import zmq
 
 from robopolicy.deploy.adapter import PolicyAdapter
 from robopolicy.deploy.keys import ServerCurve, apply_server_curve, start_authenticator
+from robopolicy.deploy.operator import describe_peer, peer_key
+from robopolicy.deploy.operator import operator_address as check_operator_address
 from robopolicy.deploy.protocol import (
     DEFAULT_MAX_MESSAGE_BYTES,
     REQUEST_TYPES,
@@ -48,6 +58,10 @@ from robopolicy.deploy.protocol import (
 log = logging.getLogger("robopolicy.deploy.server")
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
 INLINE_WINDOW = 20  # inferences that must all be fast before the socket thread runs the policy itself
+# Complete messages libzmq queues per peer before it stops reading that peer's connection (back-pressure):
+# a robot has one inference and one ping in flight, so a handful is plenty, and it bounds per-peer memory
+# to this many messages (docs/protocol.md, "Memory bounds").
+PEER_RCVHWM = 16
 
 
 class ServerStats:
@@ -84,12 +98,16 @@ class PolicyServer:
     ``curve``: a :class:`~robopolicy.deploy.keys.ServerCurve`; with it, only clients whose public key
     is allowed complete the handshake (the others get no answer at all).
     Use :meth:`run` (blocking) or :meth:`start`/:meth:`stop` (a background thread, for tests).
+
+    ``operator_address``: an ``ipc://`` socket in a directory only this user can enter, on which
+    ``clear_estop`` is accepted (besides CURVE operator keys); None: no such socket.
+    ``max_clients``/``client_timeout_s``: the multi-client policy (module docstring).
     """
 
     def __init__(self, adapter: PolicyAdapter, address: str = DEFAULT_ADDRESS, curve: ServerCurve | None = None,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, queue_size: int = 2,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, queue_size: int = 2, max_clients: int = 8,
                  status_every_s: float = 5.0, status_fn: Callable[[str], None] | None = None,
-                 inline_below_ms: float = 1.0):
+                 inline_below_ms: float = 1.0, operator_address: str | None = None, client_timeout_s: float = 2.0):
         self.adapter = adapter
         self.spec = adapter.spec
         self.address = address
@@ -103,7 +121,18 @@ class PolicyServer:
         self.start_error: Exception | None = None  # why run() ended before serving (e.g. the address is in use)
         self.ready = threading.Event()
         self._stop = threading.Event()
-        self._jobs: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
+        if max_clients < 1:
+            raise ValueError(f"max_clients must be at least 1, got {max_clients}")
+        self.max_clients = int(max_clients)
+        self.queue_size = max(1, int(queue_size))
+        self.client_timeout_s = float(client_timeout_s)
+        self.operator_address = None if operator_address is None else check_operator_address(operator_address)
+        self.operator_endpoint: str | None = None
+        # Each client's pending inferences; the worker takes one from the front client, which then goes to the back.
+        self._pending: collections.OrderedDict[bytes, collections.deque] = collections.OrderedDict()
+        self._pending_cv = threading.Condition()
+        self._clients: dict[bytes, float] = {}  # identity -> last infer (socket thread only)
+        self._router: zmq.Socket | None = None
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
         self._results_addr = f"inproc://robopolicy-results-{uuid.uuid4().hex}"
@@ -151,7 +180,7 @@ class PolicyServer:
         stop = stop_event or self._stop
         ctx = zmq.Context()
         auth = allow = None
-        router = results = None
+        router = results = operator = None
         worker = None
         try:
             if self.curve is not None:
@@ -160,7 +189,7 @@ class PolicyServer:
             router.linger = 0
             router.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes + 1)  # per frame; libzmq drops the peer
             router.sndhwm = 1000
-            router.rcvhwm = 1000
+            router.rcvhwm = PEER_RCVHWM
             if self.curve is not None:
                 apply_server_curve(router, self.curve)
             try:
@@ -169,6 +198,18 @@ class PolicyServer:
                 self.start_error = e
                 raise
             self.endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
+            self._router = router
+            if self.operator_address is not None:
+                operator = ctx.socket(zmq.ROUTER)
+                operator.linger = 0
+                operator.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)
+                operator.rcvhwm = PEER_RCVHWM
+                try:
+                    operator.bind(self.operator_address)
+                except zmq.ZMQError as e:
+                    self.start_error = e
+                    raise
+                self.operator_endpoint = operator.getsockopt_string(zmq.LAST_ENDPOINT)
             results = ctx.socket(zmq.PAIR)
             results.linger = 0
             results.bind(self._results_addr)
@@ -177,10 +218,11 @@ class PolicyServer:
             poller = zmq.Poller()
             poller.register(router, zmq.POLLIN)
             poller.register(results, zmq.POLLIN)
+            if operator is not None:
+                poller.register(operator, zmq.POLLIN)
             self.ready.set()
-            log.info("policy server on %s (%s, To=%d T=%d Ta=%d, %s Hz)%s", self.endpoint, self.spec.name,
-                     self.spec.n_obs_steps, self.spec.horizon, self.spec.n_action_steps, self.spec.fps,
-                     " with CURVE" if self.curve else "")
+            # The start line goes where the status lines go (the console under `robopolicy serve`), logged or not.
+            self.status_fn(self.start_line())
             t_start = last_status = time.monotonic()
             last_received = 0
             while not stop.is_set() and not self._stop.is_set():
@@ -206,11 +248,14 @@ class PolicyServer:
                             frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
                         except zmq.Again:
                             break
+                        self._handle_safely(router, frames, False)
+                if operator is not None and operator in events:
+                    for _ in range(100):
                         try:
-                            self._handle(router, frames)
-                        except Exception:  # a bug must not take the server down
-                            self.stats.error("internal")
-                            log.exception("internal error while handling a message")
+                            frames = operator.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        self._handle_safely(operator, frames, True)
                 if self.status_every_s and now - last_status >= self.status_every_s:
                     with self.stats.lock:
                         received = self.stats.received
@@ -222,7 +267,9 @@ class PolicyServer:
             self._stop.set()
             if worker is not None:
                 worker.join(2.0)
-            for sock in (router, results):
+            with self._pending_cv:
+                self._pending_cv.notify_all()
+            for sock in (router, results, operator):
                 if sock is not None:
                     sock.close(0)
             if auth is not None:
@@ -230,13 +277,23 @@ class PolicyServer:
             ctx.term()
             self.ready.set()
 
+    def start_line(self) -> str:
+        s = self.spec
+        curve = (f"with CURVE ({len(self.curve.allowed_clients)} client keys, {len(self.curve.operator_keys)} operator "
+                 "keys)" if self.curve else "without CURVE")
+        operator = (f"; operator socket {self.operator_endpoint} (clear an e-stop: python -m robopolicy.deploy.operator "
+                    f"clear {self.operator_endpoint})" if self.operator_endpoint else "; no operator socket")
+        return (f"[policy server] serving {s.name or 'a policy'} on {self.endpoint} (To={s.n_obs_steps} T={s.horizon} "
+                f"Ta={s.n_action_steps}, {s.fps:g} Hz) {curve}, up to {self.max_clients} clients{operator}")
+
     def status_line(self, rate: float | None = None) -> str:
         s = self.stats.snapshot()
         lat = (f"infer p50 {s['infer_ms_p50']:.1f} ms p99 {s['infer_ms_p99']:.1f} ms"
                if s["infer_ms_p50"] is not None else "no inference yet")
         r = f"{rate:.1f} msg/s, " if rate is not None else ""
+        denied = f", {self.auth_denied} CURVE handshakes refused" if self.auth_denied else ""
         return (f"[policy server] {r}{s['received']} received, {s['inferences']} chunks, {lat}, "
-                f"errors {s['errors'] or 0}, dropped {s['dropped']}{', E-STOPPED' if self.estopped else ''}")
+                f"errors {s['errors'] or 0}, dropped {s['dropped']}{denied}{', E-STOPPED' if self.estopped else ''}")
 
     def _send(self, router: zmq.Socket, identity: bytes, frames: list[bytes]) -> None:
         try:
@@ -249,7 +306,24 @@ class PolicyServer:
         self.stats.error(kind)
         self._send(router, identity, error_frames(kind, message, next(self._seq), reply_to))
 
-    def _handle(self, router: zmq.Socket, frames: list[Any]) -> None:
+    def _handle_safely(self, sock: zmq.Socket, frames: list[Any], from_operator_socket: bool) -> None:
+        try:
+            self._handle(sock, frames, from_operator_socket)
+        except Exception as e:  # a bug must not take the server down; the peer still gets a reply
+            log.error("internal error while handling a message: %s", type(e).__name__,
+                      exc_info=not isinstance(e, RecursionError))
+            if len(frames) >= 2:
+                self._reply_error(sock, frames[0].bytes, "internal", f"server error ({type(e).__name__})", None)
+            else:
+                self.stats.error("internal")
+
+    def _may_clear_estop(self, frames: list[Any], from_operator_socket: bool) -> tuple[bool, bytes | None]:
+        key = peer_key(frames[1])
+        if from_operator_socket:
+            return True, key
+        return (self.curve is not None and key is not None and key in self.curve.operator_keys), key
+
+    def _handle(self, router: zmq.Socket, frames: list[Any], from_operator_socket: bool = False) -> None:
         with self.stats.lock:
             self.stats.received += 1
         if len(frames) < 2:  # nothing but the routing identity: nothing to answer
@@ -279,12 +353,25 @@ class PolicyServer:
             if not self.estopped:
                 log.warning("E-STOP latched by a client")
             self.estopped = True
-            self._drain_jobs(router)
+            self._drain_jobs(self._router)  # pending requests came in on the main socket
             self._send(router, identity, encode("ack", seq, reply_to=msg.seq, estopped=True))
         elif msg.type == "clear_estop":
+            allowed, key = self._may_clear_estop(frames, from_operator_socket)
+            if not allowed:
+                log.error("refused clear_estop from %s: only an operator (an operator CURVE key, or the local "
+                          "operator socket) may clear an e-stop", describe_peer(key))
+                self._reply_error(router, identity, "forbidden", "only an operator may clear an e-stop (an operator "
+                                  "CURVE key or the server's local operator socket)", msg.seq)
+                return
+            if self.estopped:
+                log.warning("E-STOP cleared by %s", "the operator socket" if from_operator_socket
+                            else describe_peer(key))
             self.estopped = False
             self._send(router, identity, encode("ack", seq, reply_to=msg.seq, estopped=False))
         elif msg.type == "infer":
+            if from_operator_socket:
+                self._reply_error(router, identity, "type", "the operator socket does not run inferences", msg.seq)
+                return
             if self.estopped:
                 self._reply_error(router, identity, "estopped", "server is e-stopped; send clear_estop", msg.seq)
                 return
@@ -293,28 +380,47 @@ class PolicyServer:
             except ProtocolError as e:
                 self._reply_error(router, identity, e.kind, e.message, msg.seq)
                 return
+            if not self._admit(identity, t_recv):
+                self._reply_error(router, identity, "busy", f"server full: {self.max_clients} clients are being "
+                                  "served", msg.seq)
+                return
             if self._inline_ok() and self._predict_lock.acquire(blocking=False):
                 try:
                     self._send(router, identity, self._infer(msg.seq, obs, t_obs, t_recv)[1])
                 finally:
                     self._predict_lock.release()
                 return
-            try:
-                self._jobs.put_nowait((identity, msg.seq, obs, t_obs, t_recv))
-            except queue.Full:
-                self._reply_error(router, identity, "busy", "inference queue full", msg.seq)
+            with self._pending_cv:
+                mine = self._pending.setdefault(identity, collections.deque())
+                full = len(mine) >= self.queue_size
+                if not full:
+                    mine.append((identity, msg.seq, obs, t_obs, t_recv))
+                    self._pending_cv.notify()
+            if full:
+                self._reply_error(router, identity, "busy", f"this client already has {self.queue_size} requests "
+                                  "waiting", msg.seq)
+
+    def _admit(self, identity: bytes, now: float) -> bool:
+        """Is this client among the ``max_clients`` admitted ones (admitting it if there is room)?"""
+        if identity not in self._clients and len(self._clients) >= self.max_clients:
+            for other, last in list(self._clients.items()):  # forget clients that went quiet
+                if now - last > self.client_timeout_s:
+                    del self._clients[other]
+            if len(self._clients) >= self.max_clients:
+                return False
+        self._clients[identity] = now
+        return True
 
     def _drain_jobs(self, router: zmq.Socket) -> None:
-        """Answer every queued inference request with an e-stop error instead of running it."""
-        while True:
-            try:
-                identity, req_seq, *_ = self._jobs.get_nowait()
-            except queue.Empty:
-                return
+        """Answer every pending inference request with an e-stop error instead of running it."""
+        with self._pending_cv:
+            jobs = [job for mine in self._pending.values() for job in mine]
+            self._pending.clear()
+        for identity, req_seq, *_ in jobs:
             self._reply_error(router, identity, "estopped", "server is e-stopped; send clear_estop", req_seq)
 
     def _inline_ok(self) -> bool:
-        if self.inline_below_ms <= 0 or not self._jobs.empty():
+        if self.inline_below_ms <= 0 or self._pending:
             return False
         with self.stats.lock:  # the worker appends concurrently
             recent = self._recent_infer_ms
@@ -352,10 +458,15 @@ class PolicyServer:
         out.connect(self._results_addr)
         try:
             while not stop.is_set() and not self._stop.is_set():
-                try:
-                    identity, req_seq, obs, t_obs, t_recv = self._jobs.get(timeout=0.05)
-                except queue.Empty:
-                    continue
+                with self._pending_cv:
+                    if not self._pending:
+                        self._pending_cv.wait(0.05)
+                    if not self._pending:
+                        continue
+                    client, mine = self._pending.popitem(last=False)
+                    identity, req_seq, obs, t_obs, t_recv = mine.popleft()
+                    if mine:
+                        self._pending[client] = mine  # its next request waits for every other client's turn
                 with self._predict_lock:
                     ok, frames = self._infer(req_seq, obs, t_obs, t_recv)
                 kind = b"chunk" if ok else b"error"

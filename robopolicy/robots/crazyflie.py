@@ -76,7 +76,9 @@ class CrazyflieRobot(Robot):
             raise ValueError(f"on_timeout must be one of {SAFE_BEHAVIOURS}, got {on_timeout!r}")
         low, high = MODES[mode]
         self.spec = RobotSpec(name=f"crazyflie-{mode}", action_dim=4, action_low=low, action_high=high,
-                              control_hz=control_hz, safe_action="stop", observation_keys=(STATE_KEY,))
+                              control_hz=control_hz, safe_action="stop", observation_keys=(STATE_KEY,),
+                              # position setpoints carry yaw in degrees: it wraps at ±180
+                              angle_dims=(3,) if mode == "position" else (), angle_period=360.0)
         self.uri, self.mode = uri, mode
         self.log_hz = log_hz
         self.command_timeout_s, self.state_timeout_s = command_timeout_s, state_timeout_s

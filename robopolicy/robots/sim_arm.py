@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import shutil
 import tempfile
 import time
-import uuid
 from typing import Any
 
 import numpy as np
@@ -74,7 +74,7 @@ class RobosuiteArmBackend(ArmBackend):
 
 
 def run_bridge(backend: str, state_addr: str, cmd_addr: str, ctl_addr: str, max_runtime_s: float = 3600.0,
-               rate_hz: float = 20.0, backend_kwargs: dict | None = None) -> None:
+               rate_hz: float = 20.0, backend_kwargs: dict | None = None, operator_addr: str | None = None) -> None:
     """Process entry point of the reference bridge."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if backend == "robosuite":
@@ -83,7 +83,7 @@ def run_bridge(backend: str, state_addr: str, cmd_addr: str, ctl_addr: str, max_
         arm = KinematicArm(ArmSpec(dof=0, rate_hz=rate_hz, **(backend_kwargs or {})))
     else:
         raise ValueError(f"unknown bridge backend {backend!r} (robosuite, kinematic)")
-    bridge = ArmBridge(arm, state_addr, cmd_addr, ctl_addr)
+    bridge = ArmBridge(arm, state_addr, cmd_addr, ctl_addr, operator_addr=operator_addr)
     parent = os.getppid()
     try:
         t_end = time.monotonic() + max_runtime_s
@@ -97,8 +97,11 @@ class BridgeArm(Robot):
     """A :class:`Robot` talking to an arm bridge at three ZeroMQ addresses (state, command, control)."""
 
     def __init__(self, state_addr: str, cmd_addr: str, ctl_addr: str, rate_hz: float = 20.0,
-                 safe_action: str | np.ndarray = "hold", connect_timeout_s: float = 30.0):
+                 safe_action: str | np.ndarray = "hold", connect_timeout_s: float = 30.0,
+                 operator_addr: str | None = None):
+        """``operator_addr``: the bridge's operator socket, needed for :meth:`reset` and :meth:`clear_estop`."""
         self.addrs = (state_addr, cmd_addr, ctl_addr)
+        self.operator_addr = operator_addr
         self.spec = arm_spec(rate_hz, safe_action=safe_action)
         self.connect_timeout_s = connect_timeout_s
         self.client: ArmClient | None = None
@@ -106,7 +109,7 @@ class BridgeArm(Robot):
         self._gripper = -1.0
 
     def connect(self) -> None:
-        self.client = ArmClient(*self.addrs, timeout_s=self.connect_timeout_s)
+        self.client = ArmClient(*self.addrs, timeout_s=self.connect_timeout_s, operator_addr=self.operator_addr)
         self.arm_spec = self.client.hello()
         deadline = time.monotonic() + self.connect_timeout_s
         while self.client.poll_state(0.1) is None:
@@ -169,17 +172,21 @@ class SimArm(BridgeArm):
 
     def __init__(self, backend: str = "robosuite", rate_hz: float = 20.0, max_runtime_s: float = 3600.0,
                  backend_kwargs: dict | None = None, **kw: Any):
-        base = os.path.join(tempfile.gettempdir(), f"robopolicy-arm-{uuid.uuid4().hex[:8]}")
-        addrs = tuple(f"ipc://{base}-{n}" for n in ("state", "cmd", "ctl"))
-        super().__init__(*addrs, rate_hz=rate_hz, **kw)
+        # The bridge is this process's own simulator, so this process is its operator (episode resets): all its
+        # sockets live in a fresh 0700 directory that other local users cannot enter.
+        self._private = tempfile.mkdtemp(prefix="robopolicy-arm-")
+        addrs = tuple(f"ipc://{self._private}/{n}" for n in ("state", "cmd", "ctl"))
+        super().__init__(*addrs, rate_hz=rate_hz, operator_addr=f"ipc://{self._private}/operator", **kw)
         self.backend, self.max_runtime_s, self.backend_kwargs = backend, max_runtime_s, backend_kwargs or {}
         self.process: mp.process.BaseProcess | None = None
 
     def connect(self) -> None:
+        os.makedirs(self._private, mode=0o700, exist_ok=True)  # again after a disconnect
         ctx = mp.get_context("spawn")
         self.process = ctx.Process(target=run_bridge, args=(self.backend, *self.addrs),
                                    kwargs={"max_runtime_s": self.max_runtime_s, "rate_hz": self.spec.control_hz,
-                                           "backend_kwargs": self.backend_kwargs}, daemon=True)
+                                           "backend_kwargs": self.backend_kwargs,
+                                           "operator_addr": self.operator_addr}, daemon=True)
         self.process.start()
         super().connect()
 
@@ -189,10 +196,7 @@ class SimArm(BridgeArm):
             self.process.terminate()
             self.process.join(10)
             self.process = None
-        for addr in self.addrs:
-            path = addr.removeprefix("ipc://")
-            if os.path.exists(path):
-                os.unlink(path)
+        shutil.rmtree(self._private, ignore_errors=True)
 
 
 __all__ = ["BridgeArm", "RobosuiteArmBackend", "SimArm", "arm_spec", "run_bridge"]

@@ -14,8 +14,11 @@ with its own state, so on the host it runs from its ONNX artifact.
 
 The host build reassociates floating-point sums (``-fassociative-math``, no ``-ffast-math``: NaN checks
 still work), so that the compiler vectorizes the matrix-vector products. Results therefore differ from the
-microcontroller's in the last bits (1e-7 relative). The library is cached next to the sources under a name
-that hashes the sources, the compiler, the flags and this CPU's instruction-set flags. A library built with
+microcontroller's in the last bits (1e-7 relative). The library is cached next to the sources (``build/``), or
+when the export is read-only in this user's ``$XDG_CACHE_HOME/robopolicy/c`` (default ``~/.cache``), under a
+name that hashes the sources, the compiler, the flags and this CPU's instruction-set flags. Both folders must
+belong to this user with no group/other write (created 0700), and so must the library, or it is not loaded:
+another local user must not be able to plant a library that this process would load. A library built with
 ``-march=native`` never runs on a CPU it was not built for. Load only exports you trust: like any native library,
 the compiled policy runs inside the calling process.
 """
@@ -29,7 +32,6 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 import warnings
 from collections import deque
 from pathlib import Path
@@ -39,6 +41,7 @@ import numpy as np
 
 from robopolicy.runtime.manifest import ArtifactError
 from robopolicy.runtime.queues import batched_observation, push_observation, stacked_history
+from robopolicy.utils.private_dir import UnsafePathError, check_owned, user_cache_dir
 
 C_FAMILIES = ("mlp", "flow")
 HOST_CFLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros",
@@ -105,17 +108,32 @@ def _writable(path: Path) -> bool:
 
 
 def _build_dir(directory: Path) -> Path:
-    """``<export>/build``, or a per-user cache when the export is read-only (installed, mounted)."""
+    """``<export>/build`` if it is ours and writable, else this user's cache ``$XDG_CACHE_HOME/robopolicy/c``.
+
+    A library found in either is loaded into this process, so each must be a directory that only this user
+    can write: created 0700, owned by us, no group/other write (:func:`check_owned`). The cache refuses
+    otherwise (another local user may have created it to plant a library); an untrusted ``build`` folder of
+    someone else's export falls back to the cache."""
     build_dir = directory / "build"
     try:
-        build_dir.mkdir(exist_ok=True)
+        build_dir.mkdir(mode=0o700, exist_ok=True)
         if _writable(build_dir):
+            check_owned(build_dir)
             return build_dir
-    except OSError:
+    except (OSError, UnsafePathError):
         pass
-    cache = Path(tempfile.gettempdir()) / f"robopolicy-c-{os.getuid() if hasattr(os, 'getuid') else 0}"
-    cache.mkdir(exist_ok=True)
-    return cache
+    try:
+        return user_cache_dir("c")
+    except UnsafePathError as e:
+        raise ArtifactError(f"cannot build {directory}: the C library cache is not safe to use: {e}") from None
+
+
+def _check_library(library: Path) -> None:
+    """A cached library is loaded only if this user owns it and nobody else can change it."""
+    try:
+        check_owned(library, what="library")
+    except UnsafePathError as e:
+        raise ArtifactError(str(e)) from None
 
 
 def build_library(directory: str | Path, compiler: str | None = None, cflags: tuple[str, ...] = HOST_CFLAGS) -> Path:
@@ -140,6 +158,7 @@ def build_library(directory: str | Path, compiler: str | None = None, cflags: tu
             key.update(b"\0")
         library = _build_dir(directory) / f"policy-{key.hexdigest()[:16]}.so"
         if library.is_file():
+            _check_library(library)
             return library
         partial = library.with_suffix(f".{os.getpid()}.tmp")
         shim = library.with_suffix(f".{os.getpid()}.batch.c")
@@ -148,6 +167,7 @@ def build_library(directory: str | Path, compiler: str | None = None, cflags: tu
                                  str(shim), "-lm"], capture_output=True, text=True, timeout=300)
         shim.unlink(missing_ok=True)
         if result.returncode == 0:
+            os.chmod(partial, 0o755)  # never group/other-writable, whatever the umask
             os.replace(partial, library)  # atomic: a concurrent loader sees no half-written library
             if errors:
                 warnings.warn(f"{source}: {Path(cc).name} rejected {' '.join(cflags)}; built with "
@@ -223,6 +243,7 @@ class CPolicy:
             raise ArtifactError(f"{meta_path}: fields {missing} are missing (written by an older robopolicy?); "
                                "export the policy again")
         library_path = build_library(directory, compiler, cflags)
+        _check_library(library_path)
         return cls(directory, meta, ctypes.CDLL(str(library_path)), library_path)
 
     # ---- the policy interface ----------------------------------------------------------------------
