@@ -33,6 +33,7 @@ commands:
   run       drive a robot from a policy server (configs/run.yaml; robot=<name> server=<address>)
   keys      generate CurveZMQ keypairs (configs/keys.yaml; dir=<dir>)
   record    record arm demonstrations (configs/record.yaml; output=<dataset> device=keyboard|gamepad|zmq|expert)
+  dataset   dataset tools without LeRobot (configs/dataset.yaml; action=info|merge|split|delete-episodes)
 
 Add --cfg to print the composed config and exit. Overrides use Hydra syntax.
 """
@@ -398,8 +399,39 @@ def cmd_record(cfg: DictConfig) -> dict:
     return report
 
 
+def cmd_dataset(cfg: DictConfig) -> dict:
+    """``action=info|merge|split|delete-episodes``: each a call into robopolicy.data.tools."""
+    from robopolicy.data import tools
+
+    write = {"use_videos": cfg.use_videos, "overwrite": cfg.overwrite, "video_codec": cfg.video_codec,
+             "video_crf": cfg.video_crf}
+    needs = {"info": ["root"], "merge": ["roots", "output"], "split": ["root", "splits", "output"],
+             "delete-episodes": ["root", "episodes", "output"]}
+    if cfg.action not in needs:
+        raise ValueError(f"dataset: unknown action {cfg.action!r} (known: {', '.join(needs)})")
+    missing = [key for key in needs[cfg.action] if not cfg[key]]
+    if missing:
+        raise ValueError(f"dataset action={cfg.action}: give {', '.join(f'{k}=...' for k in missing)}")
+    if cfg.action == "info":
+        result = tools.info(resolve_path(cfg.root))
+        console.print_json(json.dumps(result))
+        return result
+    if cfg.action == "merge":
+        out = tools.merge([resolve_path(r) for r in cfg.roots], resolve_path(cfg.output), **write)
+        result = {"output": str(out)}
+    elif cfg.action == "split":
+        splits = OmegaConf.to_container(cfg.splits, resolve=True)
+        result = {k: str(v) for k, v in tools.split(resolve_path(cfg.root), splits, resolve_path(cfg.output), **write).items()}
+    else:
+        out = tools.delete_episodes(resolve_path(cfg.root), list(cfg.episodes), resolve_path(cfg.output), **write)
+        result = {"output": str(out)}
+    console.print(f"dataset {cfg.action}: wrote {', '.join(result.values())} (camera frames, if any, re-encoded)")
+    return result
+
+
 COMMANDS = {"convert": cmd_convert, "train": cmd_train, "eval": cmd_eval, "demo": cmd_demo, "export": cmd_export,
-            "serve": cmd_serve, "run": cmd_run, "keys": cmd_keys, "record": cmd_record}
+            "serve": cmd_serve, "run": cmd_run, "keys": cmd_keys, "record": cmd_record,
+            "dataset": cmd_dataset}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -217,8 +217,25 @@ class RecordConfig:
     sim_hz: float = 100.0  # control and dataset rate; 500 for the on-board loop
 
 
+@dataclass
+class DatasetToolConfig:
+    """``robopolicy dataset action=info|merge|split|delete-episodes``: dataset tools that need no LeRobot."""
+
+    action: str = "info"
+    root: str = ""  # the dataset to read (info, split, delete-episodes)
+    roots: list[str] = field(default_factory=list)  # merge: datasets in order
+    output: str = ""  # merge/delete-episodes: the new dataset; split: the folder that gets one dataset per split
+    episodes: list[int] = field(default_factory=list)  # delete-episodes: which to drop
+    splits: Any = None  # split: {train: 0.8, val: 0.2} or {val: [0, 5]}
+    use_videos: bool | None = None  # null keeps the first input's camera storage; false stores PNG images
+    video_codec: str = "libx264"
+    video_crf: int = 18
+    overwrite: bool = False
+
+
 SCHEMAS = {"train": TrainConfig, "export": ExportConfig, "eval": EvalConfig, "convert": ConvertConfig, "demo": DemoConfig,
-           "serve": ServeConfig, "run": RunConfig, "keys": KeysConfig, "record": RecordConfig}
+           "serve": ServeConfig, "run": RunConfig, "keys": KeysConfig, "record": RecordConfig,
+           "dataset": DatasetToolConfig}
 
 
 def register_schemas() -> None:
