@@ -69,6 +69,7 @@ class EvalConfig:
     providers: list[str] = field(default_factory=lambda: ["cpu"])
     graph: str = "auto"  # auto (per_step when exported) | per_step | fused
     threads: int = 1
+    viz: bool = False  # one Rerun recording per recorded episode (the first n_videos) in <output_dir>/rerun/
 
 
 @dataclass
@@ -233,9 +234,22 @@ class DatasetToolConfig:
     overwrite: bool = False
 
 
+@dataclass
+class VizConfig:
+    """``robopolicy viz``: a dataset on Rerun, saved as .rrd or served to the web viewer."""
+
+    root: str = ""  # the dataset to show
+    episodes: list[int] = field(default_factory=lambda: [0])  # [] = all
+    rrd: str = ""  # instead of root: a saved recording (e.g. from ``eval viz=true``) to serve
+    output: str = ""  # the .rrd to write (default outputs/viz/<dataset name>.rrd)
+    serve: bool = False  # serve the web viewer at http://localhost:<web_port> until Ctrl-C
+    web_port: int = 9090
+    grpc_port: int = 9876
+
+
 SCHEMAS = {"train": TrainConfig, "export": ExportConfig, "eval": EvalConfig, "convert": ConvertConfig, "demo": DemoConfig,
            "serve": ServeConfig, "run": RunConfig, "keys": KeysConfig, "record": RecordConfig,
-           "dataset": DatasetToolConfig}
+           "dataset": DatasetToolConfig, "viz": VizConfig}
 
 
 def register_schemas() -> None:
