@@ -53,10 +53,14 @@ def _image(frame: np.ndarray) -> Any:
 # ---- datasets ---------------------------------------------------------------------------------------
 
 
+def _numeric_keys(ds: LeRobotDataset) -> list[str]:
+    return [k for k, ft in ds.features.items() if ft["dtype"] in fmt.NUMERIC_DTYPES and k not in fmt.DEFAULT_FEATURES]
+
+
 def dataset_blueprint(ds: LeRobotDataset) -> rrb.Blueprint:
     cameras = [rrb.Spatial2DView(origin=entity("cameras", k), name=k) for k in ds.camera_keys]
-    curves = [rrb.TimeSeriesView(origin="observation", name="observation"),
-              rrb.TimeSeriesView(origin="action", name="action")]
+    curves = [rrb.TimeSeriesView(origin=_curve_entity(k), name=k) for k in _numeric_keys(ds)
+              if k.startswith(("observation", "action"))]
     text = [rrb.TextDocumentView(origin="episode/task", name="task"),
             rrb.TextLogView(origin="episode/boundaries", name="episodes")]
     columns = ([rrb.Vertical(*cameras)] if cameras else []) + [rrb.Vertical(*curves), rrb.Vertical(*text, row_shares=[1, 2])]
@@ -69,8 +73,7 @@ def log_dataset(rec: rr.RecordingStream, ds: LeRobotDataset, episodes: Sequence[
     bad = [e for e in episodes if not 0 <= e < ds.num_episodes]
     if bad:
         raise ValueError(f"{ds.root}: no episodes {bad} (it has episodes 0..{ds.num_episodes - 1})")
-    numeric = [k for k, ft in ds.features.items()
-               if ft["dtype"] in fmt.NUMERIC_DTYPES and k not in fmt.DEFAULT_FEATURES]
+    numeric = _numeric_keys(ds)
     for key in numeric:
         size = int(np.prod(ds.features[key]["shape"]))
         rec.log(_curve_entity(key), rr.SeriesLines(names=_dimension_names(ds.features[key], size)), static=True)
