@@ -59,14 +59,12 @@ def test_rollout_recording_entities_and_frame_counts(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_eval_writes_one_recording_per_recorded_episode_with_the_policys_chunks(tmp_path):
-    """A real (untrained) MLP policy through the evaluator: its predict_chunk calls become the chunks drawn."""
+def test_eval_viz_writes_one_recording_per_recorded_episode_with_the_policys_chunks(tmp_path):
+    """``robopolicy eval viz=true`` on a real (untrained) MLP policy: its predict_chunk calls are the chunks drawn."""
     pytest.importorskip("gym_pusht", reason="PushT evaluation needs the 'sim' extra")
-    from functools import partial
+    import json
 
     from robopolicy.data.reader import LeRobotDataset
-    from robopolicy.sim.evaluate import evaluate
-    from robopolicy.sim.pusht import make_pusht_env
     from robopolicy.train.trainer import make_policy_for_dataset
 
     rng = np.random.default_rng(0)
@@ -79,14 +77,34 @@ def test_eval_writes_one_recording_per_recorded_episode_with_the_policys_chunks(
     config = {"type": "mlp", "n_obs_steps": 2, "horizon": 8, "n_action_steps": 4, "hidden_dims": [32]}
     policy = make_policy_for_dataset(config, LeRobotDataset(root),
                                      ["observation.state", "observation.environment_state"], "action", "min_max")
-    writer = views.RolloutRecordingWriter(tmp_path / "rerun", action_extent=512.0, info={"policy": "tiny mlp"})
-    result = evaluate(lambda: policy, env_factory=partial(make_pusht_env, obs_mode="state", video_size=96),
-                      n_episodes=2, start_seed=5, max_steps=10, n_workers=1, n_videos=1, output_dir=tmp_path / "eval",
-                      progress=False, rollout_recorder=writer)
-    assert "predict_chunk" not in vars(policy)  # the tap is gone after the episode
-    assert sorted(p.name for p in (tmp_path / "rerun").iterdir()) == ["episode_5.rrd"]  # only the recorded one
-    steps = result.episodes[0].steps
-    rows = views.recording_rows(tmp_path / "rerun/episode_5.rrd", "step")
+    policy.save(tmp_path / "policy")
+    out = tmp_path / "eval"
+    assert main(["eval", f"checkpoint={tmp_path / 'policy'}", "viz=true", "n_episodes=2", "n_videos=1", "max_steps=10",
+                 "n_workers=1", "start_seed=5", f"output_dir={out}"]) == 0
+    assert sorted(p.name for p in (out / "rerun").iterdir()) == ["episode_5.rrd"]  # only the recorded episode
+    steps = json.loads((out / "eval_report.json").read_text())["episodes"][0]["steps"]
+    rows = views.recording_rows(out / "rerun/episode_5.rrd", "step")
     assert rows["/env/frame"] == steps + 1 and rows["/metrics/coverage/value"] == steps
     chunks = -(-steps // 4)  # Ta = 4: one inference every 4 steps
     assert rows["/env/frame/predicted_chunk"] == chunks and rows["/metrics/latency_ms/inference"] == chunks
+    assert rows["/action_space/executed"] == steps
+
+
+def test_chunk_tap_leaves_the_policy_as_it_was():
+    from robopolicy.viz.trace import ChunkTap
+
+    class Planner:
+        n_obs_steps = 3
+
+        def predict_chunk(self, history):
+            return np.arange(12.0).reshape(1, 6, 2)
+
+    planner, trace = Planner(), RolloutTrace(seed=0, fps=10, success_threshold=0.9)
+    tap = ChunkTap(planner, trace, current_step=lambda: 4)
+    assert planner.predict_chunk(None).shape == (1, 6, 2)
+    tap.close()
+    assert "predict_chunk" not in vars(planner) and len(trace.chunks) == 1
+    step, chunk, offset = trace.chunks[0]
+    assert step == 4 and offset == 2 and chunk.shape == (6, 2)
+    planner.predict_chunk(None)
+    assert len(trace.chunks) == 1  # closed: no longer recorded
