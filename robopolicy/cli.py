@@ -32,6 +32,8 @@ commands:
   run       drive a robot from a policy server (configs/run.yaml; robot=<name> server=<address>)
   keys      generate CurveZMQ keypairs (configs/keys.yaml; dir=<dir>)
   record    record arm demonstrations (configs/record.yaml; output=<dataset> device=keyboard|gamepad|zmq|expert)
+  dataset   dataset tools without LeRobot (configs/dataset.yaml; action=info|merge|split|delete-episodes)
+  viz       show a dataset on Rerun: save an .rrd or serve the web viewer (configs/viz.yaml; root=<dataset>)
 
 Add --cfg (or --cfg job) to print the composed config and exit. Overrides use Hydra syntax.
 """
@@ -173,10 +175,16 @@ def cmd_eval(cfg: DictConfig) -> dict:
     if cfg.env.name in ARM_TASKS and n_videos > 0 and not arm_renderer_available():
         console.print("[yellow]no offscreen renderer (MUJOCO_GL=egl or osmesa): evaluating without videos[/]")
         n_videos = 0
+    recorder = None
+    if cfg.viz:  # the recorded episodes (the first n_videos) as Rerun recordings too
+        from robopolicy.viz.rerun_views import RolloutRecordingWriter
+
+        recorder = RolloutRecordingWriter(out / "rerun", action_extent=512.0 if cfg.env.name == "pusht" else None,
+                                          info={"policy": str(policy_dir), "env": cfg.env.name})
     result = evaluate(factory, env_factory=env_factory(cfg.env.name, input_keys, render=n_videos > 0),
                       n_episodes=cfg.n_episodes, start_seed=cfg.start_seed, max_steps=cfg.max_steps,
                       n_workers=cfg.n_workers, n_videos=n_videos, output_dir=out,
-                      success_threshold=cfg.success_threshold)
+                      success_threshold=cfg.success_threshold, rollout_recorder=recorder)
     report = result.to_dict()
     lo, hi = report["success_ci95"]
     console.print(f"[bold]{policy_dir}[/]: success {report['success_rate']:.1%} (95% CI {lo:.1%}–{hi:.1%}), "
@@ -434,8 +442,65 @@ def cmd_record(cfg: DictConfig) -> dict:
     return report
 
 
+def cmd_dataset(cfg: DictConfig) -> dict:
+    """``action=info|merge|split|delete-episodes``: each a call into robopolicy.data.tools."""
+    from robopolicy.data import tools
+
+    write = {"use_videos": cfg.use_videos, "overwrite": cfg.overwrite, "video_codec": cfg.video_codec,
+             "video_crf": cfg.video_crf}
+    needs = {"info": ["root"], "merge": ["roots", "output"], "split": ["root", "splits", "output"],
+             "delete-episodes": ["root", "episodes", "output"]}
+    if cfg.action not in needs:
+        raise ValueError(f"dataset: unknown action {cfg.action!r} (known: {', '.join(needs)})")
+    missing = [key for key in needs[cfg.action] if not cfg[key]]
+    if missing:
+        raise ValueError(f"dataset action={cfg.action}: give {', '.join(f'{k}=...' for k in missing)}")
+    if cfg.action == "info":
+        result = tools.info(resolve_path(cfg.root))
+        console.print_json(json.dumps(result))
+        return result
+    if cfg.action == "merge":
+        out = tools.merge([resolve_path(r) for r in cfg.roots], resolve_path(cfg.output), **write)
+        result = {"output": str(out)}
+    elif cfg.action == "split":
+        splits = OmegaConf.to_container(cfg.splits, resolve=True)
+        result = {k: str(v) for k, v in tools.split(resolve_path(cfg.root), splits, resolve_path(cfg.output), **write).items()}
+    else:
+        out = tools.delete_episodes(resolve_path(cfg.root), list(cfg.episodes), resolve_path(cfg.output), **write)
+        result = {"output": str(out)}
+    console.print(f"dataset {cfg.action}: wrote {', '.join(result.values())} (camera frames, if any, re-encoded)")
+    return result
+
+
+def cmd_viz(cfg: DictConfig) -> dict:
+    """A dataset's episodes (``root=``) saved as .rrd, or served with a saved recording (``rrd=``) to the browser."""
+    from robopolicy.viz import rerun_views as views
+
+    if bool(cfg.root) == bool(cfg.rrd):
+        raise ValueError("viz: give root=<dataset> (to save or serve) or rrd=<recording> serve=true")
+    episodes = list(cfg.episodes) or None
+    if not cfg.serve:
+        if cfg.rrd:
+            raise ValueError(f"viz: {cfg.rrd} is already a recording: open it with `rerun {cfg.rrd}` or add serve=true")
+        out = resolve_path(cfg.output) if cfg.output else Path.cwd() / "outputs" / "viz" / f"{Path(cfg.root).name}.rrd"
+        views.save_dataset(resolve_path(cfg.root), out, episodes)
+        console.print(f"wrote {out} (open it with: rerun {out})")
+        return {"output": str(out)}
+    ports = {"web_port": cfg.web_port, "grpc_port": cfg.grpc_port}
+    rec = (views.serve_dataset(resolve_path(cfg.root), episodes, **ports) if cfg.root
+           else views.serve_recording(resolve_path(cfg.rrd), **ports))
+    console.print(f"serving the Rerun web viewer at http://localhost:{cfg.web_port} (Ctrl-C stops)")
+    try:
+        while True:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        rec.disconnect()
+    return {"served": f"http://localhost:{cfg.web_port}"}
+
+
 COMMANDS = {"convert": cmd_convert, "train": cmd_train, "eval": cmd_eval, "demo": cmd_demo, "export": cmd_export,
-            "serve": cmd_serve, "run": cmd_run, "keys": cmd_keys, "record": cmd_record}
+            "serve": cmd_serve, "run": cmd_run, "keys": cmd_keys, "record": cmd_record,
+            "dataset": cmd_dataset, "viz": cmd_viz}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -96,7 +96,7 @@ def test_layout_matches_lerobot_v30(camera_dataset):
                 "stats/action/q99"):
         assert col in episodes.column_names, col
     tasks = pq.read_table(root / "meta/tasks.parquet")
-    assert json.loads(tasks.schema.metadata[b"pandas"])["index_columns"] == ["task"]
+    assert json.loads(tasks.schema.metadata[b"pandas"])["index_columns"] == ["__index_level_0__"]  # unnamed, as LeRobot
     data = pq.read_table(root / "data/chunk-000/file-000.parquet")
     assert pa.types.is_fixed_size_list(data.schema.field("observation.state").type)
     assert data.schema.field("index").type == pa.int64()

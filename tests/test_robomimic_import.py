@@ -81,7 +81,8 @@ def test_import_low_dim_and_images(tmp_path: Path):
         frames = ds.video_frames("observation.images.agentview", e)
         assert frames.shape == (LENGTHS[name], 16, 24, 3)
         assert frames[:, :8, :, 0].mean() > 150 > frames[:, 8:, :, 0].mean()
-        np.testing.assert_allclose(frames[:, 4, 4, 2].astype(float), np.arange(LENGTHS[name]) * 30, atol=6)
+        # Frames are 30 levels apart in blue; h264 (yuv420p, crf 18, LeRobot's 2-frame GOP) keeps each within 10.
+        np.testing.assert_allclose(frames[:, 4, 4, 2].astype(float), np.arange(LENGTHS[name]) * 30, atol=10)
 
 
 def test_import_filter_flip_and_low_dim_only(tmp_path: Path):

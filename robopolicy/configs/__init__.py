@@ -93,6 +93,7 @@ class EvalConfig:
     providers: list[str] = field(default_factory=lambda: ["cpu"])
     graph: str = "auto"  # auto (per_step when exported) | per_step | fused
     threads: int = 1
+    viz: bool = False  # one Rerun recording per recorded episode (the first n_videos) in <output_dir>/rerun/
 
 
 @dataclass
@@ -251,8 +252,38 @@ class RecordConfig:
     sim_hz: float = 100.0  # control and dataset rate; 500 for the on-board loop
 
 
+@dataclass
+class DatasetToolConfig:
+    """``robopolicy dataset action=info|merge|split|delete-episodes``: dataset tools that need no LeRobot."""
+
+    action: str = "info"
+    root: str = ""  # the dataset to read (info, split, delete-episodes)
+    roots: list[str] = field(default_factory=list)  # merge: datasets in order
+    output: str = ""  # merge/delete-episodes: the new dataset; split: the folder that gets one dataset per split
+    episodes: list[int] = field(default_factory=list)  # delete-episodes: which to drop
+    splits: Any = None  # split: {train: 0.8, val: 0.2} or {val: [0, 5]}
+    use_videos: bool | None = None  # null keeps the first input's camera storage; false stores PNG images
+    video_codec: str = "libx264"
+    video_crf: int = 18
+    overwrite: bool = False
+
+
+@dataclass
+class VizConfig:
+    """``robopolicy viz``: a dataset on Rerun, saved as .rrd or served to the web viewer."""
+
+    root: str = ""  # the dataset to show
+    episodes: list[int] = field(default_factory=lambda: [0])  # [] = all
+    rrd: str = ""  # instead of root: a saved recording (e.g. from ``eval viz=true``) to serve
+    output: str = ""  # the .rrd to write (default outputs/viz/<dataset name>.rrd)
+    serve: bool = False  # serve the web viewer at http://localhost:<web_port> until Ctrl-C
+    web_port: int = 9090
+    grpc_port: int = 9876
+
+
 SCHEMAS = {"train": TrainConfig, "export": ExportConfig, "eval": EvalConfig, "convert": ConvertConfig, "demo": DemoConfig,
-           "serve": ServeConfig, "run": RunConfig, "keys": KeysConfig, "record": RecordConfig}
+           "serve": ServeConfig, "run": RunConfig, "keys": KeysConfig, "record": RecordConfig,
+           "dataset": DatasetToolConfig, "viz": VizConfig}
 
 
 def register_schemas() -> None:

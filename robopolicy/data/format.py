@@ -25,7 +25,11 @@ VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.m
 
 DEFAULT_CHUNKS_SIZE = 1000
 DEFAULT_DATA_FILE_SIZE_MB = 100
-DEFAULT_VIDEO_FILE_SIZE_MB = 500
+DEFAULT_VIDEO_FILE_SIZE_MB = 200  # LeRobot's DEFAULT_VIDEO_FILE_SIZE_IN_MB
+# LeRobot's encode_video_frames defaults: a keyframe every 2 frames (so x264 uses at most one B-frame), crf 30,
+# yuv420p. Streams that share the GOP structure (and so the decode delay) can be stream-copied into one file,
+# which is how LeRobot's aggregate_datasets merges videos.
+LEROBOT_VIDEO_GOP = 2
 
 # v2.1
 V21_EPISODES_PATH = "meta/episodes.jsonl"
@@ -79,7 +83,7 @@ def hf_feature(feature: dict[str, Any]) -> dict[str, Any]:
     if shape == (1,):
         return value
     if len(shape) == 1:
-        return {"feature": value, "length": shape[0], "_type": "Sequence"}
+        return {"feature": value, "length": shape[0], "_type": "List"}  # `datasets` >= 4 names it List
     return {"shape": list(shape), "dtype": feature["dtype"], "_type": f"Array{len(shape)}D"}
 
 
@@ -97,7 +101,7 @@ def validate_features(features: dict[str, dict[str, Any]], where: str) -> None:
 
 
 def validate_writable_features(features: dict[str, dict[str, Any]], where: str) -> None:
-    """validate_features, plus what this writer can write: cameras as video, not LeRobot's per-frame images."""
+    """validate_features, plus what the crash-safe recorder writes: cameras as video, not per-frame images."""
     validate_features(features, where)
     images = [k for k, ft in features.items() if ft["dtype"] == "image"]
     if images:
@@ -107,6 +111,15 @@ def validate_writable_features(features: dict[str, dict[str, Any]], where: str) 
 
 def video_keys(features: dict[str, dict[str, Any]]) -> list[str]:
     return [k for k, ft in features.items() if ft["dtype"] == "video"]
+
+
+def image_keys(features: dict[str, dict[str, Any]]) -> list[str]:
+    """Cameras stored as one PNG per frame inside the parquet data (LeRobot's ``use_videos=False``)."""
+    return [k for k, ft in features.items() if ft["dtype"] == "image"]
+
+
+# How `datasets` stores an Image feature in parquet: encoded bytes plus the source file name.
+IMAGE_ARROW_TYPE = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
 
 
 def column_to_numpy(column: pa.ChunkedArray | pa.Array, feature: dict[str, Any], where: str) -> np.ndarray:

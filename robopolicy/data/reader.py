@@ -7,6 +7,7 @@ parquet data eagerly and decodes camera streams on request. Every inconsistency 
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image
 
 from robopolicy.data import format as fmt
 from robopolicy.data.format import DatasetError
@@ -88,6 +90,7 @@ class LeRobotDataset:
             raise DatasetError(f"{info_path}: field 'fps' must be a positive integer, got {self.info['fps']!r}")
         self.fps = int(self.info["fps"])
         self.video_keys = fmt.video_keys(self.features)
+        self.image_keys = fmt.image_keys(self.features)  # cameras stored as PNG bytes in the parquet data
         if self.video_keys and not isinstance(self.info.get("video_path"), str):
             raise DatasetError(f"{info_path}: field 'video_path' must be a path template (the dataset has video "
                                f"features {self.video_keys}), got {self.info.get('video_path')!r}")
@@ -197,6 +200,14 @@ class LeRobotDataset:
                     raise DatasetError(f"{path}: column {key!r} declared in info.json is missing")
                 parts.append(fmt.column_to_numpy(table.column(key), ft, f"{path}: column {key!r}"))
             self._columns[key] = np.concatenate(parts)
+        self._image_bytes: dict[str, pa.Array] = {}
+        for key in self.image_keys:
+            parts = []
+            for path, table in zip(self._data_files, tables):
+                if key not in table.column_names:
+                    raise DatasetError(f"{path}: column {key!r} declared in info.json is missing")
+                parts.append(_png_bytes(table.column(key), f"{path}: column {key!r}"))
+            self._image_bytes[key] = pa.concat_arrays(parts)
         n = self.info["total_frames"]
         index = self._columns["index"].reshape(-1)
         if len(index) != n:
@@ -226,9 +237,16 @@ class LeRobotDataset:
         """(E, 2) array of [from, to) frame indices per episode."""
         return np.array([[e["dataset_from_index"], e["dataset_to_index"]] for e in self.episodes], dtype=np.int64)
 
+    @property
+    def camera_keys(self) -> list[str]:
+        """Every camera, stored as video or as images."""
+        return [k for k in self.features if k in self.video_keys or k in self.image_keys]
+
     def column(self, key: str) -> np.ndarray:
         if key in self.video_keys:
             return self.video_frames(key)
+        if key in self.image_keys:
+            return self.image_frames(key)
         if key not in self._columns:
             raise KeyError(f"{self.root}: no numeric feature {key!r} (features: {sorted(self._columns)})")
         return self._columns[key]
@@ -249,6 +267,33 @@ class LeRobotDataset:
             out.append(frames)
         return np.concatenate(out) if len(out) > 1 else out[0]
 
+    def image_frames(self, key: str, episode_index: int | None = None) -> np.ndarray:
+        """Decoded uint8 frames (N, H, W, C) of an image feature: one episode, or the whole dataset."""
+        if key not in self.image_keys:
+            raise KeyError(f"{self.root}: no image feature {key!r} (image features: {self.image_keys})")
+        start, stop = (0, self.num_frames) if episode_index is None else self.episode_bounds[episode_index]
+        return np.stack([self._decode_image(key, i) for i in range(start, stop)])
+
+    def camera_frames(self, key: str, episode_index: int | None = None) -> np.ndarray:
+        """Frames of a camera however it is stored (video or images)."""
+        if key in self.image_keys:
+            return self.image_frames(key, episode_index)
+        return self.video_frames(key, episode_index)
+
+    def _decode_image(self, key: str, i: int) -> np.ndarray:
+        where = f"{self.root / 'data'}: column {key!r}, frame {i}"
+        try:
+            with Image.open(io.BytesIO(self._image_bytes[key][i].as_py())) as image:
+                frame = np.asarray(image)
+        except (OSError, ValueError) as e:
+            raise DatasetError(f"{where}: undecodable image ({e})") from e
+        if frame.ndim == 2:
+            frame = frame[..., None]
+        expected = tuple(self.features[key]["shape"])
+        if frame.shape != expected or frame.dtype != np.uint8:
+            raise DatasetError(f"{where}: image of shape {frame.shape} {frame.dtype}, info.json declares {expected} uint8")
+        return frame
+
     def __len__(self) -> int:
         return self.num_frames
 
@@ -260,5 +305,18 @@ class LeRobotDataset:
         for key in self.video_keys:
             video = self._videos[key][e]
             frame[key] = decode_frames(video.path, np.array([video.from_timestamp + float(frame["timestamp"][0])]), fps=self.fps)[0]
+        for key in self.image_keys:
+            frame[key] = self._decode_image(key, i)
         frame["task"] = self.tasks.get(int(frame["task_index"][0]))
         return frame
+
+
+def _png_bytes(column: pa.ChunkedArray, where: str) -> pa.Array:
+    """The encoded images of an Image column (`datasets` stores struct<bytes, path>)."""
+    if not pa.types.is_struct(column.type) or column.type.get_field_index("bytes") < 0:
+        raise DatasetError(f"{where}: expected an image column struct<bytes, path>, got {column.type}")
+    data = column.combine_chunks().field("bytes")
+    if data.null_count:
+        raise DatasetError(f"{where}: {data.null_count} images have no embedded bytes (only a path); "
+                           "expected the PNG bytes inside the parquet file, as LeRobot writes them")
+    return data

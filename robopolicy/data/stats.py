@@ -17,13 +17,19 @@ _MAX_PIXELS_FOR_QUANTILES = 2_000_000
 
 
 def numeric_stats(values: np.ndarray) -> dict[str, np.ndarray]:
-    """Statistics over axis 0 of an (N, *shape) array."""
-    x = np.asarray(values, dtype=np.float64)
-    if x.ndim == 1:
-        x = x[:, None]
+    """Statistics over axis 0 of an (N, *shape) array.
+
+    min and max of bool and integer features keep the feature's type, as LeRobot stores them (its
+    ``aggregate_datasets`` cannot concatenate a bool min with a double one).
+    """
+    raw = np.asarray(values)
+    if raw.ndim == 1:
+        raw = raw[:, None]
+    x = raw.astype(np.float64)
+    exact = raw.dtype == np.bool_ or np.issubdtype(raw.dtype, np.integer)
     out = {
-        "min": x.min(axis=0),
-        "max": x.max(axis=0),
+        "min": raw.min(axis=0) if exact else x.min(axis=0),
+        "max": raw.max(axis=0) if exact else x.max(axis=0),
         "mean": x.mean(axis=0),
         "std": x.std(axis=0),
         "count": np.array([x.shape[0]]),

@@ -13,14 +13,18 @@ from pathlib import Path
 import av
 import numpy as np
 
-from robopolicy.data.format import DatasetError
+from robopolicy.data.format import LEROBOT_VIDEO_GOP, DatasetError
 
 
 class VideoAppender:
-    """Keeps one MP4 open and appends episodes' frames; ``close()`` writes the index (moov atom)."""
+    """Keeps one MP4 open and appends episodes' frames; ``close()`` writes the index (moov atom).
+
+    The GOP defaults to LeRobot's (a keyframe every 2 frames): LeRobot's ``aggregate_datasets`` stream-copies
+    files into one, which only works when the streams have the same decode delay (B-frame depth).
+    """
 
     def __init__(self, path: Path, fps: int, height: int, width: int, codec: str = "libx264", crf: int = 18,
-                 pix_fmt: str = "yuv420p", gop: int | None = None):
+                 pix_fmt: str = "yuv420p", gop: int = LEROBOT_VIDEO_GOP):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fps = fps
@@ -32,7 +36,7 @@ class VideoAppender:
         self._stream.width, self._stream.height = width, height
         self._stream.pix_fmt = pix_fmt
         self._stream.codec_context.time_base = Fraction(1, fps)
-        self._stream.codec_context.gop_size = gop or 2 * fps
+        self._stream.codec_context.gop_size = gop
         self.num_frames = 0
 
     @property

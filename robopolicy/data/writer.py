@@ -7,6 +7,7 @@ the dataset: every episode already saved is written out, video files get their i
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image
 
 from robopolicy.data import format as fmt
 from robopolicy.data.format import DatasetError
@@ -40,7 +42,9 @@ class LeRobotDatasetWriter:
 
     ``features`` maps names to ``{"dtype", "shape", "names"}`` (LeRobot's form); the default columns
     (timestamp, frame_index, episode_index, index, task_index) are added automatically. Camera
-    features use dtype ``video`` and receive uint8 (H, W, 3) frames.
+    features receive uint8 (H, W, 3) frames: dtype ``video`` packs them into MP4 files, dtype ``image``
+    stores one PNG per frame inside the parquet data. ``use_videos=False`` stores every camera as
+    images, like LeRobot's ``LeRobotDataset.create(use_videos=False)``.
     """
 
     def __init__(
@@ -55,6 +59,7 @@ class LeRobotDatasetWriter:
         data_files_size_in_mb: float = fmt.DEFAULT_DATA_FILE_SIZE_MB,
         video_files_size_in_mb: float = fmt.DEFAULT_VIDEO_FILE_SIZE_MB,
         overwrite: bool = False,
+        use_videos: bool = True,
     ):
         self.root = Path(root)
         if self.root.exists() and any(self.root.iterdir()):
@@ -62,7 +67,9 @@ class LeRobotDatasetWriter:
                 raise FileExistsError(f"{self.root}: directory is not empty (pass overwrite=True to replace it)")
             shutil.rmtree(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
-        fmt.validate_writable_features(features, "features")
+        fmt.validate_features(features, "features")
+        if not use_videos:
+            features = {k: {**v, "dtype": "image"} if v["dtype"] == "video" else v for k, v in features.items()}
         reserved = set(features) & set(fmt.DEFAULT_FEATURES)
         if reserved:
             raise ValueError(f"features {sorted(reserved)} are added by the writer; do not declare them")
@@ -71,7 +78,10 @@ class LeRobotDatasetWriter:
         self.user_features = {k: {**v, "shape": list(v["shape"])} for k, v in features.items()}
         self.features = {**self.user_features, **fmt.DEFAULT_FEATURES}
         self.video_keys = fmt.video_keys(self.features)
+        self.image_keys = fmt.image_keys(self.features)
         self.data_keys = [k for k, ft in self.features.items() if ft["dtype"] not in fmt.VISUAL_DTYPES]
+        # Parquet columns in declared order: numeric features and images (videos live in MP4 files).
+        self.parquet_keys = [k for k, ft in self.features.items() if ft["dtype"] != "video"]
         self.video_codec, self.video_crf = video_codec, video_crf
         self.chunks_size = chunks_size
         self.data_files_size_in_mb = data_files_size_in_mb
@@ -82,10 +92,11 @@ class LeRobotDatasetWriter:
         self.total_frames = 0
         self._frame_buffer: list[dict[str, Any]] = []
         self._data_file = (0, 0)  # (chunk_index, file_index)
-        self._pending_columns: dict[str, list[np.ndarray]] = {k: [] for k in self.data_keys}
+        self._pending_columns: dict[str, list[np.ndarray]] = {k: [] for k in self.parquet_keys}
         self._pending_bytes = 0
         self._all_numeric: dict[str, list[np.ndarray]] = {k: [] for k in self.data_keys}
-        self._image_episode_stats: dict[str, list[dict[str, np.ndarray]]] = {k: [] for k in self.video_keys}
+        self._image_episode_stats: dict[str, list[dict[str, np.ndarray]]] = {
+            k: [] for k in self.video_keys + self.image_keys}
         self._videos: dict[str, VideoAppender] = {}
         self._video_file: dict[str, tuple[int, int]] = {k: (0, 0) for k in self.video_keys}
         self._finalized = False
@@ -132,9 +143,11 @@ class LeRobotDatasetWriter:
             frame_shape = tuple(value.shape[1:])
             if frame_shape != tuple(ft["shape"]) and not (frame_shape == () and ft["shape"] == [1]):
                 raise ValueError(f"feature {key!r}: frames of shape {value.shape[1:]}, declared {tuple(ft['shape'])}")
-            if ft["dtype"] == "video":
+            if ft["dtype"] in fmt.VISUAL_DTYPES:
                 if value.dtype != np.uint8:
-                    raise ValueError(f"feature {key!r}: video frames must be uint8, got {value.dtype}")
+                    raise ValueError(f"feature {key!r}: camera frames must be uint8, got {value.dtype}")
+                if ft["dtype"] == "image":
+                    columns[key] = encode_png_frames(value)
                 continue
             columns[key] = value.astype(fmt.numpy_dtype(ft["dtype"])).reshape(n, *ft["shape"])
         columns["timestamp"] = (np.arange(n) / self.fps).astype(np.float32)[:, None]
@@ -144,13 +157,16 @@ class LeRobotDatasetWriter:
         columns["task_index"] = np.full((n, 1), task_index, dtype=np.int64)
 
         # Roll the data file over before this episode if it would grow past its size.
-        episode_bytes = sum(c.nbytes for c in columns.values())
+        episode_bytes = sum(_nbytes(c) for c in columns.values())
         if self._pending_bytes and (self._pending_bytes + episode_bytes) / 1024**2 > self.data_files_size_in_mb:
             self._flush_data_file()
         chunk_index, file_index = self._data_file
         episode = fmt.episode_record(episode_index=episode_index, task=task, length=n, chunk_index=chunk_index,
                                      file_index=file_index, from_index=self.total_frames)
         stats = {key: numeric_stats(columns[key]) for key in self.data_keys}
+        for key in self.image_keys:
+            stats[key] = image_stats(np.asarray(data[key])[:: max(1, n // 50)])
+            stats[key]["count"] = np.array([n])
         for key in self.video_keys:
             frames = np.asarray(data[key])
             video = self._video_for(key)
@@ -169,10 +185,11 @@ class LeRobotDatasetWriter:
             stats[key]["count"] = np.array([n])
         # Commit the rows only now that every video took its frames: an episode whose video append failed
         # leaves no rows behind (its frames, if any reached a video file, are referenced by no episode).
-        for key in self.video_keys:
+        for key in self.video_keys + self.image_keys:
             self._image_episode_stats[key].append(stats[key])
-        for key in self.data_keys:
+        for key in self.parquet_keys:
             self._pending_columns[key].append(columns[key])
+        for key in self.data_keys:
             self._all_numeric[key].append(columns[key])
         self._pending_bytes += episode_bytes
         episode["meta/episodes/chunk_index"] = 0
@@ -205,8 +222,9 @@ class LeRobotDatasetWriter:
         return chunk_index, file_index
 
     def _schema(self) -> pa.Schema:
-        fields = [pa.field(k, fmt.arrow_type(self.features[k])) for k in self.data_keys]
-        hf = {"info": {"features": {k: fmt.hf_feature(self.features[k]) for k in self.data_keys}}}
+        fields = [pa.field(k, fmt.IMAGE_ARROW_TYPE if k in self.image_keys else fmt.arrow_type(self.features[k]))
+                  for k in self.parquet_keys]
+        hf = {"info": {"features": {k: fmt.hf_feature(self.features[k]) for k in self.parquet_keys}}}
         return pa.schema(fields, metadata={"huggingface": json.dumps(hf)})
 
     def _flush_data_file(self) -> None:
@@ -214,9 +232,13 @@ class LeRobotDatasetWriter:
             return
         schema = self._schema()
         arrays = []
-        for key in self.data_keys:
+        frame_index = np.concatenate(self._pending_columns["frame_index"]).reshape(-1)
+        for key in self.parquet_keys:
             values = np.concatenate(self._pending_columns[key])
-            arrays.append(_to_arrow(values, schema.field(key).type))
+            if key in self.image_keys:  # the file name `datasets` records: the frame's PNG in its episode
+                arrays.append(image_array(values, [f"frame-{i:06d}.png" for i in frame_index]))
+            else:
+                arrays.append(_to_arrow(values, schema.field(key).type))
         c, f = self._data_file
         write_parquet_atomic(pa.Table.from_arrays(arrays, schema=schema), self.root / fmt.DATA_PATH.format(chunk_index=c, file_index=f))
         self._pending_columns = {k: [] for k in self.data_keys}
@@ -267,22 +289,47 @@ class LeRobotDatasetWriter:
                 video.close()
 
 
+TASKS_INDEX_COLUMN = "__index_level_0__"
+
+
 def tasks_table(tasks: dict[str, int]) -> pa.Table:
-    """``meta/tasks.parquet`` as pandas writes it: task strings are the index, task_index a column."""
+    """``meta/tasks.parquet`` as LeRobot (pandas) writes it: task strings are an unnamed index, task_index a column."""
     ordered = sorted(tasks.items(), key=lambda kv: kv[1])
     pandas_meta = {
-        "index_columns": ["task"],
-        "column_indexes": [],
+        "index_columns": [TASKS_INDEX_COLUMN],
+        "column_indexes": [{"name": None, "field_name": None, "pandas_type": "unicode", "numpy_type": "object",
+                            "metadata": {"encoding": "UTF-8"}}],
         "columns": [
             {"name": "task_index", "field_name": "task_index", "pandas_type": "int64", "numpy_type": "int64", "metadata": None},
-            {"name": "task", "field_name": "task", "pandas_type": "unicode", "numpy_type": "object", "metadata": None},
+            {"name": None, "field_name": TASKS_INDEX_COLUMN, "pandas_type": "unicode", "numpy_type": "object",
+             "metadata": None},
         ],
         "creator": {"library": "pyarrow", "version": pa.__version__},
         "pandas_version": "2.2.3",
     }
-    schema = pa.schema([pa.field("task_index", pa.int64()), pa.field("task", pa.string())],
+    schema = pa.schema([pa.field("task_index", pa.int64()), pa.field(TASKS_INDEX_COLUMN, pa.large_string())],
                        metadata={"pandas": json.dumps(pandas_meta)})
-    return pa.table({"task_index": [i for _, i in ordered], "task": [t for t, _ in ordered]}, schema=schema)
+    return pa.table({"task_index": [i for _, i in ordered], TASKS_INDEX_COLUMN: [t for t, _ in ordered]}, schema=schema)
+
+
+def encode_png_frames(frames: np.ndarray) -> np.ndarray:
+    """uint8 (N, H, W, C) frames as an object array of PNG bytes (compress level 1, as LeRobot saves them)."""
+    out = np.empty(len(frames), dtype=object)
+    for i, frame in enumerate(frames):
+        buffer = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(frame)).save(buffer, format="PNG", compress_level=1)
+        out[i] = buffer.getvalue()
+    return out
+
+
+def _nbytes(column: np.ndarray) -> int:
+    return sum(len(b) for b in column) if column.dtype == object else column.nbytes
+
+
+def image_array(png_bytes: np.ndarray, paths: list[str]) -> pa.StructArray:
+    """An Image column as `datasets` writes it: struct<bytes, path>."""
+    return pa.StructArray.from_arrays([pa.array(list(png_bytes), pa.binary()), pa.array(paths, pa.string())],
+                                      fields=list(fmt.IMAGE_ARROW_TYPE))
 
 
 def _to_arrow(values: np.ndarray, arrow_t: pa.DataType) -> pa.Array:

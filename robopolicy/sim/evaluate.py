@@ -24,6 +24,7 @@ import torch
 
 from robopolicy.sim import report
 from robopolicy.sim.pusht import PUSHT_FPS, SUCCESS_COVERAGE
+from robopolicy.viz.trace import ChunkTap, RolloutTrace
 
 Z_95 = 1.959963984540054  # two-sided 95% standard-normal quantile
 
@@ -201,8 +202,13 @@ def run_episode(
     success_threshold: float = SUCCESS_COVERAGE,
     video_path: Path | None = None,
     video_fps: int | None = None,
+    rollout_recorder: Callable[[RolloutTrace], None] | None = None,
 ) -> EpisodeResult:
-    """One seeded rollout; ends at success (coverage >= threshold), env termination/truncation or max_steps."""
+    """One seeded rollout; ends at success (coverage >= threshold), env termination/truncation or max_steps.
+
+    ``rollout_recorder``: called at the end with the episode's :class:`RolloutTrace` (frames, actions,
+    predicted chunks, coverage, latency), e.g. to write a Rerun recording.
+    """
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)  # scripted or numpy-based policies get the same reproducibility
     if callable(getattr(policy, "seed", None)):
@@ -215,10 +221,12 @@ def run_episode(
     coverages: list[float] = []
     video_fps = video_fps or int(env.metadata.get("render_fps") or PUSHT_FPS)
     writer = report.VideoWriter(video_path, fps=video_fps) if video_path is not None else None
+    trace = RolloutTrace(seed, video_fps, success_threshold) if rollout_recorder is not None else None
+    tap = ChunkTap(policy, trace, lambda: len(trace.actions)) if trace is not None else None
     start = time.perf_counter()
     try:
-        if writer is not None:
-            writer.write(env.render())
+        if writer is not None or trace is not None:
+            _show(env.render(), writer, trace)
         for step in range(max_steps):
             is_chunk = bool(policy.needs_new_chunk) if has_chunk_flag else False
             t0 = time.perf_counter()
@@ -239,13 +247,23 @@ def run_episode(
                     "the env must report info['coverage'] after each step (robopolicy.sim.pusht.make_pusht_env does)"
                 )
             coverages.append(float(info["coverage"]))
-            if writer is not None:
-                writer.write(env.render())
+            if trace is not None:
+                trace.actions.append(action.astype(np.float32))
+                trace.coverages.append(coverages[-1])
+                trace.latencies_ms.append(dt_ms)
+                if is_chunk:
+                    trace.inference_steps.append(step)
+            if writer is not None or trace is not None:
+                _show(env.render(), writer, trace)
             if coverages[-1] >= success_threshold or terminated or truncated:
                 break
     finally:
         if writer is not None:
             writer.close()
+        if tap is not None:
+            tap.close()
+    if trace is not None:
+        rollout_recorder(trace)
     max_coverage = max(coverages) if coverages else 0.0
     return EpisodeResult(
         seed=seed,
@@ -257,6 +275,13 @@ def run_episode(
         latencies_ms=latencies,
         chunk_latencies_ms=chunk_latencies,
     )
+
+
+def _show(frame: np.ndarray, writer: report.VideoWriter | None, trace: RolloutTrace | None) -> None:
+    if writer is not None:
+        writer.write(frame)
+    if trace is not None:
+        trace.frames.append(np.asarray(frame))
 
 
 # ---- worker processes -------------------------------------------------------------------------
@@ -306,6 +331,7 @@ def evaluate(
     output_dir: Path | str | None = None,
     success_threshold: float = SUCCESS_COVERAGE,
     progress: bool = True,
+    rollout_recorder: Callable[[RolloutTrace], None] | None = None,
 ) -> EvalResult:
     """Evaluate the policy built by ``policy_factory`` on episodes with seeds ``start_seed + i``.
 
@@ -314,7 +340,8 @@ def evaluate(
     both factories must be picklable: each "spawn"ed worker calls them once and runs one thread.
     ``n_workers=1`` runs in this process (debuggers and tests). With ``output_dir``, writes
     ``eval_report.json``, ``eval_plot.png`` and ``videos/episode_<seed>.mp4`` for the first
-    ``n_videos`` episodes (frames from ``env.render()``).
+    ``n_videos`` episodes (frames from ``env.render()``). ``rollout_recorder`` (picklable with workers) is
+    called with the :class:`RolloutTrace` of each of those episodes (``robopolicy eval viz=true`` writes .rrd files).
     """
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be at least 1, got {n_episodes}")
@@ -330,7 +357,8 @@ def evaluate(
     def task_kwargs(index: int) -> dict[str, Any]:
         record = out is not None and index < n_videos
         video = out / report.video_relpath(seeds[index]) if record else None
-        return {"max_steps": max_steps, "success_threshold": success_threshold, "video_path": video}
+        return {"max_steps": max_steps, "success_threshold": success_threshold, "video_path": video,
+                "rollout_recorder": rollout_recorder if record else None}
 
     n_workers = min(n_workers, n_episodes)
     results: list[EpisodeResult] = []
