@@ -6,9 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-pytest.importorskip("gym_pusht", reason="PushT tests need the 'sim' extra (gym-pusht)")
-
 from gym_pusht.envs import PushTEnv  # noqa: E402
 
 from robopolicy.sim.pusht import (  # noqa: E402

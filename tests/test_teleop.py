@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from robopolicy.data.reader import LeRobotDataset
 from robopolicy.data.recorder import DatasetRecorder
@@ -86,7 +85,6 @@ def test_quaternion_helpers_and_pose_delta():
 
 
 def test_zmq_leader_latest_wins_timeout_and_bad_messages():
-    pytest.importorskip("zmq")
     import zmq
 
     from robopolicy.teleop.zmq_leader import LeaderPublisher, ZmqLeaderDevice
