@@ -33,6 +33,7 @@ commands:
   run       drive a robot from a policy server (configs/run.yaml; robot=<name> server=<address>)
   keys      generate CurveZMQ keypairs (configs/keys.yaml; dir=<dir>)
   record    record arm demonstrations (configs/record.yaml; output=<dataset> device=keyboard|gamepad|zmq|expert)
+  dataset   dataset tools (configs/dataset.yaml; action=verify root=<dataset> [write=true])
 
 Add --cfg to print the composed config and exit. Overrides use Hydra syntax.
 """
@@ -368,17 +369,19 @@ def cmd_record(cfg: DictConfig) -> dict:
     if cfg.task.startswith("quadrotor_"):
         return _record_quadrotor(cfg)
     env = make_robosuite_env(cfg.task, robot=cfg.robot, cameras=tuple(cfg.cameras), seed=cfg.seed)
+    recorder = DatasetRecorder(resolve_path(cfg.output), fps=env.control_freq, features=env.features(),
+                               robot_type=cfg.robot, overwrite=cfg.overwrite)
+    # A resumed dataset continues its seed sequence (env resets and the expert's noise); cfg.seed starts a new one.
+    seed = recorder.resume_seed(cfg.seed)
     if cfg.device == "expert":
         from robopolicy.experts.arm_lift import ExpertDevice, make_expert
 
-        device = ExpertDevice(make_expert(env, noise=cfg.expert_noise, seed=cfg.seed), env)
+        device = ExpertDevice(make_expert(env, noise=cfg.expert_noise, seed=seed), env)
     elif cfg.device == "zmq":
         device = make_device("zmq", address=cfg.address)
     else:
         device = make_device(cfg.device)
     realtime = cfg.device != "expert" if cfg.realtime is None else cfg.realtime
-    recorder = DatasetRecorder(resolve_path(cfg.output), fps=env.control_freq, features=env.features(),
-                               robot_type=cfg.robot, overwrite=cfg.overwrite)
     before = recorder.num_episodes
     if cfg.device != "expert":
         console.print("recording: the device's save / discard / quit controls end an episode; "
@@ -386,7 +389,7 @@ def cmd_record(cfg: DictConfig) -> dict:
     try:
         summary = record_teleop(env, device, recorder, task=cfg.task, num_episodes=cfg.num_episodes,
                                 max_steps=cfg.max_steps or env.horizon, keep_failures=cfg.keep_failures,
-                                realtime=realtime, seed=cfg.seed)
+                                realtime=realtime, seed=seed)
     finally:
         recorder.close()
         device.close()
@@ -398,8 +401,34 @@ def cmd_record(cfg: DictConfig) -> dict:
     return report
 
 
+def cmd_dataset(cfg: DictConfig) -> dict:
+    """``action=verify``: checksums, unlisted files and every load check; exits non-zero on any problem."""
+    from robopolicy.data.verify import verify_dataset
+
+    if cfg.action != "verify":
+        raise ValueError(f"dataset: unknown action {cfg.action!r} (known: verify)")
+    if not cfg.root:
+        raise ValueError("dataset: give root=<dataset directory>")
+    report = verify_dataset(resolve_path(cfg.root), decode_videos=cfg.decode_videos, write=cfg.write)
+    for problem in report.problems:
+        print(f"problem: {problem}")  # plain print: file names hold brackets that rich would take for markup
+    for name in report.unlisted:
+        print(f"not in the checksums: {name}")
+    if not report.has_checksums:
+        print(f"{report.root}: no meta/checksums.json; run `robopolicy dataset action=verify root={cfg.root} "
+              "write=true` to record the current files")
+    elif report.written:
+        print(f"{report.root}: wrote meta/checksums.json ({report.checked} files)")
+    print(f"{report.root}: {'OK' if report.ok else 'FAILED'} ({report.checked} files checked)")
+    if not report.ok:
+        raise SystemExit(1)
+    return {"root": str(report.root), "ok": report.ok, "checked": report.checked, "problems": report.problems,
+            "unlisted": report.unlisted}
+
+
 COMMANDS = {"convert": cmd_convert, "train": cmd_train, "eval": cmd_eval, "demo": cmd_demo, "export": cmd_export,
-            "serve": cmd_serve, "run": cmd_run, "keys": cmd_keys, "record": cmd_record}
+            "serve": cmd_serve, "run": cmd_run, "keys": cmd_keys, "record": cmd_record,
+            "dataset": cmd_dataset}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -217,8 +217,20 @@ class RecordConfig:
     sim_hz: float = 100.0  # control and dataset rate; 500 for the on-board loop
 
 
+@dataclass
+class DatasetToolConfig:
+    """Dataset maintenance: ``action=verify`` checks every file against meta/checksums.json and loads the dataset
+    with all checks (``write=true`` records checksums for a dataset that has none, e.g. one LeRobot wrote)."""
+
+    action: str = "verify"
+    root: str = ""
+    write: bool = False
+    decode_videos: bool = True
+
+
 SCHEMAS = {"train": TrainConfig, "export": ExportConfig, "eval": EvalConfig, "convert": ConvertConfig, "demo": DemoConfig,
-           "serve": ServeConfig, "run": RunConfig, "keys": KeysConfig, "record": RecordConfig}
+           "serve": ServeConfig, "run": RunConfig, "keys": KeysConfig, "record": RecordConfig,
+           "dataset": DatasetToolConfig}
 
 
 def register_schemas() -> None:
