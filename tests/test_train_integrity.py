@@ -48,3 +48,18 @@ def test_non_finite_loss_stops_training_without_saving(lowdim_dataset: Path, tmp
     after = trainer.policy.state_dict()
     assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
     assert any(not torch.equal(before[k], after[k]) for k in before)  # three finite steps did train
+
+
+def test_training_refuses_a_dataset_with_nan_statistics(lowdim_dataset: Path, tmp_path: Path):
+    """The fuzzer's case: NaN in stats.json used to train with loss=nan every step, exit 0 and save a policy."""
+    import json
+
+    from robopolicy.data.format import DatasetError
+
+    path = lowdim_dataset / "meta/stats.json"
+    stats = json.loads(path.read_text())
+    stats["action"]["std"] = [float("nan"), 1.0]
+    path.write_text(json.dumps(stats))
+    with pytest.raises(DatasetError, match=r"stats\.json: field 'action\.std' is not finite"):
+        Trainer(train_cfg(lowdim_dataset, tmp_path / "run", steps=5))
+    assert not (tmp_path / "run" / "policy").exists()

@@ -273,21 +273,24 @@ class LeRobotDataset:
                                    f"fps is {self.fps}")
             if self.version != "v3.0":
                 continue
+            # A quarter frame: LeRobot derives start times from container durations (millisecond rounding), and a
+            # shift only pairs the wrong frame from half a frame on.
+            video_tol = 0.25 / self.fps
             next_start: dict[Path, float] = {}
             for e, (episode, video) in enumerate(zip(self.episodes, self._videos[key])):
                 start = next_start.get(video.path, 0.0)
                 where_e = f"{self.root / 'meta/episodes'}: episode {e}"
-                if abs(video.from_timestamp - start) > TIMESTAMP_TOLERANCE_S:
+                if abs(video.from_timestamp - start) > video_tol:
                     raise DatasetError(f"{where_e}: field 'videos/{key}/from_timestamp' is {video.from_timestamp:.6g} "
                                        f"s, expected {start:.6g} s (where the previous episode in {video.path.name} "
                                        "ends)")
                 end = episode.get(f"videos/{key}/to_timestamp")
                 length_s = episode["length"] / self.fps
-                if end is not None and abs(float(end) - video.from_timestamp - length_s) > TIMESTAMP_TOLERANCE_S:
+                if end is not None and abs(float(end) - video.from_timestamp - length_s) > video_tol:
                     raise DatasetError(f"{where_e}: fields 'videos/{key}/from_timestamp'..'to_timestamp' span "
                                        f"{float(end) - video.from_timestamp:.6f} s, its {episode['length']} frames at "
                                        f"{self.fps} fps last {length_s:.6f} s")
-                next_start[video.path] = video.from_timestamp + length_s
+                next_start[video.path] = float(end) if end is not None else video.from_timestamp + length_s
 
     def _check_checksums(self) -> None:
         """Metadata and data files were read whole: hash them. Videos: sizes now, content on first decode."""
