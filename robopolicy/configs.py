@@ -186,7 +186,7 @@ class ExportConfig:
     opset: int = 18
     fused_steps: int | None = None  # steps unrolled into fused.onnx (default: the policy's)
     exporter: str = "legacy"  # legacy | dynamo
-    fps: float | None = None
+    fps: float | None = None  # ONNX: for checkpoints that record no rate; one contradicting the policy's is refused
     noise_scheduler_type: str | None = None  # sampler overrides applied before export
     num_inference_steps: int | None = None
     n_action_steps: int | None = None  # Ta written to the manifest (null keeps the checkpoint's)

@@ -118,15 +118,17 @@ def _check_graph_signatures(manifest: dict[str, Any], sessions: dict[str, Any], 
         "fused": (obs | ({"start", "noise"} if family == "sfp" else {"noise"}), chunk)}
     where = f"{root / MANIFEST_FILE} ({graph} graph)"
     for role, session in sessions.items():
-        if not hasattr(session, "get_inputs"):  # OpenVINO / TensorRT sessions: checked by their own loaders
+        if not hasattr(session, "get_inputs"):  # OpenVINO's session: checked by its own loader
             continue
         inputs, out_shape = expected[role]
         names = {arg.name for arg in session.get_inputs()}
         if names != inputs:
             raise ArtifactError(f"{where}: the {role} graph takes inputs {sorted(names)}, a {family} policy's {role} "
                                 f"graph takes {sorted(inputs)} (a swapped or foreign graph?)")
+        if out_shape is None or not hasattr(session, "get_outputs"):  # TensorRT engines declare inputs only
+            continue
         declared = list(session.get_outputs()[0].shape[1:])
-        if out_shape is not None and (len(declared) != len(out_shape) or any(
+        if (len(declared) != len(out_shape) or any(
                 isinstance(d, int) and isinstance(e, int) and d != e for d, e in zip(declared, out_shape))):
             raise ArtifactError(f"{where}: the {role} graph returns (batch, {', '.join(map(str, declared))}), the "
                                 f"manifest's horizon {T} and action shape {manifest['action_feature']['shape']} "
