@@ -112,7 +112,7 @@ class LeRobotDataset:
         if self.checksums is not None:
             self._check_checksums()
         elif check_checksums:
-            log.info("%s: no checksums (meta/checksums.json); corruption cannot be detected. Run `robopolicy "
+            log.warning("%s: no checksums (meta/checksums.json); corruption cannot be detected. Run `robopolicy "
                      "dataset action=verify root=%s write=true` to record them", self.root, self.root)
 
     # ---- metadata ------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ against the family's config types and the weights' shapes, and fails naming the 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import types
@@ -29,6 +28,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
+from robopolicy.data.checksums import file_digest
 from robopolicy.data.normalize import Normalizer
 
 CONFIG_FILE = "config.json"
@@ -250,7 +250,7 @@ class Policy(nn.Module, ABC):
         atomic_write_text(directory / NORMALIZATION_FILE, json.dumps(self.normalizer.to_dict(), indent=2))
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if not k.startswith("normalizer.")}
         atomic_write_bytes(directory / WEIGHTS_FILE, safetensors_bytes(state))
-        files = {name: _digest(directory / name) for name in (CONFIG_FILE, NORMALIZATION_FILE, WEIGHTS_FILE)}
+        files = {name: file_digest(directory / name) for name in (CONFIG_FILE, NORMALIZATION_FILE, WEIGHTS_FILE)}
         atomic_write_text(directory / CHECKSUMS_FILE, json.dumps({"format": CHECKSUMS_FORMAT, "algorithm": "sha256",
                                                                   "files": files}, indent=1))
 
@@ -295,11 +295,6 @@ class Policy(nn.Module, ABC):
         return policy.to(map_location).eval()
 
 
-def _digest(path: Path) -> dict[str, Any]:
-    data = path.read_bytes()
-    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-
-
 def verify_policy_files(directory: str | Path) -> None:
     """Each file ``checksums.json`` lists has its size and sha256; directories saved before checksums existed
     load with a warning (re-save them to add one)."""
@@ -320,7 +315,7 @@ def verify_policy_files(directory: str | Path) -> None:
         file = directory / name
         if not file.is_file():
             raise PolicyLoadError(f"{file}: missing file listed in {path}")
-        actual = _digest(file)
+        actual = file_digest(file)
         if not isinstance(expected, dict) or actual != {"size": expected.get("size"), "sha256": expected.get("sha256")}:
             raise PolicyLoadError(f"{file}: size or sha256 differs from {path} (the file is corrupt or was altered "
                                   f"after it was saved: {actual['size']} bytes, expected {expected!r:.120})")
