@@ -63,3 +63,16 @@ def test_training_refuses_a_dataset_with_nan_statistics(lowdim_dataset: Path, tm
     with pytest.raises(DatasetError, match=r"stats\.json: field 'action\.std' is not finite"):
         Trainer(train_cfg(lowdim_dataset, tmp_path / "run", steps=5))
     assert not (tmp_path / "run" / "policy").exists()
+
+
+def test_resume_refuses_a_corrupt_training_state(lowdim_dataset: Path, tmp_path: Path):
+    from robopolicy.train.checkpoint import STATE_TENSORS, latest_checkpoint
+
+    run = tmp_path / "run"
+    Trainer(train_cfg(lowdim_dataset, run, steps=4, save_every=2)).fit()
+    state = latest_checkpoint(run / "checkpoints") / STATE_TENSORS
+    data = bytearray(state.read_bytes())
+    data[-3] ^= 0x01  # one bit of the last tensor: safetensors would load it silently
+    state.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"training_state\.safetensors: size or sha256 differs"):
+        Trainer(train_cfg(lowdim_dataset, run, steps=6, resume=True))
