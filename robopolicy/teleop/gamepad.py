@@ -101,6 +101,8 @@ class SpaceMouseDevice(TeleopDevice):
         opener = self._open_device or self._open_pyspacemouse
         try:
             self._dev = opener()
+        except DeviceNotAvailable:
+            raise
         except RuntimeError as e:  # pyspacemouse: no supported device, or the hidapi library is missing
             raise DeviceNotAvailable(f"no 3Dconnexion SpaceMouse could be opened ({e}); plug one in, install the "
                                      "hidapi library (apt install libhidapi-hidraw0) and allow access to "
