@@ -32,7 +32,7 @@ commands:
   run       drive a robot from a policy server (configs/run.yaml; robot=<name> server=<address>)
   keys      generate CurveZMQ keypairs (configs/keys.yaml; dir=<dir>)
   record    record arm demonstrations (configs/record.yaml; output=<dataset> device=keyboard|gamepad|zmq|expert)
-  dataset   dataset tools without LeRobot (configs/dataset.yaml; action=info|merge|split|delete-episodes)
+  dataset   dataset tools without LeRobot (configs/dataset.yaml; action=info|verify|merge|split|delete-episodes)
   viz       show a dataset on Rerun: save an .rrd or serve the web viewer (configs/viz.yaml; root=<dataset>)
 
 Add --cfg (or --cfg job) to print the composed config and exit. Overrides use Hydra syntax.
@@ -412,17 +412,19 @@ def cmd_record(cfg: DictConfig) -> dict:
     if cfg.task.startswith("quadrotor_"):
         return _record_quadrotor(cfg)
     env = make_robosuite_env(cfg.task, robot=cfg.robot, cameras=tuple(cfg.cameras), seed=cfg.seed)
+    recorder = DatasetRecorder(resolve_path(cfg.output), fps=env.control_freq, features=env.features(),
+                               robot_type=cfg.robot, overwrite=cfg.overwrite)
+    # A resumed dataset continues its seed sequence (env resets and the expert's noise); cfg.seed starts a new one.
+    seed = recorder.resume_seed(cfg.seed)
     if cfg.device == "expert":
         from robopolicy.experts.arm_lift import ExpertDevice, make_expert
 
-        device = ExpertDevice(make_expert(env, noise=cfg.expert_noise, seed=cfg.seed), env)
+        device = ExpertDevice(make_expert(env, noise=cfg.expert_noise, seed=seed), env)
     elif cfg.device == "zmq":
         device = make_device("zmq", address=cfg.address)
     else:
         device = make_device(cfg.device)
     realtime = cfg.device != "expert" if cfg.realtime is None else cfg.realtime
-    recorder = DatasetRecorder(resolve_path(cfg.output), fps=env.control_freq, features=env.features(),
-                               robot_type=cfg.robot, overwrite=cfg.overwrite)
     before = recorder.num_episodes
     if cfg.device != "expert":
         console.print("recording: the device's save / discard / quit controls end an episode; "
@@ -430,7 +432,7 @@ def cmd_record(cfg: DictConfig) -> dict:
     try:
         summary = record_teleop(env, device, recorder, task=cfg.task, num_episodes=cfg.num_episodes,
                                 max_steps=cfg.max_steps or env.horizon, keep_failures=cfg.keep_failures,
-                                realtime=realtime, seed=cfg.seed)
+                                realtime=realtime, seed=seed)
     finally:
         recorder.close()
         device.close()
@@ -442,19 +444,42 @@ def cmd_record(cfg: DictConfig) -> dict:
     return report
 
 
+def _dataset_verify(cfg: DictConfig) -> dict:
+    """Checksums, unlisted files and every load check; exits non-zero on any problem."""
+    from robopolicy.data.verify import verify_dataset
+
+    report = verify_dataset(resolve_path(cfg.root), decode_videos=cfg.decode_videos, write=cfg.write)
+    for problem in report.problems:
+        print(f"problem: {problem}")  # plain print: file names hold brackets that rich would take for markup
+    for name in report.unlisted:
+        print(f"not in the checksums: {name}")
+    if not report.has_checksums:
+        print(f"{report.root}: no meta/checksums.json; run `robopolicy dataset action=verify root={cfg.root} "
+              "write=true` to record the current files")
+    elif report.written:
+        print(f"{report.root}: wrote meta/checksums.json ({report.checked} files)")
+    print(f"{report.root}: {'OK' if report.ok else 'FAILED'} ({report.checked} files checked)")
+    if not report.ok:
+        raise SystemExit(1)
+    return {"root": str(report.root), "ok": report.ok, "checked": report.checked, "problems": report.problems,
+            "unlisted": report.unlisted}
+
+
 def cmd_dataset(cfg: DictConfig) -> dict:
-    """``action=info|merge|split|delete-episodes``: each a call into robopolicy.data.tools."""
+    """``action=info|verify|merge|split|delete-episodes``: each a call into robopolicy.data.tools or .verify."""
     from robopolicy.data import tools
 
     write = {"use_videos": cfg.use_videos, "overwrite": cfg.overwrite, "video_codec": cfg.video_codec,
              "video_crf": cfg.video_crf}
-    needs = {"info": ["root"], "merge": ["roots", "output"], "split": ["root", "splits", "output"],
+    needs = {"info": ["root"], "verify": ["root"], "merge": ["roots", "output"], "split": ["root", "splits", "output"],
              "delete-episodes": ["root", "episodes", "output"]}
     if cfg.action not in needs:
         raise ValueError(f"dataset: unknown action {cfg.action!r} (known: {', '.join(needs)})")
     missing = [key for key in needs[cfg.action] if not cfg[key]]
     if missing:
         raise ValueError(f"dataset action={cfg.action}: give {', '.join(f'{k}=...' for k in missing)}")
+    if cfg.action == "verify":
+        return _dataset_verify(cfg)
     if cfg.action == "info":
         result = tools.info(resolve_path(cfg.root))
         console.print_json(json.dumps(result))

@@ -8,8 +8,6 @@ import time
 import numpy as np
 import pytest
 
-zmq = pytest.importorskip("zmq")
-
 from robopolicy.deploy.arm_bridge import (  # noqa: E402
     ArmBackend,
     ArmBridge,

@@ -303,6 +303,9 @@ def test_missing_data_file(lowdim_dataset):
 def test_missing_video_file(camera_dataset):
     root, _ = camera_dataset
     shutil.rmtree(root / "videos")
+    with pytest.raises(DatasetError, match=r"file-000\.mp4: missing file listed in .*checksums\.json"):
+        LeRobotDataset(root)  # the checksum file lists it: found at load
+    (root / "meta/checksums.json").unlink()  # a dataset LeRobot wrote: found at the first decode
     ds = LeRobotDataset(root)
     with pytest.raises(DatasetError, match=r"file-000\.mp4: video file is missing"):
         ds.video_frames("observation.image")

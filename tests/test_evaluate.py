@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import gym_pusht  # noqa: F401,E402 - required (the sim extra): a missing install fails loudly
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-
-pytest.importorskip("gym_pusht", reason="evaluation tests run PushT (the 'sim' extra)")
 
 from robopolicy.sim.evaluate import EpisodeResult, EvalResult, evaluate, latency_stats, wilson_interval  # noqa: E402
 from robopolicy.sim.pusht import ENV_STATE_KEY, STATE_KEY, make_pusht_env  # noqa: E402
@@ -96,7 +95,7 @@ def test_results_do_not_depend_on_worker_count(tmp_path: Path) -> None:
 
 
 def test_video_decodes_with_one_frame_per_state(tmp_path: Path) -> None:
-    av = pytest.importorskip("av")
+    import av
     result = evaluate(
         ChunkedPusher,
         env_factory=lambda: make_pusht_env(video_size=128),

@@ -14,6 +14,7 @@ import torch
 from robopolicy.data.reader import LeRobotDataset
 from robopolicy.export import export_policy
 from robopolicy.runtime import ArtifactError, OnnxPolicy, sha256_file
+from robopolicy.runtime.manifest import write_manifest
 from robopolicy.train.trainer import make_policy_for_dataset
 
 TOL = 1e-4
@@ -650,7 +651,8 @@ def test_manifest_feature_shape_must_match_the_graphs(artifacts, tmp_path):
     m = json.loads((d / "manifest.json").read_text())
     m["input_features"][0]["shape"] = [3]  # consistent within the manifest (broadcastable stats), not with the graph
     m["normalization"]["stats"]["observation.state"] = {"min": [-1.0], "max": [1.0]}
-    (d / "manifest.json").write_text(json.dumps(m))
+    m["policy_config"]["input_features"][0]["shape"] = [3]
+    write_manifest(d, m)  # hashed again: a consistent artifact whose graphs disagree
     with pytest.raises(ArtifactError, match=r"feature 'observation.state' is \(batch, 2, 3\) in the manifest but the "
                                             r"policy graph takes \['batch', 2, 2\]"):
         OnnxPolicy.load(d)
@@ -667,7 +669,7 @@ def test_unsupported_opset(artifacts, tmp_path):
     onnx.save(model, str(d / "policy.onnx"))
     m = json.loads((d / "manifest.json").read_text())
     m["files"]["policy.onnx"] = sha256_file(d / "policy.onnx")  # a consistent artifact, just unsupported
-    (d / "manifest.json").write_text(json.dumps(m))
+    write_manifest(d, m)
     with pytest.raises(ArtifactError, match="policy.onnx: ONNX Runtime .* cannot load this graph"):
         OnnxPolicy.load(d)
 

@@ -87,7 +87,8 @@ def test_every_diffusers_sampler_runs(lowdim_dataset, sampler):
 def test_save_load_gives_identical_actions(lowdim_dataset, tmp_path):
     policy = tiny_policy(lowdim_dataset).eval()
     policy.save(tmp_path / "p")
-    assert sorted(os.listdir(tmp_path / "p")) == ["config.json", "model.safetensors", "normalization.json"]
+    assert sorted(os.listdir(tmp_path / "p")) == ["checksums.json", "config.json", "model.safetensors",
+                                                  "normalization.json"]
     loaded = load_policy(tmp_path / "p")
     obs = {"observation.state": torch.randn(4, 1, 2)}
     a = policy.predict_chunk(obs, generator=torch.Generator().manual_seed(7))

@@ -16,6 +16,7 @@ import pytest
 from robopolicy.data import recorder as recorder_mod
 from robopolicy.data.reader import LeRobotDataset
 from robopolicy.data.recorder import DatasetRecorder
+from robopolicy.data.verify import verify_dataset
 
 H = W = 32
 FEATURES = {
@@ -93,6 +94,7 @@ def test_sigkill_mid_episode_then_resume_and_discard(tmp_path: Path):
     assert (root / ".recorder").exists()
     ds = LeRobotDataset(root)
     assert ds.num_episodes == 2 and ds.num_frames == 25
+    assert verify_dataset(root).ok  # the checksums were committed with each episode, nothing else
     check_episode(ds, 0, 0, 12)
     check_episode(ds, 1, 1, 13)
     assert ds.tasks == {0: "pick"}
@@ -128,6 +130,7 @@ def test_sigkill_mid_episode_then_resume_and_discard(tmp_path: Path):
     files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
     assert "data/chunk-000/file-003.parquet" in files and "videos/observation.images.cam/chunk-000/file-003.mp4" in files
     assert not any("file-004" in f for f in files)
+    assert verify_dataset(root).ok
 
 
 def test_each_saved_episode_is_on_disk_before_the_next(tmp_path: Path):
@@ -162,6 +165,8 @@ def test_crash_during_commit_keeps_previous_dataset(tmp_path: Path, monkeypatch:
     assert (tmp_path / "d/data/chunk-000/file-001.parquet").exists()
     ds = LeRobotDataset(tmp_path / "d")
     assert ds.num_episodes == 1
+    leftovers = verify_dataset(tmp_path / "d").unlisted  # verify points at the uncommitted files
+    assert "data/chunk-000/file-001.parquet" in leftovers
     rec2 = DatasetRecorder(tmp_path / "d")  # resume without restating features
     assert not (tmp_path / "d/data/chunk-000/file-001.parquet").exists()
     assert not (tmp_path / "d/videos/observation.images.cam/chunk-000/file-001.mp4").exists()
@@ -171,6 +176,7 @@ def test_crash_during_commit_keeps_previous_dataset(tmp_path: Path, monkeypatch:
     ds = LeRobotDataset(tmp_path / "d")
     assert ds.num_episodes == 2
     check_episode(ds, 1, 2, 3)
+    assert verify_dataset(tmp_path / "d").ok
 
 
 def test_fallback_two_rename_commit_is_repaired(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import h5py  # noqa: E402 - required (the arms extra): a missing install fails loudly
 import numpy as np
 import pytest
-
-h5py = pytest.importorskip("h5py")
 
 from robopolicy.data.format import DatasetError  # noqa: E402
 from robopolicy.data.reader import LeRobotDataset  # noqa: E402

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from unittest.mock import create_autospec
 
 import numpy as np
 import pytest
@@ -86,7 +87,6 @@ def test_quaternion_helpers_and_pose_delta():
 
 
 def test_zmq_leader_latest_wins_timeout_and_bad_messages():
-    pytest.importorskip("zmq")
     import zmq
 
     from robopolicy.teleop.zmq_leader import LeaderPublisher, ZmqLeaderDevice
@@ -131,17 +131,139 @@ def test_zmq_leader_latest_wins_timeout_and_bad_messages():
 
 
 def test_gamepad_and_spacemouse_report_unavailable_clearly(monkeypatch):
+    import pygame
+    import pyspacemouse
+
     from robopolicy.teleop.gamepad import GamepadDevice, SpaceMouseDevice
 
-    monkeypatch.setenv("SDL_JOYSTICK_DEVICE", "/nonexistent")
-    try:
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    monkeypatch.setattr(pygame.joystick, "get_count", lambda: 0)  # whatever is plugged into this machine
+    with pytest.raises(DeviceNotAvailable, match=r"no gamepad at index 7 \(0 connected\)"):
         GamepadDevice(index=7).start()
-    except DeviceNotAvailable as e:
-        assert "gamepad" in str(e)
-    try:
+    # pyspacemouse's own error when nothing is connected (or the hidapi library is missing)
+    fake_open = create_autospec(pyspacemouse.open, side_effect=RuntimeError("No connected or supported devices found."))
+    monkeypatch.setattr(pyspacemouse, "open", fake_open)
+    with pytest.raises(DeviceNotAvailable, match=r"no 3Dconnexion SpaceMouse could be opened \(No connected"):
         SpaceMouseDevice().start()
-    except DeviceNotAvailable as e:
-        assert "SpaceMouse" in str(e) or "hidapi" in str(e)
+    assert fake_open.call_args.kwargs["axis_convention"] == pyspacemouse.AxisConvention.ROS
+
+
+# A gamepad session in SDL's Xbox layout, as pygame polls it once per control step: axes (left x, left y, LT,
+# right x, right y, RT) and buttons (A, B, X, Y, LB, RB, Back, Start, Guide, LS, RS). Synthesized (no gamepad on
+# CI), but shaped like a recording: resting sticks drift inside the dead zone and buttons stay held across polls.
+GAMEPAD_STREAM = [
+    ([0.03, -0.02, -1.0, 0.01, 0.04, -1.0], [0] * 11),  # at rest: stick drift under the dead zone
+    ([0.0, -1.0, -1.0, 0.0, 0.0, -1.0], [0] * 11),  # left stick pushed forward
+    ([-0.5, 0.0, -1.0, 0.0, 0.0, -1.0], [1] + [0] * 10),  # left stick left, A pressed: close the gripper
+    ([0.0, 0.0, -1.0, 0.0, 0.8, -1.0], [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0]),  # A still held, right stick down, RB
+    ([0.0, 0.0, -1.0, 0.6, 0.0, -1.0], [0] * 7 + [1, 0, 0, 0]),  # right stick right, Start: save
+    ([0.0, 0.0, -1.0, 0.0, 0.0, -1.0], [0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0]),  # B and Back: discard and quit
+]
+
+
+def test_gamepad_mapping_from_a_recorded_stream(monkeypatch):
+    import pygame
+
+    from robopolicy.teleop.gamepad import GamepadDevice
+
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    frame = {"axes": GAMEPAD_STREAM[0][0], "buttons": GAMEPAD_STREAM[0][1]}
+    js = create_autospec(pygame.joystick.JoystickType, instance=True)
+    js.get_numaxes.side_effect = lambda: len(frame["axes"])
+    js.get_numbuttons.side_effect = lambda: len(frame["buttons"])
+    js.get_axis.side_effect = lambda i: frame["axes"][i]
+    js.get_button.side_effect = lambda i: frame["buttons"][i]
+    dev = GamepadDevice(pos_step=0.01, rot_step=0.1, deadzone=0.1, joystick=js)
+    commands = []
+    for axes, buttons in GAMEPAD_STREAM:
+        frame.update(axes=axes, buttons=buttons)
+        commands.append(dev.read())
+    dev.close()
+    js.quit.assert_called_once_with()
+    rest, forward, left, down_roll, yaw_save, stop = commands
+    assert not rest.is_motion and rest.gripper == -1.0 and not rest.events
+    np.testing.assert_allclose(forward.delta_pos, [0.01, 0, 0])
+    np.testing.assert_allclose(left.delta_pos, [0, 0.005, 0])
+    assert left.gripper == 1.0 and down_roll.gripper == 1.0  # a held button toggles once
+    np.testing.assert_allclose(down_roll.delta_pos, [0, 0, -0.008])
+    np.testing.assert_allclose(down_roll.delta_rot, [0.1, 0, 0])
+    np.testing.assert_allclose(yaw_save.delta_rot, [0, 0, -0.06])
+    assert yaw_save.events == {"save"} and stop.events == {"discard", "quit"}
+
+
+def _hid_report(report_id: int, *values: int) -> bytearray:
+    return bytearray([report_id]) + b"".join(int(v).to_bytes(2, "little", signed=True) for v in values)
+
+
+def test_spacemouse_mapping_from_recorded_hid_reports():
+    """A SpaceNavigator's raw HID reports (translation, rotation and button reports arrive separately), parsed
+    by pyspacemouse's own device spec; only the HID handle is a fake, bound to easyhid's API."""
+    import easyhid
+    import pyspacemouse
+
+    from robopolicy.teleop.gamepad import SpaceMouseDevice
+
+    spec = pyspacemouse.apply_axis_convention(pyspacemouse.get_device_specs()["SpaceNavigator"],
+                                              pyspacemouse.AxisConvention.ROS)
+    pending: list[bytearray] = []
+    hid = create_autospec(easyhid.HIDDevice, instance=True)
+    hid.read.side_effect = lambda size=64, timeout=None: pending.pop(0) if pending else bytearray()
+    dev = SpaceMouseDevice(pos_step=0.01, rot_step=0.1,
+                           open_device=lambda: pyspacemouse.SpaceMouseDevice(info=spec, device=hid))
+    dev.start()
+    assert not dev.read().is_motion
+    # HID axes: x right, y toward the user, z down. Push away from you and to the right, and down (350 = full):
+    pending += [_hid_report(1, 350, -175, 350), _hid_report(2, 0, 0, -350), bytearray([3, 0b01, 0])]
+    cmd = dev.read()  # one control step drains all three reports
+    np.testing.assert_allclose(cmd.delta_pos, [0.005, -0.01, -0.01])  # ROS: forward, left, up
+    np.testing.assert_allclose(cmd.delta_rot, [0, 0, 0.1])  # yaw = -HID_Rz: counter-clockwise from above
+    assert cmd.gripper == 1.0 and not cmd.events
+    pending += [bytearray([3, 0b11, 0])]  # left still held, right pressed
+    cmd = dev.read()
+    assert cmd.gripper == 1.0 and cmd.events == {"save"}
+    np.testing.assert_allclose(cmd.delta_pos, [0.005, -0.01, -0.01])  # no new axis report: the puck holds
+    pending += [_hid_report(1, 0, 0, 0), _hid_report(2, 0, 0, 0), bytearray([3, 0, 0])]
+    assert not dev.read().is_motion
+    dev.close()
+    hid.close.assert_called_once_with()
+
+
+def test_rotation_helpers_refuse_a_zero_quaternion():
+    pose = ArmPose(np.zeros(3), np.array([0, 0, 0, 1.0]))
+    with pytest.raises(ValueError, match="is not a rotation"):
+        pose_delta(pose, [0.1, 0, 0], [0, 0, 0, 0], max_pos=0.02, max_rot=0.2)  # the old code returned NaN
+    # a non-unit quaternion is a rotation: normalized, as before
+    dp, dr = pose_delta(pose, [0.0, 0, 0], 3 * axis_angle_to_quat([0, 0.1, 0]), max_pos=0.02, max_rot=0.2)
+    np.testing.assert_allclose(dr, [0, 0.1, 0], atol=1e-12)
+    # half a turn: the rotation vector has length pi whichever way it points
+    np.testing.assert_allclose(np.linalg.norm(quat_to_axis_angle([1.0, 0, 0, 0])), np.pi)
+
+
+def test_zmq_leader_rejects_a_zero_quaternion():
+    import zmq
+
+    from robopolicy.teleop.zmq_leader import LeaderPublisher, ZmqLeaderDevice
+
+    addr = ipc_address("leader-q")
+    ctx = zmq.Context()
+    pub = LeaderPublisher(addr, context=ctx)
+    dev = ZmqLeaderDevice(addr, max_pos=0.05, max_rot=0.5, timeout_s=5, context=ctx)
+    dev.start()
+    try:
+        pose = ArmPose(np.array([0.0, 0.0, 1.0]), np.array([0, 0, 0, 1.0]))
+        deadline = time.monotonic() + 5
+        while dev.read(pose).gripper is None:
+            pub.publish([0.0, 0.0, 1.0], [0, 0, 0, 1], gripper=-1)
+            time.sleep(0.01)
+            assert time.monotonic() < deadline
+        pub.publish([0.02, 0.0, 1.0], [0, 0, 0, 0])
+        time.sleep(0.05)
+        cmd = dev.read(pose)
+        assert dev.rejected == 1 and np.isfinite(cmd.delta_rot).all() and not cmd.is_motion
+    finally:
+        dev.close()
+        pub.close()
+        ctx.term()
 
 
 class PointEnv:

@@ -2,8 +2,10 @@
 
 Without a GPU (CI, this machine) the engine logic runs against fakes of ``tensorrt`` and cuda-python
 (tests/fake_tensorrt.py: the engine is the graph TensorRT was handed, run on the CPU): build settings, FP16
-graphs, the engine index and its stale-engine checks, device buffers and shapes, and parity through the
-policy interface. The tests marked ``gpu`` build and run real engines and skip without CUDA and TensorRT.
+graphs, the engine index and its stale-engine checks, device buffers and shapes, and the buffer plumbing through
+the policy interface (the fake engine runs ONNX Runtime on the graph, so those tests check that inputs, outputs,
+batch shapes and FP16 casts travel correctly, not TensorRT's numerics). Only the tests marked ``gpu`` compare real
+engines with torch; they skip without CUDA and TensorRT.
 """
 
 from __future__ import annotations
@@ -61,7 +63,10 @@ def _chunks(policy, path, providers, graph, tmp_path, **load):
 @pytest.mark.parametrize("name", PARITY_FAMILIES)
 @pytest.mark.parametrize("graph", ["per_step", "fused"])
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_engines_match_torch_through_the_policy_interface(artifacts, fake_trt, name, graph, precision, tmp_path):
+def test_fake_engine_buffer_plumbing_through_the_policy_interface(artifacts, fake_trt, name, graph, precision,
+                                                                  tmp_path):
+    """Inputs, outputs, shapes and FP16 casts reach the (fake) engine and come back in place; the fake engine is
+    ONNX Runtime on the graph, so this is not a TensorRT parity check (test_real_engines_match_torch is)."""
     policy, path = artifacts[name]
     provider = "tensorrt_engine" if precision == "fp32" else "tensorrt_engine_fp16"
     runtime, expected, got = _chunks(policy, path, (provider,), graph, tmp_path)
@@ -221,7 +226,7 @@ real_cuda = pytest.mark.skipif(fake_tensorrt.real_cuda_runtime() is None,
 @real_cuda
 @pytest.mark.parametrize("name", PARITY_FAMILIES)
 @pytest.mark.parametrize("graph", ["per_step", "fused"])
-def test_engine_tensors_travel_through_real_device_memory(artifacts, monkeypatch, name, graph, tmp_path):
+def test_fake_engine_buffers_travel_through_real_device_memory(artifacts, monkeypatch, name, graph, tmp_path):
     trt = fake_tensorrt.install(monkeypatch, real_cuda=True)
     policy, path = artifacts[name]
     _, expected, got = _chunks(policy, path, ("tensorrt_engine",), graph, tmp_path)

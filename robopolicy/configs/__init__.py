@@ -221,7 +221,7 @@ class ExportConfig:
     opset: int = 18
     fused_steps: int | None = None  # steps unrolled into fused.onnx (default: the policy's)
     exporter: str = "legacy"  # legacy | dynamo
-    fps: float | None = None
+    fps: float | None = None  # ONNX: for checkpoints that record no rate; one contradicting the policy's is refused
     noise_scheduler_type: str | None = None  # sampler overrides applied before export
     num_inference_steps: int | None = None
     n_action_steps: int | None = None  # Ta written to the manifest (null keeps the checkpoint's)
@@ -254,10 +254,13 @@ class RecordConfig:
 
 @dataclass
 class DatasetToolConfig:
-    """``robopolicy dataset action=info|merge|split|delete-episodes``: dataset tools that need no LeRobot."""
+    """``robopolicy dataset action=info|verify|merge|split|delete-episodes``: dataset tools that need no LeRobot.
+
+    ``action=verify`` checks every file against meta/checksums.json and loads the dataset with all checks
+    (``write=true`` records checksums for a dataset that has none, e.g. one LeRobot wrote)."""
 
     action: str = "info"
-    root: str = ""  # the dataset to read (info, split, delete-episodes)
+    root: str = ""  # the dataset to read (info, verify, split, delete-episodes)
     roots: list[str] = field(default_factory=list)  # merge: datasets in order
     output: str = ""  # merge/delete-episodes: the new dataset; split: the folder that gets one dataset per split
     episodes: list[int] = field(default_factory=list)  # delete-episodes: which to drop
@@ -266,6 +269,8 @@ class DatasetToolConfig:
     video_codec: str = "libx264"
     video_crf: int = 18
     overwrite: bool = False
+    write: bool = False  # verify: record checksums for a dataset that has none
+    decode_videos: bool = True  # verify: decode every episode's frames too
 
 
 @dataclass

@@ -18,6 +18,7 @@ READABLE_VERSIONS = ("v3.0", "v2.1")
 
 INFO_PATH = "meta/info.json"
 STATS_PATH = "meta/stats.json"
+CHECKSUMS_PATH = "meta/checksums.json"  # robopolicy's; LeRobot ignores it (see data/checksums.py)
 TASKS_PATH = "meta/tasks.parquet"
 EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"

@@ -36,13 +36,25 @@ class Normalizer(nn.Module):
             missing = [n for n in needed if n not in stats[key]]
             if missing:
                 raise KeyError(f"statistics of {key!r} lack {missing} needed for {mode}")
-            a, b = (torch.as_tensor(np.asarray(stats[key][n], dtype=np.float32)) for n in needed)
+            try:
+                a, b = (torch.as_tensor(np.asarray(stats[key][n], dtype=np.float32)) for n in needed)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"field 'stats.{key}.{needed[0]}' / '{needed[1]}' must be numbers ({e})") from e
+            _check_statistics(key, mode, needed, a, b)
             # Buffer names cannot contain dots; keep a mapping from feature key.
             name = key.replace(".", "__")
             self._buffer_names[key] = name
             self.register_buffer(f"{name}__a", a.clone())
             self.register_buffer(f"{name}__b", b.clone())
             self.register_buffer(f"{name}__scale", self._scale(mode, a, b))
+
+    def statistics(self, key: str) -> dict[str, Tensor]:
+        """The raw statistics of one feature by name (``min``/``max`` or ``mean``/``std``; none for identity)."""
+        if self.modes.get(key, "identity") == "identity":
+            return {}
+        names = ("min", "max") if self.modes[key] == "min_max" else ("mean", "std")
+        name = self._buffer_names[key]
+        return {names[0]: getattr(self, f"{name}__a"), names[1]: getattr(self, f"{name}__b")}
 
     @staticmethod
     def _scale(mode: str, a: Tensor, b: Tensor) -> Tensor:
@@ -91,3 +103,18 @@ class Normalizer(nn.Module):
         if "modes" not in d or "stats" not in d:
             raise ValueError("normalization data must have 'modes' and 'stats' fields")
         return cls(d["stats"], d["modes"])
+
+
+def _check_statistics(key: str, mode: str, names: tuple[str, str], a: Tensor, b: Tensor) -> None:
+    """Finite, equally shaped, min <= max and std >= 0: NaN or inverted statistics would turn every action into
+    NaN or flip it, silently."""
+    if a.shape != b.shape:
+        raise ValueError(f"field 'stats.{key}.{names[0]}' has shape {list(a.shape)} but '{names[1]}' has "
+                         f"{list(b.shape)}")
+    for name, t in zip(names, (a, b)):
+        if not torch.isfinite(t).all():
+            raise ValueError(f"field 'stats.{key}.{name}' is not finite: {t.reshape(-1)[:8].tolist()}")
+    if mode == "min_max" and (a > b).any():
+        raise ValueError(f"field 'stats.{key}.min' exceeds 'stats.{key}.max'")
+    if mode == "mean_std" and (b < 0).any():
+        raise ValueError(f"field 'stats.{key}.std' is negative")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,14 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from robopolicy.data import format as fmt
+from robopolicy.data.checksums import check_digest, check_size, file_digest, read_checksums
 from robopolicy.data.format import DatasetError
-from robopolicy.data.stats import aggregate_stats, from_jsonable
+from robopolicy.data.stats import aggregate_stats, from_jsonable, validate_stats
 from robopolicy.data.video import decode_frames
+
+log = logging.getLogger(__name__)
+# Timestamps are float32 seconds: k / fps within LeRobot's tolerance (1e-4 s) plus float32 rounding.
+TIMESTAMP_TOLERANCE_S = 1e-4
 
 
 @dataclass
@@ -70,10 +76,14 @@ def _require(row: dict[str, Any], field: str, where: str) -> Any:
 class LeRobotDataset:
     """A LeRobot dataset on disk. ``column(key)`` gives (N, *shape) arrays in frame order."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, check_checksums: bool = True):
+        """``check_checksums``: hash the metadata and data files read (and each video on its first decode)
+        against ``meta/checksums.json`` when the dataset has one."""
         self.root = Path(root)
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: dataset directory does not exist")
+        self.checksums = read_checksums(self.root) if check_checksums else None
+        self._verified_videos: set[Path] = set()
         info_path = self.root / fmt.INFO_PATH
         self.info: dict[str, Any] = _read_json(info_path)
         for field in ("codebase_version", "fps", "features", "total_episodes", "total_frames", "data_path"):
@@ -100,6 +110,13 @@ class LeRobotDataset:
             self._load_v21_meta()
         self._check_episodes()
         self._load_data()
+        self._check_stats()
+        self._check_timestamps()
+        if self.checksums is not None:
+            self._check_checksums()
+        elif check_checksums:
+            log.warning("%s: no checksums (meta/checksums.json); corruption cannot be detected. Run `robopolicy "
+                     "dataset action=verify root=%s write=true` to record them", self.root, self.root)
 
     # ---- metadata ------------------------------------------------------------------------------
     def _load_v30_meta(self) -> None:
@@ -117,7 +134,8 @@ class LeRobotDataset:
         if task_col not in tasks.column_names:
             raise DatasetError(f"{self.root / fmt.TASKS_PATH}: no task strings (expected index or column 'task')")
         self.tasks = dict(zip(tasks.column("task_index").to_pylist(), tasks.column(task_col).to_pylist()))
-        self.stats = from_jsonable(_read_json(self.root / fmt.STATS_PATH))
+        self._stats_where = str(self.root / fmt.STATS_PATH)
+        self.stats = from_jsonable(_read_json(self.root / fmt.STATS_PATH), self._stats_where)
         where = str(files[0])
         self._data_files: list[Path] = []
         self._videos: dict[str, list[EpisodeVideo]] = {k: [] for k in self.video_keys}
@@ -158,10 +176,13 @@ class LeRobotDataset:
         # older versions wrote and a converted dataset may still carry); stats.json only when there are none.
         episodes_stats = self.root / fmt.V21_EPISODES_STATS_PATH
         if episodes_stats.is_file():
-            per_episode = [from_jsonable(_require(r, "stats", str(episodes_stats))) for r in _read_jsonl(episodes_stats)]
+            self._stats_where = f"{episodes_stats} (aggregated)"
+            per_episode = [from_jsonable(_require(r, "stats", str(episodes_stats)), f"{episodes_stats}:{i}")
+                           for i, r in enumerate(_read_jsonl(episodes_stats), 1)]
             self.stats = {k: aggregate_stats([s[k] for s in per_episode]) for k in per_episode[0]} if per_episode else {}
         else:
-            self.stats = from_jsonable(_read_json(self.root / fmt.STATS_PATH))
+            self._stats_where = str(self.root / fmt.STATS_PATH)
+            self.stats = from_jsonable(_read_json(self.root / fmt.STATS_PATH), self._stats_where)
 
     def _check_episodes(self) -> None:
         where = self.root / ("meta/episodes" if self.version == "v3.0" else fmt.V21_EPISODES_PATH)
@@ -198,7 +219,12 @@ class LeRobotDataset:
             for path, table in zip(self._data_files, tables):
                 if key not in table.column_names:
                     raise DatasetError(f"{path}: column {key!r} declared in info.json is missing")
-                parts.append(fmt.column_to_numpy(table.column(key), ft, f"{path}: column {key!r}"))
+                part = fmt.column_to_numpy(table.column(key), ft, f"{path}: column {key!r}")
+                if np.issubdtype(part.dtype, np.floating) and not np.isfinite(part).all():
+                    row = int(np.argmax(~np.isfinite(part.reshape(len(part), -1)).all(axis=1)))
+                    raise DatasetError(f"{path}: column {key!r} has a non-finite value ({part[row].tolist()}) in "
+                                       f"row {row}; a policy cannot learn from or normalize NaN/inf")
+                parts.append(part)
             self._columns[key] = np.concatenate(parts)
         self._image_bytes: dict[str, pa.Array] = {}
         for key in self.image_keys:
@@ -223,6 +249,85 @@ class LeRobotDataset:
                 f"{self.root / 'data'}: column 'episode_index' is {episode_of_row[bad]} at frame {bad}, "
                 f"but the episode metadata puts that frame in episode {expected[bad]}"
             )
+
+    # ---- integrity -----------------------------------------------------------------------------
+    def _check_stats(self) -> None:
+        validate_stats(self.stats, self.features, self._stats_where)
+
+    def _check_timestamps(self) -> None:
+        """Each frame's timestamp is frame_index / fps (fps from info.json), frame_index counts 0.. in each
+        episode, and each video's episodes tile their file: a wrong fps or shifted times would pair frames with
+        the wrong video frames or actions, off by one and silently."""
+        where = self.root / "data"
+        ts = self._columns["timestamp"].reshape(-1).astype(np.float64)
+        frame_index = self._columns["frame_index"].reshape(-1)
+        bounds = self.episode_bounds
+        within = np.arange(self.num_frames) - np.repeat(bounds[:, 0], bounds[:, 1] - bounds[:, 0])
+        if not np.array_equal(frame_index, within):
+            bad = int(np.argmax(frame_index != within))
+            raise DatasetError(f"{where}: column 'frame_index' is {frame_index[bad]} at frame {bad}, expected "
+                               f"{within[bad]} (frames count from 0 in each episode)")
+        expected = within / self.fps
+        off = np.abs(ts - expected) > TIMESTAMP_TOLERANCE_S + 1e-6 * expected
+        if off.any():
+            bad = int(np.argmax(off))
+            episode = int(np.searchsorted(bounds[:, 1], bad, side="right"))
+            raise DatasetError(
+                f"{where}: column 'timestamp' is {ts[bad]:.6f} s at frame {bad} (episode {episode}, frame_index "
+                f"{within[bad]}), expected frame_index / fps = {expected[bad]:.6f} s with fps={self.fps} from "
+                f"{self.root / fmt.INFO_PATH}: the declared fps or the timestamps are wrong")
+        info_path = self.root / fmt.INFO_PATH
+        for key in self.video_keys:
+            video_fps = (self.features[key].get("info") or {}).get("video.fps")
+            if video_fps is not None and not np.isclose(float(video_fps), self.fps):
+                raise DatasetError(f"{info_path}: field 'features.{key}.info.video.fps' is {video_fps}, the dataset's "
+                                   f"fps is {self.fps}")
+            if self.version != "v3.0":
+                continue
+            # A quarter frame: LeRobot derives start times from container durations (millisecond rounding), and a
+            # shift only pairs the wrong frame from half a frame on.
+            video_tol = 0.25 / self.fps
+            next_start: dict[Path, float] = {}
+            for e, (episode, video) in enumerate(zip(self.episodes, self._videos[key])):
+                start = next_start.get(video.path, 0.0)
+                where_e = f"{self.root / 'meta/episodes'}: episode {e}"
+                if abs(video.from_timestamp - start) > video_tol:
+                    raise DatasetError(f"{where_e}: field 'videos/{key}/from_timestamp' is {video.from_timestamp:.6g} "
+                                       f"s, expected {start:.6g} s (where the previous episode in {video.path.name} "
+                                       "ends)")
+                end = episode.get(f"videos/{key}/to_timestamp")
+                length_s = episode["length"] / self.fps
+                if end is not None and abs(float(end) - video.from_timestamp - length_s) > video_tol:
+                    raise DatasetError(f"{where_e}: fields 'videos/{key}/from_timestamp'..'to_timestamp' span "
+                                       f"{float(end) - video.from_timestamp:.6f} s, its {episode['length']} frames at "
+                                       f"{self.fps} fps last {length_s:.6f} s")
+                next_start[video.path] = float(end) if end is not None else video.from_timestamp + length_s
+
+    def _check_checksums(self) -> None:
+        """Metadata and data files were read whole: hash them. Videos: sizes now, content on first decode."""
+        assert self.checksums is not None
+        for name, entry in self.checksums.items():
+            if name.startswith("videos/"):
+                check_size(self.root, name, entry)
+            else:
+                path = self.root / name
+                if not path.is_file():
+                    raise DatasetError(f"{path}: missing file listed in {self.root / fmt.CHECKSUMS_PATH}")
+                check_digest(self.root, name, entry, file_digest(path))
+        listed = set(self.checksums)
+        unlisted = [p for p in self._data_files if p.relative_to(self.root).as_posix() not in listed]
+        if unlisted:
+            raise DatasetError(f"{unlisted[0]}: data file not listed in {self.root / fmt.CHECKSUMS_PATH} (added after "
+                               "the checksums were written?)")
+
+    def _verify_video(self, path: Path) -> None:
+        if self.checksums is None or path in self._verified_videos:
+            return
+        name = path.relative_to(self.root).as_posix()
+        if name not in self.checksums:
+            raise DatasetError(f"{path}: video not listed in {self.root / fmt.CHECKSUMS_PATH}")
+        check_digest(self.root, name, self.checksums[name], file_digest(path))
+        self._verified_videos.add(path)
 
     @property
     def num_frames(self) -> int:
@@ -259,6 +364,7 @@ class LeRobotDataset:
         out = []
         for e in episodes:
             video = self._videos[key][e]
+            self._verify_video(video.path)
             ts = self.column("timestamp").reshape(-1)[self.episodes[e]["dataset_from_index"] : self.episodes[e]["dataset_to_index"]]
             frames = decode_frames(video.path, video.from_timestamp + ts.astype(np.float64), fps=self.fps)
             expected = tuple(self.features[key]["shape"])
@@ -304,6 +410,7 @@ class LeRobotDataset:
         e = int(frame["episode_index"][0])
         for key in self.video_keys:
             video = self._videos[key][e]
+            self._verify_video(video.path)
             frame[key] = decode_frames(video.path, np.array([video.from_timestamp + float(frame["timestamp"][0])]), fps=self.fps)[0]
         for key in self.image_keys:
             frame[key] = self._decode_image(key, i)

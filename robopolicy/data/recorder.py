@@ -22,6 +22,11 @@ dataset on disk after every saved episode:
   in the very first save, which leaves files but no ``meta/``.
 - ``discard_episode()`` drops the episode in progress (re-record).
 
+Integrity: ``meta/checksums.json`` (see :mod:`robopolicy.data.checksums`) is rebuilt inside every commit from
+the new episode's file hashes and those already listed, so it always matches the committed metadata.
+``meta/robopolicy_recording.json`` keeps each episode's seed and the next one: a resumed session continues the
+seed sequence instead of re-recording episodes 0, 1, ... bit for bit (:meth:`DatasetRecorder.resume_seed`).
+
 Statistics: ``stats.json`` aggregates the per-episode statistics (exact min/max/mean/std/count;
 quantiles as count-weighted means of per-episode quantiles, as LeRobot aggregates them).
 """
@@ -42,6 +47,13 @@ import numpy as np
 import pyarrow as pa
 
 from robopolicy.data import format as fmt
+from robopolicy.data.checksums import (
+    checksums_document,
+    compute_checksums,
+    dataset_files,
+    file_digest,
+    read_checksums,
+)
 from robopolicy.data.format import DatasetError
 from robopolicy.data.reader import read_parquet
 from robopolicy.data.stats import aggregate_stats, image_stats, numeric_stats, to_jsonable
@@ -52,6 +64,8 @@ from robopolicy.utils.io import atomic_write_text, fsync_dir
 log = logging.getLogger(__name__)
 
 STAGING_DIR = ".recorder"
+# robopolicy's recording state, committed with each episode: the seed sequence continues across sessions.
+RECORDING_PATH = "meta/robopolicy_recording.json"
 _MAX_STAT_FRAMES = 64  # camera frames kept per episode for image statistics
 
 
@@ -152,6 +166,8 @@ class DatasetRecorder:
             self._next_video_file.setdefault(key, (0, 0))
         self._remove_orphans()
         shutil.rmtree(self.staging, ignore_errors=True)
+        self._file_digests = self._data_file_digests()
+        self._recording = self._read_recording()
         self._buffer: list[dict[str, Any]] = []
         self._videos: dict[str, VideoAppender] = {}
         self._stat_frames: dict[str, list[np.ndarray]] = {}
@@ -241,6 +257,50 @@ class DatasetRecorder:
             if path not in referenced:
                 path.unlink()
 
+    def _data_file_digests(self) -> dict[str, dict[str, Any]]:
+        """Checksums of the committed data and video files, from meta/checksums.json or (a dataset written
+        without one, e.g. by LeRobot) computed once now."""
+        if not self.episodes:
+            return {}
+        listed = read_checksums(self.root)
+        if listed is None:
+            log.info("%s: no meta/checksums.json; hashing the existing files once", self.root)
+            listed = compute_checksums(self.root)
+        present = set(dataset_files(self.root))
+        return {n: e for n, e in listed.items() if not n.startswith("meta/") and n in present}
+
+    def _read_recording(self) -> dict[str, Any]:
+        path = self.root / RECORDING_PATH
+        if not path.is_file():
+            return {"seeds": [None] * len(self.episodes), "next_seed": None}
+        try:
+            state = json.loads(path.read_text())
+            seeds, next_seed = state["seeds"], state["next_seed"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise DatasetError(f"{path}: unreadable recording state ({e!r}); expected {{seeds, next_seed}}") from e
+        if not isinstance(seeds, list) or len(seeds) != len(self.episodes) or not (
+                next_seed is None or type(next_seed) is int):
+            raise DatasetError(f"{path}: field 'seeds' must list one seed per episode ({len(self.episodes)}) and "
+                               f"'next_seed' be an integer or null, got {state!r:.200}")
+        return {"seeds": seeds, "next_seed": next_seed}
+
+    def resume_seed(self, seed: int | None) -> int | None:
+        """The seed the next episode should use: where the dataset's sequence left off, else ``seed``.
+
+        Seeding a resumed session with the same ``seed`` as the first would replay its episodes exactly.
+        """
+        stored = self._recording["next_seed"]
+        if stored is None:
+            return seed
+        if seed is not None and seed != stored:
+            log.info("%s: continuing the dataset's seed sequence at %d (seed=%d was given)", self.root, stored, seed)
+        return stored
+
+    @property
+    def episode_seeds(self) -> list[int | None]:
+        """The seed each saved episode was recorded with (None: not recorded, or not seeded)."""
+        return list(self._recording["seeds"])
+
     # ---- recording ---------------------------------------------------------------------------
     @property
     def num_episodes(self) -> int:
@@ -273,6 +333,9 @@ class DatasetRecorder:
                     self._stat_frames.setdefault(key, []).append(value.copy())
             else:
                 row[key] = value.astype(fmt.numpy_dtype(ft["dtype"])).reshape(shape)
+                if np.issubdtype(row[key].dtype, np.floating) and not np.isfinite(row[key]).all():
+                    raise ValueError(f"feature {key!r}: non-finite value {row[key].tolist()} in frame "
+                                     f"{len(self._buffer)} of the episode in progress; the frame was not added")
         if "task" in frame:
             row["task"] = frame["task"]
         self._buffer.append(row)
@@ -301,21 +364,24 @@ class DatasetRecorder:
 
     clear_episode_buffer = discard_episode  # the writer's name for it
 
-    def save_episode(self, task: str | None = None) -> int:
+    def save_episode(self, task: str | None = None, seed: int | None = None) -> int:
         """Make the episode in progress durable and part of the dataset; returns its index.
+
+        ``seed``: the seed the episode was recorded with; it is committed with the episode, and the next
+        session's :meth:`resume_seed` continues after it.
 
         If it raises (disk full, an encoder error), nothing was committed and the episode stays buffered:
         call it again to retry, or :meth:`discard_episode` to drop it.
         """
         try:
-            return self._save_episode(task)
+            return self._save_episode(task, seed)
         except Exception as e:
             if self._buffer:
                 e.add_note(f"{self.root}: the episode ({len(self._buffer)} frames) is still buffered: call "
                            "save_episode() again to retry, or discard_episode() before recording the next one")
             raise
 
-    def _save_episode(self, task: str | None) -> int:
+    def _save_episode(self, task: str | None, seed: int | None) -> int:
         if self._closed:
             raise RuntimeError("recorder is closed")
         if not self._buffer:
@@ -344,6 +410,7 @@ class DatasetRecorder:
         stats = {key: numeric_stats(columns[key]) for key in self.data_keys}
         # 1. videos: close (writes the index), move into place (not referenced by metadata yet)
         video_files: dict[str, tuple[int, int]] = {}
+        new_digests: dict[str, dict[str, Any]] = {}
         for key in self.video_keys:
             video = self._videos.pop(key, None)
             if video is None or video.num_frames != n:
@@ -355,6 +422,7 @@ class DatasetRecorder:
             _fsync_file(video.path)
             os.replace(video.path, dst)
             fsync_dir(dst.parent)
+            new_digests[dst.relative_to(self.root).as_posix()] = file_digest(dst)
             video_files[key] = (vc, vf)
             episode.update({f"videos/{key}/chunk_index": vc, f"videos/{key}/file_index": vf,
                             f"videos/{key}/from_timestamp": 0.0, f"videos/{key}/to_timestamp": n / self.fps})
@@ -364,8 +432,9 @@ class DatasetRecorder:
         # 2. data parquet (not referenced yet)
         schema = self._schema()
         arrays = [_to_arrow(columns[k], schema.field(k).type) for k in self.data_keys]
-        write_parquet_atomic(pa.Table.from_arrays(arrays, schema=schema),
-                             self.root / fmt.DATA_PATH.format(chunk_index=c, file_index=f))
+        data_path = self.root / fmt.DATA_PATH.format(chunk_index=c, file_index=f)
+        write_parquet_atomic(pa.Table.from_arrays(arrays, schema=schema), data_path)
+        new_digests[data_path.relative_to(self.root).as_posix()] = file_digest(data_path)
         episode["meta/episodes/chunk_index"] = 0
         episode["meta/episodes/file_index"] = 0
         for key, s in stats.items():
@@ -374,9 +443,14 @@ class DatasetRecorder:
         # 3. commit: the new metadata replaces the old in one atomic step
         tasks = dict(self.tasks)
         tasks[task] = task_index
-        self._commit(self.episodes + [episode], tasks, self.total_frames + n)
+        digests = {**self._file_digests, **new_digests}
+        recording = {"seeds": [*self._recording["seeds"], seed],
+                     "next_seed": self._recording["next_seed"] if seed is None else seed + 1}
+        self._commit(self.episodes + [episode], tasks, self.total_frames + n, digests, recording)
         self.episodes.append(episode)
         self.tasks = tasks
+        self._file_digests = digests
+        self._recording = recording
         self.total_frames += n
         self._next_data_file = self._next_file(c, f)
         for key, (vc, vf) in video_files.items():
@@ -400,7 +474,8 @@ class DatasetRecorder:
         return pa.schema(fields, metadata={"huggingface": json.dumps(hf)})
 
     # ---- metadata commit ---------------------------------------------------------------------
-    def _commit(self, episodes: list[dict[str, Any]], tasks: dict[str, int], total_frames: int) -> None:
+    def _commit(self, episodes: list[dict[str, Any]], tasks: dict[str, int], total_frames: int,
+                digests: dict[str, dict[str, Any]], recording: dict[str, Any]) -> None:
         nxt = self.staging / "meta-next"
         shutil.rmtree(nxt, ignore_errors=True)
         nxt.mkdir(parents=True)
@@ -418,6 +493,10 @@ class DatasetRecorder:
             stats[key] = aggregate_stats(per_episode)
         atomic_write_text(nxt / "stats.json", json.dumps(to_jsonable(stats), indent=2))
         atomic_write_text(nxt / "info.json", json.dumps(self._info(len(rows), total_frames, len(tasks)), indent=2))
+        atomic_write_text(nxt / Path(RECORDING_PATH).name, json.dumps(recording, indent=1))
+        meta_digests = {f"meta/{p.relative_to(nxt).as_posix()}": file_digest(p) for p in sorted(nxt.rglob("*"))
+                        if p.is_file() and not p.name.startswith(".")}
+        atomic_write_text(nxt / Path(fmt.CHECKSUMS_PATH).name, checksums_document({**digests, **meta_digests}))
         fsync_dir(nxt)
         meta = self.root / "meta"
         previous = None

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from robopolicy.data.format import QUANTILES, STAT_NAMES
+from robopolicy.data.format import QUANTILES, STAT_NAMES, DatasetError
 
 # Pixels sampled per image feature for quantiles: exact quantiles over millions of pixels buy nothing.
 _MAX_PIXELS_FOR_QUANTILES = 2_000_000
@@ -91,5 +91,55 @@ def to_jsonable(stats: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, 
     return {k: {name: np.asarray(v[name]).tolist() for name in STAT_NAMES if name in v} for k, v in stats.items()}
 
 
-def from_jsonable(stats: dict[str, dict[str, Any]]) -> dict[str, dict[str, np.ndarray]]:
-    return {k: {name: np.asarray(v) for name, v in s.items()} for k, s in stats.items()}
+def from_jsonable(stats: Any, where: str = "stats") -> dict[str, dict[str, np.ndarray]]:
+    """Statistics from JSON as float64 arrays (count as int64); a non-numeric value is an error naming the field."""
+    if not isinstance(stats, dict) or not all(isinstance(v, dict) for v in stats.values()):
+        raise DatasetError(f"{where}: expected {{feature: {{statistic: values}}}}, got {type(stats).__name__}")
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for key, entry in stats.items():
+        out[key] = {}
+        for name, value in entry.items():
+            try:
+                out[key][name] = np.asarray(value, dtype=np.int64 if name == "count" else np.float64)
+            except (TypeError, ValueError) as e:
+                raise DatasetError(f"{where}: field '{key}.{name}' must be numbers, got {value!r:.80}") from e
+    return out
+
+
+def validate_stats(stats: dict[str, dict[str, np.ndarray]], features: dict[str, dict[str, Any]], where: str) -> None:
+    """Statistics a policy may normalize with must be finite, of the feature's shape, and consistent
+    (min <= mean <= max, quantiles inside [min, max], std >= 0; a zero std or min == max is a constant
+    dimension, which the normalizer maps to 0 instead of dividing by it).
+
+    Camera features' statistics are per channel, shaped (C, 1, 1). Features without statistics pass here;
+    whoever needs them (the normalizer) says so.
+    """
+    for key, entry in stats.items():
+        ft = features.get(key)
+        if ft is None or ft["dtype"] == "string":
+            continue
+        shape = (ft["shape"][-1], 1, 1) if ft["dtype"] in ("video", "image") else tuple(ft["shape"])
+        for name, value in entry.items():
+            field = f"{where}: field '{key}.{name}'"
+            if name == "count":
+                if value.size != 1 or int(value.reshape(-1)[0]) <= 0:
+                    raise DatasetError(f"{field} must be one positive integer, got {value.tolist()}")
+                continue
+            if value.shape != shape and not (shape == (1,) and value.shape == ()):
+                raise DatasetError(f"{field} has shape {list(value.shape)}, the feature's is {list(shape)}")
+            if not np.isfinite(value).all():
+                raise DatasetError(f"{field} is not finite: {value.reshape(-1)[:8].tolist()}")
+        lo, hi = entry.get("min"), entry.get("max")
+        if lo is not None and hi is not None:
+            if (lo > hi).any():
+                i = int(np.argmax((lo > hi).reshape(-1)))
+                raise DatasetError(f"{where}: field '{key}.min' exceeds '{key}.max' at index {i} "
+                                   f"({lo.reshape(-1)[i]} > {hi.reshape(-1)[i]})")
+            slack = 1e-6 * np.maximum(1.0, np.abs(hi - lo))
+            for name in ("mean", *QUANTILES):
+                if name in entry and ((entry[name] < lo - slack) | (entry[name] > hi + slack)).any():
+                    raise DatasetError(f"{where}: field '{key}.{name}' lies outside ['{key}.min', '{key}.max']")
+        std = entry.get("std")
+        if std is not None:
+            if (std < 0).any():
+                raise DatasetError(f"{where}: field '{key}.std' is negative: {std.reshape(-1)[:8].tolist()}")

@@ -1,8 +1,9 @@
 """Write LeRobotDataset v3.0: episodes packed into shared parquet and MP4 files.
 
 Use as a context manager so that leaving the block (normally or through an exception) finalizes
-the dataset: every episode already saved is written out, video files get their index, and
-``meta/info.json`` is written last, so a dataset with an info file is always complete.
+the dataset: every episode already saved is written out, video files get their index, ``meta/checksums.json``
+lists every file's sha256 (see :mod:`robopolicy.data.checksums`), and ``meta/info.json`` is written last, so a
+dataset with an info file is always complete.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from robopolicy.data import format as fmt
+from robopolicy.data.checksums import bytes_digest, checksums_document, compute_checksums
 from robopolicy.data.format import DatasetError
 from robopolicy.data.stats import aggregate_stats, image_stats, numeric_stats, to_jsonable
 from robopolicy.data.video import VideoAppender
@@ -150,6 +152,10 @@ class LeRobotDatasetWriter:
                     columns[key] = encode_png_frames(value)
                 continue
             columns[key] = value.astype(fmt.numpy_dtype(ft["dtype"])).reshape(n, *ft["shape"])
+            if np.issubdtype(columns[key].dtype, np.floating) and not np.isfinite(columns[key]).all():
+                frame = int(np.argmax(~np.isfinite(columns[key].reshape(n, -1)).all(axis=1)))
+                raise ValueError(f"feature {key!r}: non-finite value {columns[key][frame].tolist()} in frame {frame} "
+                                 "of the episode; nothing of it was written")
         columns["timestamp"] = (np.arange(n) / self.fps).astype(np.float32)[:, None]
         columns["frame_index"] = np.arange(n, dtype=np.int64)[:, None]
         columns["episode_index"] = np.full((n, 1), episode_index, dtype=np.int64)
@@ -261,7 +267,10 @@ class LeRobotDatasetWriter:
         for key, per_episode in self._image_episode_stats.items():
             stats[key] = aggregate_stats(per_episode)
         atomic_write_text(self.root / fmt.STATS_PATH, json.dumps(to_jsonable(stats), indent=2))
-        atomic_write_text(self.root / fmt.INFO_PATH, json.dumps(self._info(), indent=2))
+        info = json.dumps(self._info(), indent=2)
+        files = {**compute_checksums(self.root), fmt.INFO_PATH: bytes_digest(info.encode())}
+        atomic_write_text(self.root / fmt.CHECKSUMS_PATH, checksums_document(files))
+        atomic_write_text(self.root / fmt.INFO_PATH, info)
 
     def _write_episodes(self) -> None:
         columns: dict[str, list[Any]] = {k: [e[k] for e in self.episodes] for k in self.episodes[0]}

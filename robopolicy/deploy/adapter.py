@@ -94,9 +94,28 @@ def adapter_from_policy(policy: Any, fps: float = DEFAULT_FPS) -> PolicyAdapter:
     return PolicyAdapter(spec, predict, getattr(policy, "reset", None))
 
 
+def check_prediction(adapter: PolicyAdapter, where: str | Path) -> None:
+    """One prediction on a zero observation history: the chunk must have the announced shape and be finite.
+
+    Everything a server needs is then known to work before it announces itself, instead of every request failing
+    (a manifest horizon the graphs do not produce, statistics that turn actions into NaN, ...).
+    """
+    spec = adapter.spec
+    history = {key: np.zeros((spec.n_obs_steps, *shape), np.float32) for key, shape in spec.input_features.items()}
+    try:
+        chunk = adapter.predict(history)
+    except Exception as e:  # noqa: BLE001 - any backend's failure, reported with where it came from
+        raise ValueError(f"{where}: the load-time check prediction failed: {e}") from e
+    finally:
+        adapter.reset()
+    if not np.isfinite(chunk).all():
+        raise ValueError(f"{where}: the load-time check prediction returned values that are not finite "
+                         f"(NaN or inf in the action chunk); check the policy's statistics and weights")
+
+
 def load_policy_adapter(directory: str | Path, fps: float | None = None, providers: Sequence[str] = ("cpu",),
                         threads: int = 1, graph: str = "auto",
-                        load_checkpoint: Callable[[Path], Any] | None = None) -> PolicyAdapter:
+                        load_checkpoint: Callable[[Path], Any] | None = None, check: bool = True) -> PolicyAdapter:
     """Serve a torch checkpoint dir (``config.json``), an ONNX artifact dir (``manifest.json``) or a C export
     (``export.json`` + ``policy.c``, compiled for this host by ``CPolicy``).
 
@@ -107,8 +126,16 @@ def load_policy_adapter(directory: str | Path, fps: float | None = None, provide
 
     ``load_checkpoint`` loads a torch checkpoint directory (``robopolicy.policies.load_policy``): ``deploy``
     sits below the torch policies and never imports them, so whoever serves a checkpoint passes the loader.
+    ``check``: run :func:`check_prediction` before returning, so a broken policy fails here, at load.
     """
-    directory = Path(directory)
+    adapter = _load_adapter(Path(directory), fps, providers, threads, graph, load_checkpoint)
+    if check:
+        check_prediction(adapter, directory)
+    return adapter
+
+
+def _load_adapter(directory: Path, fps: float | None, providers: Sequence[str], threads: int,
+                  graph: str, load_checkpoint: Callable[[Path], Any] | None) -> PolicyAdapter:
     if (directory / "manifest.json").is_file():
         from robopolicy.runtime.onnx_policy import OnnxPolicy
 
@@ -131,4 +158,5 @@ def load_policy_adapter(directory: str | Path, fps: float | None = None, provide
                             "config.json (torch checkpoint)")
 
 
-__all__ = ["DEFAULT_FPS", "PolicyAdapter", "adapter_from_policy", "load_policy_adapter", "spec_from_config"]
+__all__ = ["DEFAULT_FPS", "PolicyAdapter", "adapter_from_policy", "check_prediction", "load_policy_adapter",
+           "spec_from_config"]

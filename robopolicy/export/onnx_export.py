@@ -36,9 +36,9 @@ from robopolicy.policies.base import Policy
 from robopolicy.runtime.manifest import (
     FORMAT_NAME,
     FORMAT_VERSION,
-    MANIFEST_FILE,
     host_loop_only_sampling,
     sha256_file,
+    write_manifest,
 )
 from robopolicy.runtime.solvers import diffusion_tables
 
@@ -368,6 +368,9 @@ def export_policy(policy: Policy, out_dir: str | Path, graph_kinds: Sequence[str
     name = policy.name
     if name not in ("diffusion", "flow", "sfp", "act", "mlp"):
         raise ValueError(f"export: unknown policy family {name!r}")
+    if fps is not None and policy.config.fps is not None and float(fps) != float(policy.config.fps):
+        raise ValueError(f"export: fps={fps} contradicts the policy's fps={policy.config.fps} (its training data's "
+                         "rate): a server would stamp its chunks at the wrong rate")
     # A CPU copy in eval mode: the caller's policy keeps its device and training mode.
     policy = export_friendly(copy.deepcopy(policy).to("cpu").eval())
     out = Path(out_dir)
@@ -425,6 +428,7 @@ def export_policy(policy: Policy, out_dir: str | Path, graph_kinds: Sequence[str
 
     files = sorted({f for g in graphs.values() for f in g["files"].values()})
     config = {k: v for k, v in c.to_dict().items()}
+    config["fps"] = fps or c.fps  # a checkpoint that predates recorded rates gets the one given here
     manifest = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -445,7 +449,7 @@ def export_policy(policy: Policy, out_dir: str | Path, graph_kinds: Sequence[str
         "policy_config": json.loads(json.dumps(config, default=_json_default)),
         "files": {f: sha256_file(out / f) for f in files},
     }
-    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    write_manifest(out, manifest)  # with manifest.json.sha256, which covers the manifest itself
     return out
 
 

@@ -6,17 +6,21 @@ normalizes them itself, and returns actions in robot units. Vocabulary follows D
 ``n_action_steps`` = Ta (actions executed from each chunk before predicting again).
 
 Checkpoints are a directory with ``config.json`` (family name + hyper-parameters),
-``model.safetensors`` (weights) and ``normalization.json`` (dataset statistics); nothing is pickled.
+``model.safetensors`` (weights), ``normalization.json`` (dataset statistics) and ``checksums.json`` (each
+file's size and sha256, written last); nothing is pickled. Loading checks the hashes first, then every field
+against the family's config types and the weights' shapes, and fails naming the file and field.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import types
 from abc import ABC, abstractmethod
 from collections import deque
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, Union, get_args, get_origin, get_type_hints
 
 import numpy as np
 import torch
@@ -24,11 +28,20 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
+from robopolicy.data.checksums import file_digest
 from robopolicy.data.normalize import Normalizer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 NORMALIZATION_FILE = "normalization.json"
+CHECKSUMS_FILE = "checksums.json"
+CHECKSUMS_FORMAT = "robopolicy-policy-checksums"
+
+log = logging.getLogger(__name__)
+
+
+class PolicyLoadError(ValueError):
+    """A policy directory is altered, truncated or inconsistent; the message names the file and field."""
 
 
 @dataclasses.dataclass
@@ -43,7 +56,45 @@ class FeatureSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeatureSpec:
+        if not (isinstance(d, dict) and isinstance(d.get("key"), str) and isinstance(d.get("shape"), list | tuple)
+                and all(type(n) is int and n > 0 for n in d["shape"])):
+            raise ValueError(f"a feature must be {{key: str, shape: [positive ints]}}, got {d!r}")
         return cls(key=d["key"], shape=tuple(d["shape"]))
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a config field's annotation (unknown annotations accept anything)."""
+    origin = get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, a) for a in get_args(hint))
+    if origin is Literal:
+        return value in get_args(hint)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return type(value) is bool
+    if hint is int:
+        return type(value) is int
+    if hint is float:
+        return type(value) in (int, float)
+    if hint is str:
+        return isinstance(value, str)
+    if hint is list or origin is list:
+        args = get_args(hint)
+        return isinstance(value, list) and (not args or all(_matches(v, args[0]) for v in value))
+    if hint is tuple or origin is tuple:
+        return isinstance(value, list | tuple)
+    if hint is dict or origin is dict:
+        return isinstance(value, dict)
+    if dataclasses.is_dataclass(hint):
+        return isinstance(value, dict | hint)
+    return True
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
 @dataclasses.dataclass
@@ -95,6 +146,10 @@ class PolicyConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"{cls.__name__}: unknown config fields {sorted(unknown)}")
+        hints = get_type_hints(cls)
+        for name, value in d.items():
+            if not _matches(value, hints.get(name, Any)):
+                raise ValueError(f"field {name!r} must be {_type_name(hints[name])}, got {value!r:.100}")
         return cls(**d)
 
 
@@ -195,22 +250,90 @@ class Policy(nn.Module, ABC):
         atomic_write_text(directory / NORMALIZATION_FILE, json.dumps(self.normalizer.to_dict(), indent=2))
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if not k.startswith("normalizer.")}
         atomic_write_bytes(directory / WEIGHTS_FILE, safetensors_bytes(state))
+        files = {name: file_digest(directory / name) for name in (CONFIG_FILE, NORMALIZATION_FILE, WEIGHTS_FILE)}
+        atomic_write_text(directory / CHECKSUMS_FILE, json.dumps({"format": CHECKSUMS_FORMAT, "algorithm": "sha256",
+                                                                  "files": files}, indent=1))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str = "cpu") -> Policy:
+        """Load a directory written by :meth:`save`: hashes, config types, statistics and weight shapes are all
+        checked here, so a broken directory fails now, naming the file and field, not at the first predict."""
         directory = Path(directory)
-        config = read_policy_config(directory)
-        normalizer = Normalizer.from_dict(_read_json(directory / NORMALIZATION_FILE))
-        policy = cls(config, normalizer)
         weights_path = directory / WEIGHTS_FILE
         if not weights_path.is_file():
             raise FileNotFoundError(f"{weights_path}: missing policy weights (expected a safetensors file)")
-        state = load_file(str(weights_path), device=map_location)
-        missing, unexpected = policy.load_state_dict(state, strict=False)
+        config = read_policy_config(directory)
+        norm_path = directory / NORMALIZATION_FILE
+        try:
+            normalizer = Normalizer.from_dict(_read_json(norm_path))
+            check_normalizer_shapes(normalizer, config)
+        except (KeyError, ValueError, TypeError) as e:
+            raise PolicyLoadError(f"{norm_path}: {e}") from e
+        try:
+            policy = cls(config, normalizer)
+        except (KeyError, ValueError, TypeError) as e:
+            raise PolicyLoadError(f"{directory / CONFIG_FILE}: the {cls.name} family refuses this config: {e}") from e
+        try:
+            state = load_file(str(weights_path), device=map_location)
+        except Exception as e:  # safetensors raises its own SafetensorError (truncated or corrupt header / data)
+            raise PolicyLoadError(f"{weights_path}: unreadable safetensors file, truncated or corrupt ({e})") from e
+        try:
+            missing, unexpected = policy.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # shape mismatches: the config's sizes differ from the weights'
+            raise PolicyLoadError(f"{weights_path}: weights do not fit {directory / CONFIG_FILE} (a feature shape or "
+                                  f"network size differs): {e}") from e
         missing = [k for k in missing if not k.startswith("normalizer.")]
         if missing or unexpected:
-            raise ValueError(f"{weights_path}: weights do not match the config (missing {missing}, unexpected {unexpected})")
+            raise PolicyLoadError(f"{weights_path}: weights do not match the config (missing {missing}, "
+                                  f"unexpected {unexpected})")
+        bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise PolicyLoadError(f"{weights_path}: tensor {bad[0]!r} holds NaN or inf")
+        # Last, so that a hand-edited field is reported as such; a change no check above can see (a flipped bit
+        # in a weight, shifted statistics) fails here.
+        verify_policy_files(directory)
         return policy.to(map_location).eval()
+
+
+def verify_policy_files(directory: str | Path) -> None:
+    """Each file ``checksums.json`` lists has its size and sha256; directories saved before checksums existed
+    load with a warning (re-save them to add one)."""
+    directory = Path(directory)
+    path = directory / CHECKSUMS_FILE
+    if not path.is_file():
+        log.warning("%s: no %s (saved by an older robopolicy): weights and statistics cannot be checked for "
+                    "corruption; load and save the policy again to add it", directory, CHECKSUMS_FILE)
+        return
+    doc = _read_json(path)
+    files = doc.get("files")
+    if doc.get("format") != CHECKSUMS_FORMAT or not isinstance(files, dict) or not files:
+        raise PolicyLoadError(f"{path}: not a {CHECKSUMS_FORMAT} file (fields 'format' and 'files')")
+    for name in (CONFIG_FILE, NORMALIZATION_FILE, WEIGHTS_FILE):
+        if name not in files:
+            raise PolicyLoadError(f"{path}: field 'files' does not cover {name}")
+    for name, expected in files.items():
+        file = directory / name
+        if not file.is_file():
+            raise PolicyLoadError(f"{file}: missing file listed in {path}")
+        actual = file_digest(file)
+        if not isinstance(expected, dict) or actual != {"size": expected.get("size"), "sha256": expected.get("sha256")}:
+            raise PolicyLoadError(f"{file}: size or sha256 differs from {path} (the file is corrupt or was altered "
+                                  f"after it was saved: {actual['size']} bytes, expected {expected!r:.120})")
+
+
+def check_normalizer_shapes(normalizer: Normalizer, config: PolicyConfig) -> None:
+    """Every feature the policy reads or writes has a normalization mode and statistics of its shape."""
+    for feature in [*config.input_features, *config.output_features]:
+        if feature.key not in normalizer.modes:
+            raise KeyError(f"field 'modes' has no entry for feature {feature.key!r}")
+        for name, value in normalizer.statistics(feature.key).items():
+            try:
+                fits = np.broadcast_shapes(tuple(value.shape), feature.shape) == feature.shape
+            except ValueError:
+                fits = False
+            if not fits:
+                raise ValueError(f"field 'stats.{feature.key}.{name}' has shape {list(value.shape)}, but "
+                                 f"{CONFIG_FILE} declares feature {feature.key!r} with shape {list(feature.shape)}")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -230,11 +353,14 @@ def read_policy_config(directory: str | Path) -> PolicyConfig:
     raw = _read_json(path)
     if "type" not in raw:
         raise ValueError(f"{path}: field 'type' (the policy family) is missing")
-    policy_cls = get_policy_class(raw["type"])
+    try:
+        policy_cls = get_policy_class(raw["type"])
+    except (KeyError, TypeError) as e:
+        raise PolicyLoadError(f"{path}: field 'type' names no policy family: {e}") from e
     try:
         return policy_cls.config_class.from_dict(raw)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: {e}") from e
+    except (TypeError, ValueError, KeyError) as e:
+        raise PolicyLoadError(f"{path}: {e}") from e
 
 
 def _as_batched_tensor(value: Any, feature_shape: tuple[int, ...], device: torch.device) -> Tensor:
@@ -245,4 +371,4 @@ def _as_batched_tensor(value: Any, feature_shape: tuple[int, ...], device: torch
     return t
 
 
-__all__ = ["Policy", "PolicyConfig", "FeatureSpec", "read_policy_config"]
+__all__ = ["Policy", "PolicyConfig", "PolicyLoadError", "FeatureSpec", "read_policy_config", "verify_policy_files"]

@@ -13,7 +13,8 @@ between commands. Like the firmware of a real drone it protects itself:
 
 The published ``info`` reports the episode (``steps``, ``done``, ``success``, ``crash``, ``rmse``, ``error``),
 the safety state (``safe``, ``safe_entries``, ``watchdog_trips``) and the sim's own timing: how late each
-tick was published (``late_p50_us``, ``late_p99_us``, ``late_max_us`` over the episode) and ``overruns``
+tick was published (``late_p50_us`` and ``late_p99_us`` over the last ``LATENESS_WINDOW`` ticks, ``late_max_us``
+over the episode: bounded work per tick in a 500 Hz loop) and ``overruns``
 (ticks more than a whole period late, after which the sim does not try to catch up).
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -31,6 +33,34 @@ from robopolicy.robots.sim_process import SimProcessRobot, pack, unpack, wait_fo
 STATE_KEY = "observation.state"
 QUADROTOR_HZ = 500.0
 SAFE_MODES = ("hover", "motors_off")
+LATENESS_WINDOW = 1000  # ticks (2 s at 500 Hz) behind the published percentiles
+
+
+class LatenessWindow:
+    """Publish-lateness percentiles over the last ``size`` ticks and the maximum over the episode.
+
+    Memory and the work of each summary are bounded by ``size``, however long the episode runs.
+    """
+
+    def __init__(self, size: int = LATENESS_WINDOW):
+        self._recent: deque[float] = deque(maxlen=size)
+        self.max_s = float("-inf")
+
+    def __len__(self) -> int:
+        return len(self._recent)
+
+    def clear(self) -> None:
+        self._recent.clear()
+        self.max_s = float("-inf")
+
+    def add(self, late_s: float) -> None:
+        self._recent.append(late_s)
+        self.max_s = max(self.max_s, late_s)
+
+    def summary_us(self) -> dict[str, float]:
+        late = np.fromiter(self._recent, dtype=np.float64, count=len(self._recent)) * 1e6
+        p50, p99 = np.percentile(late, [50, 99])
+        return {"late_p50_us": float(p50), "late_p99_us": float(p99), "late_max_us": self.max_s * 1e6}
 
 
 def quadrotor_spec(hz: float = QUADROTOR_HZ) -> RobotSpec:
@@ -50,7 +80,7 @@ def _sim_main(conn, task: str, seed: int, hz: float, episode_s: float | None, sa
     hover_cmd = np.full(4, env.model.hover_action)
     period = 1.0 / hz
     episode = -1
-    lateness: list[float] = []
+    lateness = LatenessWindow()
 
     def start(s: int) -> tuple[np.ndarray, dict[str, Any]]:
         nonlocal episode
@@ -119,11 +149,9 @@ def _sim_main(conn, task: str, seed: int, hz: float, episode_s: float | None, sa
             if not info["safe"] and not info["done"] and now - last_cmd_t > command_timeout_s:
                 info["watchdog_trips"] += 1
                 enter_safe("watchdog")
-            lateness.append(now - next_t)
+            lateness.add(now - next_t)
             if k % 50 == 0 or info["done"]:
-                late = np.asarray(lateness) * 1e6
-                info.update(late_p50_us=float(np.percentile(late, 50)), late_p99_us=float(np.percentile(late, 99)),
-                            late_max_us=float(late.max()))
+                info.update(lateness.summary_us())
             conn.send_bytes(pack(["state", {"obs": {STATE_KEY: obs}, "t": next_t, "seq": k, "info": info}]))
             if not info["done"]:
                 action = safe_action() if info["safe"] else command
@@ -163,4 +191,4 @@ class SimQuadrotorRobot(SimProcessRobot):
         return None  # holding position needs feedback: the sim's own safe mode does it (stop())
 
 
-__all__ = ["QUADROTOR_HZ", "SAFE_MODES", "SimQuadrotorRobot", "quadrotor_spec"]
+__all__ = ["LATENESS_WINDOW", "LatenessWindow", "QUADROTOR_HZ", "SAFE_MODES", "SimQuadrotorRobot", "quadrotor_spec"]

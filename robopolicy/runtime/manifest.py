@@ -1,4 +1,10 @@
-"""The exported artifact's ``manifest.json``: format version, file hashes, and their checks."""
+"""The exported artifact's ``manifest.json``: format version, file hashes, and their checks.
+
+The manifest hashes every graph; ``manifest.json.sha256`` (``sha256sum -c`` format) hashes the manifest itself, so
+an edit of its statistics, rates or shapes fails at load like an edited graph does. It detects corruption and
+unintended edits, not an attacker who can rewrite both files: that needs a signature over the hash file.
+Everything the runtime and a server read is validated here or in ``OnnxPolicy.load``, not at the first request.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +15,27 @@ from typing import Any
 
 import numpy as np
 
+from robopolicy.utils.io import atomic_write_bytes
+
 FORMAT_NAME = "robopolicy-onnx"
 FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 MANIFEST_FILE = "manifest.json"
+MANIFEST_HASH_FILE = "manifest.json.sha256"
 FAMILIES = ("diffusion", "flow", "sfp", "act", "mlp")
+GRAPH_KINDS = ("per_step", "fused")
+# The graph files each family's runtime opens, by graph kind.
+GRAPH_ROLES = {"act": {"per_step": {"policy"}, "fused": {"policy"}}, "mlp": {"per_step": {"policy"}, "fused": {"policy"}},
+               **{f: {"per_step": {"encoder", "step"}, "fused": {"fused"}} for f in ("diffusion", "flow", "sfp")}}
+# Sampler fields the runtime reads for each family.
+SAMPLER_FIELDS = {
+    "diffusion": ("kind", "num_inference_steps", "num_train_timesteps", "prediction_type", "clip_sample",
+                  "clip_sample_range", "alphas_cumprod"),
+    "flow": ("integrator", "num_inference_steps", "clip_sample", "clip_sample_range"),
+    "sfp": ("integrator", "integration_steps_per_action", "n_knots", "sigma0", "state_dim"),
+    "act": (),
+    "mlp": (),
+}
 NORMALIZATION_STATS = {"identity": (), "min_max": ("min", "max"), "mean_std": ("mean", "std")}
 
 
@@ -29,8 +51,36 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def manifest_digest(text: bytes) -> str:
+    return hashlib.sha256(text).hexdigest()
+
+
+def write_manifest(artifact_dir: str | Path, manifest: dict[str, Any]) -> None:
+    """Write ``manifest.json`` and its hash file (the manifest first: a crash between leaves a mismatch, which
+    refuses to load, never an unhashed manifest that loads)."""
+    root = Path(artifact_dir)
+    text = json.dumps(manifest, indent=2).encode()
+    atomic_write_bytes(root / MANIFEST_FILE, text)
+    atomic_write_bytes(root / MANIFEST_HASH_FILE, f"{manifest_digest(text)}  {MANIFEST_FILE}\n".encode())
+
+
+def verify_manifest_hash(root: Path) -> None:
+    path, hash_path = root / MANIFEST_FILE, root / MANIFEST_HASH_FILE
+    if not hash_path.is_file():
+        raise ArtifactError(f"{hash_path}: missing, so {MANIFEST_FILE} is not covered by a hash (exported by an older "
+                            "robopolicy?); export the policy again")
+    fields = hash_path.read_text().split()
+    if len(fields) != 2 or fields[1] != MANIFEST_FILE or len(fields[0]) != 64:
+        raise ArtifactError(f"{hash_path}: expected one line '<sha256>  {MANIFEST_FILE}'")
+    if manifest_digest(path.read_bytes()) != fields[0].lower():
+        raise ArtifactError(f"{path}: hash mismatch, manifest altered (sha256 differs from {hash_path})")
+
+
 def read_manifest(artifact_dir: str | Path, verify: bool = True) -> dict[str, Any]:
-    """Parse and check ``manifest.json``: format, version and (``verify``) every file's sha256."""
+    """Parse and check ``manifest.json``: format, version, fields and (``verify``) its own and every file's sha256.
+
+    Field checks run first so that a hand edit is reported by field; the hashes then catch any change they miss.
+    """
     root = Path(artifact_dir)
     path = root / MANIFEST_FILE
     if not root.is_dir():
@@ -52,6 +102,7 @@ def read_manifest(artifact_dir: str | Path, verify: bool = True) -> dict[str, An
         raise ArtifactError(f"{path}: manifest lists no files")
     check_fields(manifest, path)
     if verify:
+        verify_manifest_hash(root)
         for name, digest in files.items():
             file = root / name
             if not file.is_file():
@@ -89,11 +140,22 @@ def check_fields(manifest: dict[str, Any], path: Path) -> None:
 
     if manifest.get("family") not in FAMILIES:
         raise bad("family", f"one of {list(FAMILIES)}")
+    family = manifest["family"]
     for field in ("n_obs_steps", "horizon", "n_action_steps"):
         if not _positive_int(manifest.get(field)):
             raise bad(field, "a positive integer")
     if manifest["n_action_steps"] > manifest["horizon"] - manifest["n_obs_steps"] + 1:
         raise bad("n_action_steps", "at most horizon - n_obs_steps + 1")
+    fps = manifest.get("fps")
+    if fps is not None and (type(fps) not in (int, float) or not 0 < fps < 1e6):
+        raise bad("fps", "a positive number of actions per second, or null")
+    config = manifest.get("policy_config")
+    if isinstance(config, dict):  # what the policy was trained as: the serving fields must agree with it
+        if config.get("type") and config["type"] != family:
+            raise bad("family", f"the policy_config's type {config.get('type')!r}")
+        for field in ("n_obs_steps", "horizon", "n_action_steps", "fps"):
+            if config.get(field) is not None and manifest.get(field) != config[field]:
+                raise bad(field, f"policy_config.{field} = {config[field]!r}, the value the policy was trained with")
     features = manifest.get("input_features")
     if not isinstance(features, list) or not features:
         raise bad("input_features", "a non-empty list of {key, shape, input}")
@@ -120,19 +182,36 @@ def check_fields(manifest: dict[str, Any], path: Path) -> None:
                 fits = False
             if value is None or not fits:
                 raise bad(f"normalization.stats.{key}.{name}", f"numbers broadcastable to the feature's shape {shape}")
+            if value is not None and fits and not np.isfinite(np.asarray(value, dtype=np.float64)).all():
+                raise bad(f"normalization.stats.{key}.{name}", "finite numbers")
+        if mode in ("min_max", "mean_std"):
+            a, b = (np.asarray(stats[key][n], dtype=np.float64) for n in NORMALIZATION_STATS[mode])
+            if mode == "min_max" and (a > b).any():
+                raise bad(f"normalization.stats.{key}.min", "at most normalization.stats.{key}.max")
+            if mode == "mean_std" and (b < 0).any():
+                raise bad(f"normalization.stats.{key}.std", "non-negative")
     graphs, files = manifest.get("graphs"), manifest["files"]
     if not isinstance(graphs, dict) or not graphs:
         raise bad("graphs", "a non-empty mapping of graph kind to {files: {role: file}}")
     for kind, graph in graphs.items():
+        if kind not in GRAPH_KINDS:
+            raise bad(f"graphs.{kind}", f"one of the graph kinds {list(GRAPH_KINDS)}")
         roles = graph.get("files") if isinstance(graph, dict) else None
         if not isinstance(roles, dict) or not roles:
             raise bad(f"graphs.{kind}.files", "a non-empty mapping of role to file")
+        if set(roles) != GRAPH_ROLES[family][kind]:
+            raise bad(f"graphs.{kind}.files", f"the roles {sorted(GRAPH_ROLES[family][kind])} a {family} policy's "
+                      f"{kind} graph has, got {sorted(roles)}")
         for role, file in roles.items():
             if file not in files:
                 raise bad(f"graphs.{kind}.files.{role}", f"a file the manifest's 'files' hashes ({file!r} is not)")
-    if not isinstance(manifest.get("sampler", {}), dict):
+    sampler = manifest.get("sampler", {})
+    if not isinstance(sampler, dict):
         raise bad("sampler", "a mapping")
+    for name in SAMPLER_FIELDS[family]:
+        if name not in sampler:
+            raise bad(f"sampler.{name}", f"present (a {family} policy's runtime reads it)")
 
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MANIFEST_FILE", "SUPPORTED_VERSIONS", "ArtifactError", "read_manifest",
-           "sha256_file"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MANIFEST_FILE", "MANIFEST_HASH_FILE", "SUPPORTED_VERSIONS", "ArtifactError",
+           "read_manifest", "sha256_file", "write_manifest"]

@@ -115,6 +115,36 @@ def _check_graph_inputs(manifest: dict[str, Any], sessions: dict[str, Any], root
                                     f"in the manifest but the {role} graph takes {list(arg.shape)}")
 
 
+def _check_graph_signatures(manifest: dict[str, Any], sessions: dict[str, Any], graph: str, root: Path) -> None:
+    """Each graph has the inputs its role takes and returns the shapes the manifest promises, so a swapped graph
+    (its hash updated) or a manifest horizon the graphs do not produce fails at load, not at every request."""
+    family, T, A = manifest["family"], manifest["horizon"], int(np.prod(manifest["action_feature"]["shape"]))
+    obs = {f["input"] for f in manifest["input_features"]}
+    state_dim = manifest.get("sampler", {}).get("state_dim")
+    x_shape = [state_dim] if family == "sfp" else [T, A]
+    chunk = [T, A]
+    expected: dict[str, tuple[set[str], list[Any] | None]] = {
+        "policy": (obs, chunk), "encoder": (obs, None), "step": ({"x", "t", "cond"}, x_shape),
+        "fused": (obs | ({"start", "noise"} if family == "sfp" else {"noise"}), chunk)}
+    where = f"{root / MANIFEST_FILE} ({graph} graph)"
+    for role, session in sessions.items():
+        if not hasattr(session, "get_inputs"):  # OpenVINO's session: checked by its own loader
+            continue
+        inputs, out_shape = expected[role]
+        names = {arg.name for arg in session.get_inputs()}
+        if names != inputs:
+            raise ArtifactError(f"{where}: the {role} graph takes inputs {sorted(names)}, a {family} policy's {role} "
+                                f"graph takes {sorted(inputs)} (a swapped or foreign graph?)")
+        if out_shape is None or not hasattr(session, "get_outputs"):  # TensorRT engines declare inputs only
+            continue
+        declared = list(session.get_outputs()[0].shape[1:])
+        if (len(declared) != len(out_shape) or any(
+                isinstance(d, int) and isinstance(e, int) and d != e for d, e in zip(declared, out_shape))):
+            raise ArtifactError(f"{where}: the {role} graph returns (batch, {', '.join(map(str, declared))}), the "
+                                f"manifest's horizon {T} and action shape {manifest['action_feature']['shape']} "
+                                f"need (batch, {', '.join(map(str, out_shape))})")
+
+
 class OnnxPolicy:
     """An exported policy run by ONNX Runtime; construct with :meth:`load`."""
 
@@ -204,6 +234,7 @@ class OnnxPolicy:
                 raise ArtifactError(f"{file}: {engine} cannot load this graph (exported with opset "
                                     f"{manifest.get('opset')}; an unsupported opset or operator?): {e}") from e
         _check_graph_inputs(manifest, sessions, root)
+        _check_graph_signatures(manifest, sessions, graph, root)
         host_only = host_loop_only_sampling(manifest["family"], manifest.get("sampler", {}))
         if graph == "fused" and host_only:
             warnings.warn(f"{root}: the fused graph ignores the policy's {host_only} and samples from pure noise "

@@ -9,7 +9,7 @@ Every device turns its input into a :class:`TeleopCommand` per control step:
 
 Devices that know absolute targets (the ZeroMQ leader stream) need the arm's current pose to turn
 them into deltas, so :meth:`TeleopDevice.read` receives it (``ArmPose``; keyboards ignore it).
-Quaternions are (x, y, z, w), as in robosuite.
+Quaternions are (x, y, z, w), as in robosuite and scipy; rotation math is scipy's ``Rotation``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import dataclasses
 from abc import ABC, abstractmethod
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 EVENTS = frozenset({"save", "discard", "quit"})
 
@@ -74,46 +75,40 @@ class TeleopDevice(ABC):
         self.close()
 
 
-# ---- small quaternion helpers (x, y, z, w) -------------------------------------------------------
+# ---- rotations (scipy's Rotation; quaternions x, y, z, w as scipy and robosuite order them) ------------------
+
+def _rotation(q: np.ndarray) -> Rotation:
+    """A rotation from a quaternion; a zero or non-finite one is an error, not a NaN command for the arm."""
+    q = np.asarray(q, dtype=np.float64).reshape(4)
+    if not np.isfinite(q).all() or np.linalg.norm(q) < 1e-9:
+        raise ValueError(f"quaternion {q.tolist()} is not a rotation (zero or non-finite)")
+    return Rotation.from_quat(q)
+
 
 def quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    ax, ay, az, aw = a
-    bx, by, bz, bw = b
-    return np.array([aw * bx + ax * bw + ay * bz - az * by,
-                     aw * by - ax * bz + ay * bw + az * bx,
-                     aw * bz + ax * by - ay * bx + az * bw,
-                     aw * bw - ax * bx - ay * by - az * bz])
-
-
-def quat_conj(q: np.ndarray) -> np.ndarray:
-    return np.array([-q[0], -q[1], -q[2], q[3]])
+    """The rotation ``a`` after ``b`` as a unit quaternion."""
+    return (_rotation(a) * _rotation(b)).as_quat()
 
 
 def quat_to_axis_angle(q: np.ndarray) -> np.ndarray:
-    q = np.asarray(q, dtype=np.float64)
-    q = q / np.linalg.norm(q)
-    if q[3] < 0:
-        q = -q
-    s = np.linalg.norm(q[:3])
-    if s < 1e-12:
-        return 2.0 * q[:3]
-    return q[:3] / s * 2.0 * np.arctan2(s, q[3])
+    """Axis-angle (rotation vector, angle in [0, pi]) of a quaternion of any norm."""
+    return _rotation(q).as_rotvec()
 
 
 def axis_angle_to_quat(v: np.ndarray) -> np.ndarray:
-    v = np.asarray(v, dtype=np.float64)
-    angle = np.linalg.norm(v)
-    if angle < 1e-12:
-        return np.array([0.5 * v[0], 0.5 * v[1], 0.5 * v[2], 1.0]) / np.sqrt(1 + 0.25 * angle**2)
-    axis = v / angle
-    return np.concatenate([axis * np.sin(angle / 2), [np.cos(angle / 2)]])
+    return Rotation.from_rotvec(np.asarray(v, dtype=np.float64).reshape(3)).as_quat()
 
 
 def pose_delta(current: ArmPose, target_pos: np.ndarray, target_quat: np.ndarray, max_pos: float,
                max_rot: float) -> tuple[np.ndarray, np.ndarray]:
-    """Translation and axis-angle rotation from the current pose toward a target, each clipped in norm."""
-    dp = np.asarray(target_pos, dtype=np.float64) - current.pos
-    dr = quat_to_axis_angle(quat_mul(np.asarray(target_quat, dtype=np.float64), quat_conj(current.quat)))
+    """Translation and axis-angle rotation from the current pose toward a target, each clipped in norm.
+
+    The rotation is expressed in the base frame: ``R_target * R_current^-1``.
+    """
+    dp = np.asarray(target_pos, dtype=np.float64).reshape(3) - current.pos
+    dr = (_rotation(target_quat) * _rotation(current.quat).inv()).as_rotvec()
+    if not np.isfinite(dp).all():
+        raise ValueError(f"target position {np.asarray(target_pos).tolist()} is not finite")
     n = np.linalg.norm(dp)
     if n > max_pos:
         dp *= max_pos / n
@@ -124,4 +119,4 @@ def pose_delta(current: ArmPose, target_pos: np.ndarray, target_quat: np.ndarray
 
 
 __all__ = ["ArmPose", "DeviceNotAvailable", "EVENTS", "TeleopCommand", "TeleopDevice", "axis_angle_to_quat",
-           "pose_delta", "quat_conj", "quat_mul", "quat_to_axis_angle"]
+           "pose_delta", "quat_mul", "quat_to_axis_angle"]

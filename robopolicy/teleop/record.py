@@ -37,14 +37,19 @@ def record_teleop(env: Any, device: TeleopDevice, recorder: DatasetRecorder, tas
     An episode ends when the operator saves (event ``save``) or discards it, after
     ``success_hold_steps`` steps of ``info["is_success"]`` when ``save_on_success``, or at ``max_steps``
     (saved only with ``keep_failures``). ``realtime`` paces the loop at ``fps`` (default: the recorder's).
+    Attempt k is reset with seed ``s + k``, where ``s`` is ``recorder.resume_seed(seed)``: ``seed`` for a new
+    dataset, the seed after the last saved episode's for a resumed one; each saved episode's seed is committed
+    with it.
     """
     summary = RecordingSummary()
     period = 1.0 / float(fps or recorder.fps)
     obs_keys = [k for k in recorder.user_features if k != action_key]
-    episode_seed = seed
+    # A resumed dataset continues its seed sequence: starting again at ``seed`` would replay episodes 0, 1, ...
+    next_seed = recorder.resume_seed(seed)
     while len(summary.saved) < num_episodes:
+        episode_seed = next_seed
         obs, info = env.reset(seed=episode_seed)
-        episode_seed = None if episode_seed is None else episode_seed + 1
+        next_seed = None if next_seed is None else next_seed + 1
         summary.attempts += 1
         success_run = 0
         outcome = None
@@ -83,7 +88,7 @@ def record_teleop(env: Any, device: TeleopDevice, recorder: DatasetRecorder, tas
         if outcome is None:
             outcome = "save" if keep_failures or info.get("is_success") else "discard"
         if outcome == "save" and recorder.episode_frames:
-            summary.saved.append(recorder.save_episode(task=task))
+            summary.saved.append(recorder.save_episode(task=task, seed=episode_seed))
         else:
             recorder.discard_episode()
             if outcome != "quit":

@@ -66,6 +66,8 @@ class ZmqLeaderDevice(TeleopDevice):
                 if msg.type != "ee_target":
                     raise ProtocolError("type", f"expected ee_target, got {msg.type!r}")
                 pos, quat = msg.arrays["pos"].reshape(3), msg.arrays["quat"].reshape(4)
+                if not (np.isfinite(pos).all() and np.isfinite(quat).all() and np.linalg.norm(quat) > 1e-6):
+                    raise ValueError("ee_target: pos must be finite and quat a finite, non-zero quaternion")
                 gripper = float(np.clip(msg.arrays.get("gripper", np.array([-1.0])).reshape(-1)[0], -1, 1))
                 ev = msg.get("events") or []
                 events |= {e for e in ev if e in EVENTS}

@@ -18,11 +18,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from robopolicy.data.checksums import file_digest
 from robopolicy.utils.io import atomic_write_text, fsync_dir
 
 LATEST = "LATEST"
 STATE_TENSORS = "training_state.safetensors"
 STATE_JSON = "training_state.json"
+STATE_CHECKSUMS = "training_state.checksums.json"  # sizes and sha256 of the two files above
 POLICY_DIR = "policy"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -42,7 +44,9 @@ def save_checkpoint(root: Path, step: int, policy_to_save, tensors: dict[str, to
     policy_to_save.save(tmp / POLICY_DIR)
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / STATE_TENSORS))
     (tmp / STATE_JSON).write_text(json.dumps(meta, indent=2))
-    for path in (tmp / STATE_TENSORS, tmp / STATE_JSON):
+    digests = {name: file_digest(tmp / name) for name in (STATE_TENSORS, STATE_JSON)}
+    (tmp / STATE_CHECKSUMS).write_text(json.dumps(digests, indent=1))
+    for path in (tmp / STATE_TENSORS, tmp / STATE_JSON, tmp / STATE_CHECKSUMS):
         with open(path, "rb") as f:
             os.fsync(f.fileno())
     fsync_dir(tmp)
@@ -75,6 +79,14 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The training state, after checking it against its checksums (checkpoints that predate them load as is)."""
+    sums = path / STATE_CHECKSUMS
+    if sums.is_file():
+        expected = json.loads(sums.read_text())
+        for name in (STATE_TENSORS, STATE_JSON):
+            if file_digest(path / name) != expected.get(name):
+                raise ValueError(f"{path / name}: size or sha256 differs from {sums} (the checkpoint is corrupt); "
+                                 "resume from an earlier checkpoint by pointing LATEST at it")
     return load_file(str(path / STATE_TENSORS)), json.loads((path / STATE_JSON).read_text())
 
 

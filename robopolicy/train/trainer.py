@@ -45,6 +45,10 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 LOG_FIELDS = ["step", "loss", "val_loss", "lr", "grad_norm", "samples_per_s", "elapsed_s", "eval_success", "eval_coverage"]
 
 
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite: training stops rather than save a broken policy."""
+
+
 def make_policy_for_dataset(policy_cfg: DictConfig | dict[str, Any], dataset: LeRobotDataset, obs_keys: list[str],
                             action_key: str, normalization: str) -> Policy:
     """A fresh policy whose feature specs and normalization come from the dataset."""
@@ -245,6 +249,12 @@ class Trainer:
         with torch.autocast(self.policy.device.type, dtype=PRECISIONS[self.cfg.precision],
                             enabled=self.cfg.precision != "fp32"):
             loss = loss_fn(batch, generator=generator).float()
+        if not torch.isfinite(loss):  # DDP's loss is the rank's own; a collective fails on the others
+            # Checked before the update: the weights, optimizer and EMA still hold the last finite step.
+            raise NonFiniteLossError(
+                f"step {self.step + 1}: the training loss is {loss.item()} (not finite); training stopped without "
+                f"saving a policy. Check the dataset's statistics ({self.dataset.root / 'meta/stats.json'}) and "
+                "values, or lower the learning rate; checkpoints written before this step are intact")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.grad_clip_norm)
@@ -265,9 +275,7 @@ class Trainer:
 
     def _evaluates_now(self) -> bool:
         """Whether rank 0 evaluates after this step (the other ranks wait for it then)."""
-        cfg = self.cfg
-        logs = self.step % cfg.log_every == 0 or self.step == cfg.steps
-        return logs and bool(cfg.eval_every) and self.step % cfg.eval_every == 0
+        return bool(self.cfg.eval_every) and self.step % self.cfg.eval_every == 0
 
     def _follow_main(self) -> Path:
         """Ranks other than 0: the same steps as rank 0, whose collectives they join; rank 0 alone writes."""
@@ -333,13 +341,14 @@ class Trainer:
                       f"episodes / {len(self.sampler)} windows -> {self.run_dir}")
         columns = [TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
                    TimeElapsedColumn(), TimeRemainingColumn()]
-        with Progress(*columns, console=console, disable=not cfg.progress) as bar:
+        with log_file, Progress(*columns, console=console, disable=not cfg.progress) as bar:
             task = bar.add_task("train", total=cfg.steps, completed=self.step, status="")
             while self._keep_going(budget_s):
                 loss, grad_norm = self.train_step()
                 window_loss += loss
                 window_n += 1
                 bar.update(task, completed=self.step)
+                row: dict[str, Any] = {}
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     dt = time.perf_counter() - window_t
                     row = {"step": self.step, "loss": window_loss / window_n, "lr": self.lr_scheduler.get_last_lr()[0],
@@ -348,20 +357,21 @@ class Trainer:
                     if self.val_sampler is not None:
                         row["val_loss"] = self.validation_loss()
                     bar.update(task, status=f"loss {row['loss']:.4f} | {row['samples_per_s']:.0f} samples/s")
-                    if self._evaluates_now():
-                        result = self.evaluate()
-                        if self.dist is not None:
-                            self.dist.wait_for_main()
-                        row["eval_success"], row["eval_coverage"] = result["success_rate"], result["mean_max_coverage"]
-                        console.print(f"step {self.step}: success {result['success_rate']:.2f}, "
-                                      f"mean max coverage {result['mean_max_coverage']:.3f}")
+                    window_loss, window_n, window_t = 0.0, 0, time.perf_counter()
+                if self._evaluates_now():  # on its own schedule, not log_every's
+                    result = self.evaluate()
+                    if self.dist is not None:
+                        self.dist.wait_for_main()
+                    row.update(step=self.step, eval_success=result["success_rate"],
+                               eval_coverage=result["mean_max_coverage"])
+                    console.print(f"step {self.step}: success {result['success_rate']:.2f}, "
+                                  f"mean max coverage {result['mean_max_coverage']:.3f}")
+                if row:
                     writer.writerow(row)
                     log_file.flush()
-                    window_loss, window_n, window_t = 0.0, 0, time.perf_counter()
                 if cfg.save_every > 0 and self.step % cfg.save_every == 0:
                     self.save()
         self.save()
-        log_file.close()
         self._sync_ema()
         self.ema_policy.save(self.run_dir / "policy")
         summary = {"steps": self.step, "train_time_s": round(self.elapsed(), 1), "batch_size": cfg.batch_size,
