@@ -1,5 +1,10 @@
 """Export a low-dim MLP, Streaming Flow or flow-matching policy as dependency-free C99 for microcontrollers (the Crazyflie route).
 
+Layout: this module generates the code (weights, network-specific forward passes, self-test vectors);
+the fixed C lives in real files under ``c_templates/`` (package data, see :mod:`robopolicy.export.c_sources`),
+the QEMU boards and the STM32F405 linker script in :mod:`robopolicy.export.c_boards`, and building/running
+in :mod:`robopolicy.export.c_build`. Their public names are re-exported here.
+
 ``export_c(policy, out_dir)`` writes
 
 * ``policy.h``           -- the API and the dimensions (``POLICY_OBS_DIM``, ``POLICY_ACTION_DIM``, ...)
@@ -58,7 +63,6 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,20 +70,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from robopolicy.export.c_boards import (  # noqa: F401 - re-exported: the public API of the C export
+    BOARDS,
+    DEFAULT_BOARD,
+    LINKER_STM32F405,
+    STARTUP_MPS2,
+    STARTUP_STM32F405,
+    QemuBoard,
+)
+from robopolicy.export.c_build import ARM_CFLAGS, HOST_CFLAGS, build_arm, build_host, qemu_command, run_qemu
+from robopolicy.export.c_sources import CExportError, template
+
 SUPPORTED = ("mlp", "sfp", "flow")
 FLOAT_TOL = 1e-4  # self-test tolerance, relative to (1 + |expected|), float build
 INT8_TOL = 1e-3  # int8 build: compared against the dequantized net, so only summation order differs
-
-
-ACT_C = {
-    "relu": "static void act_relu(float *x, int n) { int i; for (i = 0; i < n; ++i) if (x[i] < 0.0f) x[i] = 0.0f; }",
-    "tanh": "static void act_tanh(float *x, int n) { int i; for (i = 0; i < n; ++i) x[i] = tanhf(x[i]); }",
-    "elu": "static void act_elu(float *x, int n) { int i; for (i = 0; i < n; ++i) if (x[i] < 0.0f) x[i] = expm1f(x[i]); }",
-}
-
-
-class CExportError(ValueError):
-    pass
 
 
 def _layers(policy: nn.Module) -> list[tuple[str, Any]]:
@@ -122,11 +126,17 @@ def _norm_params(policy: nn.Module, key: str, size: int) -> tuple[np.ndarray, np
     return c, s
 
 
-def _fmt(a: np.ndarray, per_line: int = 8, kind: str = "float") -> str:
+def _fmt(a: np.ndarray, per_line: int = 8, kind: str = "float", name: str = "array") -> str:
+    """A C initializer list. Refuses non-finite numbers: a NaN or inf weight would fly as a silent 0 or overflow."""
     flat = np.asarray(a).reshape(-1)
     if kind == "float":
-        items = [f"{float(np.float32(v))!r}f" if np.isfinite(v) else "0.0f" for v in flat.astype(np.float32)]
-        items = [s.replace("inff", "INFINITY") for s in items]
+        with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, refused below
+            values = flat.astype(np.float32)
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            raise CExportError(f"C export: {name} has {bad.size} non-finite value(s) (first at flat index {bad[0]}: "
+                               f"{values[bad[0]]}); expected finite float32 numbers (a diverged or corrupt checkpoint?)")
+        items = [f"{float(v)!r}f" for v in values]
     else:
         items = [str(int(v)) for v in flat]
     lines = [", ".join(items[i:i + per_line]) for i in range(0, len(items), per_line)]
@@ -200,67 +210,22 @@ def reference_actions(policy: nn.Module, obs: np.ndarray, int8: bool = False) ->
     return chunk[:, cfg.n_obs_steps - 1]
 
 
-def _linear_c(int8: bool) -> str:
-    """The C matrix-vector product every family uses: y = W x + b (W row-major, rows x cols)."""
-    wtype = "int8_t" if int8 else "float"
-
-    def W(e: str) -> str:  # noqa: N802 - a weight element as float
-        return f"(float){e}" if int8 else e
-
-    def S(acc: str, i: str) -> str:  # noqa: N802 - the row scale
-        return f"{acc} * s[{i}]" if int8 else acc
-
-    return f"""/* y = W x + b, W row-major (rows x cols){'; W = diag(s) q' if int8 else ''}. Four rows at a time share each
- * load of x; every row still sums its products in column order (the same order as a plain loop).
- * With a hardware FMA (Cortex-M4F: __ARM_FEATURE_FMA) each product-sum is one fused vfma. */
-#if defined(__ARM_FEATURE_FMA)
-#define MAC(acc, w, x) ((acc) = fmaf((w), (x), (acc)))
-#else
-#define MAC(acc, w, x) ((acc) += (w) * (x))
-#endif
-static void linear(const {wtype} *w,{' const float *s,' if int8 else ''} const float *b, const float *x, float *y, int rows, int cols)
-{{
-    /* Explicit loop bounds and a running row pointer keep gcc's loop analysis exact (no false
-     * -Waggressive-loop-optimizations when it specializes this function for one layer). */
-    const int full = rows - rows % 4;
-    const {wtype} *wr = w;
-    int i, j;
-    for (i = 0; i < full; i += 4, wr += 4 * cols) {{
-        const {wtype} *w0 = wr, *w1 = w0 + cols, *w2 = w1 + cols, *w3 = w2 + cols;
-        float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
-        for (j = 0; j < cols; ++j) {{
-            const float xj = x[j];
-            MAC(a0, {W('w0[j]')}, xj);
-            MAC(a1, {W('w1[j]')}, xj);
-            MAC(a2, {W('w2[j]')}, xj);
-            MAC(a3, {W('w3[j]')}, xj);
-        }}
-        y[i] = {S('a0', 'i')} + b[i];
-        y[i + 1] = {S('a1', 'i + 1')} + b[i + 1];
-        y[i + 2] = {S('a2', 'i + 2')} + b[i + 2];
-        y[i + 3] = {S('a3', 'i + 3')} + b[i + 3];
-    }}
-    for (i = full; i < rows; ++i, wr += cols) {{
-        float acc = 0.0f;
-        for (j = 0; j < cols; ++j) MAC(acc, {W('wr[j]')}, x[j]);
-        y[i] = {S('acc', 'i')} + b[i];
-    }}
-}}
-
-static int all_finite(const float *x, int n) {{ int i; for (i = 0; i < n; ++i) if (!isfinite(x[i])) return 0; return 1; }}
-"""
+def _linear_c() -> str:
+    """The C matrix-vector product every family uses (``c_templates/linear.c``; POLICY_INT8 picks the weight type)."""
+    return template("linear.c")
 
 
 def _weights_c(name: str, w: np.ndarray, b: np.ndarray, int8: bool) -> str:
     """const arrays W<name>, (S<name>,) B<name>, and the argument list linear() takes for them."""
     rows, cols = w.shape
     if int8:
+        _fmt(w, name=f"weight W{name}")  # refuse non-finite weights before quantizing them away
         q, s = quantize_rows(w)
         return (f"static const int8_t W{name}[{rows * cols}] = {_fmt(q, 16, 'int')};\n"
-                f"static const float S{name}[{rows}] = {_fmt(s)};\n"
-                f"static const float B{name}[{rows}] = {_fmt(b)};")
-    return (f"static const float W{name}[{rows * cols}] = {_fmt(w)};\n"
-            f"static const float B{name}[{rows}] = {_fmt(b)};")
+                f"static const float S{name}[{rows}] = {_fmt(s, name=f'row scale S{name}')};\n"
+                f"static const float B{name}[{rows}] = {_fmt(b, name=f'bias B{name}')};")
+    return (f"static const float W{name}[{rows * cols}] = {_fmt(w, name=f'weight W{name}')};\n"
+            f"static const float B{name}[{rows}] = {_fmt(b, name=f'bias B{name}')};")
 
 
 def _linear_args(name: str, int8: bool) -> str:
@@ -289,8 +254,8 @@ def _mlp_source(policy: nn.Module, int8: bool) -> tuple[str, dict[str, Any]]:
     max_width = max(max(w.shape) for w, _ in linears)
     parts = [_weights_c(str(i), w, b, int8) for i, (w, b) in enumerate(linears)]
     parts.append(f"\nstatic float buf_a[{max_width}];\nstatic float buf_b[{max_width}];\n")
-    parts.append(_linear_c(int8))
-    parts.extend(ACT_C[k] for k in sorted({k for k, _ in layers if k != "linear"}))
+    parts.append(_linear_c())
+    parts.append(template("activations.c"))
     parts.append("""
 /* Normalized chunk in buf (returns pointer), or 0 when obs is not finite. */
 static const float *forward(const float *obs)
@@ -318,30 +283,8 @@ static const float *forward(const float *obs)
     parts.append(select + """    (void)y;
     return x;
 }
-
-int policy_chunk(const float *obs, float *chunk)
-{
-    int i, k;
-    const float *z = forward(obs);
-    if (!z) return -1;
-    for (k = 0; k < POLICY_HORIZON; ++k)
-        for (i = 0; i < POLICY_ACTION_DIM; ++i)
-            chunk[k * POLICY_ACTION_DIM + i] = z[k * POLICY_ACTION_DIM + i] * ACT_SCALE[i] + ACT_CENTER[i];
-    return all_finite(chunk, POLICY_HORIZON * POLICY_ACTION_DIM) ? 0 : -1;
-}
-
-int policy_step(const float *obs, float *action)
-{
-    int i;
-    const float *z = forward(obs);
-    if (!z) return -1;
-    z += (POLICY_N_OBS_STEPS - 1) * POLICY_ACTION_DIM;
-    for (i = 0; i < POLICY_ACTION_DIM; ++i) action[i] = z[i] * ACT_SCALE[i] + ACT_CENTER[i];
-    return all_finite(action, POLICY_ACTION_DIM) ? 0 : -1;
-}
-
-void policy_reset(void) { }
 """)
+    parts.append(template("mlp_api.c"))
     meta = {"n_params": int(sum(w.size + b.size for w, b in linears)), "weight_bytes": _weight_bytes(linears, int8),
             "activations": [k for k, _ in layers if k != "linear"], "n_hypotheses": n_hyp}
     return "\n".join(parts), meta
@@ -434,7 +377,7 @@ def _film_velocity_c(net: nn.Module, state_dim: int, times: list[float], int8: b
 static float obs_n[POLICY_OBS_DIM], emb[HIDDEN], cond[HIDDEN], film[2 * HIDDEN];
 static float h[HIDDEN], y[HIDDEN], u[HIDDEN], x[STATE_DIM], v[STATE_DIM];
 
-{_linear_c(int8)}
+{_linear_c()}
 /* torch's mish, x tanh(softplus(x)), with one expf: tanh(log(1 + e)) = n / (n + 2), n = e (e + 2), e = exp(x) */
 static float mish1(float a)
 {{
@@ -735,23 +678,9 @@ def export_c(policy: nn.Module, out_dir: str | Path, int8: bool = False, n_selft
 
     # ---- policy.h -----------------------------------------------------------------------------
     feat_doc = "\n".join(f" *   {f.key}: {int(np.prod(f.shape))}" for f in cfg.input_features)
-    family_api = ("""/* Streaming flow: one action from an explicit start (robot units; NULL = from the observation) and
- * the seed of its noise. policy_step chains it: start = the action it returned last, seed advancing. */
-int policy_sfp_step(const float *obs, const float *start, uint32_t seed, float *action);
-void policy_set_seed(uint32_t seed);""" if is_sfp else """/* Flow: the chunk (POLICY_HORIZON x POLICY_ACTION_DIM) or its action for the latest observation, from
- * Gaussian noise drawn from seed. policy_chunk and policy_step use the internal seed, advancing each call. */
-int policy_flow_chunk(const float *obs, uint32_t seed, float *chunk);
-int policy_flow_step(const float *obs, uint32_t seed, float *action);
-int policy_chunk(const float *obs, float *chunk);
-void policy_set_seed(uint32_t seed);""" if is_flow else """/* The whole chunk, POLICY_HORIZON x POLICY_ACTION_DIM, robot units. */
-int policy_chunk(const float *obs, float *chunk);""")
     header = f"""/* Generated by robopolicy.export.c_export -- do not edit. C99, no malloc, no dependencies but libm. */
 #ifndef ROBOPOLICY_POLICY_H
 #define ROBOPOLICY_POLICY_H
-#include <stdint.h>
-#ifdef __cplusplus
-extern "C" {{
-#endif
 
 #define POLICY_FAMILY_{name.upper()} 1
 #define POLICY_N_OBS_STEPS {cfg.n_obs_steps}
@@ -766,18 +695,8 @@ extern "C" {{
 /* obs: raw observation history in robot units, oldest first, POLICY_N_OBS_STEPS x POLICY_STEP_DIM.
  * Each step concatenates:
 {feat_doc}
- * action: POLICY_ACTION_DIM numbers (robot units) for the latest observation.
- * Returns 0, or -1 when an input or output is not finite. Not reentrant (static buffers). */
-int policy_step(const float *obs, float *action);
-/* Start of an episode: forget any state policy_step keeps between calls. */
-void policy_reset(void);
-{family_api}
-/* Runs the generated test vectors; returns the number of mismatching outputs (0 = pass). */
-int policy_selftest(void);
-
-#ifdef __cplusplus
-}}
-#endif
+ * action: POLICY_ACTION_DIM numbers (robot units) for the latest observation. */
+{template("policy_api.h")}
 #endif
 """
     (out_dir / "policy.h").write_text(header)
@@ -787,10 +706,10 @@ int policy_selftest(void);
         "#include <stdint.h>",
         '#include "policy.h"',
         "",
-        f"static const float IN_CENTER[{obs_dim}] = {_fmt(in_center)};",
-        f"static const float IN_SCALE[{obs_dim}] = {_fmt(in_scale)};",
-        f"static const float ACT_CENTER[{act_dim}] = {_fmt(act_center)};",
-        f"static const float ACT_SCALE[{act_dim}] = {_fmt(act_scale)};",
+        f"static const float IN_CENTER[{obs_dim}] = {_fmt(in_center, name='observation center')};",
+        f"static const float IN_SCALE[{obs_dim}] = {_fmt(in_scale, name='observation scale')};",
+        f"static const float ACT_CENTER[{act_dim}] = {_fmt(act_center, name='action center')};",
+        f"static const float ACT_SCALE[{act_dim}] = {_fmt(act_scale, name='action scale')};",
         "",
         body,
     ]))
@@ -820,76 +739,16 @@ int policy_selftest(void);
 #include "policy.h"
 
 #if POLICY_N_SELFTEST > 0
-static const float SELFTEST_OBS[{n * obs_dim}] = {_fmt(obs)};
-static const float SELFTEST_ACTION[{n * act_dim}] = {_fmt(expected)};
+static const float SELFTEST_OBS[{n * obs_dim}] = {_fmt(obs, name='self-test observations')};
+static const float SELFTEST_ACTION[{n * act_dim}] = {_fmt(expected, name='self-test actions (torch)')};
 {extra}#endif
+#define SELFTEST_CALL(n) {call.replace("n * POLICY", "(n) * POLICY").replace("SEED[n]", "SEED[(n)]")}
+#define SELFTEST_TOL {tol!r}f
 
-int policy_selftest(void)
-{{
-    int bad = 0;
-#if POLICY_N_SELFTEST > 0
-    int n, i;
-    float action[POLICY_ACTION_DIM];
-    for (n = 0; n < POLICY_N_SELFTEST; ++n) {{
-        if ({call} != 0) {{ bad += POLICY_ACTION_DIM; continue; }}
-        for (i = 0; i < POLICY_ACTION_DIM; ++i) {{
-            float e = SELFTEST_ACTION[n * POLICY_ACTION_DIM + i];
-            if (!(fabsf(action[i] - e) <= {tol!r}f * (1.0f + fabsf(e)))) ++bad;
-        }}
-    }}
-#endif
-    return bad;
-}}
 """
-    (out_dir / "policy_selftest.c").write_text(st)
-    (out_dir / "main_selftest.c").write_text("""/* Exit code = self-test verdict (0 = pass). Runs on the host or under QEMU with semihosting. */
-#include <stdio.h>
-#include "policy.h"
-
-int main(void)
-{
-    int bad = policy_selftest();
-    printf("policy_selftest: %s (%d mismatches)\\n", bad ? "FAIL" : "PASS", bad);
-    return bad ? 1 : 0;
-}
-""")
-    (out_dir / "main_eval.c").write_text("""/* Host helper: reads POLICY_OBS_DIM floats per observation on stdin (SFP: then POLICY_ACTION_DIM
- * start floats and an unsigned seed; flow: then an unsigned seed), prints the action (%.9g), or "nan" when
- * the policy refuses. */
-#include <stdio.h>
-#include "policy.h"
-
-int main(void)
-{
-    float obs[POLICY_OBS_DIM], action[POLICY_ACTION_DIM];
-    int i, ok;
-    for (;;) {
-        for (i = 0; i < POLICY_OBS_DIM; ++i)
-            if (scanf("%f", &obs[i]) != 1) return 0;
-#ifdef POLICY_FAMILY_SFP
-        {
-            float start[POLICY_ACTION_DIM];
-            unsigned long seed;
-            for (i = 0; i < POLICY_ACTION_DIM; ++i)
-                if (scanf("%f", &start[i]) != 1) return 0;
-            if (scanf("%lu", &seed) != 1) return 0;
-            ok = policy_sfp_step(obs, start, (uint32_t)seed, action);
-        }
-#elif defined(POLICY_FAMILY_FLOW)
-        {
-            unsigned long seed;
-            if (scanf("%lu", &seed) != 1) return 0;
-            ok = policy_flow_step(obs, (uint32_t)seed, action);
-        }
-#else
-        ok = policy_step(obs, action);
-#endif
-        if (ok != 0) { printf("nan\\n"); continue; }
-        for (i = 0; i < POLICY_ACTION_DIM; ++i) printf(i ? " %.9g" : "%.9g", (double)action[i]);
-        printf("\\n");
-    }
-}
-""")
+    (out_dir / "policy_selftest.c").write_text(st + template("policy_selftest.c"))
+    (out_dir / "main_selftest.c").write_text(template("main_selftest.c"))
+    (out_dir / "main_eval.c").write_text(template("main_eval.c"))
     meta = {
         "family": name,
         "n_obs_steps": cfg.n_obs_steps, "step_dim": step_dim, "obs_dim": obs_dim, "action_dim": act_dim,
@@ -900,180 +759,6 @@ int main(void)
     }
     (out_dir / "export.json").write_text(json.dumps(meta, indent=2))
     return out_dir
-
-
-# ---- building and running the generated code (tests, bench, CI) ---------------------------------
-HOST_CFLAGS = ["-std=c99", "-Wall", "-Werror", "-O2"]
-ARM_CFLAGS = ["-std=c99", "-Wall", "-Werror", "-O2", "-mcpu=cortex-m4", "-mthumb", "-mfpu=fpv4-sp-d16",
-              "-mfloat-abi=hard"]
-# Boards the Cortex-M4F build runs on under QEMU, with semihosting so the exit code is the verdict.
-# netduinoplus2 is QEMU's STM32F405, the Crazyflie 2.x's MCU: 1 MiB flash at 0x08000000 (aliased at 0, where
-# the core fetches its vector table) and 128 KiB SRAM; the board linker script puts code and constants in
-# flash and the startup copies .data from flash and zeroes .bss itself, as on the real chip.
-# mps2-an386 (Cortex-M4 FPGA image) has RAM at 0, so newlib's default layout and crt0 work there.
-STARTUP_STM32F405 = r"""/* Cortex-M4F boot for an STM32F405 (QEMU netduinoplus2) + newlib rdimon (semihosting): vector table
- * at the start of flash, FPU enabled before any float code, .data copied from flash, .bss zeroed, then
- * main; exit() reports its return value through semihosting, so it becomes QEMU's exit code. */
-#include <stdlib.h>
-extern unsigned long _sidata[], _sdata[], _edata[], _sbss[], _ebss[], _estack[];
-extern void initialise_monitor_handles(void);
-extern int main(void);
-void robopolicy_reset_handler(void);
-void robopolicy_start(void);
-void _init(void) { }  /* no C++ constructors here; newlib's exit path still references these */
-void _fini(void) { }
-static void fault_handler(void) { for (;;) { } }
-
-__attribute__((naked, noreturn)) void robopolicy_reset_handler(void)
-{
-    __asm__ volatile(
-        "ldr r0, =0xE000ED88\n" /* CPACR: full access to CP10/CP11 (the FPU) */
-        "ldr r1, [r0]\n"
-        "orr r1, r1, #(0xF << 20)\n"
-        "str r1, [r0]\n"
-        "dsb\n"
-        "isb\n"
-        "b robopolicy_start\n");
-}
-
-void robopolicy_start(void)
-{
-    unsigned long *src = _sidata, *dst = _sdata;
-    while (dst < _edata) *dst++ = *src++;
-    for (dst = _sbss; dst < _ebss; ++dst) *dst = 0;
-    initialise_monitor_handles();
-    exit(main());
-}
-
-__attribute__((section(".vectors"), used)) void (*const robopolicy_vectors[16])(void) = {
-    (void (*)(void))_estack, robopolicy_reset_handler,
-    fault_handler, fault_handler, fault_handler, fault_handler, fault_handler,
-    0, 0, 0, 0, fault_handler, fault_handler, 0, fault_handler, fault_handler,
-};
-"""
-LINKER_STM32F405 = """/* STM32F405RG: 1 MiB flash, 128 KiB SRAM (the 64 KiB CCM is left unused). */
-ENTRY(robopolicy_reset_handler)
-MEMORY
-{
-  FLASH (rx)  : ORIGIN = 0x08000000, LENGTH = 1024K
-  RAM   (rwx) : ORIGIN = 0x20000000, LENGTH = 128K
-}
-_estack = ORIGIN(RAM) + LENGTH(RAM);
-SECTIONS
-{
-  .vectors : { KEEP(*(.vectors)) } > FLASH
-  .text : { *(.text*) *(.rodata*) KEEP(*(.init)) KEEP(*(.fini)) . = ALIGN(4); } > FLASH
-  .ARM.extab : { *(.ARM.extab* .gnu.linkonce.armextab.*) } > FLASH
-  .ARM.exidx : { __exidx_start = .; *(.ARM.exidx* .gnu.linkonce.armexidx.*) __exidx_end = .; } > FLASH
-  .init_array : { __init_array_start = .; KEEP(*(SORT(.init_array.*))) KEEP(*(.init_array)) __init_array_end = .; } > FLASH
-  .fini_array : { __fini_array_start = .; KEEP(*(.fini_array*)) __fini_array_end = .; } > FLASH
-  .data : { _sdata = .; *(.data*) . = ALIGN(4); _edata = .; } > RAM AT > FLASH
-  _sidata = LOADADDR(.data);
-  .bss (NOLOAD) : { _sbss = .; __bss_start__ = .; *(.bss*) *(COMMON) . = ALIGN(4); _ebss = .; __bss_end__ = .; } > RAM
-  end = .; _end = .; __end__ = .;  /* the heap (newlib's _sbrk) starts here and grows toward the stack */
-}
-"""
-STARTUP_MPS2 = r"""/* Minimal Cortex-M4F boot for QEMU mps2-an386 + newlib rdimon (semihosting): a vector table at
- * address 0, FPU enabled, then newlib's _start (clears .bss, sets up the heap/stack, calls main,
- * exits through semihosting so the exit code becomes QEMU's). */
-extern void _start(void);
-void robopolicy_reset_handler(void);
-static void fault_handler(void) { for (;;) { } }
-
-__attribute__((naked, noreturn)) void robopolicy_reset_handler(void)
-{
-    __asm__ volatile(
-        "ldr r0, =0xE000ED88\n"
-        "ldr r1, [r0]\n"
-        "orr r1, r1, #(0xF << 20)\n"
-        "str r1, [r0]\n"
-        "dsb\n"
-        "isb\n"
-        "b _start\n");
-}
-
-__attribute__((section(".vectors"), used)) void (*const robopolicy_vectors[16])(void) = {
-    (void (*)(void))0x20400000UL, /* initial SP: top of the 4 MiB SRAM at 0x20000000 */
-    robopolicy_reset_handler,
-    fault_handler, fault_handler, fault_handler, fault_handler, fault_handler,
-    0, 0, 0, 0,
-    fault_handler, fault_handler, 0, fault_handler, fault_handler,
-};
-"""
-
-
-@dataclass(frozen=True)
-class QemuBoard:
-    """How to link a semihosting self-test for one QEMU machine and how to run it."""
-
-    machine: str
-    startup: str  # C source of the vector table and reset handler
-    linker_script: str | None  # None: the toolchain's default layout
-    ldflags: tuple[str, ...]
-    qemu_args: tuple[str, ...] = ()
-
-
-BOARDS = {
-    "netduinoplus2": QemuBoard("netduinoplus2", STARTUP_STM32F405, LINKER_STM32F405,
-                               ("--specs=rdimon.specs", "-nostartfiles")),
-    "mps2-an386": QemuBoard("mps2-an386", STARTUP_MPS2, None, ("--specs=rdimon.specs", "-Wl,--section-start=.vectors=0x0"),
-                            ("-cpu", "cortex-m4")),
-}
-DEFAULT_BOARD = "netduinoplus2"
-
-
-def _board(name: str) -> QemuBoard:
-    if name not in BOARDS:
-        raise ValueError(f"unknown QEMU board {name!r} (supported: {sorted(BOARDS)})")
-    return BOARDS[name]
-
-
-def qemu_command(board: str = DEFAULT_BOARD) -> list[str]:
-    b = _board(board)
-    return ["qemu-system-arm", "-M", b.machine, *b.qemu_args, "-nographic", "-monitor", "none", "-serial", "none",
-            "-semihosting-config", "enable=on,target=native"]
-
-
-def build_host(out_dir: str | Path, main: str = "main_selftest.c", exe: str | None = None, cc: str = "gcc") -> Path:
-    """Compile the exported sources plus ``main`` for the host; returns the executable."""
-    import subprocess
-
-    out_dir = Path(out_dir)
-    exe_path = out_dir / (exe or Path(main).stem)
-    srcs = [str(out_dir / f) for f in ("policy.c", "policy_selftest.c", main)]
-    subprocess.run([cc, *HOST_CFLAGS, "-o", str(exe_path), *srcs, "-lm"], check=True, capture_output=True, text=True)
-    return exe_path
-
-
-def build_arm(out_dir: str | Path, main: str = "main_selftest.c", exe: str | None = None,
-              extra_cflags: tuple[str, ...] = (), board: str = DEFAULT_BOARD) -> Path:
-    """Cross-compile for Cortex-M4F, linked for ``board`` (a QEMU machine in :data:`BOARDS`); returns the ELF."""
-    import subprocess
-
-    out_dir = Path(out_dir)
-    b = _board(board)
-    startup = out_dir / f"startup_{b.machine.replace('-', '_')}.c"
-    startup.write_text(b.startup)
-    ldflags = list(b.ldflags)
-    if b.linker_script is not None:
-        script = out_dir / f"{b.machine.replace('-', '_')}.ld"
-        script.write_text(b.linker_script)
-        ldflags += ["-T", str(script)]
-    elf = out_dir / (exe or (Path(main).stem + ".elf"))
-    srcs = [str(startup), *(str(out_dir / f) for f in ("policy.c", "policy_selftest.c", main))]
-    res = subprocess.run(["arm-none-eabi-gcc", *ARM_CFLAGS, *extra_cflags, *ldflags, "-o", str(elf), *srcs, "-lm"],
-                         capture_output=True, text=True)
-    if res.returncode != 0:
-        raise CExportError(f"arm-none-eabi-gcc failed building {elf} for {board}:\n{res.stderr.strip()}")
-    return elf
-
-
-def run_qemu(elf: str | Path, timeout: float = 60.0, extra: tuple[str, ...] = (), board: str = DEFAULT_BOARD):
-    """Run a semihosting ELF built for ``board``; the CompletedProcess's returncode is the program's exit code."""
-    import subprocess
-
-    return subprocess.run([*qemu_command(board), *extra, "-kernel", str(elf)], capture_output=True, text=True,
-                          timeout=timeout)
 
 
 __all__ = ["ARM_CFLAGS", "BOARDS", "DEFAULT_BOARD", "HOST_CFLAGS", "QemuBoard", "build_arm", "qemu_command", "build_host", "run_qemu",
