@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import dataclasses
 import json
 import platform
 import subprocess
