@@ -73,6 +73,7 @@ def test_fil_state_conversion_tracks_the_simulators_observation(tmp_path):
     """In L2F: the simulator's state in the firmware's units/frames -> controller -> power distribution -> the
     simulator; the controller's rotor estimate must equal the one the simulator puts in the observation."""
     pytest.importorskip("l2f", reason="needs the L2F simulator (quadrotor extra)")
+    pytest.importorskip("scipy", reason="quadrotor extra")
     from scipy.spatial.transform import Rotation
 
     from robopolicy.sim.quadrotor import QuadrotorConfig, QuadrotorVecEnv
