@@ -93,12 +93,12 @@ def train_policy(x: np.ndarray, y: np.ndarray, steps: int, seed: int = 0) -> MLP
 
 
 def build_harness(policy_dir: Path, out: Path, firmware: Path | None) -> Path:
-    includes = []
-    if firmware is not None:  # the firmware's own headers first: its stabilizer_types.h, controller.h, imu_types.h
+    includes = [f"-I{CRAZYFLIE / 'host'}"]  # OS shims only (tick, log/param tables): no firmware type in there
+    if firmware is not None:  # the firmware's own type headers ahead of the record
         includes += [f"-I{firmware / d}" for d in ("src/modules/interface", "src/modules/interface/controller",
                                                    "src/hal/interface", "src/utils/interface/lighthouse",
                                                    "src/utils/interface")]
-    includes += [f"-I{CRAZYFLIE / 'firmware_types'}", f"-I{CRAZYFLIE / 'host'}", f"-I{CRAZYFLIE}", f"-I{policy_dir}"]
+    includes += [f"-I{CRAZYFLIE / 'firmware_types'}", f"-I{CRAZYFLIE}", f"-I{policy_dir}"]
     lib = out / "libfil.so"
     subprocess.run(["gcc", "-std=gnu11", "-O2", "-Wall", "-Werror", "-shared", "-fPIC", *includes,
                     str(CRAZYFLIE / "fil/fil_harness.c"), str(policy_dir / "policy.c"),

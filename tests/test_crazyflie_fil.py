@@ -5,6 +5,7 @@ policy and the firmware's recorded powerDistributionForce, compiled for the host
 from __future__ import annotations
 
 import ctypes
+import os
 import shutil
 import subprocess
 import sys
@@ -92,3 +93,22 @@ def test_fil_state_conversion_tracks_the_simulators_observation(tmp_path):
         obs, _, terminated, _, _ = env.step(pwm / 65535.0 * 2 - 1)
         assert not terminated.any()
         np.testing.assert_allclose(est, obs[:, 18:22], atol=1e-4)  # same rotor lag on the same commands
+
+
+@pytest.mark.skipif(not os.environ.get("ROBOPOLICY_CRAZYFLIE_FIRMWARE"),
+                    reason="no firmware tree: set ROBOPOLICY_CRAZYFLIE_FIRMWARE to a crazyflie-firmware checkout")
+def test_fil_harness_builds_against_the_firmware_trees_own_headers(tmp_path):
+    firmware = Path(os.environ["ROBOPOLICY_CRAZYFLIE_FIRMWARE"])
+    policy = export_c(hover_mlp(500), tmp_path / "policy")
+    dirs = ("src/modules/interface", "src/modules/interface/controller", "src/hal/interface",
+            "src/utils/interface/lighthouse", "src/utils/interface")
+    res = subprocess.run(["gcc", "-std=gnu11", "-O2", "-Wall", "-Werror", "-shared", "-fPIC", "-H",
+                          f"-I{CRAZYFLIE_DIR / 'host'}", *(f"-I{firmware / d}" for d in dirs),
+                          f"-I{CRAZYFLIE_DIR / 'firmware_types'}", f"-I{CRAZYFLIE_DIR}", f"-I{policy}",
+                          str(CRAZYFLIE_DIR / "fil/fil_harness.c"), str(policy / "policy.c"),
+                          str(policy / "policy_selftest.c"), "-o", str(tmp_path / "libfil.so"), "-lm"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    included = [line.split()[-1] for line in res.stderr.splitlines() if line.startswith(".")]
+    assert any(p.endswith("src/modules/interface/stabilizer_types.h") and str(firmware) in p for p in included)
+    assert not any(p.endswith("firmware_types/stabilizer_types.h") for p in included)  # the tree's, not the record's
