@@ -158,13 +158,13 @@ class FirmwareController:
         return pwm.astype(np.float32) / 65535.0 * 2.0 - 1.0
 
 
-def watchdog_demo(lib: Path) -> dict:
+def watchdog_demo(lib: Path, freeze_ms: int = 2500) -> dict:
+    """Hover under the controller, then the commander stops stamping setpoints at ``freeze_ms``."""
     ctrl = FirmwareController(lib, n_max=1)
     ctrl.reset()
-    cfg = QuadrotorConfig(task="hover", sim_hz=SIM_HZ, episode_s=3.0)
+    cfg = QuadrotorConfig(task="hover", sim_hz=SIM_HZ, episode_s=freeze_ms / 1000 + 1.5)
     env = QuadrotorVecEnv(1, cfg, seed=EVAL_SEED + 99)
     obs = env.reset(seed=EVAL_SEED + 99)
-    freeze_ms = 1000
     ctrl.setpoint_frozen_at = freeze_ms
     trace = []
     for _ in range(cfg.episode_steps - 1):
@@ -185,6 +185,7 @@ def watchdog_demo(lib: Path) -> dict:
             "latched": all(tr == 1 for t, _, tr, _ in flying if t >= cut),
             "max_pwm_before_cut": max(p for t, p, _, _ in flying if t < cut),
             "z_at_cut_m": next(z for t, _, _, z in flying if t == cut), "z_end_m": flying[-1][3],
+            "z_200ms_before_freeze_m": next(z for t, _, _, z in flying if t == freeze_ms - 200),
             "episode_end": trace[-1][1] if trace[-1][0] == "end" else None}
 
 
@@ -203,6 +204,7 @@ def main() -> None:
     ap.add_argument("--firmware", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    torch.set_num_threads(1)  # a tiny MLP: more threads only contend on a shared machine
     out = args.out or Path(tempfile.mkdtemp(prefix="crazyflie_fil_"))
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
