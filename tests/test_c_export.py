@@ -179,48 +179,69 @@ int main(void) { return initialised == 42 && zeroed == 0 ? policy_selftest() : 3
         build_arm(out, board="stm32-nucleo")
 
 
+CRAZYFLIE_DIR = Path(__file__).resolve().parents[1] / "hardware/crazyflie"
+CRAZYFLIE_CONTROLLER = CRAZYFLIE_DIR / "controller_robopolicy.c"
+# The firmware's types as recorded from the pinned commit (firmware_types/) and host shims for its OS services
+# (host/: tick counter, log/param tables). No stand-in types are defined here.
+CRAZYFLIE_RECORD = [f"-I{CRAZYFLIE_DIR / 'firmware_types'}", f"-I{CRAZYFLIE_DIR / 'host'}"]
+# the pinned firmware's compiler flags for cf2 (hardware/crazyflie/Makefile FIRMWARE_CFLAGS)
+FIRMWARE_ARM_CFLAGS = ["-std=gnu11", "-DCRAZYFLIE_FW", "-Wall", "-Wmissing-braces", "-fno-strict-aliasing",
+                       "-ffunction-sections", "-fdata-sections", "-Wdouble-promotion", "-mcpu=cortex-m4", "-mthumb",
+                       "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16", "-fno-math-errno", "-DARM_MATH_CM4",
+                       "-D__FPU_PRESENT=1", "-mfp16-format=ieee", "-Os", "-Werror"]
+
+
 @needs_arm
 def test_crazyflie_controller_compiles(tmp_path):
-    """hardware/crazyflie/controller_robopolicy.c + a 22-input exported policy compile for the Cortex-M4F."""
-    from robopolicy.export.c_export import ARM_CFLAGS
-
+    """controller_robopolicy.c + a 22-input exported policy compile for the Cortex-M4F with the firmware's flags,
+    against the firmware types recorded from the pinned commit (control_t has no motorPwm there)."""
     out = export_c(hover_mlp(fps=500), tmp_path / "policy")
     for f in (CRAZYFLIE_CONTROLLER, out / "policy.c", out / "policy_selftest.c"):
-        res = subprocess.run(["arm-none-eabi-gcc", *ARM_CFLAGS, "-DROBOPOLICY_HOST_CHECK", f"-I{out}", "-c", str(f),
+        res = subprocess.run(["arm-none-eabi-gcc", *FIRMWARE_ARM_CFLAGS, *CRAZYFLIE_RECORD, f"-I{out}", "-c", str(f),
                               "-o", str(tmp_path / (f.stem + ".o"))], capture_output=True, text=True)
         assert res.returncode == 0, res.stderr
 
 
-CRAZYFLIE_CONTROLLER = Path(__file__).resolve().parents[1] / "hardware/crazyflie/controller_robopolicy.c"
-
-# Includes the controller (stand-in firmware types) and flies it for 40 stabilizer ticks at 1 kHz with a
+# Includes the controller (recorded firmware types) and flies it for 40 stabilizer ticks at 1 kHz with a
 # moving state, printing every policy step; then lets the setpoint go stale.
 CRAZYFLIE_DRIVER = r"""
-#define ROBOPOLICY_HOST_CHECK
 #include "controller_robopolicy.c"
 #include <stdio.h>
+static uint32_t now_ticks;
+TickType_t xTaskGetTickCount(void) { return now_ticks; }
 int main(void) {
     control_t control; setpoint_t sp; state_t st; sensorData_t sensors; uint32_t tick; int i;
-    memset(&sp, 0, sizeof sp); memset(&st, 0, sizeof st); memset(&sensors, 0, sizeof sensors);
+    uint8_t *enable = host_entry_find(host_param_robopolicy, "enable");
+    const uint32_t *steps = host_entry_find(host_log_robopolicy, "steps");
+    const uint8_t *tripped_log = host_entry_find(host_log_robopolicy, "tripped");
+    memset(&control, 0, sizeof control); memset(&sp, 0, sizeof sp); memset(&st, 0, sizeof st);
+    memset(&sensors, 0, sizeof sensors);
     st.attitudeQuaternion.w = 1.0f;
     controllerOutOfTreeInit();
     printf("selftest %d\n", controllerOutOfTreeTest() ? 1 : 0); /* the generated vectors: arming check */
-    robopolicy_host_check_set(0, 1);
+    now_ticks = 0; sp.timestamp = 0;
+    controllerOutOfTree(&control, &sp, &sensors, &st, 0); /* robopolicy.enable = 0 at boot: motors off */
+    printf("disabled %d %g %g %g %g %u\n", control.controlMode, control.normalizedForces[0],
+           control.normalizedForces[1], control.normalizedForces[2], control.normalizedForces[3], *steps);
+    *enable = 1;
     for (tick = 0; tick < 40; ++tick) {
-        uint32_t before = n_steps;
-        robopolicy_now_ms = tick; sp.timestamp = tick;
+        uint32_t before = *steps;
+        now_ticks = tick; sp.timestamp = tick;
         st.position.x = 0.01f * (float)tick; st.velocity.z = -0.02f * (float)tick; sensors.gyro.y = 3.0f * (float)tick;
         controllerOutOfTree(&control, &sp, &sensors, &st, tick);
-        if (n_steps == before) continue;
-        printf("step %u", tick);
-        for (i = 0; i < 22; ++i) printf(" %.9g", robopolicy_host_check_obs()[i]);
-        for (i = 0; i < 4; ++i) printf(" %u", control.motorPwm[i]);
+        if (*steps == before) continue;
+        printf("step %u %d", tick, control.controlMode);
+        for (i = 0; i < 22; ++i) printf(" %.9g", obs[i]);
+        for (i = 0; i < 4; ++i) printf(" %.9g", control.normalizedForces[i]);
         printf("\n");
     }
-    robopolicy_now_ms = 1000; /* setpoint 960 ms old */
+    now_ticks = 1000; /* setpoint 960 ms old */
     controllerOutOfTree(&control, &sp, &sensors, &st, 1000);
-    printf("stale %u %u %u %u %u\n", robopolicy_host_check_tripped(), control.motorPwm[0], control.motorPwm[1],
-           control.motorPwm[2], control.motorPwm[3]);
+    printf("stale %u %d %g %g %g %g\n", *tripped_log, control.controlMode, control.normalizedForces[0],
+           control.normalizedForces[1], control.normalizedForces[2], control.normalizedForces[3]);
+    sp.timestamp = 1000; /* fresh again: the trip is latched until re-initialization */
+    controllerOutOfTree(&control, &sp, &sensors, &st, 1000);
+    printf("latched %u %g\n", *tripped_log, control.normalizedForces[0]);
     return 0;
 }
 """
@@ -242,7 +263,7 @@ def build_crazyflie_driver(policy, tmp_path):
     out = export_c(policy, tmp_path / "policy")
     (tmp_path / "driver.c").write_text(CRAZYFLIE_DRIVER)
     exe = tmp_path / "driver"
-    res = subprocess.run(["gcc", "-std=c99", "-O1", f"-I{out}", f"-I{CRAZYFLIE_CONTROLLER.parent}",
+    res = subprocess.run(["gcc", "-std=gnu11", "-Wall", "-Werror", "-O1", f"-I{out}", f"-I{CRAZYFLIE_DIR}", *CRAZYFLIE_RECORD,
                           str(tmp_path / "driver.c"), str(out / "policy.c"), str(out / "policy_selftest.c"), "-o", str(exe), "-lm"],
                          capture_output=True, text=True)
     return exe, res
@@ -258,8 +279,9 @@ def test_crazyflie_controller_runs_at_the_policys_rate_and_feeds_the_rotor_estim
     steps = [line.split()[1:] for line in lines if line.startswith("step")]
     ticks = [int(s[0]) for s in steps]
     assert ticks == list(range(0, 40, 1000 // fps))  # one policy step per 1/fps s of the 1 kHz loop
-    obs = np.array([[float(v) for v in s[1:23]] for s in steps])
-    pwm = np.array([[int(v) for v in s[23:27]] for s in steps])
+    assert {int(s[1]) for s in steps} == {2}  # controlModeForce (the recorded control_mode_t)
+    obs = np.array([[float(v) for v in s[2:24]] for s in steps])
+    forces = np.array([[float(v) for v in s[24:28]] for s in steps])
     rotor = controller_rotor_constants()  # checked against L2F's Crazyflie model below, where L2F is installed
     # the observation the simulator would give: the same position/velocity errors and rates ...
     np.testing.assert_allclose(obs[:, 0], 0.01 * np.array(ticks), atol=1e-6)
@@ -268,7 +290,8 @@ def test_crazyflie_controller_runs_at_the_policys_rate_and_feeds_the_rotor_estim
     # ... and the rotor estimate: the clipped commands through the rotor lag, from the hover command
     with torch.no_grad():
         commands = policy.net(torch.as_tensor(obs, dtype=torch.float32)).numpy().clip(-1, 1)
-    np.testing.assert_allclose((pwm / 65535.0) * 2 - 1, commands, atol=1e-4)
+    np.testing.assert_allclose(forces, (commands + 1) / 2, atol=1e-6)  # normalizedForces in 0..1
+    assert forces.min() >= 0 and forces.max() <= 1 and (forces == 0).any() and (forces == 1).any()
     k_rise = 1 - np.exp(-1 / fps / rotor["ROTOR_TAU_RISING_S"])
     k_fall = 1 - np.exp(-1 / fps / rotor["ROTOR_TAU_FALLING_S"])
     estimate = np.full(4, rotor["HOVER_COMMAND"])
@@ -276,8 +299,10 @@ def test_crazyflie_controller_runs_at_the_policys_rate_and_feeds_the_rotor_estim
         np.testing.assert_allclose(obs[i, 18:22], estimate, atol=2e-6)
         estimate = estimate + (commands[i] - estimate) * np.where(commands[i] > estimate, k_rise, k_fall)
     assert len(set(np.round(obs[:, 18], 4))) > 3  # the estimate moved
-    assert lines[-1].split() == ["stale", "1", "0", "0", "0", "0"]  # watchdog: motors cut, latched
+    assert lines[-2].split() == ["stale", "1", "2", "0", "0", "0", "0"]  # watchdog: motors cut
+    assert lines[-1].split() == ["latched", "1", "0"]
     assert lines[0] == "selftest 1"
+    assert lines[1].split() == ["disabled", "2", "0", "0", "0", "0", "0"]  # not enabled: off, policy not run
 
 
 @needs_gcc

@@ -1,89 +1,73 @@
-"""Crazyflie driver against a fake cflib link (no radio, no hardware)."""
+"""Crazyflie driver against cflib's real classes, mocked with ``create_autospec`` (no radio, no hardware): a
+misspelt cflib method or a wrong argument list fails here as it would on the drone."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from unittest.mock import call, create_autospec
 
 import numpy as np
 import pytest
 
-from robopolicy.robots.crazyflie import LOG_BLOCKS, STATE_KEY, CrazyflieError, CrazyflieRobot
+cflib = pytest.importorskip("cflib", reason="cflib is in the quadrotor extra")
+from cflib.crazyflie import Crazyflie  # noqa: E402
+from cflib.crazyflie.commander import Commander  # noqa: E402
+from cflib.crazyflie.log import Log, LogConfig  # noqa: E402
+from cflib.crazyflie.param import Param  # noqa: E402
+from cflib.utils.callbacks import Caller  # noqa: E402
+
+from robopolicy.robots.crazyflie import (  # noqa: E402
+    LOG_BLOCKS,
+    STATE_KEY,
+    CrazyflieError,
+    CrazyflieRobot,
+    default_cache_dir,
+)
+
+FIRMWARE_NAMES = json.loads((Path(__file__).resolve().parents[1]
+                             / "hardware/crazyflie/firmware_types/firmware_names.json").read_text())
 
 
-class Caller:
-    def __init__(self):
-        self.callbacks = []
+def fake_log_config(name, period_in_ms):
+    """cflib's LogConfig, autospecced: add_variable/start with their real signatures; names checked against the
+    firmware's log variables recorded from the pinned commit."""
+    lc = create_autospec(LogConfig, instance=True)
+    lc.name, lc.period_in_ms = name, period_in_ms
+    lc.data_received_cb = Caller()
 
-    def add_callback(self, cb):
-        self.callbacks.append(cb)
-
-    def call(self, *args):
-        for cb in list(self.callbacks):
-            cb(*args)
-
-
-class FakeLogConfig:
-    def __init__(self, name, period_in_ms):
-        self.name, self.period_in_ms = name, period_in_ms
-        self.variables = []
-        self.data_received_cb = Caller()
-        self.started = False
-
-    def add_variable(self, name, fetch_as="float"):
-        self.variables.append(name)
-
-    def start(self):
-        self.started = True
+    def add_variable(var, fetch_as=None):
+        assert var in FIRMWARE_NAMES["log"], f"{var} is not a log variable of the firmware"
+    lc.add_variable.side_effect = add_variable
+    return lc
 
 
-class FakeCommander:
-    def __init__(self):
-        self.calls = []
+def fake_crazyflie(fail: str | None = None):
+    cf = create_autospec(Crazyflie, instance=True)
+    cf.connected, cf.disconnected = Caller(), Caller()
+    cf.connection_lost, cf.connection_failed = Caller(), Caller()
+    cf.commander = create_autospec(Commander, instance=True)
+    cf.log = create_autospec(Log, instance=True)
+    cf.param = create_autospec(Param, instance=True)
+    cf.param_values = {}
 
-    def __getattr__(self, name):
-        if name.startswith("send_"):
-            return lambda *a: self.calls.append((name, a))
-        raise AttributeError(name)
-
-
-class FakeLog:
-    def __init__(self):
-        self.configs = []
-
-    def add_config(self, lc):
-        self.configs.append(lc)
-
-
-class FakeParam:
-    def __init__(self):
-        self.values = {}
-
-    def set_value(self, name, value):
-        self.values[name] = value
+    def set_value(complete_name, value):
+        assert complete_name in FIRMWARE_NAMES["param"], f"{complete_name} is not a firmware parameter"
+        cf.param_values[complete_name] = value
+    cf.param.set_value.side_effect = set_value
+    cf.open_link.side_effect = lambda uri: (cf.connection_failed.call(uri, fail) if fail else cf.connected.call(uri))
+    cf.close_link.side_effect = lambda: cf.disconnected.call("uri")
+    return cf
 
 
-class FakeCrazyflie:
-    def __init__(self, fail: str | None = None):
-        self.connected, self.disconnected = Caller(), Caller()
-        self.connection_lost, self.connection_failed = Caller(), Caller()
-        self.commander, self.log, self.param = FakeCommander(), FakeLog(), FakeParam()
-        self.fail = fail
-        self.uri = None
-        self.closed = False
+def emit_state(cf, state):
+    for (lc,), _ in cf.log.add_config.call_args_list:
+        data = {var: float(state[idx]) for var, idx in LOG_BLOCKS[lc.name]}
+        lc.data_received_cb.call(0, data, lc)
 
-    def open_link(self, uri):
-        self.uri = uri
-        if self.fail:
-            self.connection_failed.call(uri, self.fail)
-        else:
-            self.connected.call(uri)
 
-    def close_link(self):
-        self.closed = True
-        self.disconnected.call(self.uri)
-
-    def emit_state(self, state):
-        for lc in self.log.configs:
-            data = {var: float(state[idx]) for var, idx in LOG_BLOCKS[lc.name]}
-            lc.data_received_cb.call(0, data, lc)
+def commander_calls(cf):
+    return [c for c in cf.commander.mock_calls if c[0].startswith("send_")]
 
 
 class Clock:
@@ -95,97 +79,189 @@ class Clock:
 
 
 def make(mode="position", **kw):
-    fake, clock = FakeCrazyflie(), Clock()
-    robot = CrazyflieRobot("radio://0/80/2M/E7E7E7E7E7", mode=mode, link_factory=lambda: fake,
-                           log_config_factory=FakeLogConfig, clock=clock, start_thread=False, **kw)
+    cf, clock = fake_crazyflie(), Clock()
+    robot = CrazyflieRobot("radio://0/80/2M/E7E7E7E7E7", mode=mode, link_factory=lambda: cf,
+                           log_config_factory=fake_log_config, clock=clock, start_thread=False, **kw)
     robot.connect()
-    return robot, fake, clock
+    return robot, cf, clock
 
 
 STATE = np.array([0.1, 0.2, 1.0, 1.0, 2.0, 30.0, 0.0, 0.0, 0.0, 0.5, 0.5, 0.5])
 
 
-def test_connect_logs_and_state():
-    robot, fake, clock = make()
-    assert fake.uri.startswith("radio://") and all(lc.started for lc in fake.log.configs)
+def test_fakes_are_bound_to_cflibs_signatures():
+    cf = fake_crazyflie()
+    with pytest.raises(TypeError):
+        cf.commander.send_setpoint(0.0, 0.0, 0.0)  # thrust missing
+    with pytest.raises(AttributeError):
+        cf.commander.send_position_setpoints  # noqa: B018 - a misspelt method
+    with pytest.raises(AssertionError, match="not a firmware parameter"):
+        cf.param.set_value("motorPowerSet.m5", "0")
+
+
+def test_connect_logs_and_state_with_right_handed_pitch():
+    robot, cf, clock = make()
+    assert cf.open_link.call_args == call("radio://0/80/2M/E7E7E7E7E7")
+    configs = [c.args[0] for c in cf.log.add_config.call_args_list]
+    assert len(configs) == len(LOG_BLOCKS) and all(lc.start.called for lc in configs)
     assert robot.read_state() is None  # no log data yet
-    fake.emit_state(STATE)
+    emit_state(cf, STATE)
     s = robot.read_state()
     assert s is not None and s.seq == 1
-    np.testing.assert_allclose(s.observation[STATE_KEY], STATE, rtol=1e-6)
+    expected = STATE.copy()
+    expected[4] = -STATE[4]  # stabilizer.pitch is the legacy inverted pitch
+    np.testing.assert_allclose(s.observation[STATE_KEY], expected, rtol=1e-6)
 
 
-def test_streams_latest_command_clipped():
-    robot, fake, clock = make()
-    fake.emit_state(STATE)
-    assert robot.tick() == "idle" and fake.commander.calls == []
+def test_position_mode_streams_latest_command_clipped():
+    robot, cf, clock = make()
+    emit_state(cf, STATE)
+    assert robot.tick() == "idle" and commander_calls(cf) == []
     robot.send_command(np.array([0.5, 0.0, 9.0, 0.0]))  # z clipped to 2 m
     assert robot.tick() == "command"
-    assert fake.commander.calls[-1] == ("send_position_setpoint", (0.5, 0.0, 2.0, 0.0))
+    assert commander_calls(cf) == [call.send_position_setpoint(0.5, 0.0, 2.0, 0.0)]
     clock.t += 0.05
     robot.tick()  # re-sent while fresh
-    assert len(fake.commander.calls) == 2
+    assert len(commander_calls(cf)) == 2
     with pytest.raises(ValueError):
         robot.send_command(np.array([np.nan, 0, 0, 0]))
 
 
+def test_velocity_mode_sends_world_velocity_setpoints():
+    robot, cf, clock = make(mode="velocity")
+    emit_state(cf, STATE)
+    robot.send_command(np.array([0.2, -3.0, 0.1, 30.0]))  # vy clipped to -1 m/s
+    robot.tick()
+    assert commander_calls(cf) == [call.send_velocity_world_setpoint(0.2, -1.0, 0.1, 30.0)]
+    np.testing.assert_array_equal(robot.hold_action(robot.read_state()), np.zeros(4))
+
+
+def test_attitude_mode_releases_the_thrust_lock_once_per_start():
+    robot, cf, clock = make(mode="attitude")
+    emit_state(cf, STATE)
+    robot.send_command(np.array([5.0, 3.0, 10.0, 30000.0]))
+    robot.tick()
+    robot.tick()
+    # zero-thrust setpoint first (the RPYT commander's thrust lock), then the command with the legacy pitch sign
+    assert commander_calls(cf) == [call.send_setpoint(0.0, 0.0, 0.0, 0), call.send_setpoint(5.0, -3.0, 10.0, 30000),
+                                   call.send_setpoint(5.0, -3.0, 10.0, 30000)]
+    robot.stop()
+    robot.reset_safety()
+    robot.send_command(np.array([0.0, 0.0, 0.0, 20000.0]))
+    robot.tick()
+    assert commander_calls(cf)[-3:] == [call.send_stop_setpoint(), call.send_setpoint(0.0, 0.0, 0.0, 0),
+                                        call.send_setpoint(0.0, -0.0, 0.0, 20000)]
+    assert FIRMWARE_NAMES["facts"]["rpyt_thrust_lock_released_by_zero_thrust"] == "values->thrust == 0"
+
+
+def test_motors_mode_is_bench_only_and_every_stop_hands_the_motors_back():
+    with pytest.raises(ValueError, match="propellers off"):
+        CrazyflieRobot(mode="motors")
+    robot, cf, clock = make(mode="motors", bench_props_off=True)
+    names = [c.args[0] for c in cf.param.set_value.call_args_list]
+    assert names == ["motorPowerSet.m1", "motorPowerSet.m2", "motorPowerSet.m3", "motorPowerSet.m4",
+                     "motorPowerSet.enable"]  # zeroed before the override is enabled
+    assert cf.param_values["motorPowerSet.enable"] == "1"
+    emit_state(cf, STATE)
+    robot.send_command(np.array([-1.0, 0.0, 1.0, 2.0]))
+    robot.tick()
+    assert [cf.param_values[f"motorPowerSet.m{i}"] for i in range(1, 5)] == ["0", "32768", "65535", "65535"]
+    robot.stop()
+    assert [cf.param_values[f"motorPowerSet.m{i}"] for i in range(1, 5)] == ["0"] * 4
+    assert cf.param_values["motorPowerSet.enable"] == "0"
+    assert commander_calls(cf)[-1] == call.send_stop_setpoint()
+
+
+def test_motors_mode_timeout_disables_the_override():
+    robot, cf, clock = make(mode="motors", bench_props_off=True, on_timeout="cut")
+    emit_state(cf, STATE)
+    robot.send_command(np.zeros(4))
+    robot.tick()
+    clock.t += 0.3
+    assert robot.tick() == "stopped" and cf.param_values["motorPowerSet.enable"] == "0"
+
+
+@pytest.mark.parametrize("mode", ["position", "velocity", "attitude"])
+def test_link_loss_stops_the_stream_so_the_firmware_supervisor_cuts_the_motors(mode):
+    robot, cf, clock = make(mode=mode)
+    emit_state(cf, STATE)
+    robot.send_command(np.array([0.0, 0.0, 0.5, 100.0]) if mode == "attitude" else np.array([0.0, 0.0, 0.5, 0.0]))
+    robot.tick()
+    sent = len(commander_calls(cf))
+    cf.connection_lost.call("radio://0/80/2M/E7E7E7E7E7", "radio gone")
+    for _ in range(5):
+        clock.t += 0.01
+        assert robot.tick() == "disconnected"
+    assert len(commander_calls(cf)) == sent and robot.read_state() is None
+    # the firmware's side (supervisor.c at the pinned commit): no setpoint for 2 s -> motors off
+    assert FIRMWARE_NAMES["facts"]["commander_wdt_timeout_shutdown_ms"] == 2000
+
+
+def test_motors_mode_link_loss_is_reported_as_unguarded():
+    robot, cf, clock = make(mode="motors", bench_props_off=True)
+    cf.connection_lost.call("radio://0/80/2M/E7E7E7E7E7", "radio gone")
+    assert any("no watchdog" in e for e in robot.events)
+
+
 def test_command_timeout_lands_then_stops():
-    robot, fake, clock = make(on_timeout="land", land_speed=1.0, control_hz=100)
-    fake.emit_state(STATE)
+    robot, cf, clock = make(on_timeout="land", land_speed=1.0, control_hz=100)
+    emit_state(cf, STATE)
     robot.send_command(np.array([0.0, 0.0, 1.0, 0.0]))
     robot.tick()
     clock.t += 0.25  # > 200 ms without a new command
-    fake.emit_state(STATE)
+    emit_state(cf, STATE)
     assert robot.tick() == "landing"
-    name, args = fake.commander.calls[-1]
-    assert name == "send_position_setpoint" and args[2] < 1.0 and args[:2] == (0.1, 0.2)
+    last = commander_calls(cf)[-1]
+    assert last[0] == "send_position_setpoint" and last.args[2] < 1.0 and last.args[:2] == (0.1, 0.2)
     robot.send_command(np.array([0.0, 0.0, 1.5, 0.0]))  # ignored once the safety stop engaged
     outcomes = [robot.tick() for _ in range(200)]
-    assert "stopped" in outcomes and fake.commander.calls[-1][0] == "send_stop_setpoint"
+    assert "stopped" in outcomes and commander_calls(cf)[-1] == call.send_stop_setpoint()
     assert any("no command" in e for e in robot.events)
 
 
 def test_cut_on_timeout_and_stale_state():
-    robot, fake, clock = make(on_timeout="cut")
-    fake.emit_state(STATE)
+    robot, cf, clock = make(on_timeout="cut")
+    emit_state(cf, STATE)
     robot.send_command(np.zeros(4) + [0, 0, 1, 0])
     clock.t += 0.1
     robot.send_command(np.zeros(4) + [0, 0, 1, 0])
     clock.t += 0.6  # log data stale (> 0.5 s) and command stale
     assert robot.tick() == "stopped"
-    assert fake.commander.calls[-1][0] == "send_stop_setpoint"
-
-
-def test_motor_mode_and_disconnect():
-    robot, fake, clock = make(mode="motors")
-    assert fake.param.values["motorPowerSet.enable"] == "1"
-    fake.emit_state(STATE)
-    robot.send_command(np.array([-1.0, 0.0, 1.0, 2.0]))
-    robot.tick()
-    assert [fake.param.values[f"motorPowerSet.m{i}"] for i in range(1, 5)] == ["0", "32768", "65535", "65535"]
-    fake.connection_lost.call(fake.uri, "radio gone")
-    assert robot.read_state() is None and robot.tick() == "disconnected"
-    robot.disconnect()
-    assert fake.closed
+    assert commander_calls(cf)[-1] == call.send_stop_setpoint()
 
 
 def test_connection_failure_raises():
-    fake = FakeCrazyflie(fail="no radio")
-    robot = CrazyflieRobot(link_factory=lambda: fake, log_config_factory=FakeLogConfig, start_thread=False)
+    cf = fake_crazyflie(fail="no radio")
+    robot = CrazyflieRobot(link_factory=lambda: cf, log_config_factory=fake_log_config, start_thread=False)
     with pytest.raises(CrazyflieError, match="no radio"):
         robot.connect()
+
+
+def test_table_of_contents_cache_is_per_user_not_the_working_directory(tmp_path, monkeypatch):
+    import cflib.crazyflie
+    import cflib.crtp
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.chdir(tmp_path)
+    assert default_cache_dir() == tmp_path / "xdg/robopolicy/cflib"
+    cls = create_autospec(Crazyflie)
+    monkeypatch.setattr(cflib.crazyflie, "Crazyflie", cls)
+    monkeypatch.setattr(cflib.crtp, "init_drivers", create_autospec(cflib.crtp.init_drivers))
+    CrazyflieRobot(start_thread=False)._default_link()
+    assert cls.call_args == call(rw_cache=str(tmp_path / "xdg/robopolicy/cflib"))
+    assert (tmp_path / "xdg/robopolicy/cflib").is_dir() and not (tmp_path / "cache").exists()
 
 
 def test_streaming_thread_runs_and_stops():
     import time
 
-    fake = FakeCrazyflie()
-    robot = CrazyflieRobot(link_factory=lambda: fake, log_config_factory=FakeLogConfig, control_hz=200)
+    cf = fake_crazyflie()
+    robot = CrazyflieRobot(link_factory=lambda: cf, log_config_factory=fake_log_config, control_hz=200)
     robot.connect()
-    fake.emit_state(STATE)
+    emit_state(cf, STATE)
     robot.send_command(np.array([0.0, 0.0, 0.5, 0.0]))
     time.sleep(0.1)
     robot.disconnect()
-    sent = [c for c in fake.commander.calls if c[0] == "send_position_setpoint"]
+    sent = [c for c in commander_calls(cf) if c[0] == "send_position_setpoint"]
     assert len(sent) >= 5
-    assert fake.commander.calls[-1][0] == "send_notify_setpoint_stop" and fake.closed
+    assert commander_calls(cf)[-1] == call.send_notify_setpoint_stop() and cf.close_link.called

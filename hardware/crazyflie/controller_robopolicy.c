@@ -1,14 +1,22 @@
 /*
  * Out-of-tree Crazyflie controller that runs a robopolicy C-exported policy on board.
  *
- * The stabilizer calls controllerOutOfTree() at 1 kHz (RATE_MAIN_LOOP); the policy runs at the rate of
- * the demos it was trained on (POLICY_FPS from the generated policy.h: 500 Hz = every second call,
- * 100 Hz = every tenth) and writes 4 normalized motor commands in [-1, 1] that are mapped to PWM and
- * applied directly (control->controlMode = controlModeForce would need thrust in N, so this skeleton
- * uses controlModePWM, available in crazyflie-firmware >= 2023.11).
+ * Built against bitcraze/crazyflie-firmware (commit pinned in firmware_types/FIRMWARE_COMMIT; the types it
+ * uses are recorded in firmware_types/ for CI). The stabilizer calls controllerOutOfTree() at 1 kHz
+ * (RATE_MAIN_LOOP); the policy runs at the rate of the demos it was trained on (POLICY_FPS from the
+ * generated policy.h: 500 Hz = every second call, 100 Hz = every tenth) and writes 4 normalized motor
+ * commands a in [-1, 1]. They go out through the firmware's controlModeForce: normalizedForces[i] =
+ * (a + 1) / 2 in 0..1, which the firmware's power distribution (powerDistributionForce) turns into the
+ * motor PWM ratio f * UINT16_MAX, followed by its battery compensation. The simulator's command is the same
+ * PWM ratio, so no thrust model sits in between.
  *
- * Watchdog: if the setpoint (target position) is older than SETPOINT_TIMEOUT_MS, if the state is not
- * finite, or if policy_step() returns non-zero, the motors are cut (all zero) until the next reset.
+ * Motor order: the policy's outputs are in the firmware's order M1..M4 (see firmware_types/README.md for
+ * the simulator's rotor order; check it with the propellers off before the first flight).
+ *
+ * Watchdog: if the setpoint is older than SETPOINT_TIMEOUT_MS (the firmware's commander stamps each setpoint
+ * with the tick count; the supervisor's null setpoint has timestamp 0 and so trips it too), or if
+ * policy_step() reports a non-finite input or output, the motors are cut (all forces zero) and stay cut
+ * until controllerOutOfTreeInit() runs again (switching controllers re-initializes it).
  *
  * The observation must match the one the policy was trained with (docs/quadrotor.md): 22 numbers =
  * position error (3, m, world frame: state - target), rotation matrix (9, row-major, world-from-body),
@@ -26,29 +34,15 @@
 
 #include "policy.h"
 
-#ifdef ROBOPOLICY_HOST_CHECK
-/* Stand-ins for the firmware headers so the policy glue compiles without the firmware tree. */
 #include <stdint.h>
 #include <stdbool.h>
-typedef struct { float x, y, z; } vec3_t;
-typedef struct { float w, x, y, z; } quat_t;
-typedef struct { vec3_t position; vec3_t velocity; quat_t attitudeQuaternion; uint32_t timestamp; } setpoint_t;
-typedef struct { vec3_t position; vec3_t velocity; quat_t attitudeQuaternion; } state_t;
-typedef struct { vec3_t gyro; } sensorData_t;
-typedef struct { uint16_t motorPwm[4]; int controlMode; } control_t;
-typedef uint32_t stabilizerStep_t;
-#define controlModePWM 3
-static uint32_t robopolicy_now_ms;
-#define T2M(x) (x)
-#define xTaskGetTickCount() (robopolicy_now_ms)
-#else
+
 #include "controller.h"
 #include "stabilizer_types.h"
 #include "FreeRTOS.h"
 #include "task.h"
 #include "log.h"
 #include "param.h"
-#endif
 
 #define SETPOINT_TIMEOUT_MS 200u
 #define DEG2RAD 0.017453292519943295f
@@ -58,6 +52,9 @@ static uint32_t robopolicy_now_ms;
 #endif
 #if POLICY_FPS <= 0 || 1000 % POLICY_FPS != 0
 #error "the policy's control rate (POLICY_FPS) must divide the 1 kHz stabilizer loop; re-export a policy trained at 100, 200, 250, 500 or 1000 Hz"
+#endif
+#if POLICY_ACTION_DIM != STABILIZER_NR_OF_MOTORS
+#error "the policy must output one command per motor (STABILIZER_NR_OF_MOTORS); re-export a matching policy"
 #endif
 #define POLICY_PERIOD_TICKS (1000 / POLICY_FPS)
 
@@ -92,7 +89,7 @@ bool controllerOutOfTreeTest(void)
     return policy_selftest() == 0; /* generated test vectors: refuse to arm if the export is broken */
 }
 
-static void quat_to_rot(const quat_t *q, float *r)
+static void quat_to_rot(const quaternion_t *q, float *r)
 {
     const float w = q->w, x = q->x, y = q->y, z = q->z;
     r[0] = 1 - 2 * (y * y + z * z); r[1] = 2 * (x * y - w * z);     r[2] = 2 * (x * z + w * y);
@@ -103,8 +100,8 @@ static void quat_to_rot(const quat_t *q, float *r)
 static void motors_off(control_t *control)
 {
     int i;
-    control->controlMode = controlModePWM;
-    for (i = 0; i < 4; ++i) control->motorPwm[i] = 0;
+    control->controlMode = controlModeForce;
+    for (i = 0; i < STABILIZER_NR_OF_MOTORS; ++i) control->normalizedForces[i] = 0.0f;
 }
 
 void controllerOutOfTree(control_t *control, const setpoint_t *setpoint, const sensorData_t *sensors,
@@ -112,7 +109,7 @@ void controllerOutOfTree(control_t *control, const setpoint_t *setpoint, const s
 {
     int i;
     if (tick % POLICY_PERIOD_TICKS != 0) return; /* keep the previous output between policy steps */
-    if (!enabled || tripped || (uint32_t)(T2M(xTaskGetTickCount()) - setpoint->timestamp) > SETPOINT_TIMEOUT_MS) {
+    if (!enabled || tripped || (uint32_t)(xTaskGetTickCount() - setpoint->timestamp) > M2T(SETPOINT_TIMEOUT_MS)) {
         if (enabled) tripped = 1;
         motors_off(control);
         return;
@@ -136,15 +133,14 @@ void controllerOutOfTree(control_t *control, const setpoint_t *setpoint, const s
         motors_off(control);
         return;
     }
-    control->controlMode = controlModePWM;
-    for (i = 0; i < 4; ++i) {
+    control->controlMode = controlModeForce;
+    for (i = 0; i < STABILIZER_NR_OF_MOTORS; ++i) {
         float a = action[i] < -1.0f ? -1.0f : (action[i] > 1.0f ? 1.0f : action[i]);
         rotor_estimate[i] += (a - rotor_estimate[i]) * (a > rotor_estimate[i] ? k_rising : k_falling);
-        control->motorPwm[i] = (uint16_t)((a + 1.0f) * 0.5f * 65535.0f);
+        control->normalizedForces[i] = (a + 1.0f) * 0.5f;  /* PWM ratio 0..1 (powerDistributionForce) */
     }
 }
 
-#ifndef ROBOPOLICY_HOST_CHECK
 PARAM_GROUP_START(robopolicy)
 PARAM_ADD(PARAM_UINT8, enable, &enabled)
 PARAM_GROUP_STOP(robopolicy)
@@ -154,8 +150,3 @@ LOG_ADD(LOG_UINT32, steps, &n_steps)
 LOG_ADD(LOG_UINT32, fails, &n_fail)
 LOG_ADD(LOG_UINT8, tripped, &tripped)
 LOG_GROUP_STOP(robopolicy)
-#else
-void robopolicy_host_check_set(uint32_t now_ms, uint8_t en) { robopolicy_now_ms = now_ms; enabled = en; }
-const float *robopolicy_host_check_obs(void) { return obs; }
-uint8_t robopolicy_host_check_tripped(void) { return tripped; }
-#endif

@@ -1,5 +1,12 @@
 """Export a low-dim MLP, Streaming Flow or flow-matching policy as dependency-free C99 for microcontrollers (the Crazyflie route).
 
+Layout: this module generates the MLP's code and writes the exported files; :mod:`robopolicy.export.c_flow`
+generates the SFP and flow families, :mod:`robopolicy.export.c_codegen` holds what they share (weights as C
+arrays, int8 quantization, the torch references of the self-test vectors); the fixed C lives in real files under
+``c_templates/`` (package data, see :mod:`robopolicy.export.c_sources`),
+the QEMU boards and the STM32F405 linker script in :mod:`robopolicy.export.c_boards`, and building/running
+in :mod:`robopolicy.export.c_build`. Their public names are re-exported here.
+
 ``export_c(policy, out_dir)`` writes
 
 * ``policy.h``           -- the API and the dimensions (``POLICY_OBS_DIM``, ``POLICY_ACTION_DIM``, ...)
@@ -57,30 +64,47 @@ by the same generator, so
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
+
+from robopolicy.export.c_boards import (  # noqa: F401 - re-exported: the public API of the C export
+    BOARDS,
+    DEFAULT_BOARD,
+    LINKER_STM32F405,
+    STARTUP_MPS2,
+    STARTUP_STM32F405,
+    QemuBoard,
+)
+from robopolicy.export.c_build import ARM_CFLAGS, HOST_CFLAGS, build_arm, build_host, qemu_command, run_qemu
+from robopolicy.export.c_codegen import (  # noqa: F401 - quantize_rows, sample_observations: public API
+    _fmt,
+    _linear_args,
+    _linear_c,
+    _norm_params,
+    _weight_bytes,
+    _weights_c,
+    quantize_rows,
+    reference_actions,
+    sample_observations,
+)
+from robopolicy.export.c_flow import (  # noqa: F401 - re-exported: the public API of the C export
+    SEED_INC,
+    SEED_MULT,
+    _flow_source,
+    _sfp_source,
+    c_gaussian,
+    reference_flow_actions,
+    reference_sfp_actions,
+    sample_starts,
+)
+from robopolicy.export.c_sources import CExportError, template
 
 SUPPORTED = ("mlp", "sfp", "flow")
 FLOAT_TOL = 1e-4  # self-test tolerance, relative to (1 + |expected|), float build
 INT8_TOL = 1e-3  # int8 build: compared against the dequantized net, so only summation order differs
-
-
-ACT_C = {
-    "relu": "static void act_relu(float *x, int n) { int i; for (i = 0; i < n; ++i) if (x[i] < 0.0f) x[i] = 0.0f; }",
-    "tanh": "static void act_tanh(float *x, int n) { int i; for (i = 0; i < n; ++i) x[i] = tanhf(x[i]); }",
-    "elu": "static void act_elu(float *x, int n) { int i; for (i = 0; i < n; ++i) if (x[i] < 0.0f) x[i] = expm1f(x[i]); }",
-}
-
-
-class CExportError(ValueError):
-    pass
-
 
 def _layers(policy: nn.Module) -> list[tuple[str, Any]]:
     """The MLP as [("linear", (W, b)), ("relu"|"tanh"|"elu", None), ...]."""
@@ -105,176 +129,6 @@ def _layers(policy: nn.Module) -> list[tuple[str, Any]]:
             raise CExportError(f"C export: layer {type(m).__name__} is not supported")
     return out
 
-
-def quantize_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-row int8: w ~= scale[:, None] * q."""
-    m = np.abs(w).max(axis=1)
-    scale = np.where(m > 0, m / 127.0, 1.0).astype(np.float32)
-    q = np.clip(np.rint(w / scale[:, None]), -127, 127).astype(np.int8)
-    return q, scale
-
-
-def _norm_params(policy: nn.Module, key: str, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(center, scale) so normalized = (x - center) / scale; identity -> (0, 1)."""
-    mode, center, scale = policy.normalizer._params(key)
-    c = np.broadcast_to(center.detach().cpu().numpy().astype(np.float32), (size,)).copy()
-    s = np.broadcast_to(scale.detach().cpu().numpy().astype(np.float32), (size,)).copy()
-    return c, s
-
-
-def _fmt(a: np.ndarray, per_line: int = 8, kind: str = "float") -> str:
-    flat = np.asarray(a).reshape(-1)
-    if kind == "float":
-        items = [f"{float(np.float32(v))!r}f" if np.isfinite(v) else "0.0f" for v in flat.astype(np.float32)]
-        items = [s.replace("inff", "INFINITY") for s in items]
-    else:
-        items = [str(int(v)) for v in flat]
-    lines = [", ".join(items[i:i + per_line]) for i in range(0, len(items), per_line)]
-    return "{\n    " + ",\n    ".join(lines) + "\n}" if lines else "{0}"
-
-
-def _exported_linears(policy: nn.Module) -> list[nn.Linear]:
-    """The Linear layers the C code holds (and an int8 build quantizes)."""
-    if policy.name in ("sfp", "flow"):
-        return list(_film_linears(policy.net).values())
-    return [m for m in policy.net.modules() if isinstance(m, nn.Linear)]
-
-
-@contextmanager
-def _dequantized(policy: nn.Module, enabled: bool):
-    """Temporarily replace the exported Linear weights by their int8-dequantized values.
-
-    Then torch computes what the int8 C code must produce (up to summation order).
-    """
-    saved = {}
-    try:
-        if enabled:
-            for m in _exported_linears(policy):
-                saved[m] = m.weight.detach().clone()
-                q, s = quantize_rows(m.weight.detach().double().cpu().numpy())
-                m.weight.data.copy_(torch.from_numpy((q.astype(np.float64) * s[:, None]).astype(np.float32)))
-        yield policy
-    finally:
-        for m, w in saved.items():
-            m.weight.data.copy_(w)
-
-
-def _split_history(policy: nn.Module, obs_flat: np.ndarray) -> dict[str, torch.Tensor]:
-    """Raw flattened observation histories (N, To*D) -> {key: (N, To, d)} in the encoder's layout."""
-    cfg = policy.config
-    x = torch.as_tensor(obs_flat, dtype=torch.float32).view(len(obs_flat), cfg.n_obs_steps, -1)
-    hist, o = {}, 0
-    for f in cfg.input_features:
-        d = int(np.prod(f.shape))
-        hist[f.key] = x[:, :, o:o + d]
-        o += d
-    return hist
-
-
-def _torch_chunk(policy: nn.Module, obs_flat: np.ndarray, int8: bool) -> np.ndarray:
-    """(N, T*A) chunk in robot units from raw flattened obs (N, To*D), via the policy's own modules."""
-    with _dequantized(policy, int8), torch.no_grad():
-        chunk = policy.predict_chunk(_split_history(policy, obs_flat))
-    return chunk.reshape(len(obs_flat), -1).cpu().numpy().astype(np.float64)
-
-
-def sample_observations(policy: nn.Module, n: int, seed: int = 0) -> np.ndarray:
-    """Random raw observations (N, obs_dim) spread over the normalization range (robot units)."""
-    cfg = policy.config
-    centers, scales = [], []
-    for f in cfg.input_features:
-        c, s = _norm_params(policy, f.key, int(np.prod(f.shape)))
-        centers.append(c)
-        scales.append(s)
-    c = np.tile(np.concatenate(centers), cfg.n_obs_steps)
-    s = np.tile(np.concatenate(scales), cfg.n_obs_steps)
-    rng = np.random.default_rng(seed)
-    return (c + s * rng.uniform(-1.2, 1.2, size=(n, c.size))).astype(np.float32)
-
-
-def reference_actions(policy: nn.Module, obs: np.ndarray, int8: bool = False) -> np.ndarray:
-    """What ``policy_step`` must return for raw observations (N, obs_dim): (N, A), robot units."""
-    cfg = policy.config
-    a = cfg.action_dim
-    chunk = _torch_chunk(policy, obs, int8).reshape(len(obs), cfg.horizon, a)
-    return chunk[:, cfg.n_obs_steps - 1]
-
-
-def _linear_c(int8: bool) -> str:
-    """The C matrix-vector product every family uses: y = W x + b (W row-major, rows x cols)."""
-    wtype = "int8_t" if int8 else "float"
-
-    def W(e: str) -> str:  # noqa: N802 - a weight element as float
-        return f"(float){e}" if int8 else e
-
-    def S(acc: str, i: str) -> str:  # noqa: N802 - the row scale
-        return f"{acc} * s[{i}]" if int8 else acc
-
-    return f"""/* y = W x + b, W row-major (rows x cols){'; W = diag(s) q' if int8 else ''}. Four rows at a time share each
- * load of x; every row still sums its products in column order (the same order as a plain loop).
- * With a hardware FMA (Cortex-M4F: __ARM_FEATURE_FMA) each product-sum is one fused vfma. */
-#if defined(__ARM_FEATURE_FMA)
-#define MAC(acc, w, x) ((acc) = fmaf((w), (x), (acc)))
-#else
-#define MAC(acc, w, x) ((acc) += (w) * (x))
-#endif
-static void linear(const {wtype} *w,{' const float *s,' if int8 else ''} const float *b, const float *x, float *y, int rows, int cols)
-{{
-    /* Explicit loop bounds and a running row pointer keep gcc's loop analysis exact (no false
-     * -Waggressive-loop-optimizations when it specializes this function for one layer). */
-    const int full = rows - rows % 4;
-    const {wtype} *wr = w;
-    int i, j;
-    for (i = 0; i < full; i += 4, wr += 4 * cols) {{
-        const {wtype} *w0 = wr, *w1 = w0 + cols, *w2 = w1 + cols, *w3 = w2 + cols;
-        float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
-        for (j = 0; j < cols; ++j) {{
-            const float xj = x[j];
-            MAC(a0, {W('w0[j]')}, xj);
-            MAC(a1, {W('w1[j]')}, xj);
-            MAC(a2, {W('w2[j]')}, xj);
-            MAC(a3, {W('w3[j]')}, xj);
-        }}
-        y[i] = {S('a0', 'i')} + b[i];
-        y[i + 1] = {S('a1', 'i + 1')} + b[i + 1];
-        y[i + 2] = {S('a2', 'i + 2')} + b[i + 2];
-        y[i + 3] = {S('a3', 'i + 3')} + b[i + 3];
-    }}
-    for (i = full; i < rows; ++i, wr += cols) {{
-        float acc = 0.0f;
-        for (j = 0; j < cols; ++j) MAC(acc, {W('wr[j]')}, x[j]);
-        y[i] = {S('acc', 'i')} + b[i];
-    }}
-}}
-
-static int all_finite(const float *x, int n) {{ int i; for (i = 0; i < n; ++i) if (!isfinite(x[i])) return 0; return 1; }}
-"""
-
-
-def _weights_c(name: str, w: np.ndarray, b: np.ndarray, int8: bool) -> str:
-    """const arrays W<name>, (S<name>,) B<name>, and the argument list linear() takes for them."""
-    rows, cols = w.shape
-    if int8:
-        q, s = quantize_rows(w)
-        return (f"static const int8_t W{name}[{rows * cols}] = {_fmt(q, 16, 'int')};\n"
-                f"static const float S{name}[{rows}] = {_fmt(s)};\n"
-                f"static const float B{name}[{rows}] = {_fmt(b)};")
-    return (f"static const float W{name}[{rows * cols}] = {_fmt(w)};\n"
-            f"static const float B{name}[{rows}] = {_fmt(b)};")
-
-
-def _linear_args(name: str, int8: bool) -> str:
-    return f"W{name}, S{name}, B{name}" if int8 else f"W{name}, B{name}"
-
-
-def _linear_numpy(m: nn.Linear) -> tuple[np.ndarray, np.ndarray]:
-    return m.weight.detach().double().cpu().numpy(), m.bias.detach().double().cpu().numpy()
-
-
-def _weight_bytes(linears: list[tuple[np.ndarray, np.ndarray]], int8: bool) -> int:
-    return int(sum(w.size * (1 if int8 else 4) + b.size * 4 + (w.shape[0] * 4 if int8 else 0) for w, b in linears))
-
-
 def _mlp_source(policy: nn.Module, int8: bool) -> tuple[str, dict[str, Any]]:
     """policy.c body for an MLP: forward pass, policy_chunk, policy_step."""
     layers = _layers(policy)
@@ -289,8 +143,8 @@ def _mlp_source(policy: nn.Module, int8: bool) -> tuple[str, dict[str, Any]]:
     max_width = max(max(w.shape) for w, _ in linears)
     parts = [_weights_c(str(i), w, b, int8) for i, (w, b) in enumerate(linears)]
     parts.append(f"\nstatic float buf_a[{max_width}];\nstatic float buf_b[{max_width}];\n")
-    parts.append(_linear_c(int8))
-    parts.extend(ACT_C[k] for k in sorted({k for k, _ in layers if k != "linear"}))
+    parts.append(_linear_c())
+    parts.append(template("activations.c"))
     parts.append("""
 /* Normalized chunk in buf (returns pointer), or 0 when obs is not finite. */
 static const float *forward(const float *obs)
@@ -318,393 +172,11 @@ static const float *forward(const float *obs)
     parts.append(select + """    (void)y;
     return x;
 }
-
-int policy_chunk(const float *obs, float *chunk)
-{
-    int i, k;
-    const float *z = forward(obs);
-    if (!z) return -1;
-    for (k = 0; k < POLICY_HORIZON; ++k)
-        for (i = 0; i < POLICY_ACTION_DIM; ++i)
-            chunk[k * POLICY_ACTION_DIM + i] = z[k * POLICY_ACTION_DIM + i] * ACT_SCALE[i] + ACT_CENTER[i];
-    return all_finite(chunk, POLICY_HORIZON * POLICY_ACTION_DIM) ? 0 : -1;
-}
-
-int policy_step(const float *obs, float *action)
-{
-    int i;
-    const float *z = forward(obs);
-    if (!z) return -1;
-    z += (POLICY_N_OBS_STEPS - 1) * POLICY_ACTION_DIM;
-    for (i = 0; i < POLICY_ACTION_DIM; ++i) action[i] = z[i] * ACT_SCALE[i] + ACT_CENTER[i];
-    return all_finite(action, POLICY_ACTION_DIM) ? 0 : -1;
-}
-
-void policy_reset(void) { }
 """)
+    parts.append(template("mlp_api.c"))
     meta = {"n_params": int(sum(w.size + b.size for w, b in linears)), "weight_bytes": _weight_bytes(linears, int8),
             "activations": [k for k, _ in layers if k != "linear"], "n_hypotheses": n_hyp}
     return "\n".join(parts), meta
-
-
-# ---- Streaming Flow Policy ----------------------------------------------------------------------
-SEED_MULT, SEED_INC = 1664525, 1013904223  # policy_step's seed advances as a 32-bit LCG
-
-
-def c_gaussian(seed: int, n: int) -> np.ndarray:
-    """The n standard normals the generated C draws from ``seed`` (xorshift32, Box-Muller), float32.
-
-    The seed is first mixed (murmur3's finalizer) so that nearby seeds give unrelated streams.
-    """
-    with np.errstate(over="ignore"):
-        s = np.uint32(seed & 0xFFFFFFFF)
-        s ^= s >> np.uint32(16)
-        s *= np.uint32(0x85EBCA6B)
-        s ^= s >> np.uint32(13)
-        s *= np.uint32(0xC2B2AE35)
-        s ^= s >> np.uint32(16)
-    s = s if s else np.uint32(0x6D2B79F5)
-    f32 = np.float32
-
-    def uniform() -> np.float32:
-        nonlocal s
-        s ^= np.uint32(s << np.uint32(13))
-        s ^= np.uint32(s >> np.uint32(17))
-        s ^= np.uint32(s << np.uint32(5))
-        return (f32(s >> np.uint32(8)) + f32(0.5)) * f32(1.0 / 16777216.0)
-
-    out = np.empty(n, dtype=np.float32)
-    with np.errstate(over="ignore"):
-        for i in range(0, n, 2):
-            u1, u2 = uniform(), uniform()
-            r, angle = np.sqrt(f32(-2.0) * np.log(u1)), f32(6.2831853071795864) * u2
-            out[i] = r * np.cos(angle)
-            if i + 1 < n:
-                out[i + 1] = r * np.sin(angle)
-    return out
-
-
-def _sfp_checks(policy: nn.Module) -> None:
-    cfg = policy.config
-    if cfg.integrator != "euler":
-        raise CExportError(f"C export of sfp: only the euler integrator is supported, got {cfg.integrator!r} "
-                           "(set policy.set_sampler('euler', steps) before exporting)")
-
-
-def _film_linears(net: nn.Module) -> dict[str, nn.Linear]:
-    """A FiLM velocity MLP's Linear layers by their C name (the time branch becomes a table instead)."""
-    named = {"obs1": net.obs[0], "obs2": net.obs[2], "inp": net.inp, "out": net.out[2]}
-    for k, block in enumerate(net.blocks):
-        named |= {f"film{k}": block.film, f"fc1_{k}": block.fc1, f"fc2_{k}": block.fc2}
-    return named
-
-
-def _film_time_table(net: nn.Module, times: list[float]) -> np.ndarray:
-    """(S, hidden): the velocity net's time branch at the S fixed Euler times (it does not depend on obs)."""
-    with torch.no_grad():
-        return np.stack([net.time(torch.full((1,), t) * net.timestep_scale)[0].double().cpu().numpy() for t in times])
-
-
-def _film_velocity_c(net: nn.Module, state_dim: int, times: list[float], int8: bool) -> tuple[str, list]:
-    """Weights and C functions of a FiLM velocity MLP (``robopolicy.policies.networks.film_mlp``).
-
-    Defines ``embed_obs(obs)`` (normalizes and embeds into ``emb``), ``velocity(step, x, v)`` at the
-    step-th of the fixed ``times``, the state buffers ``x`` and ``v`` (``STATE_DIM``), and
-    ``gaussian(seed, out)`` (``STATE_DIM`` normals, as :func:`c_gaussian`). Returns (source, linears).
-    """
-    hidden = net.inp.out_features
-    linears = {name: _linear_numpy(m) for name, m in _film_linears(net).items()}
-    ln = net.out[0]
-    parts = [_weights_c(name, w, b, int8) for name, (w, b) in linears.items()]
-    parts.append(f"static const float TIME_COND[{len(times) * hidden}] = {_fmt(_film_time_table(net, times))};")
-    parts.append(f"static const float LN_W[{hidden}] = {_fmt(ln.weight.detach().double().cpu().numpy())};")
-    parts.append(f"static const float LN_B[{hidden}] = {_fmt(ln.bias.detach().double().cpu().numpy())};")
-    blocks = "\n".join(f"""    linear({_linear_args(f'film{k}', int8)}, cond, film, {2 * hidden}, {hidden});
-    block(h, film, {_linear_args(f'fc1_{k}', int8)}, {_linear_args(f'fc2_{k}', int8)});"""
-                       for k in range(len(net.blocks)))
-    wtype = "int8_t" if int8 else "float"
-    wargs = (lambda n: f"const {wtype} *w{n}, const float *s{n}, const float *b{n}") if int8 else \
-        (lambda n: f"const {wtype} *w{n}, const float *b{n}")
-    call = (lambda n: f"w{n}, s{n}, b{n}") if int8 else (lambda n: f"w{n}, b{n}")
-    parts.append(f"""
-#define HIDDEN {hidden}
-#define STATE_DIM {state_dim}
-#define EULER_STEPS {len(times)}
-
-static float obs_n[POLICY_OBS_DIM], emb[HIDDEN], cond[HIDDEN], film[2 * HIDDEN];
-static float h[HIDDEN], y[HIDDEN], u[HIDDEN], x[STATE_DIM], v[STATE_DIM];
-
-{_linear_c(int8)}
-/* torch's mish, x tanh(softplus(x)), with one expf: tanh(log(1 + e)) = n / (n + 2), n = e (e + 2), e = exp(x) */
-static float mish1(float a)
-{{
-    float e, n;
-    if (a > 20.0f) return a;
-    e = expf(a);
-    n = e * (e + 2.0f);
-    return a * n / (n + 2.0f);
-}}
-static void mish(float *a, int n) {{ int i; for (i = 0; i < n; ++i) a[i] = mish1(a[i]); }}
-
-/* LayerNorm over n values (eps 1e-5); w, b = 0 for no affine */
-static void layer_norm(const float *in, float *out, int n, const float *w, const float *b)
-{{
-    int i;
-    float mean = 0.0f, var = 0.0f, inv;
-    for (i = 0; i < n; ++i) mean += in[i];
-    mean /= (float)n;
-    for (i = 0; i < n; ++i) var += (in[i] - mean) * (in[i] - mean);
-    inv = 1.0f / sqrtf(var / (float)n + 1e-5f);
-    for (i = 0; i < n; ++i) out[i] = (in[i] - mean) * inv * (w ? w[i] : 1.0f) + (b ? b[i] : 0.0f);
-}}
-
-/* FiLM residual block: h += fc2(mish(fc1(mish(LN(h) * (1 + scale) + shift)))) */
-static void block(float *hh, const float *fm, {wargs('1')}, {wargs('2')})
-{{
-    int i;
-    layer_norm(hh, y, HIDDEN, 0, 0);
-    for (i = 0; i < HIDDEN; ++i) y[i] = y[i] * (1.0f + fm[i]) + fm[HIDDEN + i];
-    mish(y, HIDDEN);
-    linear({call('1')}, y, u, HIDDEN, HIDDEN);
-    mish(u, HIDDEN);
-    linear({call('2')}, u, y, HIDDEN, HIDDEN);
-    for (i = 0; i < HIDDEN; ++i) hh[i] += y[i];
-}}
-
-/* emb = the observation embedding of the raw history obs (normalized first) */
-static void embed_obs(const float *obs)
-{{
-    int i;
-    for (i = 0; i < POLICY_OBS_DIM; ++i) obs_n[i] = (obs[i] - IN_CENTER[i]) / IN_SCALE[i];
-    linear({_linear_args('obs1', int8)}, obs_n, u, HIDDEN, POLICY_OBS_DIM);
-    mish(u, HIDDEN);
-    linear({_linear_args('obs2', int8)}, u, emb, HIDDEN, HIDDEN);
-}}
-
-/* v(x, t_step | emb) */
-static void velocity(int step, const float *xs, float *vs)
-{{
-    int i;
-    for (i = 0; i < HIDDEN; ++i) cond[i] = mish1(emb[i] + TIME_COND[step * HIDDEN + i]);
-    linear({_linear_args('inp', int8)}, xs, h, HIDDEN, STATE_DIM);
-{blocks}
-    layer_norm(h, y, HIDDEN, LN_W, LN_B);
-    mish(y, HIDDEN);
-    linear({_linear_args('out', int8)}, y, vs, STATE_DIM, HIDDEN);
-}}
-
-static uint32_t xorshift32(uint32_t *s) {{ *s ^= *s << 13; *s ^= *s >> 17; *s ^= *s << 5; return *s; }}
-static float uniform01(uint32_t *s) {{ return ((float)(xorshift32(s) >> 8) + 0.5f) * (1.0f / 16777216.0f); }}
-
-/* STATE_DIM standard normals from seed (Box-Muller), the order c_gaussian() reproduces */
-static void gaussian(uint32_t seed, float *out)
-{{
-    uint32_t s = seed;
-    int i;
-    s ^= s >> 16; s *= 0x85EBCA6Bu; s ^= s >> 13; s *= 0xC2B2AE35u; s ^= s >> 16;  /* murmur3 fmix32 */
-    if (!s) s = 0x6D2B79F5u;
-    for (i = 0; i < STATE_DIM; i += 2) {{
-        const float u1 = uniform01(&s), u2 = uniform01(&s);
-        const float r = sqrtf(-2.0f * logf(u1)), angle = 6.2831853071795864f * u2;
-        out[i] = r * cosf(angle);
-        if (i + 1 < STATE_DIM) out[i + 1] = r * sinf(angle);
-    }}
-}}
-""")
-    return "\n".join(parts), list(linears.values())
-
-
-def _film_meta(linears: list, hidden: int, n_times: int, int8: bool) -> dict[str, Any]:
-    return {"n_params": int(sum(w.size + b.size for w, b in linears) + 2 * hidden),
-            "weight_bytes": _weight_bytes(linears, int8) + 4 * (n_times * hidden + 2 * hidden)}
-
-
-def _sfp_source(policy: nn.Module, int8: bool) -> tuple[str, dict[str, Any]]:
-    """policy.c body for an SFP: obs embedding, velocity net, Euler flow from the start action."""
-    _sfp_checks(policy)
-    cfg = policy.config
-    steps, K = cfg.integration_steps_per_action, cfg.n_knots
-    t1 = 1.0 / (K - 1)
-    times = [0.0 + i * t1 / steps for i in range(steps)]  # exactly the times flow.integrators.trajectory uses
-    start_offset = -1
-    if cfg.start_from_observation_key is not None:
-        start_offset, o = 0, 0
-        for f in cfg.input_features:
-            if f.key == cfg.start_from_observation_key:
-                start_offset = o
-            o += int(np.prod(f.shape))
-    net_c, linears = _film_velocity_c(policy.net, policy.state_dim, times, int8)
-    body = net_c + f"""
-#define STOCHASTIC {1 if policy.stochastic else 0}
-#define START_OFFSET {start_offset}   /* start action's offset in an observation step, -1 = none */
-static const float SIGMA0 = {float(np.float32(cfg.sigma0))!r}f;
-static const float H_STEP = {float(np.float32(t1 / steps))!r}f;
-static float last_action[POLICY_ACTION_DIM];
-static int has_last_action = 0;
-static uint32_t step_seed = 1u;
-
-int policy_sfp_step(const float *obs, const float *start, uint32_t seed, float *action)
-{{
-    int i, k;
-    if (!all_finite(obs, POLICY_OBS_DIM) || (start && !all_finite(start, POLICY_ACTION_DIM))) return -1;
-    embed_obs(obs);
-    gaussian(seed, v);
-    for (i = 0; i < POLICY_ACTION_DIM; ++i) {{
-        float a0 = 0.0f;
-        if (start) a0 = (start[i] - ACT_CENTER[i]) / ACT_SCALE[i];
-        else if (START_OFFSET >= 0)
-            a0 = (obs[(POLICY_N_OBS_STEPS - 1) * POLICY_STEP_DIM + START_OFFSET + i] - ACT_CENTER[i]) / ACT_SCALE[i];
-        x[i] = a0 + SIGMA0 * v[i];
-    }}
-    for (i = POLICY_ACTION_DIM; i < STATE_DIM; ++i) x[i] = v[i];  /* SFP-S: the latent z0 */
-    for (k = 0; k < EULER_STEPS; ++k) {{
-        velocity(k, x, v);
-        for (i = 0; i < STATE_DIM; ++i) x[i] += H_STEP * v[i];
-    }}
-    for (i = 0; i < POLICY_ACTION_DIM; ++i) action[i] = x[i] * ACT_SCALE[i] + ACT_CENTER[i];
-    return all_finite(action, POLICY_ACTION_DIM) ? 0 : -1;
-}}
-
-int policy_step(const float *obs, float *action)
-{{
-    int i, ok = policy_sfp_step(obs, has_last_action ? last_action : 0, step_seed, action);
-    step_seed = step_seed * {SEED_MULT}u + {SEED_INC}u;
-    has_last_action = ok == 0;
-    if (ok == 0)
-        for (i = 0; i < POLICY_ACTION_DIM; ++i) last_action[i] = action[i];
-    return ok;
-}}
-
-void policy_reset(void) {{ has_last_action = 0; }}
-void policy_set_seed(uint32_t seed) {{ step_seed = seed; }}
-"""
-    meta = {**_film_meta(linears, cfg.hidden_dim, steps, int8), "variant": cfg.variant,
-            "euler_steps_per_action": steps, "sigma0": cfg.sigma0,
-            "start_from_observation_key": cfg.start_from_observation_key}
-    return body, meta
-
-
-# ---- Flow matching (mlp backbone) ---------------------------------------------------------------
-def _flow_checks(policy: nn.Module) -> None:
-    cfg = policy.config
-    if cfg.backbone != "mlp":
-        raise CExportError(f"C export of flow: only the 'mlp' backbone is supported, got {cfg.backbone!r} "
-                           "(train with policy.backbone=mlp)")
-    if cfg.integrator != "euler" or cfg.adaptive:
-        raise CExportError(f"C export of flow: only fixed-step euler is supported, got {cfg.integrator!r}"
-                           f"{' (adaptive)' if cfg.adaptive else ''} (set policy.set_sampler('euler', steps) and "
-                           "adaptive=False before exporting)")
-
-
-def _flow_source(policy: nn.Module, int8: bool) -> tuple[str, dict[str, Any]]:
-    """policy.c body for a flow policy: the whole chunk from seeded Gaussian noise by fixed Euler steps."""
-    _flow_checks(policy)
-    cfg = policy.config
-    steps = cfg.num_inference_steps
-    times = [0.0 + i * 1.0 / steps for i in range(steps)]  # exactly the times flow.integrators.trajectory uses
-    net_c, linears = _film_velocity_c(policy.net, cfg.horizon * cfg.action_dim, times, int8)
-    clip = float(np.float32(cfg.clip_sample_range)) if cfg.clip_sample else 0.0
-    body = net_c + f"""
-#define CLIP_SAMPLE {1 if cfg.clip_sample else 0}
-#define CLIP_RANGE {clip!r}f
-static const float H_STEP = {float(np.float32(1.0 / steps))!r}f;
-static uint32_t step_seed = 1u;
-
-/* x = the normalized chunk: Euler steps from the seed's Gaussian noise; 0, or -1 if obs is not finite */
-static int flow(const float *obs, uint32_t seed)
-{{
-    int i, k;
-    if (!all_finite(obs, POLICY_OBS_DIM)) return -1;
-    embed_obs(obs);
-    gaussian(seed, x);
-    for (k = 0; k < EULER_STEPS; ++k) {{
-        velocity(k, x, v);
-        for (i = 0; i < STATE_DIM; ++i) x[i] += H_STEP * v[i];
-    }}
-#if CLIP_SAMPLE
-    for (i = 0; i < STATE_DIM; ++i) x[i] = x[i] < -CLIP_RANGE ? -CLIP_RANGE : (x[i] > CLIP_RANGE ? CLIP_RANGE : x[i]);
-#endif
-    return 0;
-}}
-
-int policy_flow_chunk(const float *obs, uint32_t seed, float *chunk)
-{{
-    int i, k;
-    if (flow(obs, seed) != 0) return -1;
-    for (k = 0; k < POLICY_HORIZON; ++k)
-        for (i = 0; i < POLICY_ACTION_DIM; ++i)
-            chunk[k * POLICY_ACTION_DIM + i] = x[k * POLICY_ACTION_DIM + i] * ACT_SCALE[i] + ACT_CENTER[i];
-    return all_finite(chunk, POLICY_HORIZON * POLICY_ACTION_DIM) ? 0 : -1;
-}}
-
-int policy_flow_step(const float *obs, uint32_t seed, float *action)
-{{
-    int i;
-    const float *z = x + (POLICY_N_OBS_STEPS - 1) * POLICY_ACTION_DIM;
-    if (flow(obs, seed) != 0) return -1;
-    for (i = 0; i < POLICY_ACTION_DIM; ++i) action[i] = z[i] * ACT_SCALE[i] + ACT_CENTER[i];
-    return all_finite(action, POLICY_ACTION_DIM) ? 0 : -1;
-}}
-
-int policy_chunk(const float *obs, float *chunk)
-{{
-    int ok = policy_flow_chunk(obs, step_seed, chunk);
-    step_seed = step_seed * {SEED_MULT}u + {SEED_INC}u;
-    return ok;
-}}
-
-int policy_step(const float *obs, float *action)
-{{
-    int ok = policy_flow_step(obs, step_seed, action);
-    step_seed = step_seed * {SEED_MULT}u + {SEED_INC}u;
-    return ok;
-}}
-
-void policy_reset(void) {{ }}
-void policy_set_seed(uint32_t seed) {{ step_seed = seed; }}
-"""
-    meta = {**_film_meta(linears, cfg.mlp_hidden_dim, steps, int8), "euler_steps": steps,
-            "clip_sample": cfg.clip_sample}
-    return body, meta
-
-
-def reference_flow_actions(policy: nn.Module, obs: np.ndarray, seeds: list[int], int8: bool = False) -> np.ndarray:
-    """What ``policy_flow_step(obs, seed)`` must return, from torch: (N, A), robot units."""
-    cfg = policy.config
-    hist = _split_history(policy, obs)
-    normalized = {key: policy.normalizer.normalize(key, x) for key, x in hist.items()}
-    noise = torch.as_tensor(np.stack([c_gaussian(s, cfg.horizon * cfg.action_dim) for s in seeds]))
-    with _dequantized(policy, int8), torch.no_grad():
-        chunk = policy.generate_actions(normalized, noise=noise.view(len(seeds), cfg.horizon, cfg.action_dim))
-    first = chunk[:, cfg.n_obs_steps - 1]
-    return policy.normalizer.unnormalize(policy.action_key, first).double().numpy()
-
-
-def sample_starts(policy: nn.Module, n: int, seed: int = 1) -> np.ndarray:
-    """Random start actions (N, A) over the action range (robot units)."""
-    c, s = _norm_params(policy, policy.action_key, policy.config.action_dim)
-    return (c + s * np.random.default_rng(seed).uniform(-1.0, 1.0, size=(n, c.size))).astype(np.float32)
-
-
-def reference_sfp_actions(policy: nn.Module, obs: np.ndarray, starts: np.ndarray | None, seeds: list[int],
-                          int8: bool = False) -> np.ndarray:
-    """What ``policy_sfp_step(obs, start, seed)`` must return, from torch: (N, A), robot units.
-
-    ``starts`` None = every flow starts from the observation (the C code's start = NULL).
-    """
-    cfg = policy.config
-    hist = _split_history(policy, obs)
-    normalized = {key: policy.normalizer.normalize(key, x) for key, x in hist.items()}
-    noise = torch.as_tensor(np.stack([c_gaussian(s, policy.state_dim) for s in seeds]))
-    start = None if starts is None else policy.normalizer.normalize(
-        policy.action_key, torch.as_tensor(starts, dtype=torch.float32))
-    saved_last, policy.last_action = policy.last_action, None
-    try:
-        with _dequantized(policy, int8), torch.no_grad():
-            first = next(policy._stream(normalized, noise=noise, start=start, n_actions=1))
-    finally:
-        policy.last_action = saved_last
-    return policy.normalizer.unnormalize(policy.action_key, first).reshape(len(obs), cfg.action_dim).double().numpy()
 
 
 def export_c(policy: nn.Module, out_dir: str | Path, int8: bool = False, n_selftest: int = 4,
@@ -735,23 +207,9 @@ def export_c(policy: nn.Module, out_dir: str | Path, int8: bool = False, n_selft
 
     # ---- policy.h -----------------------------------------------------------------------------
     feat_doc = "\n".join(f" *   {f.key}: {int(np.prod(f.shape))}" for f in cfg.input_features)
-    family_api = ("""/* Streaming flow: one action from an explicit start (robot units; NULL = from the observation) and
- * the seed of its noise. policy_step chains it: start = the action it returned last, seed advancing. */
-int policy_sfp_step(const float *obs, const float *start, uint32_t seed, float *action);
-void policy_set_seed(uint32_t seed);""" if is_sfp else """/* Flow: the chunk (POLICY_HORIZON x POLICY_ACTION_DIM) or its action for the latest observation, from
- * Gaussian noise drawn from seed. policy_chunk and policy_step use the internal seed, advancing each call. */
-int policy_flow_chunk(const float *obs, uint32_t seed, float *chunk);
-int policy_flow_step(const float *obs, uint32_t seed, float *action);
-int policy_chunk(const float *obs, float *chunk);
-void policy_set_seed(uint32_t seed);""" if is_flow else """/* The whole chunk, POLICY_HORIZON x POLICY_ACTION_DIM, robot units. */
-int policy_chunk(const float *obs, float *chunk);""")
     header = f"""/* Generated by robopolicy.export.c_export -- do not edit. C99, no malloc, no dependencies but libm. */
 #ifndef ROBOPOLICY_POLICY_H
 #define ROBOPOLICY_POLICY_H
-#include <stdint.h>
-#ifdef __cplusplus
-extern "C" {{
-#endif
 
 #define POLICY_FAMILY_{name.upper()} 1
 #define POLICY_N_OBS_STEPS {cfg.n_obs_steps}
@@ -766,18 +224,8 @@ extern "C" {{
 /* obs: raw observation history in robot units, oldest first, POLICY_N_OBS_STEPS x POLICY_STEP_DIM.
  * Each step concatenates:
 {feat_doc}
- * action: POLICY_ACTION_DIM numbers (robot units) for the latest observation.
- * Returns 0, or -1 when an input or output is not finite. Not reentrant (static buffers). */
-int policy_step(const float *obs, float *action);
-/* Start of an episode: forget any state policy_step keeps between calls. */
-void policy_reset(void);
-{family_api}
-/* Runs the generated test vectors; returns the number of mismatching outputs (0 = pass). */
-int policy_selftest(void);
-
-#ifdef __cplusplus
-}}
-#endif
+ * action: POLICY_ACTION_DIM numbers (robot units) for the latest observation. */
+{template("policy_api.h")}
 #endif
 """
     (out_dir / "policy.h").write_text(header)
@@ -787,10 +235,10 @@ int policy_selftest(void);
         "#include <stdint.h>",
         '#include "policy.h"',
         "",
-        f"static const float IN_CENTER[{obs_dim}] = {_fmt(in_center)};",
-        f"static const float IN_SCALE[{obs_dim}] = {_fmt(in_scale)};",
-        f"static const float ACT_CENTER[{act_dim}] = {_fmt(act_center)};",
-        f"static const float ACT_SCALE[{act_dim}] = {_fmt(act_scale)};",
+        f"static const float IN_CENTER[{obs_dim}] = {_fmt(in_center, name='observation center')};",
+        f"static const float IN_SCALE[{obs_dim}] = {_fmt(in_scale, name='observation scale')};",
+        f"static const float ACT_CENTER[{act_dim}] = {_fmt(act_center, name='action center')};",
+        f"static const float ACT_SCALE[{act_dim}] = {_fmt(act_scale, name='action scale')};",
         "",
         body,
     ]))
@@ -820,76 +268,16 @@ int policy_selftest(void);
 #include "policy.h"
 
 #if POLICY_N_SELFTEST > 0
-static const float SELFTEST_OBS[{n * obs_dim}] = {_fmt(obs)};
-static const float SELFTEST_ACTION[{n * act_dim}] = {_fmt(expected)};
+static const float SELFTEST_OBS[{n * obs_dim}] = {_fmt(obs, name='self-test observations')};
+static const float SELFTEST_ACTION[{n * act_dim}] = {_fmt(expected, name='self-test actions (torch)')};
 {extra}#endif
+#define SELFTEST_CALL(n) {call.replace("n * POLICY", "(n) * POLICY").replace("SEED[n]", "SEED[(n)]")}
+#define SELFTEST_TOL {tol!r}f
 
-int policy_selftest(void)
-{{
-    int bad = 0;
-#if POLICY_N_SELFTEST > 0
-    int n, i;
-    float action[POLICY_ACTION_DIM];
-    for (n = 0; n < POLICY_N_SELFTEST; ++n) {{
-        if ({call} != 0) {{ bad += POLICY_ACTION_DIM; continue; }}
-        for (i = 0; i < POLICY_ACTION_DIM; ++i) {{
-            float e = SELFTEST_ACTION[n * POLICY_ACTION_DIM + i];
-            if (!(fabsf(action[i] - e) <= {tol!r}f * (1.0f + fabsf(e)))) ++bad;
-        }}
-    }}
-#endif
-    return bad;
-}}
 """
-    (out_dir / "policy_selftest.c").write_text(st)
-    (out_dir / "main_selftest.c").write_text("""/* Exit code = self-test verdict (0 = pass). Runs on the host or under QEMU with semihosting. */
-#include <stdio.h>
-#include "policy.h"
-
-int main(void)
-{
-    int bad = policy_selftest();
-    printf("policy_selftest: %s (%d mismatches)\\n", bad ? "FAIL" : "PASS", bad);
-    return bad ? 1 : 0;
-}
-""")
-    (out_dir / "main_eval.c").write_text("""/* Host helper: reads POLICY_OBS_DIM floats per observation on stdin (SFP: then POLICY_ACTION_DIM
- * start floats and an unsigned seed; flow: then an unsigned seed), prints the action (%.9g), or "nan" when
- * the policy refuses. */
-#include <stdio.h>
-#include "policy.h"
-
-int main(void)
-{
-    float obs[POLICY_OBS_DIM], action[POLICY_ACTION_DIM];
-    int i, ok;
-    for (;;) {
-        for (i = 0; i < POLICY_OBS_DIM; ++i)
-            if (scanf("%f", &obs[i]) != 1) return 0;
-#ifdef POLICY_FAMILY_SFP
-        {
-            float start[POLICY_ACTION_DIM];
-            unsigned long seed;
-            for (i = 0; i < POLICY_ACTION_DIM; ++i)
-                if (scanf("%f", &start[i]) != 1) return 0;
-            if (scanf("%lu", &seed) != 1) return 0;
-            ok = policy_sfp_step(obs, start, (uint32_t)seed, action);
-        }
-#elif defined(POLICY_FAMILY_FLOW)
-        {
-            unsigned long seed;
-            if (scanf("%lu", &seed) != 1) return 0;
-            ok = policy_flow_step(obs, (uint32_t)seed, action);
-        }
-#else
-        ok = policy_step(obs, action);
-#endif
-        if (ok != 0) { printf("nan\\n"); continue; }
-        for (i = 0; i < POLICY_ACTION_DIM; ++i) printf(i ? " %.9g" : "%.9g", (double)action[i]);
-        printf("\\n");
-    }
-}
-""")
+    (out_dir / "policy_selftest.c").write_text(st + template("policy_selftest.c"))
+    (out_dir / "main_selftest.c").write_text(template("main_selftest.c"))
+    (out_dir / "main_eval.c").write_text(template("main_eval.c"))
     meta = {
         "family": name,
         "n_obs_steps": cfg.n_obs_steps, "step_dim": step_dim, "obs_dim": obs_dim, "action_dim": act_dim,
@@ -900,180 +288,6 @@ int main(void)
     }
     (out_dir / "export.json").write_text(json.dumps(meta, indent=2))
     return out_dir
-
-
-# ---- building and running the generated code (tests, bench, CI) ---------------------------------
-HOST_CFLAGS = ["-std=c99", "-Wall", "-Werror", "-O2"]
-ARM_CFLAGS = ["-std=c99", "-Wall", "-Werror", "-O2", "-mcpu=cortex-m4", "-mthumb", "-mfpu=fpv4-sp-d16",
-              "-mfloat-abi=hard"]
-# Boards the Cortex-M4F build runs on under QEMU, with semihosting so the exit code is the verdict.
-# netduinoplus2 is QEMU's STM32F405, the Crazyflie 2.x's MCU: 1 MiB flash at 0x08000000 (aliased at 0, where
-# the core fetches its vector table) and 128 KiB SRAM; the board linker script puts code and constants in
-# flash and the startup copies .data from flash and zeroes .bss itself, as on the real chip.
-# mps2-an386 (Cortex-M4 FPGA image) has RAM at 0, so newlib's default layout and crt0 work there.
-STARTUP_STM32F405 = r"""/* Cortex-M4F boot for an STM32F405 (QEMU netduinoplus2) + newlib rdimon (semihosting): vector table
- * at the start of flash, FPU enabled before any float code, .data copied from flash, .bss zeroed, then
- * main; exit() reports its return value through semihosting, so it becomes QEMU's exit code. */
-#include <stdlib.h>
-extern unsigned long _sidata[], _sdata[], _edata[], _sbss[], _ebss[], _estack[];
-extern void initialise_monitor_handles(void);
-extern int main(void);
-void robopolicy_reset_handler(void);
-void robopolicy_start(void);
-void _init(void) { }  /* no C++ constructors here; newlib's exit path still references these */
-void _fini(void) { }
-static void fault_handler(void) { for (;;) { } }
-
-__attribute__((naked, noreturn)) void robopolicy_reset_handler(void)
-{
-    __asm__ volatile(
-        "ldr r0, =0xE000ED88\n" /* CPACR: full access to CP10/CP11 (the FPU) */
-        "ldr r1, [r0]\n"
-        "orr r1, r1, #(0xF << 20)\n"
-        "str r1, [r0]\n"
-        "dsb\n"
-        "isb\n"
-        "b robopolicy_start\n");
-}
-
-void robopolicy_start(void)
-{
-    unsigned long *src = _sidata, *dst = _sdata;
-    while (dst < _edata) *dst++ = *src++;
-    for (dst = _sbss; dst < _ebss; ++dst) *dst = 0;
-    initialise_monitor_handles();
-    exit(main());
-}
-
-__attribute__((section(".vectors"), used)) void (*const robopolicy_vectors[16])(void) = {
-    (void (*)(void))_estack, robopolicy_reset_handler,
-    fault_handler, fault_handler, fault_handler, fault_handler, fault_handler,
-    0, 0, 0, 0, fault_handler, fault_handler, 0, fault_handler, fault_handler,
-};
-"""
-LINKER_STM32F405 = """/* STM32F405RG: 1 MiB flash, 128 KiB SRAM (the 64 KiB CCM is left unused). */
-ENTRY(robopolicy_reset_handler)
-MEMORY
-{
-  FLASH (rx)  : ORIGIN = 0x08000000, LENGTH = 1024K
-  RAM   (rwx) : ORIGIN = 0x20000000, LENGTH = 128K
-}
-_estack = ORIGIN(RAM) + LENGTH(RAM);
-SECTIONS
-{
-  .vectors : { KEEP(*(.vectors)) } > FLASH
-  .text : { *(.text*) *(.rodata*) KEEP(*(.init)) KEEP(*(.fini)) . = ALIGN(4); } > FLASH
-  .ARM.extab : { *(.ARM.extab* .gnu.linkonce.armextab.*) } > FLASH
-  .ARM.exidx : { __exidx_start = .; *(.ARM.exidx* .gnu.linkonce.armexidx.*) __exidx_end = .; } > FLASH
-  .init_array : { __init_array_start = .; KEEP(*(SORT(.init_array.*))) KEEP(*(.init_array)) __init_array_end = .; } > FLASH
-  .fini_array : { __fini_array_start = .; KEEP(*(.fini_array*)) __fini_array_end = .; } > FLASH
-  .data : { _sdata = .; *(.data*) . = ALIGN(4); _edata = .; } > RAM AT > FLASH
-  _sidata = LOADADDR(.data);
-  .bss (NOLOAD) : { _sbss = .; __bss_start__ = .; *(.bss*) *(COMMON) . = ALIGN(4); _ebss = .; __bss_end__ = .; } > RAM
-  end = .; _end = .; __end__ = .;  /* the heap (newlib's _sbrk) starts here and grows toward the stack */
-}
-"""
-STARTUP_MPS2 = r"""/* Minimal Cortex-M4F boot for QEMU mps2-an386 + newlib rdimon (semihosting): a vector table at
- * address 0, FPU enabled, then newlib's _start (clears .bss, sets up the heap/stack, calls main,
- * exits through semihosting so the exit code becomes QEMU's). */
-extern void _start(void);
-void robopolicy_reset_handler(void);
-static void fault_handler(void) { for (;;) { } }
-
-__attribute__((naked, noreturn)) void robopolicy_reset_handler(void)
-{
-    __asm__ volatile(
-        "ldr r0, =0xE000ED88\n"
-        "ldr r1, [r0]\n"
-        "orr r1, r1, #(0xF << 20)\n"
-        "str r1, [r0]\n"
-        "dsb\n"
-        "isb\n"
-        "b _start\n");
-}
-
-__attribute__((section(".vectors"), used)) void (*const robopolicy_vectors[16])(void) = {
-    (void (*)(void))0x20400000UL, /* initial SP: top of the 4 MiB SRAM at 0x20000000 */
-    robopolicy_reset_handler,
-    fault_handler, fault_handler, fault_handler, fault_handler, fault_handler,
-    0, 0, 0, 0,
-    fault_handler, fault_handler, 0, fault_handler, fault_handler,
-};
-"""
-
-
-@dataclass(frozen=True)
-class QemuBoard:
-    """How to link a semihosting self-test for one QEMU machine and how to run it."""
-
-    machine: str
-    startup: str  # C source of the vector table and reset handler
-    linker_script: str | None  # None: the toolchain's default layout
-    ldflags: tuple[str, ...]
-    qemu_args: tuple[str, ...] = ()
-
-
-BOARDS = {
-    "netduinoplus2": QemuBoard("netduinoplus2", STARTUP_STM32F405, LINKER_STM32F405,
-                               ("--specs=rdimon.specs", "-nostartfiles")),
-    "mps2-an386": QemuBoard("mps2-an386", STARTUP_MPS2, None, ("--specs=rdimon.specs", "-Wl,--section-start=.vectors=0x0"),
-                            ("-cpu", "cortex-m4")),
-}
-DEFAULT_BOARD = "netduinoplus2"
-
-
-def _board(name: str) -> QemuBoard:
-    if name not in BOARDS:
-        raise ValueError(f"unknown QEMU board {name!r} (supported: {sorted(BOARDS)})")
-    return BOARDS[name]
-
-
-def qemu_command(board: str = DEFAULT_BOARD) -> list[str]:
-    b = _board(board)
-    return ["qemu-system-arm", "-M", b.machine, *b.qemu_args, "-nographic", "-monitor", "none", "-serial", "none",
-            "-semihosting-config", "enable=on,target=native"]
-
-
-def build_host(out_dir: str | Path, main: str = "main_selftest.c", exe: str | None = None, cc: str = "gcc") -> Path:
-    """Compile the exported sources plus ``main`` for the host; returns the executable."""
-    import subprocess
-
-    out_dir = Path(out_dir)
-    exe_path = out_dir / (exe or Path(main).stem)
-    srcs = [str(out_dir / f) for f in ("policy.c", "policy_selftest.c", main)]
-    subprocess.run([cc, *HOST_CFLAGS, "-o", str(exe_path), *srcs, "-lm"], check=True, capture_output=True, text=True)
-    return exe_path
-
-
-def build_arm(out_dir: str | Path, main: str = "main_selftest.c", exe: str | None = None,
-              extra_cflags: tuple[str, ...] = (), board: str = DEFAULT_BOARD) -> Path:
-    """Cross-compile for Cortex-M4F, linked for ``board`` (a QEMU machine in :data:`BOARDS`); returns the ELF."""
-    import subprocess
-
-    out_dir = Path(out_dir)
-    b = _board(board)
-    startup = out_dir / f"startup_{b.machine.replace('-', '_')}.c"
-    startup.write_text(b.startup)
-    ldflags = list(b.ldflags)
-    if b.linker_script is not None:
-        script = out_dir / f"{b.machine.replace('-', '_')}.ld"
-        script.write_text(b.linker_script)
-        ldflags += ["-T", str(script)]
-    elf = out_dir / (exe or (Path(main).stem + ".elf"))
-    srcs = [str(startup), *(str(out_dir / f) for f in ("policy.c", "policy_selftest.c", main))]
-    res = subprocess.run(["arm-none-eabi-gcc", *ARM_CFLAGS, *extra_cflags, *ldflags, "-o", str(elf), *srcs, "-lm"],
-                         capture_output=True, text=True)
-    if res.returncode != 0:
-        raise CExportError(f"arm-none-eabi-gcc failed building {elf} for {board}:\n{res.stderr.strip()}")
-    return elf
-
-
-def run_qemu(elf: str | Path, timeout: float = 60.0, extra: tuple[str, ...] = (), board: str = DEFAULT_BOARD):
-    """Run a semihosting ELF built for ``board``; the CompletedProcess's returncode is the program's exit code."""
-    import subprocess
-
-    return subprocess.run([*qemu_command(board), *extra, "-kernel", str(elf)], capture_output=True, text=True,
-                          timeout=timeout)
 
 
 __all__ = ["ARM_CFLAGS", "BOARDS", "DEFAULT_BOARD", "HOST_CFLAGS", "QemuBoard", "build_arm", "qemu_command", "build_host", "run_qemu",

@@ -10,31 +10,45 @@ stream must never pause). Safety, checked every streaming tick:
   ``"cut"`` (stop setpoint: motors off immediately);
 * no log data for ``state_timeout_s`` (estimate stale) -> the same safe behaviour;
 * link lost / disconnected -> no more commands can be sent; ``read_state`` returns None and the
-  firmware's own setpoint timeout stops the motors (the Crazyflie cuts motors after 200 ms without packets).
+  firmware's supervisor takes over in the setpoint modes: no setpoint for 500 ms -> level attitude, for
+  2 s -> motors off (``COMMANDER_WDT_TIMEOUT_*`` in supervisor.c, recorded in
+  ``hardware/crazyflie/firmware_types/firmware_names.json`` from the pinned firmware commit).
 
 Action modes (``mode``), all in robot units:
 
 * ``"position"``: (x, y, z, yaw_deg) world-frame setpoints (needs a position estimate: Flow/Lighthouse/mocap);
 * ``"velocity"``: (vx, vy, vz, yawrate_deg_s) world-frame velocity setpoints;
-* ``"attitude"``: (roll_deg, pitch_deg, yawrate_deg_s, thrust 0..65535) -- cflib's ``send_setpoint``;
+* ``"attitude"``: (roll_deg, pitch_deg, yawrate_deg_s, thrust 0..60000) -- cflib's ``send_setpoint``. Pitch
+  is right-handed (positive = nose down), converted to the firmware's legacy inverted pitch on the way out.
+  The firmware's RPYT commander keeps the thrust locked until it sees a setpoint with thrust 0, so the driver
+  sends one (0, 0, 0, 0) before the first command and after every stop;
 * ``"motors"``: 4 normalized motor commands in [-1, 1] (the simulator's action), sent as
-  ``motorPowerSet.m1..m4`` parameters. Over the radio this is slow and for bench tests only; a
-  policy acting on motors at 500 Hz runs *on board* (see ``hardware/crazyflie``).
+  ``motorPowerSet.m1..m4`` parameters. That override bypasses the firmware's supervisor and has **no
+  watchdog on board**: if the link drops, the motors keep the last values. So this mode is for the bench
+  with the propellers off only (``bench_props_off=True`` is required); every stop path sets m1..m4 = 0 and
+  ``motorPowerSet.enable`` = 0 again. A policy acting on motors in flight runs *on board*
+  (``hardware/crazyflie``), where the setpoint watchdog and the supervisor apply.
 
 Observation ``observation.state`` (12): x, y, z [m], roll, pitch, yaw [deg], vx, vy, vz [m/s],
-roll/pitch/yaw rates [deg/s] (``stateEstimate.*``, ``stabilizer.*``, ``gyro.*``).
+roll/pitch/yaw rates [deg/s] (``stateEstimate.*``, ``stabilizer.*``, ``gyro.*``). Pitch is right-handed
+(positive = nose down): ``stabilizer.pitch`` is logged in the legacy CF2 frame "where pitch is inverted"
+(stabilizer_types.h), so the driver negates it.
 
 No hardware is needed for the tests: pass ``link_factory`` returning an object with cflib's
 ``Crazyflie`` surface (``open_link``, ``close_link``, ``connected``/``disconnected``/``connection_lost``/
 ``connection_failed`` callers, ``commander``, ``log.add_config``, ``param.set_value``) and
-``log_config_factory`` in place of ``cflib.crazyflie.log.LogConfig``.
+``log_config_factory`` in place of ``cflib.crazyflie.log.LogConfig``. The tests bind these fakes to
+cflib's real signatures with ``unittest.mock.create_autospec``. cflib's table-of-contents cache goes to
+``cache_dir`` (default: ``$XDG_CACHE_HOME/robopolicy/cflib`` or ``~/.cache/robopolicy/cflib``).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,11 +67,22 @@ LOG_BLOCKS = {
 MODES = {
     "position": (np.array([-3.0, -3.0, 0.0, -180.0]), np.array([3.0, 3.0, 2.0, 180.0])),
     "velocity": (np.array([-1.0, -1.0, -1.0, -90.0]), np.array([1.0, 1.0, 1.0, 90.0])),
-    "attitude": (np.array([-30.0, -30.0, -200.0, 0.0]), np.array([30.0, 30.0, 200.0, 60000.0])),
+    "attitude": (np.array([-30.0, -30.0, -200.0, 0.0]), np.array([30.0, 30.0, 200.0, 60000.0])),  # MAX_THRUST 60000
     "motors": (np.full(4, -1.0), np.full(4, 1.0)),
 }
 SAFE_BEHAVIOURS = ("land", "cut")
 MOTOR_PWM_MAX = 65535
+MOTOR_PARAMS = tuple(f"motorPowerSet.m{i}" for i in range(1, 5))
+MOTOR_ENABLE_PARAM = "motorPowerSet.enable"
+PARAMS_USED = (MOTOR_ENABLE_PARAM, *MOTOR_PARAMS)
+LEGACY_INVERTED = ("stabilizer.pitch",)  # logged in the legacy CF2 frame, negated on the way in
+FIRMWARE_SETPOINT_SHUTDOWN_S = 2.0  # supervisor: no setpoint for this long -> motors off (firmware_names.json)
+
+
+def default_cache_dir() -> Path:
+    """Per-user cache for cflib's log/param tables of contents (never the working directory)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "robopolicy" / "cflib"
 
 
 class CrazyflieError(RuntimeError):
@@ -69,9 +94,14 @@ class CrazyflieRobot(Robot):
                  log_hz: float = 100.0, command_timeout_s: float = 0.2, state_timeout_s: float = 0.5,
                  on_timeout: str = "land", land_speed: float = 0.3, connect_timeout_s: float = 10.0,
                  link_factory: Callable[[], Any] | None = None, log_config_factory: Callable[..., Any] | None = None,
-                 clock: Callable[[], float] = time.monotonic, start_thread: bool = True):
+                 clock: Callable[[], float] = time.monotonic, start_thread: bool = True,
+                 cache_dir: str | Path | None = None, bench_props_off: bool = False):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {tuple(MODES)}, got {mode!r}")
+        if mode == "motors" and not bench_props_off:
+            raise ValueError("mode='motors' drives motorPowerSet, which bypasses the firmware's supervisor and has no "
+                             "watchdog if the radio link drops; it is for the bench with the propellers off: pass "
+                             "bench_props_off=True. Fly motor-level policies on board (hardware/crazyflie).")
         if on_timeout not in SAFE_BEHAVIOURS:
             raise ValueError(f"on_timeout must be one of {SAFE_BEHAVIOURS}, got {on_timeout!r}")
         low, high = MODES[mode]
@@ -87,6 +117,7 @@ class CrazyflieRobot(Robot):
         self._link_factory, self._log_config_factory = link_factory, log_config_factory
         self.clock = clock
         self.start_thread = start_thread
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
 
         self.cf: Any = None
         self._lock = threading.Lock()
@@ -98,6 +129,7 @@ class CrazyflieRobot(Robot):
         self._state_t: float | None = None
         self._block_t: dict[str, float] = {}
         self._seq = 0
+        self._thrust_unlocked = False  # attitude mode: a zero-thrust setpoint was sent since the last stop
         self._command: np.ndarray | None = None
         self._command_t: float | None = None
         self.safe_mode: str | None = None  # None, "landing", "stopped"
@@ -113,7 +145,8 @@ class CrazyflieRobot(Robot):
         except ImportError as e:  # pragma: no cover - depends on the environment
             raise CrazyflieError("cflib is not installed: pip install cflib") from e
         cflib.crtp.init_drivers()
-        return Crazyflie(rw_cache="./cache")
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        return Crazyflie(rw_cache=str(self.cache_dir))
 
     def _log_config(self, name: str, period_ms: int) -> Any:
         if self._log_config_factory is not None:
@@ -146,8 +179,9 @@ class CrazyflieRobot(Robot):
             lc.data_received_cb.add_callback(self._on_log)
             lc.start()
             self.log_configs.append(lc)
-        if self.mode == "motors":
-            self.cf.param.set_value("motorPowerSet.enable", "1")
+        if self.mode == "motors":  # bench only (bench_props_off): zero the overrides before enabling them
+            self._zero_motor_params()
+            self.cf.param.set_value(MOTOR_ENABLE_PARAM, "1")
         if self.start_thread:
             self._stop_thread.clear()
             self._thread = threading.Thread(target=self._stream, name="crazyflie-stream", daemon=True)
@@ -163,6 +197,9 @@ class CrazyflieRobot(Robot):
     def _on_lost(self, uri: str, msg: str) -> None:
         self._connected.clear()
         self.events.append(f"connection lost: {msg}")
+        if self.mode == "motors":
+            self.events.append("motors mode: link lost while motorPowerSet overrides the motors; the firmware has "
+                               "no watchdog for it, the motors keep their last values (bench, propellers off)")
 
     def _on_failed(self, uri: str, msg: str) -> None:
         self._failed = msg
@@ -181,7 +218,8 @@ class CrazyflieRobot(Robot):
         with self._lock:
             for var, idx in variables:
                 if var in data:
-                    self._state[idx] = float(data[var])
+                    value = float(data[var])
+                    self._state[idx] = -value if var in LEGACY_INVERTED else value
             self._block_t[logconf.name] = now
             if len(self._block_t) == len(LOG_BLOCKS):
                 self._state_t = min(self._block_t.values())
@@ -216,12 +254,17 @@ class CrazyflieRobot(Robot):
             self._command = None
         self._send_stop()
 
+    def _zero_motor_params(self) -> None:
+        for name in MOTOR_PARAMS:
+            self.cf.param.set_value(name, "0")
+
     def _send_stop(self) -> None:
         if self.cf is None or not self.connected:
             return
         if self.mode == "motors":
-            for i in range(1, 5):
-                self.cf.param.set_value(f"motorPowerSet.m{i}", "0")
+            self._zero_motor_params()
+            self.cf.param.set_value(MOTOR_ENABLE_PARAM, "0")  # hand the motors back to the stabilizer
+        self._thrust_unlocked = False
         self.cf.commander.send_stop_setpoint()
 
     def _send(self, a: np.ndarray) -> None:
@@ -231,11 +274,14 @@ class CrazyflieRobot(Robot):
         elif self.mode == "velocity":
             c.send_velocity_world_setpoint(float(a[0]), float(a[1]), float(a[2]), float(a[3]))
         elif self.mode == "attitude":
-            c.send_setpoint(float(a[0]), float(a[1]), float(a[2]), int(a[3]))
-        else:  # motors: [-1, 1] -> PWM 0..65535
+            if not self._thrust_unlocked:  # the RPYT commander's thrust lock opens on a zero-thrust setpoint
+                c.send_setpoint(0.0, 0.0, 0.0, 0)
+                self._thrust_unlocked = True
+            c.send_setpoint(float(a[0]), -float(a[1]), float(a[2]), int(a[3]))  # legacy inverted pitch
+        else:  # motors (bench, props off): [-1, 1] -> PWM 0..65535
             pwm = np.clip(np.rint((a + 1.0) * 0.5 * MOTOR_PWM_MAX), 0, MOTOR_PWM_MAX).astype(int)
-            for i, v in enumerate(pwm, start=1):
-                self.cf.param.set_value(f"motorPowerSet.m{i}", str(int(v)))
+            for name, v in zip(MOTOR_PARAMS, pwm, strict=True):
+                self.cf.param.set_value(name, str(int(v)))
 
     def tick(self) -> str:
         """One streaming period: safety checks, then (re)send the current setpoint. Returns what it did."""
@@ -322,4 +368,5 @@ class CrazyflieRobot(Robot):
                 self.cf.close_link()
 
 
-__all__ = ["CrazyflieError", "CrazyflieRobot", "LOG_BLOCKS", "MODES", "STATE_KEY", "STATE_NAMES"]
+__all__ = ["CrazyflieError", "CrazyflieRobot", "FIRMWARE_SETPOINT_SHUTDOWN_S", "LOG_BLOCKS", "MODES", "PARAMS_USED",
+           "STATE_KEY", "STATE_NAMES", "default_cache_dir"]
