@@ -22,11 +22,15 @@ def make_robot(name: str, **kwargs: Any) -> Robot:
         from robopolicy.robots.sim_arm import BridgeArm
 
         return BridgeArm(**kwargs)
+    if name == "lerobot":  # any LeRobot robot: robot.type=so101_follower robot.port=... robot.id=...
+        from robopolicy.robots.lerobot_robot import LeRobotRobot
+
+        return LeRobotRobot(**kwargs)
     raise KeyError(f"unknown robot {name!r}; available: {available_robots()}")
 
 
 def available_robots() -> list[str]:
-    return ["bridge_arm", "echo", "sim_arm", "sim_pusht"]
+    return ["bridge_arm", "echo", "lerobot", "sim_arm", "sim_pusht"]
 
 
 __all__ = ["EchoRobot", "Robot", "RobotSpec", "RobotState", "available_robots", "make_robot"]

@@ -178,7 +178,8 @@ class FeetechBusSimulator:
         self._corrupt_replies = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.counters = {"packets": 0, "bad_checksum": 0, "wrong_baud": 0, "replies": 0, "sync_writes": 0}
+        self.counters = {"packets": 0, "bad_checksum": 0, "wrong_baud": 0, "replies": 0, "sync_writes": 0,
+                         "physics_dropped_s": 0.0}
         self.goal_log: list[tuple[float, dict[int, int]]] = []  # (time.monotonic(), id -> goal) per goal write
         self.log_goals = False
         for servo in self.servos.values():  # powered on: torque off (limp), goal where the joint is
@@ -228,6 +229,7 @@ class FeetechBusSimulator:
                     self.sim.step(n)
                 if behind > 0.05:  # a stalled process: do not try to replay the lost time
                     sim_t0 += behind - 0.05
+                    self.counters["physics_dropped_s"] += behind - 0.05
 
     # ---- operator / test hooks ------------------------------------------------------------------
     def set_joint_positions(self, q: np.ndarray) -> None:
@@ -460,6 +462,8 @@ def serve_bus_process(conn, kinematic: bool = False, seed: int = 0, calibrated: 
                 break
             if msg[0] == "goal_log":
                 conn.send(list(bus.goal_log))
+            elif msg[0] == "counters":
+                conn.send(dict(bus.counters, sim_time=bus.sim.time))
             elif msg[0] == "joints":
                 conn.send(bus.joint_positions())
             elif msg[0] == "set_joints":

@@ -206,6 +206,7 @@ class LeRobotRobot(Robot):
         self.spec = self._make_spec(control_hz)
         self.filter = self._make_filter()
         self._lock = threading.Lock()
+        self.bus_lock = threading.Lock()  # the driver thread holds it per cycle: LeRobot's buses are not thread-safe
         self._command: np.ndarray | None = None
         self._state: RobotState | None = None
         self._seq = 0
@@ -328,18 +329,19 @@ class LeRobotRobot(Robot):
         errors = 0
         while not self._stop.is_set():
             try:
-                self._state = self._read()
-                with self._lock:
-                    target = None if self._command is None else self._command.copy()
-                now = time.monotonic()
-                if target is not None:
-                    dt = period if last_sent is None else now - last_sent
-                    cmd = self.filter(target, dt)
-                    if cmd is not None:
-                        self.robot.send_action(self.action_dict(cmd))
-                        last_sent = now
-                        if len(self.sent) < self.max_sent_log:
-                            self.sent.append((now, cmd))
+                with self.bus_lock:
+                    self._state = self._read()
+                    with self._lock:
+                        target = None if self._command is None else self._command.copy()
+                    now = time.monotonic()
+                    if target is not None:
+                        dt = period if last_sent is None else now - last_sent
+                        cmd = self.filter(target, dt)
+                        if cmd is not None:
+                            self.robot.send_action(self.action_dict(cmd))
+                            last_sent = now
+                            if len(self.sent) < self.max_sent_log:
+                                self.sent.append((now, cmd))
                 errors = 0
             except (ConnectionError, OSError, RuntimeError) as e:
                 errors += 1
