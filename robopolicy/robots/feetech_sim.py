@@ -441,11 +441,15 @@ SO101_RAW_AT_ZERO = (2110, 1934, 2201, 1987, 2077, 1602)
 
 
 def serve_bus_process(conn, kinematic: bool = False, seed: int = 0, calibrated: bool = True,
-                      max_runtime_s: float = 600.0) -> None:
+                      max_runtime_s: float = 600.0, raw_at_zero: Sequence[int] = SO101_RAW_AT_ZERO) -> None:
     """Process entry point: a simulated SO-101 bus; sends its port path (and calibration) on ``conn``,
     then answers ``("goal_log",)``, ``("joints",)``, ``("set_joints", q)``, ``("log_goals", bool)``, ``("stop",)``."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    bus = FeetechBusSimulator(raw_at_zero=SO101_RAW_AT_ZERO, kinematic=kinematic, seed=seed)
+    try:  # servos are their own hardware: on a loaded machine the simulated ones must still answer in time
+        os.nice(-10)
+    except OSError:
+        pass
+    bus = FeetechBusSimulator(raw_at_zero=raw_at_zero, kinematic=kinematic, seed=seed)
     cal = so101_calibration(bus)
     if calibrated:
         apply_calibration(bus, cal)
@@ -482,12 +486,13 @@ class BusProcess:
     """A simulated SO-101 bus in its own (spawned) process: what a test's arm is plugged into."""
 
     def __init__(self, kinematic: bool = False, seed: int = 0, calibrated: bool = True, max_runtime_s: float = 600.0,
-                 timeout_s: float = 60.0):
+                 timeout_s: float = 60.0, raw_at_zero: Sequence[int] = SO101_RAW_AT_ZERO):
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
+        self._lock = threading.Lock()
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=serve_bus_process, args=(child, kinematic, seed, calibrated, max_runtime_s),
+        self.process = ctx.Process(target=serve_bus_process, args=(child, kinematic, seed, calibrated, max_runtime_s, tuple(raw_at_zero)),
                                    daemon=True)
         self.process.start()
         if not self.conn.poll(timeout_s):
@@ -498,8 +503,15 @@ class BusProcess:
         self.calibration: dict[str, dict[str, int]] = hello["calibration"]
 
     def call(self, *msg):
-        self.conn.send(msg)
-        return self.conn.recv()
+        with self._lock:  # one request and its answer at a time (an operator thread, the test)
+            self.conn.send(msg)
+            return self.conn.recv()
+
+    def joint_positions(self) -> np.ndarray:
+        return self.call("joints")
+
+    def set_joint_positions(self, q: np.ndarray) -> None:
+        self.call("set_joints", np.asarray(q, dtype=np.float64))
 
     def close(self) -> None:
         if self.process.is_alive():

@@ -186,7 +186,7 @@ class LeRobotRobot(Robot):
     def __init__(self, type: str, control_hz: float = 30.0, max_velocity: float | list[float] | None = 90.0,
                  max_acceleration: float | list[float] | None = None, action_low: list[float] | None = None,
                  action_high: list[float] | None = None, safe_action: str = "hold", calibrate: bool = False,
-                 max_bus_errors: int = 3, state_key: str = STATE_KEY, **fields: Any):
+                 max_bus_errors: int = 3, connect_retries: int = 1, state_key: str = STATE_KEY, **fields: Any):
         import_lerobot()
         from lerobot.robots import make_robot_from_config
 
@@ -195,6 +195,7 @@ class LeRobotRobot(Robot):
         self.type = type
         self.calibrate = calibrate
         self.max_bus_errors = max_bus_errors
+        self.connect_retries = connect_retries
         self.state_key = state_key
         obs_ft, act_ft = self.robot.observation_features, self.robot.action_features
         self.features = dataset_features(obs_ft, act_ft)
@@ -236,6 +237,17 @@ class LeRobotRobot(Robot):
 
     # ---- lifecycle -----------------------------------------------------------------------------------
     def connect(self) -> None:
+        for attempt in range(1 + self.connect_retries):
+            try:
+                self._connect()
+                return
+            except ConnectionError as e:  # a status packet lost during the handshake/configuration
+                self._release()
+                if attempt == self.connect_retries:
+                    raise
+                log.warning("%s: connecting failed (%s); retrying", self.spec.name, e)
+
+    def _connect(self) -> None:
         r = self.robot
         if self.calibrate:
             r.connect(calibrate=True)
@@ -270,14 +282,18 @@ class LeRobotRobot(Robot):
         if self._thread is not None:
             self._thread.join(5)
             self._thread = None
-        if self.robot.is_connected:
-            try:
+        self._release()
+
+    def _release(self) -> None:
+        """LeRobot's disconnect; when the bus cannot even disable torque, at least close the port."""
+        bus = getattr(self.robot, "bus", None)
+        try:
+            if self.robot.is_connected:
                 self.robot.disconnect()
-            except Exception as e:  # a dead bus cannot disable torque; still close the port
-                log.error("LeRobot disconnect failed (%s); closing the port", e)
-                bus = getattr(self.robot, "bus", None)
-                if bus is not None and bus.port_handler.is_open:
-                    bus.port_handler.closePort()
+        except Exception as e:
+            log.error("LeRobot disconnect failed (%s); closing the port", e)
+        if bus is not None and bus.port_handler.is_open:
+            bus.port_handler.closePort()
 
     # ---- the robot interface -------------------------------------------------------------------------
     def read_state(self) -> RobotState | None:
