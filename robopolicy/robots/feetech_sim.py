@@ -42,6 +42,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from robopolicy.sim.so101 import JOINTS, SO101Sim
+from robopolicy.sim.so101_pick import SO101PickEnv
 
 INST_PING, INST_READ, INST_WRITE, INST_REG_WRITE, INST_ACTION = 1, 2, 3, 4, 5
 INST_SYNC_READ, INST_SYNC_WRITE = 0x82, 0x83
@@ -160,7 +161,10 @@ class FeetechBusSimulator:
 
     def __init__(self, ids: Sequence[int] = (1, 2, 3, 4, 5, 6), raw_at_zero: Sequence[int] | None = None,
                  sim: SO101Sim | None = None, kinematic: bool = False, seed: int = 0, physics_chunk_s: float = 0.01):
-        self.sim = sim or SO101Sim(scene="arm" if kinematic else "pick", kinematic=kinematic, seed=seed)
+        if sim is None:
+            sim = SO101Sim(scene="arm", kinematic=True) if kinematic else SO101PickEnv().sim
+            sim.reset(seed)
+        self.sim = sim
         raw = raw_at_zero if raw_at_zero is not None else [2048] * len(ids)
         if len(raw) != len(ids) or len(ids) > len(JOINTS):
             raise ValueError(f"{len(ids)} servo IDs for {len(JOINTS)} joints with {len(raw)} zero readings")
@@ -443,7 +447,7 @@ SO101_RAW_AT_ZERO = (2110, 1934, 2201, 1987, 2077, 1602)
 def serve_bus_process(conn, kinematic: bool = False, seed: int = 0, calibrated: bool = True,
                       max_runtime_s: float = 600.0, raw_at_zero: Sequence[int] = SO101_RAW_AT_ZERO) -> None:
     """Process entry point: a simulated SO-101 bus; sends its port path (and calibration) on ``conn``,
-    then answers ``("goal_log",)``, ``("joints",)``, ``("set_joints", q)``, ``("log_goals", bool)``, ``("stop",)``."""
+    then answers ``("goal_log",)``, ``("joints",)``, ``("cube",)``, ``("set_joints", q)``, ``("log_goals", bool)``, ``("stop",)``."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:  # servos are their own hardware: on a loaded machine the simulated ones must still answer in time
         os.nice(-10)
@@ -468,6 +472,9 @@ def serve_bus_process(conn, kinematic: bool = False, seed: int = 0, calibrated: 
                 conn.send(list(bus.goal_log))
             elif msg[0] == "counters":
                 conn.send(dict(bus.counters, sim_time=bus.sim.time))
+            elif msg[0] == "cube":
+                with bus.lock:
+                    conn.send(bus.sim.cube_position())
             elif msg[0] == "joints":
                 conn.send(bus.joint_positions())
             elif msg[0] == "set_joints":

@@ -77,8 +77,14 @@ class RecordSummary:
 def record_leader_follower(robot: LeRobotRobot, teleop: LeRobotTeleoperator, recorder, fps: float,
                            num_episodes: int, episode_s: float, task: str,
                            between_episodes: Callable[[int], None] | None = None,
-                           stop: threading.Event | None = None) -> RecordSummary:
-    """Record ``num_episodes`` episodes of ``episode_s`` seconds at ``fps`` (robot and teleop connected)."""
+                           stop: threading.Event | None = None,
+                           extra_observation: Callable[[], dict[str, np.ndarray]] | None = None) -> RecordSummary:
+    """Record ``num_episodes`` episodes of ``episode_s`` seconds at ``fps`` (robot and teleop connected).
+
+    ``teleop`` is anything with ``get_action() -> {action name: value}`` (a LeRobot teleoperator, a
+    :class:`ScriptedTeleop`); ``extra_observation`` adds features the robot cannot sense (a simulated
+    scene's object poses) to every frame; the recorder must declare them.
+    """
     names = robot.action_names
     summary = RecordSummary()
     period = 1.0 / fps
@@ -98,6 +104,8 @@ def record_leader_follower(robot: LeRobotRobot, teleop: LeRobotTeleoperator, rec
             robot.send_command(action)
             state = robot.read_state()
             frame = {k: v for k, v in state.observation.items()}
+            if extra_observation is not None:
+                frame.update(extra_observation())
             frame[ACTION_KEY] = action.astype(np.float32)
             frame["task"] = task
             recorder.add_frame(frame)
@@ -115,6 +123,21 @@ def record_leader_follower(robot: LeRobotRobot, teleop: LeRobotTeleoperator, rec
         summary.saved.append(recorder.save_episode(task=task))
         summary.frames += n_frames
     return summary
+
+
+class ScriptedTeleop:
+    """A teleoperator that plays ``actions(step) -> vector`` (a scripted expert) in the robot's action names."""
+
+    def __init__(self, names: list[str], actions: Callable[[int], np.ndarray]):
+        self.names, self.actions, self.step = list(names), actions, 0
+
+    def reset(self) -> None:
+        self.step = 0
+
+    def get_action(self) -> dict[str, float]:
+        a = np.asarray(self.actions(self.step), dtype=np.float64)
+        self.step += 1
+        return {k: float(v) for k, v in zip(self.names, a)}
 
 
 class ScriptedLeaderOperator:
@@ -143,4 +166,4 @@ class ScriptedLeaderOperator:
             self._thread.join(2)
 
 
-__all__ = ["LeRobotTeleoperator", "RecordSummary", "ScriptedLeaderOperator", "record_leader_follower"]
+__all__ = ["LeRobotTeleoperator", "RecordSummary", "ScriptedLeaderOperator", "ScriptedTeleop", "record_leader_follower"]
