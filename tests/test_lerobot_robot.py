@@ -247,3 +247,17 @@ def test_kill_minus_9_of_the_server_holds_the_arm_and_sends_nothing_stale(bus_pr
     assert all(g == goals[0][1] for _, g in goals), goals[:3]
     # and the arm stays there, torque on
     assert np.abs(np.degrees(held[1] - held[0])).max() < 1.0, held
+
+
+def test_extra_observation_rides_along_and_needs_its_features(calibrated_bus):
+    bus, _, directory = calibrated_bus
+    feature = {"observation.environment_state": {"dtype": "float32", "shape": (3,), "names": ["x", "y", "z"]}}
+    with pytest.raises(ValueError, match="go together"):
+        follower(bus, directory, extra_observation=lambda: {})
+    robot = follower(bus, directory, extra_features=feature,
+                     extra_observation=lambda: {"observation.environment_state": np.array([1, 2, 3], np.float32)})
+    assert "observation.environment_state" in robot.spec.observation_keys
+    assert robot.features["observation.environment_state"] == feature["observation.environment_state"]
+    with robot:
+        obs = robot.read_state().observation
+    np.testing.assert_array_equal(obs["observation.environment_state"], [1, 2, 3])

@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +187,9 @@ class LeRobotRobot(Robot):
     def __init__(self, type: str, control_hz: float = 30.0, max_velocity: float | list[float] | None = 90.0,
                  max_acceleration: float | list[float] | None = None, action_low: list[float] | None = None,
                  action_high: list[float] | None = None, safe_action: str = "hold", calibrate: bool = False,
-                 max_bus_errors: int = 3, connect_retries: int = 1, state_key: str = STATE_KEY, **fields: Any):
+                 max_bus_errors: int = 3, connect_retries: int = 1, state_key: str = STATE_KEY,
+                 extra_observation: Callable[[], dict[str, np.ndarray]] | None = None,
+                 extra_features: dict[str, dict] | None = None, **fields: Any):
         import_lerobot()
         from lerobot.robots import make_robot_from_config
 
@@ -199,6 +202,12 @@ class LeRobotRobot(Robot):
         self.state_key = state_key
         obs_ft, act_ft = self.robot.observation_features, self.robot.action_features
         self.features = dataset_features(obs_ft, act_ft)
+        # what the robot cannot sense but a simulated scene knows (an object's pose), added to every observation
+        self.extra_observation = extra_observation
+        self.extra_features = dict(extra_features or {})
+        if (extra_observation is None) != (not self.extra_features):
+            raise ValueError("extra_observation and extra_features go together (the features describe its keys)")
+        self.features.update(self.extra_features)
         self.state_names = self.features[STATE_KEY]["names"]
         self.action_names = list(act_ft)
         self.cameras = [k.removeprefix(IMAGE_PREFIX) for k in self.features if k.startswith(IMAGE_PREFIX)]
@@ -226,7 +235,7 @@ class LeRobotRobot(Robot):
             low = np.asarray(lo_o, dtype=np.float64).reshape(len(self.action_names))
         if hi_o is not None:
             high = np.asarray(hi_o, dtype=np.float64).reshape(len(self.action_names))
-        keys = (self.state_key, *(IMAGE_PREFIX + c for c in self.cameras))
+        keys = (self.state_key, *(IMAGE_PREFIX + c for c in self.cameras), *self.extra_features)
         return RobotSpec(name=f"lerobot:{self.type}", action_dim=len(self.action_names), action_low=low,
                          action_high=high, max_velocity=self._velocity, max_acceleration=self._acceleration,
                          control_hz=control_hz, safe_action=self._safe, observation_keys=keys)
@@ -334,6 +343,8 @@ class LeRobotRobot(Robot):
         obs = {self.state_key: np.array([raw[k] for k in self.state_names], dtype=np.float32)}
         for cam in self.cameras:
             obs[IMAGE_PREFIX + cam] = np.asarray(raw[cam], dtype=np.uint8)
+        if self.extra_observation is not None:
+            obs.update(self.extra_observation())
         self._seq += 1
         floats = {k: float(v) for k, v in raw.items() if k in self.state_names}
         return RobotState(obs, time.monotonic(), self._seq, {"raw": floats, "bus_errors": self.bus_errors})
