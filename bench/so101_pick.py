@@ -1,5 +1,6 @@
 """SO-101 pick-cube: expert demonstrations -> Diffusion Policy / flow -> evaluation in MuJoCo over held-out seeds.
 
+    python bench/so101_pick.py expert --episodes 100                # the expert alone on the demo seeds
     python bench/so101_pick.py demos --episodes 200                 # scripted expert, seeds 0..199 (~2 s each)
     python bench/so101_pick.py train --policy diffusion --minutes 60   # and --policy flow
     python bench/so101_pick.py eval --policy diffusion --episodes 100  # seeds 100000.., never used for choices
@@ -40,6 +41,28 @@ def demos(root: Path, episodes: int, noise_deg: float) -> dict:
     report["seconds"] = round(time.time() - t, 1)
     print(f"{root}: {report}")
     return report
+
+
+def expert_success(episodes: int, noise_deg: float) -> dict:
+    """The scripted expert alone on the demonstration seeds 0..N-1 (what the demos can teach at best)."""
+    import numpy as np
+
+    from robopolicy.sim.so101_pick import PickExpert
+
+    env = SO101PickEnv()
+    expert = PickExpert(env, noise_deg=noise_deg)
+    picked = 0
+    for seed in range(episodes):
+        env.reset(seed=seed)
+        expert.rng = np.random.default_rng(seed)
+        expert.reset()
+        done = False
+        for t in range(expert.episode_steps):
+            done = env.step(expert.act(t))[2] or done
+        picked += done
+    row = {"expert_success_rate": picked / episodes, "n_episodes": episodes, "noise_deg": noise_deg}
+    print(json.dumps(row))
+    return row
 
 
 def train(root: Path, run: Path, policy: str, minutes: float, steps: int, extra: list[str]) -> None:
@@ -117,7 +140,7 @@ def deploy(run: Path, episodes: int, start_seed: int = EVAL_START_SEED, episode_
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["demos", "train", "eval", "deploy", "smoke"])
+    ap.add_argument("command", choices=["expert", "demos", "train", "eval", "deploy", "smoke"])
     ap.add_argument("--root", default="outputs/bench/so101_pick")
     ap.add_argument("--episodes", type=int, default=None)
     ap.add_argument("--noise-deg", type=float, default=0.0)
@@ -129,7 +152,9 @@ def main() -> None:
     a = ap.parse_args()
     root = REPO / a.root
     data = root / "demos"
-    if a.command == "demos":
+    if a.command == "expert":
+        expert_success(a.episodes or 100, a.noise_deg)
+    elif a.command == "demos":
         demos(data, a.episodes or 200, a.noise_deg)
     elif a.command == "train":
         train(data, root / a.policy, a.policy, a.minutes, a.steps, a.overrides)

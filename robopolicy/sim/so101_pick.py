@@ -25,6 +25,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
+from robopolicy.data.recorder import DatasetRecorder
 from robopolicy.sim.so101 import CUBE_HALF, JOINTS, LIFT_SUCCESS_M, SO101Sim
 
 CONTROL_HZ = 25
@@ -196,8 +197,6 @@ class PickExpert:
 
 def record_expert_episodes(root, seeds: list[int], noise_deg: float = 0.0, keep_failures: bool = False) -> dict:
     """Record the expert on ``seeds`` into a LeRobot v3.0 dataset at ``root`` (appends when it exists)."""
-    from robopolicy.data.recorder import DatasetRecorder
-
     env = SO101PickEnv()
     expert = PickExpert(env, noise_deg=noise_deg)
     saved, failed = 0, 0
