@@ -261,3 +261,29 @@ def test_extra_observation_rides_along_and_needs_its_features(calibrated_bus):
     with robot:
         obs = robot.read_state().observation
     np.testing.assert_array_equal(obs["observation.environment_state"], [1, 2, 3])
+
+
+def test_ctrl_c_in_the_control_loop_holds_then_disconnects_with_torque_off(calibrated_bus):
+    bus, _, directory = calibrated_bus
+    robot = follower(bus, directory)
+    ticks = []
+
+    def operator_presses_ctrl_c(loop, record):
+        ticks.append(record)
+        if len(ticks) == 20:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        with robot:  # as `robopolicy run` holds it
+            assert all(s.get(40, 1) == 1 for s in bus.servos.values())  # torque on while driven
+            loop = ControlLoop(robot, ipc_address("nobody"), ControlLoopConfig(control_hz=100))
+            try:
+                loop.run(10.0, on_tick=operator_presses_ctrl_c)
+            finally:
+                loop.close()
+    assert loop.fatal.startswith("crashed: KeyboardInterrupt")
+    assert all(r.mode == "safe" for r in ticks)  # no server: the hold from the first tick on
+    hold = ticks[0].command
+    assert all(np.array_equal(r.command, hold) for r in ticks)
+    assert not robot.robot.is_connected
+    assert all(s.get(40, 1) == 0 for s in bus.servos.values())  # LeRobot's disconnect disabled torque

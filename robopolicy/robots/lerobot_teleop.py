@@ -22,7 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from robopolicy.robots.lerobot_robot import ACTION_KEY, LeRobotRobot, import_lerobot, make_lerobot_config
+from robopolicy.robots.lerobot_robot import (
+    ACTION_KEY,
+    LeRobotRobot,
+    NotCalibrated,
+    import_lerobot,
+    make_lerobot_config,
+)
 
 log = logging.getLogger("robopolicy.robots.lerobot_teleop")
 
@@ -38,13 +44,27 @@ class LeRobotTeleoperator:
         self.config = make_lerobot_config("teleop", type, **fields)
         self.device = make_teleoperator_from_config(self.config)
 
-    def connect(self, calibrate: bool = False) -> None:
+    def connect(self, calibrate: bool = False, retries: int = 2) -> None:
+        for attempt in range(1 + retries):
+            try:
+                self._connect(calibrate)
+                return
+            except NotCalibrated:
+                raise
+            except (ConnectionError, RuntimeError) as e:  # a status packet lost in the handshake/configuration
+                if self.device.is_connected:
+                    self.device.disconnect()
+                if attempt == retries:
+                    raise
+                log.warning("%s: connecting failed (%s); retrying", self.type, e)
+
+    def _connect(self, calibrate: bool) -> None:
         d = self.device
         d.connect(calibrate=calibrate)
         if not d.is_calibrated and not calibrate:
             if not d.calibration:
                 d.disconnect()
-                raise RuntimeError(f"{self.type} {self.config.id!r} has no calibration file at {d.calibration_fpath}: "
+                raise NotCalibrated(f"{self.type} {self.config.id!r} has no calibration file at {d.calibration_fpath}: "
                                    f"run `lerobot-calibrate --teleop.type={self.type} --teleop.port=<port> "
                                    f"--teleop.id={self.config.id}`")
             bus = getattr(d, "bus", None)
