@@ -109,8 +109,8 @@ def test_sync_read_and_sync_write_move_the_simulated_joints(bus, sdk):
         reader.addParam(i)
     assert reader.txRxPacket() == scs.COMM_SUCCESS
     q = bus.joint_positions()
-    for i, servo in bus.servos.items():
-        assert reader.getData(i, PRESENT_POSITION, 2) == servo.present_from_angle(q[servo.joint])
+    for i, servo in bus.servos.items():  # the limp arm sags a little between the reply and this read
+        assert abs(reader.getData(i, PRESENT_POSITION, 2) - servo.present_from_angle(q[servo.joint])) <= 5
     # torque on for the pan joint, then a sync write of its goal 200 ticks away
     ph.write1ByteTxRx(port, 1, 40, 1)
     start = reader.getData(1, PRESENT_POSITION, 2)
