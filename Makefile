@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml
 	# The CPU build of torch first, so nothing later reaches for CUDA wheels.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[all]'
+	# LeRobot's robot drivers and HF datasets without their pins (torch<2.11, CUDA torchvision/torchcodec), then what
+	# their robot, motor and teleoperator modules really import (the lerobot extra).
+	$(PY) -m pip install --quiet --no-deps lerobot==0.4.4 datasets==4.8.5
+	$(PY) -m pip install --quiet -e '.[all,lerobot]'
 	# robosuite without its mink pin (numpy<2 breaks pyarrow); the Panda OSC controllers don't use mink.
 	$(PY) -m pip install --quiet --no-deps 'robosuite==1.5.*'
 	@if $(PY) -m pip list 2>/dev/null | grep -qi '^nvidia-'; then echo "CUDA wheels were installed; refusing" >&2; exit 1; fi

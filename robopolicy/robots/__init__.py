@@ -12,7 +12,7 @@ from typing import Any
 from robopolicy.deploy.robot import Robot, RobotSpec, RobotState
 from robopolicy.robots.base import EchoRobot
 
-ROBOTS = ("bridge_arm", "crazyflie", "echo", "sim_arm", "sim_pusht", "sim_quadrotor")
+ROBOTS = ("bridge_arm", "crazyflie", "echo", "lerobot", "sim_arm", "sim_pusht", "sim_quadrotor")
 
 
 def robot_class(name: str) -> type[Robot]:
@@ -39,6 +39,10 @@ def robot_class(name: str) -> type[Robot]:
         from robopolicy.robots.sim_quadrotor import SimQuadrotorRobot
 
         return SimQuadrotorRobot
+    if name == "lerobot":  # any LeRobot robot: robot.type=so101_follower robot.port=... robot.id=...
+        from robopolicy.robots.lerobot_robot import LeRobotRobot
+
+        return LeRobotRobot
     raise KeyError(f"unknown robot {name!r}; available: {', '.join(available_robots())}")
 
 
