@@ -93,3 +93,45 @@ def test_bridge_arm_from_the_cli_against_the_reference_bridge(capsys, tmp_path):
 def test_sim_quadrotor_from_the_cli(capsys, tmp_path):
     served_run(capsys, tmp_path, {"name": "sim_quadrotor", "seed": 1, "safe_mode": "motors_off"},
                ["robot=sim_quadrotor", "robot.seed=1", "robot.safe_mode=motors_off"])
+
+
+def test_crazyflie_from_the_cli_over_a_fake_radio(capsys, tmp_path, monkeypatch):
+    """``robot=crazyflie robot.uri=... robot.mode=position``: the driver's own default link, with cflib's
+    ``Crazyflie`` and ``LogConfig`` replaced by autospecs of themselves (tests/test_crazyflie.py) and a thread
+    playing the drone's log stream."""
+    import cflib.crazyflie
+    import cflib.crazyflie.log
+    import cflib.crtp
+
+    from tests.test_crazyflie import STATE, emit_state, fake_crazyflie, fake_log_config
+
+    links = []
+
+    def new_link(**kw):
+        links.append(fake_crazyflie())
+        return links[-1]
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(cflib.crtp, "init_drivers", lambda *a, **kw: None)
+    monkeypatch.setattr(cflib.crazyflie, "Crazyflie", new_link)
+    monkeypatch.setattr(cflib.crazyflie.log, "LogConfig", fake_log_config)
+    stop = threading.Event()
+
+    def drone():  # the log blocks of whichever link is open, at 100 Hz
+        while not stop.wait(0.01):
+            for cf in list(links):
+                if cf.log.add_config.call_args_list:
+                    emit_state(cf, STATE)
+
+    threading.Thread(target=drone, daemon=True).start()
+    uri = "radio://0/80/2M/E7E7E7E7E7"
+    try:
+        summary = served_run(capsys, tmp_path, {"name": "crazyflie", "uri": uri, "mode": "position"},
+                   ["robot=crazyflie", f"robot.uri={uri}", "robot.mode=position"])
+    finally:
+        stop.set()
+    cf = links[-1]  # the CLI's own link
+    assert cf.open_link.call_args.args == (uri,) and cf.close_link.called
+    sent = [c for c in cf.commander.mock_calls if c[0] == "send_position_setpoint"]
+    assert sent, (sorted({c[0] for c in cf.commander.mock_calls}), summary)
+    assert any(c[0] in ("send_stop_setpoint", "send_notify_setpoint_stop") for c in cf.commander.mock_calls[-5:])

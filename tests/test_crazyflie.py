@@ -10,7 +10,7 @@ from unittest.mock import call, create_autospec
 import numpy as np
 import pytest
 
-cflib = pytest.importorskip("cflib", reason="cflib is in the quadrotor extra")
+import cflib  # noqa: F401  (the quadrotor extra is part of `make test`: missing, it must fail)
 from cflib.crazyflie import Crazyflie  # noqa: E402
 from cflib.crazyflie.commander import Commander  # noqa: E402
 from cflib.crazyflie.log import Log, LogConfig  # noqa: E402
@@ -265,3 +265,21 @@ def test_streaming_thread_runs_and_stops():
     sent = [c for c in commander_calls(cf) if c[0] == "send_position_setpoint"]
     assert len(sent) >= 5
     assert commander_calls(cf)[-1] == call.send_notify_setpoint_stop() and cf.close_link.called
+
+
+def test_a_stop_before_the_first_command_does_not_latch_but_one_after_does():
+    """The control loop holds its safe action (stop) while it waits for its first chunk: that must not keep the
+    drone grounded for the whole run, while a stop in flight stays latched until the operator re-arms."""
+    robot, cf, clock = make()
+    emit_state(cf, STATE)
+    robot.stop()  # waiting for the first chunk
+    assert robot.safe_mode is None
+    robot.send_command(np.array([0.0, 0.0, 1.0, 0.0]))
+    assert robot.tick() == "command" and commander_calls(cf)[-1][0] == "send_position_setpoint"
+    robot.stop()  # in flight
+    assert robot.safe_mode == "stopped"
+    robot.send_command(np.array([0.0, 0.0, 1.0, 0.0]))
+    assert robot.tick() == "stopped" and commander_calls(cf)[-1][0] == "send_stop_setpoint"
+    robot.reset_safety()
+    robot.send_command(np.array([0.0, 0.0, 1.0, 0.0]))
+    assert robot.tick() == "command"

@@ -133,6 +133,7 @@ class CrazyflieRobot(Robot):
         self._command: np.ndarray | None = None
         self._command_t: float | None = None
         self.safe_mode: str | None = None  # None, "landing", "stopped"
+        self._armed = False  # a command was accepted since connect / reset_safety: a stop then latches
         self._land_target: np.ndarray | None = None
         self.log_configs: list[Any] = []
         self.events: list[str] = []  # human-readable log of safety events (tests, post-mortem)
@@ -242,15 +243,21 @@ class CrazyflieRobot(Robot):
                 return
             self._command = np.clip(a, self.spec.action_low, self.spec.action_high)
             self._command_t = self.clock()
+            self._armed = True
 
     def reset_safety(self) -> None:
         """Re-arm after a safety stop (an operator decision; commands are ignored until then)."""
         with self._lock:
             self.safe_mode, self._land_target, self._command, self._command_t = None, None, None, None
+            self._armed = False
 
     def stop(self) -> None:
+        """Motors off. Once the drone has been commanded, the stop latches until :meth:`reset_safety`; before the
+        first command (the control loop holds its safe action while it waits for the first chunk) nothing is
+        latched, or a run could never take off."""
         with self._lock:
-            self.safe_mode = "stopped"
+            if self._armed:
+                self.safe_mode = "stopped"
             self._command = None
         self._send_stop()
 
