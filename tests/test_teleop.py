@@ -315,3 +315,34 @@ def test_record_teleop_with_scripted_device_saves_discards_and_quits(tmp_path: P
     assert [e["length"] for e in ds.episodes] == [4, 7]
     np.testing.assert_allclose(ds.column("action")[:4, 2], 0.01)
     np.testing.assert_allclose(ds.column("observation.state")[4:, 2], np.arange(7) * 0.01, atol=1e-6)
+
+
+@pytest.mark.parametrize("fields", [{"events": 5}, {"events": [[1, 2]]}, {"events": {"save": 1}}, {"clutch": "yes"}])
+def test_zmq_leader_counts_a_hostile_field_and_carries_on(fields):
+    """A leader message whose events or clutch have the wrong type is rejected and counted, never a crash."""
+    import zmq
+
+    from robopolicy.deploy.arm_bridge import encode_arm, pack_frames
+    from robopolicy.teleop.zmq_leader import LeaderPublisher, ZmqLeaderDevice
+
+    addr = ipc_address("leader-hostile")
+    ctx = zmq.Context()
+    pub = LeaderPublisher(addr, context=ctx)
+    dev = ZmqLeaderDevice(addr, max_pos=0.05, max_rot=0.5, timeout_s=5, context=ctx)
+    dev.start()
+    try:
+        pose = ArmPose(np.array([0.0, 0.0, 1.0]), np.array([0, 0, 0, 1.0]))
+        deadline = time.monotonic() + 5
+        while dev.read(pose).gripper is None:
+            pub.publish([0.0, 0.0, 1.0], [0, 0, 0, 1], gripper=-1)
+            time.sleep(0.01)
+            assert time.monotonic() < deadline
+        arrays = {"pos": np.array([0.02, 0.0, 1.0]), "quat": np.array([0, 0, 0, 1.0]), "gripper": np.array([1.0])}
+        pub.sock.send(pack_frames(encode_arm("ee_target", 99, arrays, **{"clutch": True, "events": [], **fields})))
+        time.sleep(0.05)
+        cmd = dev.read(pose)
+        assert dev.rejected == 1 and not cmd.events and cmd.gripper == -1
+    finally:
+        dev.close()
+        pub.close()
+        ctx.term()

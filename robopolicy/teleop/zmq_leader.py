@@ -69,9 +69,13 @@ class ZmqLeaderDevice(TeleopDevice):
                 if not (np.isfinite(pos).all() and np.isfinite(quat).all() and np.linalg.norm(quat) > 1e-6):
                     raise ValueError("ee_target: pos must be finite and quat a finite, non-zero quaternion")
                 gripper = float(np.clip(msg.arrays.get("gripper", np.array([-1.0])).reshape(-1)[0], -1, 1))
-                ev = msg.get("events") or []
+                ev, clutch = msg.get("events") or [], msg.get("clutch", True)
+                if not isinstance(ev, list) or not all(isinstance(e, str) for e in ev):
+                    raise ValueError("ee_target: events must be a list of event names")
+                if not isinstance(clutch, bool):
+                    raise ValueError("ee_target: clutch must be true or false")
                 events |= {e for e in ev if e in EVENTS}
-                self._target = (pos, quat, gripper, bool(msg.get("clutch", True)), time.monotonic())
+                self._target = (pos, quat, gripper, clutch, time.monotonic())
             except (ProtocolError, KeyError, ValueError):
                 self.rejected += 1
         if self._target is None:
