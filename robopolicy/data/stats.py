@@ -92,7 +92,8 @@ def to_jsonable(stats: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, 
 
 
 def from_jsonable(stats: Any, where: str = "stats") -> dict[str, dict[str, np.ndarray]]:
-    """Statistics from JSON as float64 arrays (count as int64); a non-numeric value is an error naming the field."""
+    """Statistics from JSON as numeric arrays: count as int64, min/max of bool and int features in their own type
+    (as LeRobot stores them), the rest float64; a non-numeric value is an error naming the field."""
     if not isinstance(stats, dict) or not all(isinstance(v, dict) for v in stats.values()):
         raise DatasetError(f"{where}: expected {{feature: {{statistic: values}}}}, got {type(stats).__name__}")
     out: dict[str, dict[str, np.ndarray]] = {}
@@ -100,7 +101,11 @@ def from_jsonable(stats: Any, where: str = "stats") -> dict[str, dict[str, np.nd
         out[key] = {}
         for name, value in entry.items():
             try:
-                out[key][name] = np.asarray(value, dtype=np.int64 if name == "count" else np.float64)
+                typed = np.asarray(value)
+                if typed.dtype.kind not in "biuf":
+                    raise TypeError(f"dtype {typed.dtype}")
+                exact = name in ("min", "max") and typed.dtype.kind in "biu"
+                out[key][name] = np.asarray(value, dtype=np.int64 if name == "count" else None if exact else np.float64)
             except (TypeError, ValueError) as e:
                 raise DatasetError(f"{where}: field '{key}.{name}' must be numbers, got {value!r:.80}") from e
     return out
@@ -130,7 +135,8 @@ def validate_stats(stats: dict[str, dict[str, np.ndarray]], features: dict[str, 
             if not np.isfinite(value).all():
                 raise DatasetError(f"{field} is not finite: {value.reshape(-1)[:8].tolist()}")
         lo, hi = entry.get("min"), entry.get("max")
-        if lo is not None and hi is not None:
+        if lo is not None and hi is not None:  # compared as float64: bool and int min/max keep their own type
+            lo, hi = lo.astype(np.float64), hi.astype(np.float64)
             if (lo > hi).any():
                 i = int(np.argmax((lo > hi).reshape(-1)))
                 raise DatasetError(f"{where}: field '{key}.min' exceeds '{key}.max' at index {i} "
