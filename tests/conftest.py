@@ -54,3 +54,17 @@ def write_dataset(root: Path, episodes: list[dict[str, np.ndarray]], features=No
 @pytest.fixture
 def lowdim_dataset(tmp_path: Path) -> Path:
     return write_dataset(tmp_path / "lowdim", linear_mapping_episodes())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _feetech_sdk_latency_budget():
+    """The Feetech SDK waits 2 x LATENCY_TIMER (16 ms) + 2 ms for a servo's reply, the USB adapter's latency on a
+    real bus. The simulated servos answer from another thread or process of this 2-core machine, which a busy
+    scheduler can hold up past 34 ms; 100 ms keeps the SDK's own timeout path (a silent servo still times out) while
+    making the tests independent of scheduling."""
+    import scservo_sdk.port_handler as port_handler
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(port_handler, "LATENCY_TIMER", 100)
+    yield
+    mp.undo()
