@@ -208,19 +208,28 @@ def parse_markdown_table(text: str) -> list[dict[str, str]]:
     return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]]
 
 
+def snapshot_curve(result: Result, seed: int, blocks: tuple[int, ...]) -> dict[str, Any]:
+    """The in-training snapshots (``eval_every``) flown on ``blocks``: crash rate against training step, which
+    tells a schedule or checkpoint-choice effect from seed-to-seed variance. Only on validation blocks."""
+    from robopolicy.policies.registry import load_policy
+    from robopolicy.sim.envs import evaluate_quadrotor
+
+    curve = {}
+    for snapshot in sorted((run_dir(result, seed) / "eval").glob("*/policy")):
+        reports = [evaluate_quadrotor(load_policy(snapshot), "quadrotor_hover", n_episodes=2048, seed=b) for b in blocks]
+        n = sum(r["n_episodes"] for r in reports)
+        curve[snapshot.parent.name] = {k: sum(r[k] * r["n_episodes"] for r in reports) / n
+                                       for k in ("success_rate", "crash_rate", "rmse_mean")} | {"n_episodes": n}
+        print(f"{result.name} seed {seed} {snapshot.parent.name}: {curve[snapshot.parent.name]}", flush=True)
+    return curve
+
+
 # ---- statistics ---------------------------------------------------------------------------------------------
-def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
 def aggregate(values: list[float], n_episodes: list[int] | None = None) -> dict[str, Any]:
     """Mean over training seeds, spread, a 95 % t-interval over seeds and (for rates) the pooled Wilson interval."""
     from scipy import stats
+
+    from robopolicy.sim.evaluate import wilson_interval
 
     mean = statistics.fmean(values)
     std = statistics.stdev(values) if len(values) > 1 else float("nan")
@@ -229,7 +238,7 @@ def aggregate(values: list[float], n_episodes: list[int] | None = None) -> dict[
            "per_seed": values}
     if n_episodes:
         total = sum(n_episodes)
-        out["pooled_wilson95"] = list(wilson(sum(v * n for v, n in zip(values, n_episodes)), total))
+        out["pooled_wilson95"] = list(wilson_interval(round(sum(v * n for v, n in zip(values, n_episodes))), total))
         out["pooled_episodes"] = total
     return out
 
@@ -335,6 +344,8 @@ def main() -> None:
     ap.add_argument("--variant", default="",
                     help="NAME=OVERRIDES: train with extra overrides (space-separated) as result <result>+NAME, "
                          "e.g. --variant 'long=steps=300000' --validation (a candidate change, judged on validation seeds)")
+    ap.add_argument("--snapshots", action="store_true",
+                    help="quadrotor: fly each run's in-training snapshots on the validation blocks (crash vs step)")
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--table", action="store_true", help="only rebuild summary.json / summary.md")
     args = ap.parse_args()
@@ -353,6 +364,14 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     if len(seeds) < 3 and not args.dry_run:
         print("note: fewer than 3 training seeds; the spread and interval are not meaningful", flush=True)
+    if args.snapshots:
+        for result in select(results, args.only):
+            for seed in seeds:
+                curve = snapshot_curve(result, seed, QUADROTOR_VALIDATION_BLOCKS)
+                (RESULTS / result.name / "validation").mkdir(parents=True, exist_ok=True)
+                (RESULTS / result.name / "validation" / f"snapshots_seed{seed}.json").write_text(json.dumps(
+                    {"blocks": QUADROTOR_VALIDATION_BLOCKS, "curve": curve, "date": time.strftime("%Y-%m-%d")}, indent=2))
+        return
     if not args.table:
         for result in select(results, args.only):
             blocks = QUADROTOR_VALIDATION_BLOCKS if args.validation else QUADROTOR_BLOCKS
