@@ -45,8 +45,9 @@ RESULTS = REPO / "bench" / "results" / "reproduce"
 OUT = "outputs/reproduce"  # runs and datasets, relative to the repository root (the commands run there)
 
 # Held-out evaluation seeds, declared in docs/benchmarks.md before they were flown; never used for a choice.
-QUADROTOR_BLOCKS = (300000, 300002, 300004)  # 2,048 episodes each: batches of 1,024 seeded s and s + 1
-QUADROTOR_VALIDATION_BLOCKS = (200000, 200002)  # for choices (bench/reproduce.py --validation)
+# A quadrotor block of 2,048 episodes from seed s flies the starts seeded s .. s + 2047 (episode k: seed s + k).
+QUADROTOR_BLOCKS = (300000, 302048, 304096)
+QUADROTOR_VALIDATION_BLOCKS = (200000, 202048)  # for choices (bench/reproduce.py --validation, --snapshots)
 PUSHT_START_SEED, PUSHT_EPISODES = 400000, 200
 LIFT_START_SEED, LIFT_EPISODES = 410000, 100
 
