@@ -209,7 +209,7 @@ def parse_markdown_table(text: str) -> list[dict[str, str]]:
     return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]]
 
 
-def snapshot_curve(result: Result, seed: int, blocks: tuple[int, ...]) -> dict[str, Any]:
+def snapshot_curve(result: Result, seed: int, blocks: tuple[int, ...], steps: set[int] | None = None) -> dict[str, Any]:
     """The in-training snapshots (``eval_every``) flown on ``blocks``: crash rate against training step, which
     tells a schedule or checkpoint-choice effect from seed-to-seed variance. Only on validation blocks."""
     from robopolicy.policies.registry import load_policy
@@ -217,12 +217,40 @@ def snapshot_curve(result: Result, seed: int, blocks: tuple[int, ...]) -> dict[s
 
     curve = {}
     for snapshot in sorted((run_dir(result, seed) / "eval").glob("*/policy")):
+        if steps and int(snapshot.parent.name.removeprefix("step-")) not in steps:
+            continue
         reports = [evaluate_quadrotor(load_policy(snapshot), "quadrotor_hover", n_episodes=2048, seed=b) for b in blocks]
         n = sum(r["n_episodes"] for r in reports)
         curve[snapshot.parent.name] = {k: sum(r[k] * r["n_episodes"] for r in reports) / n
                                        for k in ("success_rate", "crash_rate", "rmse_mean")} | {"n_episodes": n}
         print(f"{result.name} seed {seed} {snapshot.parent.name}: {curve[snapshot.parent.name]}", flush=True)
     return curve
+
+
+class ExpertPolicy:
+    """The SE(3) expert behind the batched policy surface the evaluation flies (no DART noise)."""
+
+    def __init__(self):
+        from robopolicy.experts.quadrotor import SE3Controller
+
+        self.controller = SE3Controller()
+
+    def reset(self) -> None:
+        self.controller.reset()
+
+    def select_action(self, observation: dict[str, Any]):
+        return self.controller(observation["observation.state"])
+
+
+def expert_reference(blocks: tuple[int, ...]) -> dict[str, Any]:
+    """The expert on the same starts: the floor a cloned policy is measured against."""
+    from robopolicy.sim.envs import evaluate_quadrotor
+
+    reports = {str(b): evaluate_quadrotor(ExpertPolicy(), "quadrotor_hover", n_episodes=2048, seed=b) for b in blocks}
+    n = sum(r["n_episodes"] for r in reports.values())
+    pooled = {k: sum(r[k] * r["n_episodes"] for r in reports.values()) / n for k in ("success_rate", "crash_rate")}
+    return {**pooled, "n_episodes": n, "blocks": {b: {k: r[k] for k in ("success_rate", "crash_rate", "crash_reasons")}
+                                                  for b, r in reports.items()}}
 
 
 # ---- statistics ---------------------------------------------------------------------------------------------
@@ -347,6 +375,8 @@ def main() -> None:
                          "e.g. --variant 'long=steps=300000' --validation (a candidate change, judged on validation seeds)")
     ap.add_argument("--snapshots", action="store_true",
                     help="quadrotor: fly each run's in-training snapshots on the validation blocks (crash vs step)")
+    ap.add_argument("--snapshot-steps", default="", help="--snapshots: only these steps (comma-separated)")
+    ap.add_argument("--expert", action="store_true", help="quadrotor: the SE(3) expert on the same blocks (the floor)")
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--table", action="store_true", help="only rebuild summary.json / summary.md")
     args = ap.parse_args()
@@ -365,13 +395,23 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     if len(seeds) < 3 and not args.dry_run:
         print("note: fewer than 3 training seeds; the spread and interval are not meaningful", flush=True)
+    if args.expert:
+        for name, blocks in (("validation", QUADROTOR_VALIDATION_BLOCKS), ("held_out", QUADROTOR_BLOCKS)):
+            report = expert_reference(blocks)
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            (RESULTS / f"quadrotor_expert_{name}.json").write_text(json.dumps(report, indent=2))
+            print(f"expert on the {name} blocks: {json.dumps(report)}", flush=True)
+        return
     if args.snapshots:
         for result in select(results, args.only):
             for seed in seeds:
-                curve = snapshot_curve(result, seed, QUADROTOR_VALIDATION_BLOCKS)
-                (RESULTS / result.name / "validation").mkdir(parents=True, exist_ok=True)
-                (RESULTS / result.name / "validation" / f"snapshots_seed{seed}.json").write_text(json.dumps(
-                    {"blocks": QUADROTOR_VALIDATION_BLOCKS, "curve": curve, "date": time.strftime("%Y-%m-%d")}, indent=2))
+                path = RESULTS / result.name / "validation" / f"snapshots_seed{seed}.json"
+                before = json.loads(path.read_text())["curve"] if path.is_file() else {}
+                steps = {int(x) for x in args.snapshot_steps.split(",")} if args.snapshot_steps else None
+                curve = before | snapshot_curve(result, seed, QUADROTOR_VALIDATION_BLOCKS, steps)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps({"blocks": QUADROTOR_VALIDATION_BLOCKS, "curve": dict(sorted(curve.items())),
+                                            "date": time.strftime("%Y-%m-%d")}, indent=2))
         return
     if not args.table:
         for result in select(results, args.only):
