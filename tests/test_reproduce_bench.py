@@ -31,7 +31,8 @@ def test_aggregate_reports_mean_spread_t_interval_and_pooled_wilson(reproduce):
     assert agg["mean"] == pytest.approx(0.007)
     assert agg["std"] == pytest.approx(0.003)
     half = stats.t.ppf(0.975, 2) * 0.003 / 3 ** 0.5
-    assert agg["t95"] == pytest.approx([0.007 - half, 0.007 + half])
+    assert agg["t95"] == pytest.approx([0.0, 0.007 + half])  # a rate's interval is clipped at 0
+    assert reproduce.aggregate(values)["t95"] == pytest.approx([0.007 - half, 0.007 + half])
     assert (agg["min"], agg["max"]) == (0.004, 0.010)
     lo, hi = agg["pooled_wilson95"]
     assert agg["pooled_episodes"] == 18432 and lo < 0.007 < hi and hi - lo < 0.003
