@@ -193,7 +193,8 @@ def cmd_eval(cfg: DictConfig) -> dict:
 
 
 def _eval_quadrotor(cfg: DictConfig, policy_dir: Path, out: Path, policy=None) -> dict:
-    """Vectorized: ``n_episodes`` drones (1,024 at a time) fly one episode each; batch b is seeded start_seed + b.
+    """Vectorized: ``n_episodes`` drones (1,024 at a time) fly one episode each; episode k starts from seed
+    start_seed + k.
 
     ``policy``: an exported runtime (``OnnxPolicy``, ``CPolicy``) instead of the torch checkpoint at ``policy_dir``.
     """

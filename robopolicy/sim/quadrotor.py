@@ -552,11 +552,13 @@ def evaluate_policy(policy: Any, task: str = "hover", n_episodes: int = 1024, n_
 
     Every drone of a batch flies exactly one episode and all start together, so the policy's batched
     observation history and action queue stay aligned (a crashed drone is auto-reset by the env and
-    keeps flying, but only its first episode counts). Batch ``b`` is seeded ``seed + b``.
+    keeps flying, but only its first episode counts). Episode ``k`` starts from L2F's draw for seed
+    ``seed + k``: L2F seeds drone ``i`` of a batch seeded ``s`` as ``s + i``, so each batch is seeded with
+    the index of its first episode. (Seeding batch ``b`` with ``seed + b`` repeated 1,023 of the previous
+    batch's 1,024 starts: 2,048 episodes were 1,025 distinct ones.) The episodes do not depend on ``n_envs``.
     """
     cfg = dataclasses.replace(config or QuadrotorConfig(), task=task)
     results: list[EpisodeStats] = []
-    batch = 0
     bar = None
     if progress:
         from rich.progress import Progress
@@ -567,8 +569,9 @@ def evaluate_policy(policy: Any, task: str = "hover", n_episodes: int = 1024, n_
     try:
         while len(results) < n_episodes:
             n = min(n_envs, n_episodes - len(results))
-            env = QuadrotorVecEnv(n, cfg, seed=seed + batch)
-            obs = env.reset(seed=seed + batch)
+            first_episode = seed + len(results)
+            env = QuadrotorVecEnv(n, cfg, seed=first_episode)
+            obs = env.reset(seed=first_episode)
             policy.reset()
             stats: list[EpisodeStats | None] = [None] * n
             while any(s is None for s in stats):
@@ -582,7 +585,6 @@ def evaluate_policy(policy: Any, task: str = "hover", n_episodes: int = 1024, n_
                     if stats[i] is None:
                         stats[i] = st
             results.extend(s for s in stats if s is not None)
-            batch += 1
             if bar is not None:
                 bar.update(bar_task, completed=len(results))
     finally:

@@ -1,0 +1,49 @@
+"""The cheapest headline reproduction, end to end from the documented commands (slow: about 15 minutes on a loaded
+2-core machine; run before a release or after touching training, the quadrotor simulator, the expert or the MLP
+policy; see README, "Tests").
+
+Records the hover demos with the SE(3) expert and DART noise, trains the 22-32-32-4 MLP with the documented
+command and flies it on a held-out seed block (docs/benchmarks.md, "Reproduction across training seeds"). A
+regression in training, simulation, the expert or the observation shows up as a crash rate above the bound.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+pytest.importorskip("l2f")
+
+# docs/benchmarks.md ("Reproduction across training seeds"): over three training seeds the route averages 99.34 %
+# success and 0.66 % crashes; single runs on single 2,048-start blocks ranged 98.7-99.8 % and 0.24-1.32 %. One run is
+# held to that documented per-run range (rounded outward), so a regression beyond the seed-to-seed spread fails.
+# (Training seed 0 on block 300000 measured 98.83 % and 1.17 %; record and training are deterministic on one thread.)
+SINGLE_RUN_MIN_SUCCESS = 0.985
+SINGLE_RUN_MAX_CRASH = 0.015
+HELD_OUT_BLOCK = 300000
+
+
+def robopolicy(*args: str, cwd: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "robopolicy.cli", *args], check=True, cwd=cwd, env=env, timeout=1800)
+
+
+@pytest.mark.slow
+def test_quadrotor_hover_mlp_reproduces_from_the_documented_commands(tmp_path):
+    robopolicy("record", "task=quadrotor_hover", "device=expert", "num_episodes=1000", "output=hover_expert",
+               cwd=tmp_path)
+    robopolicy("train", "policy=mlp_quadrotor", "dataset.root=hover_expert", "dataset.observation_keys=[observation.state]",
+               "steps=100000", "batch_size=512", "lr=1e-3", "num_threads=1", "progress=false", "seed=0",
+               "output_dir=run", cwd=tmp_path)
+    robopolicy("eval", "checkpoint=run/policy", "env.name=quadrotor_hover", "n_episodes=2048",
+               f"start_seed={HELD_OUT_BLOCK}", "output_dir=eval", cwd=tmp_path)
+    report = json.loads((tmp_path / "eval" / "eval_report.json").read_text())
+    assert report["n_episodes"] == 2048
+    assert report["success_rate"] >= SINGLE_RUN_MIN_SUCCESS, report
+    assert report["crash_rate"] <= SINGLE_RUN_MAX_CRASH, report
