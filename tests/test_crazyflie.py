@@ -7,10 +7,9 @@ import json
 from pathlib import Path
 from unittest.mock import call, create_autospec
 
+import cflib  # noqa: F401  (the quadrotor extra is part of `make test`: missing, it must fail)
 import numpy as np
 import pytest
-
-import cflib  # noqa: F401  (the quadrotor extra is part of `make test`: missing, it must fail)
 from cflib.crazyflie import Crazyflie  # noqa: E402
 from cflib.crazyflie.commander import Commander  # noqa: E402
 from cflib.crazyflie.log import Log, LogConfig  # noqa: E402
