@@ -18,11 +18,11 @@ cos yaw, sin yaw) and goal (x, y); ``action`` = pusher target (x, y). Metres, wo
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import numpy as np
-import warp as wp
+from typing import Any
 
 import newton
+import numpy as np
+import warp as wp
 
 BOX_HALF = 0.05  # m, half side of the cube
 PUSHER_RADIUS = 0.02  # m
@@ -208,33 +208,51 @@ class NewtonPushEnv:
         return obs, -box_dist, success, done
 
 
-def expert_action(obs: dict[str, np.ndarray], standoff: float = BOX_HALF + PUSHER_RADIUS + 0.015) -> np.ndarray:
-    """A scripted pusher: go around to the box's far side from the goal, then push it along the goal line.
+def evaluate_policy(policy: Any, n_episodes: int = 1024, n_envs: int = 1024, seed: int = 1_000_000,
+                    max_steps: int = MAX_STEPS, device: str | None = None,
+                    env: NewtonPushEnv | None = None) -> dict[str, Any]:
+    """Success rate (Wilson 95 % interval) of ``policy`` over ``n_episodes`` push episodes, ``n_envs`` at once.
 
-    Vectorized over environments. The box is treated as a disk (its yaw is ignored): pushing through the
-    centre keeps it moving roughly straight, and the pusher re-aligns whenever the box drifts off the line.
+    ``policy`` is anything with ``reset()`` and a batched ``select_action({key: (n, d)}) -> (n, 2)``. Every
+    environment of a batch plays exactly one episode and all start together, so the policy's batched observation
+    history and action queue stay aligned; episode k is seeded ``seed + k``. A finished environment keeps
+    stepping (its outcome is already counted) until the whole batch is done.
     """
-    pusher = obs["observation.state"].astype(np.float64)
-    env = obs["observation.environment_state"].astype(np.float64)
-    box, goal = env[:, :2], env[:, 4:6]
-    to_goal = goal - box
-    u = to_goal / np.maximum(np.linalg.norm(to_goal, axis=1, keepdims=True), 1e-9)
-    behind = box - u * standoff
-    rel = pusher - box
-    along = np.sum(rel * u, axis=1)  # < 0: behind the box
-    lateral = rel - along[:, None] * u
-    lateral_dist = np.linalg.norm(lateral, axis=1)
-    aligned = (along < -0.5 * standoff) & (lateral_dist < 0.02)
-    # push: aim through the box toward the goal (the speed limit makes this a steady push)
-    push_target = box + u * 0.05
-    # reposition: go to the pre-push point; when that path would cross the box, detour sideways first
-    side = np.where(lateral_dist[:, None] > 1e-6, lateral / np.maximum(lateral_dist[:, None], 1e-9),
-                    np.column_stack([-u[:, 1], u[:, 0]]))
-    clear = standoff + 0.02
-    detour = box + side * clear - u * 0.5 * clear
-    needs_detour = (along > -0.5 * standoff) & (lateral_dist < clear)
-    reposition = np.where(needs_detour[:, None], detour, behind)
-    return np.where(aligned[:, None], push_target, reposition).astype(np.float32)
+    from robopolicy.sim.evaluate import wilson_interval
+
+    n_envs = max(1, min(n_envs, n_episodes))
+    env = env or NewtonPushEnv(n_envs, device=device, max_steps=max_steps)
+    if env.num_envs != n_envs:
+        raise ValueError(f"env has {env.num_envs} environments, the evaluation asks for {n_envs}")
+    successes: list[bool] = []
+    lengths: list[int] = []
+    final_distance: list[float] = []
+    start = seed
+    while len(successes) < n_episodes:
+        n = min(n_envs, n_episodes - len(successes))
+        seeds = start + np.arange(n_envs)  # slots past n run too (a full batch), and are not counted
+        obs = env.reset(seeds)
+        policy.reset()
+        done_at = np.full(n_envs, -1)
+        succeeded = np.zeros(n_envs, dtype=bool)
+        for t in range(max_steps):
+            action = np.asarray(policy.select_action(obs), dtype=np.float32).reshape(n_envs, ACTION_DIM)
+            obs, _, success, done = env.step(action)
+            fresh = done & (done_at < 0)
+            done_at[fresh] = t + 1
+            succeeded |= success & fresh
+            if (done_at[:n] >= 0).all():
+                break
+        distance = np.linalg.norm(obs["observation.environment_state"][:, :2] - env.goal, axis=1)
+        successes.extend(bool(s) for s in succeeded[:n])
+        lengths.extend(int(x) if x > 0 else max_steps for x in done_at[:n])
+        final_distance.extend(float(d) for d in distance[:n])
+        start += n
+    k, n_total = sum(successes), len(successes)
+    return {"n_episodes": n_total, "successes": k, "success_rate": k / n_total,
+            "success_ci95": wilson_interval(k, n_total), "mean_length": float(np.mean(lengths)),
+            "mean_final_distance_m": float(np.mean(final_distance)), "seeds": [seed, seed + n_total - 1],
+            "n_envs": n_envs, "max_steps": max_steps}
 
 
-__all__ = ["FEATURES", "FPS", "MAX_STEPS", "NewtonPushEnv", "expert_action", "initial_from_seed"]
+__all__ = ["BOX_HALF", "FEATURES", "FPS", "MAX_STEPS", "PUSHER_RADIUS", "NewtonPushEnv", "evaluate_policy", "initial_from_seed"]
