@@ -224,11 +224,10 @@ def _eval_newton(cfg: DictConfig, policy_dir: Path, out: Path) -> dict:
     """Vectorized in Newton: ``n_episodes`` episodes, 256 worlds stepped together (bench/newton_throughput.py)."""
     import torch
 
-    from robopolicy.policies.registry import load_policy
     from robopolicy.sim.envs import evaluate_newton
 
     torch.manual_seed(cfg.start_seed)
-    policy = load_policy(policy_dir)
+    policy = load_policy_for_eval(str(policy_dir), cfg.noise_scheduler_type, cfg.num_inference_steps, cfg.n_action_steps)
     report = evaluate_newton(policy, cfg.env.name, n_episodes=cfg.n_episodes, seed=cfg.start_seed,
                              n_envs=min(cfg.n_episodes, 256))
     report.update(policy=str(policy_dir), env=cfg.env.name, start_seed=cfg.start_seed)

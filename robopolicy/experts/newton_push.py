@@ -12,7 +12,15 @@ from typing import Any
 import numpy as np
 
 from robopolicy.data.recorder import DatasetRecorder
-from robopolicy.sim.newton_env import BOX_HALF, FEATURES, FPS, MAX_STEPS, PUSHER_RADIUS, NewtonPushEnv
+from robopolicy.sim.newton_env import (
+    BOX_HALF,
+    FEATURES,
+    FPS,
+    MAX_SPEED,
+    MAX_STEPS,
+    PUSHER_RADIUS,
+    NewtonPushEnv,
+)
 
 TASK = "push the cube to the goal"
 
@@ -43,7 +51,14 @@ def expert_action(obs: dict[str, np.ndarray], standoff: float = BOX_HALF + PUSHE
     detour = box + side * clear - u * 0.5 * clear
     needs_detour = (along > -0.5 * standoff) & (lateral_dist < clear)
     reposition = np.where(needs_detour[:, None], detour, behind)
-    return np.where(aligned[:, None], push_target, reposition).astype(np.float32)
+    target = np.where(aligned[:, None], push_target, reposition)
+    # one control step's reach: the label is where the pusher goes next, so a chunk of labels is a smooth path
+    # (a far waypoint that jumps when the expert switches phase is much harder to regress)
+    step = target - pusher
+    reach = MAX_SPEED / FPS
+    norm = np.linalg.norm(step, axis=1, keepdims=True)
+    step = np.where(norm > reach, step / np.maximum(norm, 1e-9) * reach, step)
+    return (pusher + step).astype(np.float32)
 
 
 def record_demonstrations(root: str | Path, n_episodes: int = 300, n_envs: int = 64, seed: int = 0,

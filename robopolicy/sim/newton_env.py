@@ -255,4 +255,4 @@ def evaluate_policy(policy: Any, n_episodes: int = 1024, n_envs: int = 1024, see
             "n_envs": n_envs, "max_steps": max_steps}
 
 
-__all__ = ["BOX_HALF", "FEATURES", "FPS", "MAX_STEPS", "PUSHER_RADIUS", "NewtonPushEnv", "evaluate_policy", "initial_from_seed"]
+__all__ = ["BOX_HALF", "FEATURES", "FPS", "MAX_SPEED", "MAX_STEPS", "PUSHER_RADIUS", "NewtonPushEnv", "evaluate_policy", "initial_from_seed"]
