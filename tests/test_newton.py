@@ -153,3 +153,24 @@ def test_newton_push_is_an_evaluation_env_served_vectorized():
         env_factory("newton_push", ["observation.state"])
     with pytest.raises(ValueError, match="not a Newton task"):
         evaluate_newton(ExpertPolicy(), "pusht")
+
+
+def test_train_and_eval_commands_on_newton_push(tmp_path):
+    """`robopolicy train ... env.name=newton_push eval_every=...` and `robopolicy eval env.name=newton_push`."""
+    import json
+
+    from robopolicy.cli import cmd_eval, cmd_train
+    from robopolicy.configs import load_config
+
+    demos = tmp_path / "demos"
+    record_demonstrations(demos, n_episodes=2, n_envs=2, seed=3, max_steps=80)
+    run = cmd_train(load_config("train", [
+        "policy=mlp", f"dataset.root={demos}", "dataset.observation_keys=[observation.state,observation.environment_state]",
+        "env.name=newton_push", "steps=10", "batch_size=8", "save_every=0", "progress=false", "eval_every=10",
+        "eval_episodes=2", f"output_dir={tmp_path / 'run'}"]))
+    in_training = json.loads(next((run / "eval").glob("*/eval.json")).read_text())
+    assert in_training["n_episodes"] == 2 and in_training["seeds"] == [500_000, 500_001]
+    report = cmd_eval(load_config("eval", [f"checkpoint={run}", "env.name=newton_push", "n_episodes=3",
+                                           "start_seed=2000000", f"output_dir={tmp_path / 'eval'}"]))
+    assert report["n_episodes"] == 3 and report["seeds"] == [2_000_000, 2_000_002] and report["env"] == "newton_push"
+    assert json.loads((tmp_path / "eval" / "eval_report.json").read_text())["successes"] == report["successes"]
