@@ -29,7 +29,7 @@ PUSHER_RADIUS = 0.02  # m
 WORKSPACE = 0.25  # m, the pusher and targets stay inside [-WORKSPACE, WORKSPACE]^2
 SUCCESS_RADIUS = 0.03  # m, box centre to goal
 FPS = 10  # control rate (Hz)
-SUBSTEPS = 10  # physics steps per control step (1 ms... 10 ms each)
+SUBSTEPS = 10  # physics steps per control step, 10 ms each
 MAX_SPEED = 0.2  # m/s, pusher speed limit
 MAX_STEPS = 120  # episode length at FPS
 
