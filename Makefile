@@ -35,8 +35,9 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/robopolicy demo
 
+# Warp (Newton's tests) compiles its kernels once, ~40 s, into WARP_CACHE_PATH; kept with the venv unless set.
 test: $(QUADROTOR_STAMP)
-	$(PY) -m pytest -q
+	WARP_CACHE_PATH="$${WARP_CACHE_PATH:-$(abspath $(VENV))/warp-cache}" $(PY) -m pytest -q
 
 bench-pusht: $(STAMP)
 	$(PY) bench/pusht_diffusion.py all

@@ -168,6 +168,8 @@ def cmd_eval(cfg: DictConfig) -> dict:
         policy_dir = _resolve_policy_dir(cfg.checkpoint)
         if cfg.env.name in QUADROTOR_ENVS:
             return _eval_quadrotor(cfg, policy_dir, out)
+        if cfg.env.name.startswith("newton_"):
+            return _eval_newton(cfg, policy_dir, out)
         factory = partial(load_policy_for_eval, str(policy_dir), cfg.noise_scheduler_type, cfg.num_inference_steps,
                           cfg.n_action_steps)
         input_keys = [f.key for f in load_policy(policy_dir).config.input_features]
@@ -216,6 +218,25 @@ def _eval_quadrotor(cfg: DictConfig, policy_dir: Path, out: Path, policy=None) -
     lo, hi = report["success_ci95"]
     console.print(f"[bold]{policy_dir}[/] on {cfg.env.name}: success {report['success_rate']:.1%} (95% CI {lo:.1%}–{hi:.1%}), "
                   f"crash {report['crash_rate']:.1%}, RMSE {report['rmse_mean']:.3f} m over {report['n_episodes']} episodes -> {out}")
+    return report
+
+
+def _eval_newton(cfg: DictConfig, policy_dir: Path, out: Path) -> dict:
+    """Vectorized in Newton: ``n_episodes`` episodes, 256 worlds stepped together (bench/newton_throughput.py)."""
+    import torch
+
+    from robopolicy.sim.envs import evaluate_newton
+
+    torch.manual_seed(cfg.start_seed)
+    policy = load_policy_for_eval(str(policy_dir), cfg.noise_scheduler_type, cfg.num_inference_steps, cfg.n_action_steps)
+    report = evaluate_newton(policy, cfg.env.name, n_episodes=cfg.n_episodes, seed=cfg.start_seed,
+                             n_envs=min(cfg.n_episodes, 256))
+    report.update(policy=str(policy_dir), env=cfg.env.name, start_seed=cfg.start_seed)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval_report.json").write_text(json.dumps(report, indent=2))
+    lo, hi = report["success_ci95"]
+    console.print(f"[bold]{policy_dir}[/] on {cfg.env.name}: success {report['success_rate']:.1%} (95% CI "
+                  f"{lo:.1%}–{hi:.1%}) over {report['n_episodes']} episodes -> {out}")
     return report
 
 

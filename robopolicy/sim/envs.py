@@ -16,7 +16,8 @@ import gymnasium as gym
 
 ARM_TASKS = ("Lift", "PickPlaceCan", "Stack")
 QUADROTOR_ENVS = ("quadrotor_hover", "quadrotor_waypoint", "quadrotor_figure8")
-ENV_NAMES = ("pusht", *ARM_TASKS, *QUADROTOR_ENVS)
+NEWTON_ENVS = ("newton_push",)  # Newton (Warp) worlds, evaluated vectorized: evaluate_newton
+ENV_NAMES = ("pusht", *ARM_TASKS, *QUADROTOR_ENVS, *NEWTON_ENVS)
 ARM_IMAGE_PREFIX = "observation.images."
 
 
@@ -40,6 +41,8 @@ def env_factory(name: str, input_keys: Iterable[str], render: bool = False) -> C
     keys = list(input_keys)
     if check_env_name(name) in QUADROTOR_ENVS:
         raise ValueError(f"{name} is evaluated vectorized: use robopolicy.sim.envs.evaluate_quadrotor")
+    if name in NEWTON_ENVS:
+        raise ValueError(f"{name} is evaluated vectorized: use robopolicy.sim.envs.evaluate_newton")
     if name == "pusht":
         from robopolicy.sim.pusht import make_pusht_env, pusht_obs_mode_for
 
@@ -64,7 +67,8 @@ def arm_renderer_available() -> bool:
         env.close()
 
 
-__all__ = ["ARM_TASKS", "ENV_NAMES", "arm_renderer_available", "check_env_name", "env_factory"]
+__all__ = ["ARM_TASKS", "ENV_NAMES", "NEWTON_ENVS", "arm_renderer_available", "check_env_name", "env_factory",
+           "evaluate_newton"]
 
 
 def policy_fps(policy) -> float | None:
@@ -94,3 +98,13 @@ def evaluate_quadrotor(policy, name: str, n_episodes: int = 1024, seed: int = 0,
     out["sim_hz"] = float(sim_hz)
     out["crash_reasons"] = {r: sum(s.crash_reason == r for s in stats) for r in sorted({s.crash_reason for s in stats} - {""})}
     return out
+
+
+def evaluate_newton(policy, name: str, n_episodes: int = 1024, seed: int = 1_000_000, n_envs: int = 1024,
+                    max_steps: int | None = None) -> dict:
+    """Success rate (Wilson 95 % interval) of ``policy`` on a Newton task, ``n_envs`` worlds stepped together."""
+    if check_env_name(name) not in NEWTON_ENVS:
+        raise ValueError(f"{name} is not a Newton task (expected one of {list(NEWTON_ENVS)})")
+    from robopolicy.sim.newton_env import MAX_STEPS, evaluate_policy
+
+    return evaluate_policy(policy, n_episodes=n_episodes, n_envs=n_envs, seed=seed, max_steps=max_steps or MAX_STEPS)

@@ -315,6 +315,13 @@ class Trainer:
                                         n_episodes=self.cfg.eval_episodes, seed=0)
             (snapshot / "eval.json").write_text(json.dumps(result, indent=2))
             return {**result, "mean_max_coverage": float("nan")}
+        if self.cfg.env.name.startswith("newton_"):  # vectorized worlds; validation seeds, apart from eval's
+            from robopolicy.sim.envs import evaluate_newton
+
+            result = evaluate_newton(load_policy(snapshot / "policy"), self.cfg.env.name,
+                                     n_episodes=self.cfg.eval_episodes, seed=500_000, n_envs=self.cfg.eval_episodes)
+            (snapshot / "eval.json").write_text(json.dumps(result, indent=2))
+            return {**result, "mean_max_coverage": float("nan")}
         input_keys = [f.key for f in self.policy.config.input_features]
         videos = 1 if self.cfg.env.name == "pusht" else 0  # arm videos need an offscreen GL context
         result = evaluate(partial(load_policy, str(snapshot / "policy")), n_episodes=self.cfg.eval_episodes,
