@@ -25,6 +25,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
 from robopolicy.data.normalize import Normalizer
+from robopolicy.utils.state_dict import strip_compile_prefix
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -205,7 +206,7 @@ class Policy(nn.Module, ABC):
         weights_path = directory / WEIGHTS_FILE
         if not weights_path.is_file():
             raise FileNotFoundError(f"{weights_path}: missing policy weights (expected a safetensors file)")
-        state = load_file(str(weights_path), device=map_location)
+        state = strip_compile_prefix(load_file(str(weights_path), device=map_location))
         missing, unexpected = policy.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("normalizer.")]
         if missing or unexpected:
