@@ -110,6 +110,25 @@ def test_compile_without_a_compiler_trains_eagerly_and_says_so(lowdim_dataset, t
     trainer.fit()
 
 
+def test_a_failing_compile_falls_back_to_the_same_eager_steps(lowdim_dataset, tmp_path, monkeypatch, capsys):
+    def boom(graph, example_inputs):
+        raise RuntimeError("no usable compiler")
+
+    def compile_with_a_broken_backend(policy):
+        policy.net.compile(backend=boom)
+        return True
+
+    monkeypatch.setattr(speed, "compile_network", compile_with_a_broken_backend)
+    broken = Trainer(train_cfg(lowdim_dataset, tmp_path / "broken", steps=4, compile="true"))
+    eager = Trainer(train_cfg(lowdim_dataset, tmp_path / "eager", steps=4, compile="false"))
+    assert broken.compiled
+    for _ in range(4):
+        assert broken.train_step() == eager.train_step()  # the failed first step left no trace
+    assert not broken.compiled
+    said = " ".join(capsys.readouterr().out.split())
+    assert "compiling the network failed" in said and "no usable compiler" in said
+
+
 def test_compile_setting_is_checked():
     cpu = torch.device("cpu")
     assert not speed.resolve_compile("false", cpu, 10**6)

@@ -63,6 +63,18 @@ def compile_network(policy: nn.Module) -> bool:
     return True
 
 
+def uncompile_network(policy: nn.Module) -> None:
+    """Back to eager after a failed compile (``nn.Module.compile`` keeps the compiled callable here)."""
+    policy.net._compiled_call_impl = None
+
+
+def describe_error(e: BaseException) -> str:
+    """One line naming a compile failure's root cause (dynamo wraps the backend's exception)."""
+    cause = getattr(e, "inner_exception", None) or e.__cause__ or e
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[0][:200] if text else ''}"
+
+
 def make_adamw(params, lr: float, betas: tuple[float, float], weight_decay: float, device: torch.device,
                fused: bool) -> torch.optim.AdamW:
     """AdamW, fused into one kernel per step where torch has one for ``device`` (CPU and CUDA): the same update

@@ -184,7 +184,8 @@ class Trainer:
             OmegaConf.save(cfg, self.run_dir / "config.yaml")
         # After the EMA copy: only the training network is compiled; the EMA policy that is saved stays eager.
         self.compiled = speed.resolve_compile(cfg.compile, self.device, cfg.steps) and speed.compile_network(self.policy)
-        self.compile_s: float | None = None  # the first step's extra time when compiled
+        self.compile_s: float | None = None  # the first step's time when compiled
+        self._compile_tried = False
         self.ddp = distributed.wrap(self.policy, self.dist) if self.dist is not None else None
 
     # ---- checkpointing -------------------------------------------------------------------------
@@ -238,6 +239,22 @@ class Trainer:
 
     # ---- the loop ------------------------------------------------------------------------------
     def train_step(self) -> tuple[float, float]:
+        if self.compiled and not self._compile_tried:  # the first compiled call compiles: a failure means eager
+            self._compile_tried = True
+            rng = self.generator.get_state(), torch.get_rng_state()
+            try:
+                return self._train_step()
+            except Exception as e:  # inductor's errors have no common base class; nothing was updated yet
+                console.print(f"[yellow]train.compile: compiling the network failed ({speed.describe_error(e)}); "
+                              "training in eager mode")
+                speed.uncompile_network(self.policy)
+                self.compiled = False
+                self.optimizer.zero_grad(set_to_none=True)
+                self.generator.set_state(rng[0])
+                torch.set_rng_state(rng[1])
+        return self._train_step()
+
+    def _train_step(self) -> tuple[float, float]:
         self.policy.train()
         if self.dist is None:
             generator, loss_fn = self.generator, self.policy.compute_loss
