@@ -140,12 +140,19 @@ def robopolicy_worker(args) -> None:
                                     "policy.down_dims=[64,128,256]", "policy.step_embed_dim=128",
                                     *[o for o in args.overrides.split(";") if o]])
         trainer = Trainer(cfg)
+        flops = None
+        if not trainer.compiled:  # the step's arithmetic (the same on both sides: the networks are the same)
+            from torch.utils.flop_counter import FlopCounterMode
+
+            with FlopCounterMode(display=False) as counter:
+                trainer.train_step()
+            flops = counter.get_total_flops()
         t0 = time.perf_counter()
         trainer.train_step()  # a compiled network compiles here
         state["trainer"] = trainer
         return {"side": "robopolicy", "parameters": sum(p.numel() for p in trainer.policy.net.parameters()),
                 "windows": len(trainer.sampler), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                "compiled": trainer.compiled, "first_step_s": time.perf_counter() - t0}
+                "compiled": trainer.compiled, "first_step_s": time.perf_counter() - t0, "flops_per_step": flops}
 
     _serve(setup, lambda: state["trainer"].train_step()[0])
 
@@ -181,6 +188,21 @@ def machine() -> str:
             cpu = line.split(":", 1)[1].strip()
             break
     return f"{cpu}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}"
+
+
+def gemm_gflops(threads: int, seconds: float = 1.0) -> float:
+    """The machine's float32 matrix-multiply rate right now (1024^3 products, ``threads`` threads): the ceiling
+    for a step that is almost all convolutions, sampled each round as a load-drift signal."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a @ b
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        n += 1
+    return n * 2 * 1024**3 / (time.perf_counter() - t0) / 1e9
 
 
 def loadavg() -> float:
@@ -231,7 +253,7 @@ def main() -> None:
             w.run(args.warmup)
     rounds = []
     for r in range(args.rounds):
-        row = {"round": r, "load_before": loadavg()}
+        row = {"round": r, "load_before": loadavg(), "gemm_gflops": gemm_gflops(args.threads)}
         for w in workers:
             res = w.run(args.steps)
             row[w.name] = {"samples_per_s": args.steps * args.batch_size / res["seconds"],
@@ -249,6 +271,12 @@ def main() -> None:
             args.steps * args.batch_size / r[name]["samples_per_s"] for r in rounds)
 
     summary = {w.name: {"samples_per_s": total_rate(w.name), **w.info} for w in workers}
+    flops = next((w.info["flops_per_step"] for w in workers if w.info.get("flops_per_step")), None)
+    gemm = statistics.median(r["gemm_gflops"] for r in rounds)
+    for w in workers:  # arithmetic rate of each side as a share of what the GEMM probe reached
+        if flops:
+            summary[w.name]["gflops"] = flops / args.batch_size * summary[w.name]["samples_per_s"] / 1e9
+            summary[w.name]["share_of_gemm_rate"] = summary[w.name]["gflops"] / gemm
     for w in workers[1:]:
         summary[w.name]["ratio_vs_dp"] = total_rate(w.name) / total_rate("dp")
         summary[w.name]["ratio_per_round"] = [r[w.name]["ratio_vs_dp"] for r in rounds]
@@ -256,18 +284,22 @@ def main() -> None:
     result = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
               "command": " ".join([Path(sys.executable).name, *sys.argv]), "steps": args.steps,
               "warmup": args.warmup, "rounds": rounds, "batch_size": args.batch_size, "threads": args.threads,
-              "variants": variants, "summary": summary, "load_start": load_start, "load_end": loadavg()}
+              "variants": variants, "summary": summary, "load_start": load_start, "load_end": loadavg(),
+              "gflop_per_step": flops / 1e9 if flops else None, "gemm_gflops_median": gemm}
     lines = [f"{result['date']}; {result['machine']}; batch {args.batch_size}, {args.threads} threads, "
              f"{args.rounds} rounds x {args.steps} steps after {args.warmup} warm-up; load average "
              f"{load_start:.1f} -> {result['load_end']:.1f}", "",
-             "| side | samples/s | ratio vs DP (totals) | per-round ratios | setup s | first step s |",
-             "|---|---|---|---|---|---|"]
+             f"{flops / 1e9 if flops else float('nan'):.1f} GFLOP per step; float32 GEMM probe {gemm:.0f} GFLOP/s "
+             "(median of rounds)", "",
+             "| side | samples/s | ratio vs DP (totals) | per-round ratios | GFLOP/s (share of GEMM) | setup s | "
+             "first step s |", "|---|---|---|---|---|---|---|"]
     for w in workers:
         s = summary[w.name]
         ratios = ", ".join(f"{x:.2f}" for x in s.get("ratio_per_round", []))
         first = f"{s['first_step_s']:.1f}" if s.get("first_step_s") is not None else "-"
+        rate = f"{s['gflops']:.0f} ({100 * s['share_of_gemm_rate']:.0f} %)" if "gflops" in s else "-"
         lines.append(f"| {w.name} | {s['samples_per_s']:.0f} | {s.get('ratio_vs_dp', 1.0):.2f} | {ratios or '-'} | "
-                     f"{s['setup_s']:.1f} | {first} |")
+                     f"{rate} | {s['setup_s']:.1f} | {first} |")
     text = "\n".join(lines)
     print(text)
     out = Path(args.out)

@@ -18,15 +18,19 @@ from tests.test_policy import tiny_policy, train_cfg
 LOOPS = {"compile": "false", "fused_optimizer": False, "ema_foreach": False}
 needs_compiler = pytest.mark.skipif(speed.compile_unavailable_reason(torch.device("cpu")) is not None,
                                     reason="no C++ compiler for inductor")
+# Inductor's first compile of even the tiny U-Net (forward and backward) takes 30-100 s on 2 cores: these two run
+# with ``-m slow`` (the fallback, fused-optimizer and prefix tests below stay in the default run).
+compiles = pytest.mark.slow
 
 
-def _fixed_batch(policy, n=32):
+def _fixed_batch(policy, n=64):  # the trainers' batch size below: one compiled graph serves both tests
     g = torch.Generator().manual_seed(0)
     state = torch.rand(n, policy.config.n_obs_steps, 2, generator=g) * 2 - 1
     action = torch.rand(n, policy.config.horizon, 2, generator=g) * 2 - 1
     return {"observation.state": state, "action": action}
 
 
+@compiles
 @needs_compiler
 def test_compiled_network_gives_eager_loss_and_gradients(lowdim_dataset):
     """Tolerance: float32 rounding of a reordered reduction (inductor fuses GroupNorm's statistics): loss within
@@ -67,6 +71,7 @@ def test_fused_adamw_and_foreach_ema_follow_the_loops(lowdim_dataset, tmp_path):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
 
 
+@compiles
 @needs_compiler
 def test_checkpoints_move_between_compiled_and_eager(lowdim_dataset, tmp_path):
     compiled = Trainer(train_cfg(lowdim_dataset, tmp_path / "run", steps=10, compile="true"))
