@@ -122,7 +122,7 @@ class TrainConfig:
     # window order does not depend on the device; checkpoints are device-independent.
     device: str = "auto"
     # The fast path (robopolicy/train/speed.py, docs/benchmarks.md "Training speed against Diffusion Policy"):
-    # compile the denoising network with torch.compile: true | false | auto (runs of >= 2,000 steps, where a
+    # compile the denoising network with torch.compile: true | false | auto (runs of >= 5,000 steps, where a
     # compiler exists). Without a compiler, true trains eagerly and says so. Results are the same either way.
     compile: str = "auto"
     fused_optimizer: bool = True  # AdamW as one fused kernel (CPU and CUDA)
