@@ -16,8 +16,9 @@ them in turn, round after round (interleaved), so slow drift in the machine's lo
   (lr 1e-4, betas 0.95/0.999, weight decay 1e-6), its cosine schedule and its ``EMAModel`` -- the step of
   ``TrainDiffusionUnetLowdimWorkspace.run`` (no gradient clipping there).
 - robopolicy: ``Trainer.train_step`` on the bundled PushT dataset (the same 206 episodes, converted from that
-  zarr), per variant: ``default`` (the shipped defaults: compiled network, fused AdamW, foreach EMA),
-  ``eager`` (all three off, the code before this change) or any ``name=override;override`` of train config fields.
+  zarr), per variant: ``default`` (the shipped defaults: fused AdamW, foreach EMA), ``compiled`` (plus
+  ``train.compile=true``), ``eager`` (all three off, the code before this change) or any
+  ``name=override;override`` of train config fields.
 Both: ConditionalUnet1D with down_dims (64, 128, 256), step embedding 128, kernel 5, 8 groups; batch 256; the
 same thread count. Reports samples/s per round, the per-round ratio robopolicy / DP and the ratio of totals.
 """
@@ -37,7 +38,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-VARIANTS = {"default": [], "eager": ["compile=false", "fused_optimizer=false", "ema_foreach=false"]}
+VARIANTS = {"default": [], "compiled": ["compile=true"],
+            "eager": ["compile=false", "fused_optimizer=false", "ema_foreach=false"]}
 
 
 # ---- workers (each in its own process) ------------------------------------------------------------------------
@@ -219,7 +221,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--variants", default="default,eager",
+    ap.add_argument("--variants", default="default,compiled,eager",
                     help="robopolicy variants: default | eager | name=override;override (train config fields)")
     ap.add_argument("--compile-cache", default=None,
                     help="TORCHINDUCTOR_CACHE_DIR for the workers (a fresh folder measures a cold compile)")
