@@ -14,8 +14,9 @@ GPU with tensorrt and cuda-python) adds the fused graph as FP32 and FP16 TensorR
 ``("tensorrt_engine_fp16",)``; built once per artifact, before timing). ``--c`` adds the C export (the
 microcontroller code) compiled for this CPU and called through ctypes (``robopolicy.runtime.CPolicy``), for the
 families that have one (mlp, flow with the mlp backbone). ``--torch-cuda`` adds torch eager on the GPU (a copy of
-the policy; each call copies the observations in and the chunk out, as a policy server must). Prints a markdown
-table.
+the policy; each call copies the observations in and the chunk out, as a policy server must). ``--torch-compile``
+adds torch with the policy's network compiled in place (``torch.compile``, inductor; the first call's time, which
+compiles or reads inductor's cache, is reported). Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -146,6 +147,9 @@ def main() -> None:
     ap.add_argument("--tensorrt", action="store_true", help="also time the fused graph as TensorRT engines (GPU)")
     ap.add_argument("--c", action="store_true",
                     help="also time the C export compiled for this host (CPolicy; mlp and mlp-backbone flow)")
+    ap.add_argument("--torch-compile", action="store_true",
+                    help="also time torch with the policy's network compiled (torch.compile, inductor; compile time "
+                         "in the last column)")
     ap.add_argument("--torch-cuda", action="store_true",
                     help="also time torch eager on the GPU (observations copied in, the chunk copied out per call)")
     args = ap.parse_args()
@@ -179,6 +183,16 @@ def main() -> None:
             gpu_policy = copy.deepcopy(policy).to("cuda")
             gpu_fns["torch_cuda"] = lambda p=gpu_policy, o=obs_t, g=gen: p.predict_chunk(
                 {k: v.to("cuda") for k, v in o.items()}, generator=g).cpu()
+        compiled_fns, compile_s = {}, float("nan")
+        if args.torch_compile:
+            from robopolicy.train.speed import compile_network
+
+            compiled = copy.deepcopy(policy)
+            if compile_network(compiled):
+                t0 = time.perf_counter()
+                compiled.predict_chunk(obs_t, generator=gen)  # compiles (or loads inductor's cache)
+                compile_s = time.perf_counter() - t0
+                compiled_fns["torch_compiled"] = lambda p=compiled, o=obs_t, g=gen: p.predict_chunk(o, generator=g)
         c_fns = {}
         c_family = FAMILIES[name]["type"] == "mlp" or FAMILIES[name].get("backbone") == "mlp"
         if args.c and c_family:
@@ -190,6 +204,7 @@ def main() -> None:
         timed = timeit_interleaved({
             "eager": lambda p=policy, o=obs_t, g=gen: p.predict_chunk(o, generator=g),
             **gpu_fns,
+            **compiled_fns,
             **c_fns,
             **{graph: (lambda rt=rt, o=obs_np, r=rng: rt.predict_chunk(o, rng=r)) for graph, rt in runtimes.items()},
         }, args.seconds)
@@ -219,8 +234,11 @@ def main() -> None:
         tensorrt = ((fmt(results["trt_fp32"]), fmt(results["trt_fp16"]),
                      f"{np.median(eager) / np.median(results['trt_fp16']):.1f}x") if args.tensorrt else ())
         torch_cuda = (fmt(results["torch_cuda"]),) if args.torch_cuda else ()
+        torch_compiled = ((fmt(results["torch_compiled"]), f"{np.median(eager) / np.median(results['torch_compiled']):.1f}x",
+                           f"{compile_s:.0f}") if "torch_compiled" in results else ("–", "–", "–")
+                          ) if args.torch_compile else ()
         c_host = ((fmt(results["c"]) if "c" in results else "–"),) if args.c else ()
-        rows.append((name, f"{n_params / 1e6:.2f}", fmt(eager), *torch_cuda, fmt(results["per_step"]), fmt(results["fused"]),
+        rows.append((name, f"{n_params / 1e6:.2f}", fmt(eager), *torch_compiled, *torch_cuda, fmt(results["per_step"]), fmt(results["fused"]),
                      f"{np.median(eager) / np.median(results['per_step']):.1f}x",
                      f"{np.median(eager) / np.median(results['fused']):.1f}x", *openvino, *tensorrt, *c_host, first, rss,
                      f"{size_mb:.1f}", f"{export_s:.1f}"))
@@ -230,7 +248,8 @@ def main() -> None:
     tensorrt = (("TensorRT FP32 fused p50/p99 ms", "TensorRT FP16 fused p50/p99 ms", "speed-up TensorRT FP16")
                 if args.tensorrt else ())
     torch_cuda = ("torch CUDA eager p50/p99 ms",) if args.torch_cuda else ()
-    header = ("family", "params (M)", "torch eager p50/p99 ms", *torch_cuda, "ORT per-step p50/p99 ms", "ORT fused p50/p99 ms",
+    torch_compiled = (("torch compiled p50/p99 ms", "speed-up compiled", "compile (s)") if args.torch_compile else ())
+    header = ("family", "params (M)", "torch eager p50/p99 ms", *torch_compiled, *torch_cuda, "ORT per-step p50/p99 ms", "ORT fused p50/p99 ms",
               "speed-up per-step", "speed-up fused", *openvino, *tensorrt,
               *(("C on the host (CPolicy) p50/p99 ms",) if args.c else ()), "SFP first action p50 / p99 ms",
               "runtime peak RSS (MiB)", "artifact (MB)", "export (s)")

@@ -24,3 +24,6 @@ timeout 200 python3 bench/train_throughput.py --runs cpu:fp32,cuda:fp32,cuda:bf1
   --out /tmp/train_throughput 2>&1 | tail -8 | tee "$out/train_throughput.md"
 timeout 200 python3 bench/ddp_throughput.py --steps 200 --out /tmp/ddp_throughput 2>&1 | tail -6 \
   | tee "$out/ddp_throughput.md"
+# Issue 33: where a GPU training step goes (torch.profiler), and eager vs compiled vs CUDA graphs (reduce-overhead)
+timeout 400 python3 bench/gpu_train_profile.py --steps 100 --out "$out/gpu_train_profile" 2>&1 | tail -12 \
+  | tee "$out/gpu_train_profile.md"

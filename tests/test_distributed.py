@@ -185,7 +185,7 @@ def test_killing_a_rank_fails_the_job_and_resume_continues(lowdim_dataset, tmp_p
     out = tmp_path / "run"
     args = train_args(lowdim_dataset, out, *TINY_DIFFUSION, "batch_size=16", "save_every=5", "keep_checkpoints=2",
                       "dist_timeout_min=2")
-    job = subprocess.Popen(torchrun([*args, "steps=100000"]), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    job = subprocess.Popen(torchrun([*args, "steps=100000", "compile=false"]),  # (auto would compile first) stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         deadline = time.time() + 120

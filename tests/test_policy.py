@@ -281,6 +281,7 @@ def test_checkpoints_survive_kill_9(lowdim_dataset, tmp_path):
     cmd = [sys.executable, "-m", "robopolicy.cli", "train", f"dataset.root={lowdim_dataset}",
            "dataset.observation_keys=[observation.state]", f"output_dir={out}", "progress=false", "num_threads=1",
            "policy.down_dims=[32,64]", "policy.horizon=4", "policy.n_obs_steps=1", "policy.n_action_steps=2",
+           "compile=false",  # steps=100000 would compile by default (train.compile=auto): checkpoints come late
            "batch_size=32", "steps=100000", "save_every=5", "log_every=5", "keep_checkpoints=2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 90

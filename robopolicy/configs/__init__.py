@@ -121,6 +121,13 @@ class TrainConfig:
     # torch sees one, else the CPU) | cpu | cuda | cuda:N. Batches are still drawn by a CPU generator, so a run's
     # window order does not depend on the device; checkpoints are device-independent.
     device: str = "auto"
+    # The fast path (robopolicy/train/speed.py; docs/benchmarks.md section 9). compile: torch.compile the denoising
+    # network: true | false | auto (runs of >= 5,000 steps, where a compiler exists). Off by default: on the 2-core
+    # CPU it gained 0-10 % (within the noise) for a 140 s cold compile. Without a compiler, true trains eagerly
+    # and says so. Results are the same either way.
+    compile: str = "false"
+    fused_optimizer: bool = True  # AdamW as one fused kernel (CPU and CUDA)
+    ema_foreach: bool = True  # diffusers' EMA update as foreach calls instead of a loop over parameters
     ema: bool = True
     ema_power: float = 0.75
     ema_max_decay: float = 0.9999

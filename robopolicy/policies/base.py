@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from robopolicy.data.checksums import file_digest
 from robopolicy.data.normalize import Normalizer
+from robopolicy.utils.state_dict import strip_compile_prefix
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -274,7 +275,7 @@ class Policy(nn.Module, ABC):
         except (KeyError, ValueError, TypeError) as e:
             raise PolicyLoadError(f"{directory / CONFIG_FILE}: the {cls.name} family refuses this config: {e}") from e
         try:
-            state = load_file(str(weights_path), device=map_location)
+            state = strip_compile_prefix(load_file(str(weights_path), device=map_location))
         except Exception as e:  # safetensors raises its own SafetensorError (truncated or corrupt header / data)
             raise PolicyLoadError(f"{weights_path}: unreadable safetensors file, truncated or corrupt ({e})") from e
         try:

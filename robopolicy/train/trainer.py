@@ -38,7 +38,8 @@ from robopolicy.policies.base import FeatureSpec, Policy
 from robopolicy.policies.encoders import set_image_stats
 from robopolicy.policies.registry import get_policy_class
 from robopolicy.train import checkpoint as ckpt
-from robopolicy.train import distributed
+from robopolicy.train import distributed, speed
+from robopolicy.utils.state_dict import strip_compile_prefix
 
 console = Console()
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -121,7 +122,8 @@ class Trainer:
             # The run's own config wins; only how long to train (and on which device) may change on resume.
             resumed = OmegaConf.load(saved)
             for key in ("steps", "time_budget_min", "progress", "eval_every", "device",  # checkpoints are device-free
-                        "dist_timeout_min", "dist_eval_timeout_min"):
+                        "dist_timeout_min", "dist_eval_timeout_min",
+                        "compile", "fused_optimizer", "ema_foreach"):  # the fast path computes the same steps
                 resumed[key] = cfg[key]
             resumed.resume = True
             cfg = resumed
@@ -170,12 +172,12 @@ class Trainer:
         self.sampler = make(bounds[: len(bounds) - n_val])
         self.val_sampler = make(bounds[len(bounds) - n_val :]) if n_val else None
 
-        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
-                                           weight_decay=cfg.weight_decay)
+        self.optimizer = speed.make_adamw(self.policy.parameters(), cfg.lr, tuple(cfg.betas), cfg.weight_decay,
+                                          self.device, fused=cfg.fused_optimizer)
         self.lr_scheduler = get_scheduler("cosine", self.optimizer, num_warmup_steps=cfg.warmup_steps,
                                           num_training_steps=cfg.steps)
         self.ema = EMAModel(self.policy.parameters(), decay=cfg.ema_max_decay, use_ema_warmup=True,
-                            power=cfg.ema_power) if cfg.ema and self.is_main else None
+                            power=cfg.ema_power, foreach=cfg.ema_foreach) if cfg.ema and self.is_main else None
         self.ema_policy = copy.deepcopy(self.policy) if self.ema is not None else self.policy
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
@@ -184,6 +186,10 @@ class Trainer:
             self._restore()
         elif self.is_main:
             OmegaConf.save(cfg, self.run_dir / "config.yaml")
+        # After the EMA copy: only the training network is compiled; the EMA policy that is saved stays eager.
+        self.compiled = speed.resolve_compile(cfg.compile, self.device, cfg.steps) and speed.compile_network(self.policy)
+        self.compile_s: float | None = None  # the first step's time when compiled
+        self._compile_tried = False
         self.ddp = distributed.wrap(self.policy, self.dist) if self.dist is not None else None
 
     # ---- checkpointing -------------------------------------------------------------------------
@@ -214,7 +220,7 @@ class Trainer:
         if path is None:
             raise FileNotFoundError(f"{self.run_dir / 'checkpoints'}: no complete checkpoint to resume from")
         tensors, meta = ckpt.load_checkpoint(path)
-        model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        model = strip_compile_prefix({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
         self.policy.load_state_dict(model)
         ckpt.optimizer_from_flat(self.optimizer, tensors, meta["optimizer"])
         self.lr_scheduler.load_state_dict({**meta["lr_scheduler"], "lr_lambdas": [None] * len(self.optimizer.param_groups)})
@@ -237,6 +243,22 @@ class Trainer:
 
     # ---- the loop ------------------------------------------------------------------------------
     def train_step(self) -> tuple[float, float]:
+        if self.compiled and not self._compile_tried:  # the first compiled call compiles: a failure means eager
+            self._compile_tried = True
+            rng = self.generator.get_state(), torch.get_rng_state()
+            try:
+                return self._train_step()
+            except Exception as e:  # inductor's errors have no common base class; nothing was updated yet
+                console.print(f"[yellow]train.compile: compiling the network failed ({speed.describe_error(e)}); "
+                              "training in eager mode")
+                speed.uncompile_network(self.policy)
+                self.compiled = False
+                self.optimizer.zero_grad(set_to_none=True)
+                self.generator.set_state(rng[0])
+                torch.set_rng_state(rng[1])
+        return self._train_step()
+
+    def _train_step(self) -> tuple[float, float]:
         self.policy.train()
         if self.dist is None:
             generator, loss_fn = self.generator, self.policy.compute_loss
@@ -351,7 +373,11 @@ class Trainer:
         with log_file, Progress(*columns, console=console, disable=not cfg.progress) as bar:
             task = bar.add_task("train", total=cfg.steps, completed=self.step, status="")
             while self._keep_going(budget_s):
+                t_step = time.perf_counter()
                 loss, grad_norm = self.train_step()
+                if self.compiled and self.compile_s is None:
+                    self.compile_s = time.perf_counter() - t_step
+                    console.print(f"compiled the network in {self.compile_s:.0f} s (cached for later runs)")
                 window_loss += loss
                 window_n += 1
                 bar.update(task, completed=self.step)
@@ -382,6 +408,7 @@ class Trainer:
         self._sync_ema()
         self.ema_policy.save(self.run_dir / "policy")
         summary = {"steps": self.step, "train_time_s": round(self.elapsed(), 1), "batch_size": cfg.batch_size,
+                   "compiled": self.compiled, "compile_s": self.compile_s,
                    "parameters": n_params, "policy_dir": str(self.run_dir / "policy")}
         if self.dist is not None:
             summary["world_size"] = self.dist.world_size  # batch_size is the global batch
