@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,8 +121,5 @@ def test_cli_dataset_actions(tmp_path, capsys):
 
 
 def test_cli_dataset_info_on_the_bundled_dataset(capsys):
-    bundled = Path(__file__).resolve().parents[1] / "datasets/pusht/lerobot"
-    if not (bundled / "meta/info.json").is_file():
-        pytest.skip("bundled PushT dataset not present")
-    assert main(["dataset", f"root={bundled}"]) == 0
+    assert main(["dataset", "root=bundled:pusht"]) == 0  # the shipped demos, named as a user would
     assert json.loads(capsys.readouterr().out)["episodes"] > 0
