@@ -212,13 +212,8 @@ def _eval_quadrotor(cfg: DictConfig, policy_dir: Path, out: Path, policy=None) -
         policy.seed(cfg.start_seed)  # the runtime's own noise
     report = evaluate_quadrotor(policy, cfg.env.name, n_episodes=cfg.n_episodes,
                                 seed=cfg.start_seed, progress=True)
-    report.update(policy=str(policy_dir), env=cfg.env.name, start_seed=cfg.start_seed)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "eval_report.json").write_text(json.dumps(report, indent=2))
-    lo, hi = report["success_ci95"]
-    console.print(f"[bold]{policy_dir}[/] on {cfg.env.name}: success {report['success_rate']:.1%} (95% CI {lo:.1%}–{hi:.1%}), "
-                  f"crash {report['crash_rate']:.1%}, RMSE {report['rmse_mean']:.3f} m over {report['n_episodes']} episodes -> {out}")
-    return report
+    return _save_vectorized_report(cfg, policy_dir, out, report, f"crash {report['crash_rate']:.1%}, "
+                                                                   f"RMSE {report['rmse_mean']:.3f} m, ")
 
 
 def _eval_newton(cfg: DictConfig, policy_dir: Path, out: Path) -> dict:
@@ -231,12 +226,17 @@ def _eval_newton(cfg: DictConfig, policy_dir: Path, out: Path) -> dict:
     policy = load_policy_for_eval(str(policy_dir), cfg.noise_scheduler_type, cfg.num_inference_steps, cfg.n_action_steps)
     report = evaluate_newton(policy, cfg.env.name, n_episodes=cfg.n_episodes, seed=cfg.start_seed,
                              n_envs=min(cfg.n_episodes, 256))
+    return _save_vectorized_report(cfg, policy_dir, out, report)
+
+
+def _save_vectorized_report(cfg: DictConfig, policy_dir: Path, out: Path, report: dict, details: str = "") -> dict:
+    """``eval_report.json`` and the console line of a vectorized evaluation (quadrotors, Newton)."""
     report.update(policy=str(policy_dir), env=cfg.env.name, start_seed=cfg.start_seed)
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval_report.json").write_text(json.dumps(report, indent=2))
     lo, hi = report["success_ci95"]
     console.print(f"[bold]{policy_dir}[/] on {cfg.env.name}: success {report['success_rate']:.1%} (95% CI "
-                  f"{lo:.1%}–{hi:.1%}) over {report['n_episodes']} episodes -> {out}")
+                  f"{lo:.1%}–{hi:.1%}), {details}over {report['n_episodes']} episodes -> {out}")
     return report
 
 

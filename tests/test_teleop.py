@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -86,23 +87,35 @@ def test_quaternion_helpers_and_pose_delta():
     np.testing.assert_allclose(dr, [0, 0, 0.2], atol=1e-12)
 
 
-def test_zmq_leader_latest_wins_timeout_and_bad_messages():
+@contextlib.contextmanager
+def joined_leader(tag: str, timeout_s: float):
+    """A leader publisher and a ZeroMQ leader device whose subscription is up (slow joiner: publish a resting
+    target until the device has read one), closed afterwards; yields (publisher, device, the arm's pose)."""
     import zmq
 
     from robopolicy.teleop.zmq_leader import LeaderPublisher, ZmqLeaderDevice
 
-    addr = ipc_address("leader")
+    addr = ipc_address(tag)
     ctx = zmq.Context()
     pub = LeaderPublisher(addr, context=ctx)
-    dev = ZmqLeaderDevice(addr, max_pos=0.05, max_rot=0.5, timeout_s=0.3, context=ctx)
+    dev = ZmqLeaderDevice(addr, max_pos=0.05, max_rot=0.5, timeout_s=timeout_s, context=ctx)
     dev.start()
     try:
         pose = ArmPose(np.array([0.0, 0.0, 1.0]), np.array([0, 0, 0, 1.0]))
         deadline = time.monotonic() + 5
-        while dev.read(pose).gripper is None:  # slow joiner: publish until the subscription is up
+        while dev.read(pose).gripper is None:
             pub.publish([0.0, 0.0, 1.0], [0, 0, 0, 1], gripper=-1)
             time.sleep(0.01)
             assert time.monotonic() < deadline
+        yield pub, dev, pose
+    finally:
+        dev.close()
+        pub.close()
+        ctx.term()
+
+
+def test_zmq_leader_latest_wins_timeout_and_bad_messages():
+    with joined_leader("leader", timeout_s=0.3) as (pub, dev, pose):
         pub.sock.send(b"\xc1garbage")
         time.sleep(0.05)
         dev.read(pose)
@@ -124,10 +137,6 @@ def test_zmq_leader_latest_wins_timeout_and_bad_messages():
         np.testing.assert_allclose(dev.read(pose).delta_pos, [0.05, 0, 0])  # clipped step
         time.sleep(0.35)
         assert not dev.read(pose).is_motion  # stale leader: hold
-    finally:
-        dev.close()
-        pub.close()
-        ctx.term()
 
 
 def test_gamepad_and_spacemouse_report_unavailable_clearly(monkeypatch):
@@ -240,30 +249,11 @@ def test_rotation_helpers_refuse_a_zero_quaternion():
 
 
 def test_zmq_leader_rejects_a_zero_quaternion():
-    import zmq
-
-    from robopolicy.teleop.zmq_leader import LeaderPublisher, ZmqLeaderDevice
-
-    addr = ipc_address("leader-q")
-    ctx = zmq.Context()
-    pub = LeaderPublisher(addr, context=ctx)
-    dev = ZmqLeaderDevice(addr, max_pos=0.05, max_rot=0.5, timeout_s=5, context=ctx)
-    dev.start()
-    try:
-        pose = ArmPose(np.array([0.0, 0.0, 1.0]), np.array([0, 0, 0, 1.0]))
-        deadline = time.monotonic() + 5
-        while dev.read(pose).gripper is None:
-            pub.publish([0.0, 0.0, 1.0], [0, 0, 0, 1], gripper=-1)
-            time.sleep(0.01)
-            assert time.monotonic() < deadline
+    with joined_leader("leader-q", timeout_s=5) as (pub, dev, pose):
         pub.publish([0.02, 0.0, 1.0], [0, 0, 0, 0])
         time.sleep(0.05)
         cmd = dev.read(pose)
         assert dev.rejected == 1 and np.isfinite(cmd.delta_rot).all() and not cmd.is_motion
-    finally:
-        dev.close()
-        pub.close()
-        ctx.term()
 
 
 class PointEnv:
@@ -320,29 +310,11 @@ def test_record_teleop_with_scripted_device_saves_discards_and_quits(tmp_path: P
 @pytest.mark.parametrize("fields", [{"events": 5}, {"events": [[1, 2]]}, {"events": {"save": 1}}, {"clutch": "yes"}])
 def test_zmq_leader_counts_a_hostile_field_and_carries_on(fields):
     """A leader message whose events or clutch have the wrong type is rejected and counted, never a crash."""
-    import zmq
-
     from robopolicy.deploy.arm_bridge import encode_arm, pack_frames
-    from robopolicy.teleop.zmq_leader import LeaderPublisher, ZmqLeaderDevice
 
-    addr = ipc_address("leader-hostile")
-    ctx = zmq.Context()
-    pub = LeaderPublisher(addr, context=ctx)
-    dev = ZmqLeaderDevice(addr, max_pos=0.05, max_rot=0.5, timeout_s=5, context=ctx)
-    dev.start()
-    try:
-        pose = ArmPose(np.array([0.0, 0.0, 1.0]), np.array([0, 0, 0, 1.0]))
-        deadline = time.monotonic() + 5
-        while dev.read(pose).gripper is None:
-            pub.publish([0.0, 0.0, 1.0], [0, 0, 0, 1], gripper=-1)
-            time.sleep(0.01)
-            assert time.monotonic() < deadline
+    with joined_leader("leader-hostile", timeout_s=5) as (pub, dev, pose):
         arrays = {"pos": np.array([0.02, 0.0, 1.0]), "quat": np.array([0, 0, 0, 1.0]), "gripper": np.array([1.0])}
         pub.sock.send(pack_frames(encode_arm("ee_target", 99, arrays, **{"clutch": True, "events": [], **fields})))
         time.sleep(0.05)
         cmd = dev.read(pose)
         assert dev.rejected == 1 and not cmd.events and cmd.gripper == -1
-    finally:
-        dev.close()
-        pub.close()
-        ctx.term()
