@@ -149,7 +149,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=50_000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("overrides", nargs="*", help="extra train overrides (key=value)")
-    a = ap.parse_args()
+    a = ap.parse_intermixed_args()  # key=value overrides may follow the options
     root = REPO / a.root
     data = root / "demos"
     if a.command == "expert":

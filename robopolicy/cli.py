@@ -270,10 +270,39 @@ def cmd_demo(cfg: DictConfig) -> dict:
         summary["control_loop"] = {k: served[k] for k in ("n_episodes", "success_rate", "success_ci95", "mean_max_coverage")}
         summary["control_loop"]["episodes"] = served["episodes"]
     summary["total_time_s"] = round(time.perf_counter() - t0, 1)
+    cut_short = demo_cut_short_warning(summary["train"])
+    if cut_short:  # first in the report and on screen, so nobody reads the success figure without it
+        summary = {"warning": cut_short, **summary}
+    summary["next_steps"] = demo_next_steps(summary)
     (out / "demo_report.json").write_text(json.dumps(summary, indent=2))
+    if cut_short:
+        console.print(f"[bold yellow]{cut_short}")
     console.print_json(json.dumps(summary))
+    if cut_short:
+        console.print(f"[bold yellow]{cut_short}")
+    console.print("next:\n" + "\n".join(f"  {step}" for step in summary["next_steps"]))
     console.print(f"demo report written to {out / 'demo_report.json'}")
     return summary
+
+
+def demo_cut_short_warning(train_summary: dict) -> str | None:
+    """What the success figure means when the wall-clock cap stopped training before its planned steps."""
+    done, planned = train_summary.get("steps", 0), train_summary.get("steps_planned")
+    if planned is None or done >= planned:
+        return None
+    return (f"training was cut short by the wall-clock cap: {done} of {planned} planned steps "
+            f"({100 * done / planned:.0f} %), so the success figure is that of an under-trained policy, not what "
+            f"this demo yields on an idle machine (docs/benchmarks.md). Rerun with a larger train.time_budget_min "
+            f"on a quieter machine, or resume from {train_summary.get('policy_dir', 'the run')}.")
+
+
+def demo_next_steps(summary: dict) -> list[str]:
+    """The commands that take the demo's policy further: a longer evaluation, export, serving it."""
+    policy, onnx = summary["artifacts"]["policy"], summary["artifacts"]["onnx"]
+    return [f"evaluate longer:  robopolicy eval checkpoint={policy} n_episodes=500",
+            f"export again:     robopolicy export checkpoint={policy} output=<dir>   (format=c for microcontrollers)",
+            f"serve it:         robopolicy serve checkpoint={onnx}",
+            "drive a robot:    robopolicy run robot=sim_pusht   (robot=lerobot ... for a LeRobot arm; docs/arms.md)"]
 
 
 def cmd_export(cfg: DictConfig) -> Path:

@@ -76,3 +76,27 @@ def test_resume_refuses_a_corrupt_training_state(lowdim_dataset: Path, tmp_path:
     state.write_bytes(bytes(data))
     with pytest.raises(ValueError, match=r"training_state\.safetensors: size or sha256 differs"):
         Trainer(train_cfg(lowdim_dataset, run, steps=6, resume=True))
+
+
+def test_a_wall_clock_cap_that_cuts_training_short_is_reported_first(lowdim_dataset: Path, tmp_path: Path, monkeypatch):
+    """The summary tells steps done from steps planned, and the demo's report leads with what that means."""
+    import json
+
+    from robopolicy.cli import demo_cut_short_warning, demo_next_steps
+
+    trainer = Trainer(train_cfg(lowdim_dataset, tmp_path / "run", steps=50, save_every=0, time_budget_min=1.0))
+    clock = iter(range(0, 10_000, 7))  # 7 s per step: the 60 s cap stops it after a few of the 50 steps
+    monkeypatch.setattr(trainer, "elapsed", lambda: float(next(clock)))
+    summary = json.loads((trainer.fit() / "train_summary.json").read_text())
+    assert summary["stopped_by"] == "time_budget" and summary["steps_planned"] == 50
+    assert 0 < summary["steps"] < 50
+    warning = demo_cut_short_warning(summary)
+    assert f"{summary['steps']} of 50 planned steps" in warning and "under-trained" in warning
+
+    finished = Trainer(train_cfg(lowdim_dataset, tmp_path / "run2", steps=3, save_every=0))
+    summary = json.loads((finished.fit() / "train_summary.json").read_text())
+    assert summary == {**summary, "steps": 3, "steps_planned": 3, "stopped_by": "steps"}
+    assert demo_cut_short_warning(summary) is None
+    steps = demo_next_steps({"artifacts": {"policy": "run/policy", "onnx": "out/onnx"}})
+    assert any("robopolicy eval checkpoint=run/policy" in s for s in steps)
+    assert any("robopolicy serve checkpoint=out/onnx" in s for s in steps)

@@ -407,7 +407,9 @@ class Trainer:
         self.save()
         self._sync_ema()
         self.ema_policy.save(self.run_dir / "policy")
-        summary = {"steps": self.step, "train_time_s": round(self.elapsed(), 1), "batch_size": cfg.batch_size,
+        summary = {"steps": self.step, "steps_planned": cfg.steps,
+                   "stopped_by": "steps" if self.step >= cfg.steps else "time_budget",
+                   "train_time_s": round(self.elapsed(), 1), "batch_size": cfg.batch_size,
                    "compiled": self.compiled, "compile_s": self.compile_s,
                    "parameters": n_params, "policy_dir": str(self.run_dir / "policy")}
         if self.dist is not None:
