@@ -1,7 +1,9 @@
 """SO-101 pick-cube: expert demonstrations -> Diffusion Policy / flow -> evaluation in MuJoCo over held-out seeds.
 
     python bench/so101_pick.py expert --episodes 100                # the expert alone on the demo seeds
-    python bench/so101_pick.py demos --episodes 200                 # scripted expert, seeds 0..199 (~2 s each)
+    python bench/so101_pick.py demos --episodes 200                 # scripted expert, seeds 0..199 (~0.3 s each)
+    python bench/so101_pick.py driver-demos --teleop leader --start-seed 1000 --episodes 50
+                        # through LeRobot's driver on the simulated bus, real time (~10 s each); --teleop expert
     python bench/so101_pick.py train --policy diffusion --minutes 60   # and --policy flow
     python bench/so101_pick.py eval --policy diffusion --episodes 100  # seeds 100000.., never used for choices
     python bench/so101_pick.py deploy --policy diffusion --episodes 100  # same seeds through serve + LeRobot
@@ -40,6 +42,86 @@ def demos(root: Path, episodes: int, noise_deg: float) -> dict:
     report = record_expert_episodes(root, seeds=list(range(episodes)), noise_deg=noise_deg)
     report["seconds"] = round(time.time() - t, 1)
     print(f"{root}: {report}")
+    return report
+
+
+def driver_demos(root: Path, seeds: list[int], teleop: str) -> dict:
+    """Pick-cube demonstrations recorded through LeRobot's driver on the simulated bus, in real time.
+
+    ``teleop="expert"``: the scripted expert is the teleoperator (``ScriptedTeleop``) of ``SO101Follower``.
+    ``teleop="leader"``: the expert moves a simulated SO-101 *leader* arm (its own bus), LeRobot's
+    ``SO101Leader`` reads it, and the follower copies it, as a person with a leader arm records.
+    One follower bus (a fresh scene, cube placed by the seed) per episode; failed picks are discarded.
+    """
+    import contextlib
+    import tempfile
+
+    import numpy as np
+
+    from robopolicy.data.recorder import DatasetRecorder
+    from robopolicy.robots.feetech_sim import BusProcess
+    from robopolicy.robots.lerobot_robot import LeRobotRobot
+    from robopolicy.robots.lerobot_teleop import (
+        LeRobotTeleoperator,
+        ScriptedLeaderOperator,
+        ScriptedTeleop,
+        record_leader_follower,
+    )
+    from robopolicy.sim.so101 import HOME
+    from robopolicy.sim.so101_pick import ENV_STATE_KEY, PickExpert, features, from_units, to_units
+
+    calibration = Path(tempfile.mkdtemp(prefix="so101-calibration-"))
+    t0, saved, failed, slow = time.time(), 0, 0, 0
+    with contextlib.ExitStack() as stack:
+        leader_bus = teleop_device = None
+        if teleop == "leader":
+            leader_bus = stack.enter_context(BusProcess(kinematic=True, max_runtime_s=24 * 3600))
+            (calibration / "sim_leader.json").write_text(json.dumps(leader_bus.calibration))
+            leader_bus.set_joint_positions(HOME)
+            teleop_device = stack.enter_context(LeRobotTeleoperator(
+                type="so101_leader", port=leader_bus.port, id="sim_leader", calibration_dir=calibration))
+        for seed in seeds:
+            with BusProcess(seed=seed) as bus:
+                (calibration / "sim_arm.json").write_text(json.dumps(bus.calibration))
+                robot = LeRobotRobot(type="so101_follower", port=bus.port, id="sim_arm", calibration_dir=calibration,
+                                     control_hz=CONTROL_HZ, max_velocity=180.0)
+                planner = SO101PickEnv()  # the expert plans in its own copy of the scene (same seed, same cube)
+                planner.reset(seed=seed)
+                expert = PickExpert(planner)
+                low, high = planner.sim.joint_low, planner.sim.joint_high
+                with robot:
+                    robot.send_command(to_units(HOME, low, high))  # the arm powers on limp: to the start pose first
+                    time.sleep(2.0)
+                    planner.sim.set_joint_positions(from_units(robot.read_state().observation["observation.state"],
+                                                               low, high))  # plan from where the arm really is
+                    expert.reset()
+                    operator = None
+                    if teleop == "leader":
+                        operator = ScriptedLeaderOperator(leader_bus, lambda t, plan=expert.plan: plan[
+                            min(int(t * CONTROL_HZ), len(plan) - 1)]).start()
+                        device = teleop_device
+                    else:
+                        device = ScriptedTeleop(robot.action_names, expert.act)
+                    try:
+                        with DatasetRecorder(root, fps=CONTROL_HZ, features=features(),
+                                             robot_type="so101_follower") as recorder:
+                            summary = record_leader_follower(  # a missed pick teaches nothing: not written
+                                robot, device, recorder, fps=CONTROL_HZ, num_episodes=1,
+                                episode_s=expert.episode_steps / CONTROL_HZ, task="pick the cube",
+                                extra_observation=lambda bus=bus: {
+                                    ENV_STATE_KEY: np.asarray(bus.call("cube"), dtype=np.float32)},
+                                accept=lambda _, bus=bus: bool(bus.call("cube")[2] - 0.02 > 0.05))
+                            saved += len(summary.saved)
+                            failed += summary.discarded
+                    finally:
+                        if operator is not None:
+                            operator.close()
+                            leader_bus.set_joint_positions(HOME)
+                    slow += bool(summary.slow_episodes)
+            print(f"seed {seed}: {'picked' if summary.saved else 'missed'} ({saved} saved, {failed} discarded)", flush=True)
+    report = {"teleop": teleop, "saved": saved, "failed": failed, "episodes_below_rate": slow,
+              "seeds": f"{seeds[0]}..{seeds[-1]}", "seconds": round(time.time() - t0, 1)}
+    print(json.dumps(report))
     return report
 
 
@@ -140,7 +222,10 @@ def deploy(run: Path, episodes: int, start_seed: int = EVAL_START_SEED, episode_
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["expert", "demos", "train", "eval", "deploy", "smoke"])
+    ap.add_argument("command", choices=["expert", "demos", "driver-demos", "train", "eval", "deploy", "smoke"])
+    ap.add_argument("--teleop", default="expert", choices=["expert", "leader"],
+                    help="driver-demos: the expert drives the follower, or moves a simulated leader arm")
+    ap.add_argument("--start-seed", type=int, default=0, help="driver-demos: first scene seed")
     ap.add_argument("--root", default="outputs/bench/so101_pick")
     ap.add_argument("--episodes", type=int, default=None)
     ap.add_argument("--noise-deg", type=float, default=0.0)
@@ -156,6 +241,10 @@ def main() -> None:
         expert_success(a.episodes or 100, a.noise_deg)
     elif a.command == "demos":
         demos(data, a.episodes or 200, a.noise_deg)
+    elif a.command == "driver-demos":
+        seeds = list(range(a.start_seed, a.start_seed + (a.episodes or 50)))
+        report = driver_demos(root / f"driver_demos_{a.teleop}", seeds, a.teleop)
+        (root / f"driver_demos_{a.teleop}.json").write_text(json.dumps(report, indent=2))
     elif a.command == "train":
         train(data, root / a.policy, a.policy, a.minutes, a.steps, a.overrides)
     elif a.command == "eval":

@@ -47,14 +47,16 @@ def test_leader_arm_records_and_resumes_a_lerobot_dataset(tmp_path):
         root = tmp_path / "so101_wave"
         try:
             with robot, teleop:
-                for run, episodes in enumerate((2, 1)):  # the second run resumes the dataset and appends
+                # the first run turns its second attempt down (not written); the second resumes and appends
+                for run, (episodes, accept, saved) in enumerate(((3, lambda e: e != 1, [0, 1]), (1, None, [2]))):
                     recorder = DatasetRecorder(root, fps=15, features=robot.features, robot_type="so101_follower")
                     try:
                         summary = record_leader_follower(robot, teleop, recorder, fps=15, num_episodes=episodes,
-                                                         episode_s=1.0, task="wave")
+                                                         episode_s=1.0, task="wave", accept=accept)
                     finally:
                         recorder.close()
-                    assert summary.saved == list(range(2 * run, 2 * run + episodes))
+                    assert summary.saved == saved
+                    assert summary.discarded == episodes - len(saved)
                 leader_now = np.degrees(leader_bus.joint_positions()[0])
                 follower_now = np.degrees(follower_bus.joint_positions()[0])
         finally:

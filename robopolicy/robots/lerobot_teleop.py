@@ -92,18 +92,21 @@ class RecordSummary:
     frames: int = 0
     achieved_fps: list[float] = dataclasses.field(default_factory=list)
     slow_episodes: int = 0
+    discarded: int = 0  # episodes ``accept`` turned down (not written)
 
 
 def record_leader_follower(robot: LeRobotRobot, teleop: LeRobotTeleoperator, recorder, fps: float,
                            num_episodes: int, episode_s: float, task: str,
                            between_episodes: Callable[[int], None] | None = None,
                            stop: threading.Event | None = None,
-                           extra_observation: Callable[[], dict[str, np.ndarray]] | None = None) -> RecordSummary:
+                           extra_observation: Callable[[], dict[str, np.ndarray]] | None = None,
+                           accept: Callable[[int], bool] | None = None) -> RecordSummary:
     """Record ``num_episodes`` episodes of ``episode_s`` seconds at ``fps`` (robot and teleop connected).
 
     ``teleop`` is anything with ``get_action() -> {action name: value}`` (a LeRobot teleoperator, a
     :class:`ScriptedTeleop`); ``extra_observation`` adds features the robot cannot sense (a simulated
-    scene's object poses) to every frame; the recorder must declare them.
+    scene's object poses) to every frame; the recorder must declare them. ``accept(e)``, asked after each
+    episode, can turn it down (a failed attempt): it is then discarded instead of written.
     """
     names = robot.action_names
     summary = RecordSummary()
@@ -140,6 +143,10 @@ def record_leader_follower(robot: LeRobotRobot, teleop: LeRobotTeleoperator, rec
             summary.slow_episodes += 1
             log.warning("episode %d ran at %.1f fps instead of %.1f: the dataset's timestamps say %.1f fps",
                         e, achieved, fps, fps)
+        if accept is not None and not accept(e):
+            recorder.discard_episode()
+            summary.discarded += 1
+            continue
         summary.saved.append(recorder.save_episode(task=task))
         summary.frames += n_frames
     return summary
