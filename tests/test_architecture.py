@@ -83,3 +83,11 @@ def test_act_imports_without_onnxruntime():
                           env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ACTPolicy"
+
+
+def test_artifact_folders_hold_no_python():
+    """datasets/, sim/, hardware/ and deploy/ hold artifacts, never importable code (``datasets`` would shadow
+    Hugging Face's): scripts that serve them live in the package and run with ``python -m``."""
+    found = [str(p.relative_to(REPO)) for folder in ("datasets", "sim", "hardware", "deploy")
+             for p in (REPO / folder).rglob("*.py")]
+    assert not found, f"Python files in artifact folders: {found}"

@@ -83,7 +83,7 @@ def test_driver_names_are_recorded_from_the_firmware():
 
 @needs_firmware
 def test_record_matches_the_firmware_tree():
-    res = subprocess.run([sys.executable, str(CRAZYFLIE_DIR / "record_firmware_types.py"), FIRMWARE, "--check"],
+    res = subprocess.run([sys.executable, "-m", "robopolicy.robots.crazyflie_firmware_record", FIRMWARE, "--check"],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
 

@@ -48,7 +48,7 @@ def test_leader_arm_records_and_resumes_a_lerobot_dataset(tmp_path):
         try:
             with robot, teleop:
                 # the first run turns its second attempt down (not written); the second resumes and appends
-                for run, (episodes, accept, saved) in enumerate(((3, lambda e: e != 1, [0, 1]), (1, None, [2]))):
+                for episodes, accept, saved in ((3, lambda e: e != 1, [0, 1]), (1, None, [2])):
                     recorder = DatasetRecorder(root, fps=15, features=robot.features, robot_type="so101_follower")
                     try:
                         summary = record_leader_follower(robot, teleop, recorder, fps=15, num_episodes=episodes,

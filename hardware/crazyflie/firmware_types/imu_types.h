@@ -1,4 +1,4 @@
-/* Recorded from bitcraze/crazyflie-firmware by hardware/crazyflie/record_firmware_types.py; do not edit.
+/* Recorded from bitcraze/crazyflie-firmware by robopolicy.robots.crazyflie_firmware_record; do not edit.
  * Firmware commit: see FIRMWARE_COMMIT. License of the recorded declarations: GPL-3.0 (the firmware's). */
 #ifndef IMU_TYPES_H_
 #define IMU_TYPES_H_

@@ -1,8 +1,9 @@
-#!/usr/bin/env python3
 """Record, from a crazyflie-firmware checkout, the firmware types and names robopolicy builds against.
 
-    python hardware/crazyflie/record_firmware_types.py FIRMWARE_DIR           # (re)write firmware_types/
-    python hardware/crazyflie/record_firmware_types.py FIRMWARE_DIR --check   # exit 1 if the record differs
+    python -m robopolicy.robots.crazyflie_firmware_record FIRMWARE_DIR           # (re)write the record
+    python -m robopolicy.robots.crazyflie_firmware_record FIRMWARE_DIR --check   # exit 1 if the record differs
+
+The record is ``hardware/crazyflie/firmware_types/`` of a checkout (``--out`` elsewhere).
 
 CI has no firmware tree, so the controller is compiled there against this record (firmware_types/*.h) and the
 radio driver's log/parameter names are checked against firmware_types/firmware_names.json. The record is
@@ -20,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-RECORD_DIR = Path(__file__).resolve().parent / "firmware_types"
+RECORD_DIR = Path(__file__).resolve().parents[2] / "hardware" / "crazyflie" / "firmware_types"  # in a checkout
 
 # header (relative to the firmware root) -> the declarations to copy from it, in order
 STABILIZER_TYPES = ("src/modules/interface/stabilizer_types.h", [
@@ -190,7 +191,7 @@ def facts(firmware: Path) -> dict[str, object]:
 
 def record(firmware: Path) -> dict[str, str]:
     """The record's files, name -> content."""
-    banner = ("/* Recorded from bitcraze/crazyflie-firmware by hardware/crazyflie/record_firmware_types.py; "
+    banner = ("/* Recorded from bitcraze/crazyflie-firmware by robopolicy.robots.crazyflie_firmware_record; "
               "do not edit.\n * Firmware commit: see FIRMWARE_COMMIT. License of the recorded declarations: "
               "GPL-3.0 (the firmware's). */\n")
     files = {}

@@ -1,6 +1,8 @@
-#!/usr/bin/env python3
 """Export a sample policy shaped like the hover policy (22 inputs, 4 outputs, 500 Hz; random weights) to the
-directory given, for `make check` and the firmware build when no trained policy is at hand."""
+directory given, for the Crazyflie `make check` and firmware build when no trained policy is at hand.
+
+    python -m robopolicy.export.sample_policy DIR [--int8]
+"""
 
 import sys
 
