@@ -158,15 +158,15 @@ def train(root: Path, run: Path, policy: str, minutes: float, steps: int, extra:
         "progress=false", f"output_dir={run}", *extra]))
 
 
-def evaluate_run(run: Path, episodes: int, workers: int, out: Path | None) -> dict:
+def evaluate_run(run: Path, episodes: int, workers: int, out: Path | None, start_seed: int = EVAL_START_SEED) -> dict:
     from robopolicy.cli import load_policy_for_eval
     from robopolicy.sim.evaluate import evaluate
 
     result = evaluate(partial(load_policy_for_eval, str(run / "policy"), None, None), env_factory=SO101PickEnv,
-                      n_episodes=episodes, start_seed=EVAL_START_SEED, max_steps=150, n_workers=workers,
+                      n_episodes=episodes, start_seed=start_seed, max_steps=150, n_workers=workers,
                       n_videos=0, output_dir=out, success_threshold=1.0, progress=False)
     row = {"success_rate": result.success_rate, "success_ci95": result.success_ci, "n_episodes": episodes,
-           "seeds": f"{EVAL_START_SEED}..{EVAL_START_SEED + episodes - 1}", "control_hz": CONTROL_HZ}
+           "seeds": f"{start_seed}..{start_seed + episodes - 1}", "control_hz": CONTROL_HZ}
     print(json.dumps(row))
     return row
 
@@ -233,10 +233,15 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=60.0)
     ap.add_argument("--steps", type=int, default=50_000)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--data", default="demos", help="train: the dataset folder under --root (e.g. demos_merged)")
+    ap.add_argument("--run", default=None, help="train/eval/deploy: the run folder under --root (default: --policy)")
+    ap.add_argument("--eval-start-seed", type=int, default=EVAL_START_SEED,
+                    help="eval: first seed (held-out 100000..; validation seeds for choices: 50000..)")
     ap.add_argument("overrides", nargs="*", help="extra train overrides (key=value)")
     a = ap.parse_intermixed_args()  # key=value overrides may follow the options
     root = REPO / a.root
-    data = root / "demos"
+    data = root / a.data
+    run = root / (a.run or a.policy)
     if a.command == "expert":
         expert_success(a.episodes or 100, a.noise_deg)
     elif a.command == "demos":
@@ -246,14 +251,15 @@ def main() -> None:
         report = driver_demos(root / f"driver_demos_{a.teleop}", seeds, a.teleop)
         (root / f"driver_demos_{a.teleop}.json").write_text(json.dumps(report, indent=2))
     elif a.command == "train":
-        train(data, root / a.policy, a.policy, a.minutes, a.steps, a.overrides)
+        train(data, run, a.policy, a.minutes, a.steps, a.overrides)
     elif a.command == "eval":
-        out = root / f"eval_{a.policy}"
-        row = evaluate_run(root / a.policy, a.episodes or 100, a.workers, out)
+        out = root / f"eval_{run.name}" if a.eval_start_seed == EVAL_START_SEED else \
+            root / f"validation_{run.name}_{a.eval_start_seed}"
+        row = evaluate_run(run, a.episodes or 100, a.workers, out, a.eval_start_seed)
         (out / "summary.json").write_text(json.dumps(row, indent=2))
     elif a.command == "deploy":
-        row = deploy(root / a.policy, a.episodes or 100)
-        (root / f"deploy_{a.policy}.json").write_text(json.dumps(row, indent=2))
+        row = deploy(run, a.episodes or 100)
+        (root / f"deploy_{run.name}.json").write_text(json.dumps(row, indent=2))
     else:  # smoke: every stage, tiny, to check the route works (numbers meaningless)
         smoke = root / "smoke"
         demos(smoke / "demos", 4, 0.0)
