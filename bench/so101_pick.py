@@ -186,6 +186,7 @@ def deploy(run: Path, episodes: int, start_seed: int = EVAL_START_SEED, episode_
     from robopolicy.deploy.adapter import load_policy_adapter
     from robopolicy.deploy.client import ControlLoop, ControlLoopConfig
     from robopolicy.deploy.server import start_server_process
+    from robopolicy.policies.registry import load_policy
     from robopolicy.robots.feetech_sim import BusProcess
     from robopolicy.robots.lerobot_robot import LeRobotRobot
     from robopolicy.sim.so101 import HOME
@@ -193,7 +194,8 @@ def deploy(run: Path, episodes: int, start_seed: int = EVAL_START_SEED, episode_
 
     tmp = Path(tempfile.mkdtemp(prefix="so101-deploy-"))
     address = f"ipc://{tmp}/policy.ipc"
-    server = start_server_process(load_policy_adapter, address, {"directory": str(run / "policy")},
+    server = start_server_process(load_policy_adapter, address, {"directory": str(run / "policy"),
+                                                                 "load_checkpoint": load_policy},
                                   max_runtime_s=episodes * (episode_s + 30) + 60, status_every_s=0)
     results = []
     try:
