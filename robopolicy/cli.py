@@ -290,10 +290,11 @@ def demo_cut_short_warning(train_summary: dict) -> str | None:
     done, planned = train_summary.get("steps", 0), train_summary.get("steps_planned")
     if planned is None or done >= planned:
         return None
+    run_dir = Path(train_summary["policy_dir"]).parent if "policy_dir" in train_summary else "<run dir>"
     return (f"training was cut short by the wall-clock cap: {done} of {planned} planned steps "
             f"({100 * done / planned:.0f} %), so the success figure is that of an under-trained policy, not what "
-            f"this demo yields on an idle machine (docs/benchmarks.md). Rerun with a larger train.time_budget_min "
-            f"on a quieter machine, or resume from {train_summary.get('policy_dir', 'the run')}.")
+            f"this demo yields on an idle machine (docs/benchmarks.md). Finish the run with `robopolicy train "
+            f"resume=true output_dir={run_dir} time_budget_min=0`, or rerun with a larger train.time_budget_min.")
 
 
 def demo_next_steps(summary: dict) -> list[str]:

@@ -92,6 +92,7 @@ def test_a_wall_clock_cap_that_cuts_training_short_is_reported_first(lowdim_data
     assert 0 < summary["steps"] < 50
     warning = demo_cut_short_warning(summary)
     assert f"{summary['steps']} of 50 planned steps" in warning and "under-trained" in warning
+    assert f"resume=true output_dir={tmp_path / 'run'}" in warning
 
     finished = Trainer(train_cfg(lowdim_dataset, tmp_path / "run2", steps=3, save_every=0))
     summary = json.loads((finished.fit() / "train_summary.json").read_text())
