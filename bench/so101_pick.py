@@ -65,15 +65,15 @@ def driver_demos(root: Path, seeds: list[int], teleop: str) -> dict:
 
     from robopolicy.data.recorder import DatasetRecorder
     from robopolicy.robots.feetech_sim import BusProcess
-    from robopolicy.robots.lerobot_robot import LeRobotRobot
     from robopolicy.robots.lerobot_teleop import (
         LeRobotTeleoperator,
         ScriptedLeaderOperator,
         ScriptedTeleop,
         record_leader_follower,
     )
+    from robopolicy.robots.so101_sim_arm import bring_to_start, simulated_follower
     from robopolicy.sim.so101 import HOME
-    from robopolicy.sim.so101_pick import ENV_STATE_KEY, PickExpert, features, from_units, to_units
+    from robopolicy.sim.so101_pick import ENV_STATE_KEY, PickExpert, features
 
     calibration = Path(tempfile.mkdtemp(prefix="so101-calibration-"))
     t0, saved, failed, slow = time.time(), 0, 0, 0
@@ -87,18 +87,12 @@ def driver_demos(root: Path, seeds: list[int], teleop: str) -> dict:
                 type="so101_leader", port=leader_bus.port, id="sim_leader", calibration_dir=calibration))
         for seed in seeds:
             with BusProcess(seed=seed) as bus:
-                (calibration / "sim_arm.json").write_text(json.dumps(bus.calibration))
-                robot = LeRobotRobot(type="so101_follower", port=bus.port, id="sim_arm", calibration_dir=calibration,
-                                     control_hz=CONTROL_HZ, max_velocity=180.0)
+                robot = simulated_follower(bus, calibration)
                 planner = SO101PickEnv()  # the expert plans in its own copy of the scene (same seed, same cube)
                 planner.reset(seed=seed)
                 expert = PickExpert(planner)
-                low, high = planner.sim.joint_low, planner.sim.joint_high
                 with robot:
-                    robot.send_command(to_units(HOME, low, high))  # the arm powers on limp: to the start pose first
-                    time.sleep(2.0)
-                    planner.sim.set_joint_positions(from_units(robot.read_state().observation["observation.state"],
-                                                               low, high))  # plan from where the arm really is
+                    planner.sim.set_joint_positions(bring_to_start(robot, planner))  # plan from where the arm is
                     expert.reset()
                     operator = None
                     if teleop == "leader":
@@ -188,9 +182,7 @@ def deploy(run: Path, episodes: int, start_seed: int = EVAL_START_SEED, episode_
     from robopolicy.deploy.server import start_server_process
     from robopolicy.policies.registry import load_policy
     from robopolicy.robots.feetech_sim import BusProcess
-    from robopolicy.robots.lerobot_robot import LeRobotRobot
-    from robopolicy.sim.so101 import HOME
-    from robopolicy.sim.so101_pick import ENV_STATE_KEY, features, to_units
+    from robopolicy.robots.so101_sim_arm import bring_to_start, simulated_follower
 
     tmp = Path(tempfile.mkdtemp(prefix="so101-deploy-"))
     address = f"ipc://{tmp}/policy.ipc"
@@ -201,16 +193,9 @@ def deploy(run: Path, episodes: int, start_seed: int = EVAL_START_SEED, episode_
     try:
         for seed in range(start_seed, start_seed + episodes):
             with BusProcess(seed=seed) as bus:
-                (tmp / "sim_arm.json").write_text(json.dumps(bus.calibration))
-                robot = LeRobotRobot(type="so101_follower", port=bus.port, id="sim_arm", calibration_dir=tmp,
-                                     control_hz=CONTROL_HZ, max_velocity=180.0,
-                                     extra_observation=lambda bus=bus: {
-                                         ENV_STATE_KEY: np.asarray(bus.call("cube"), dtype=np.float32)},
-                                     extra_features={ENV_STATE_KEY: features()[ENV_STATE_KEY]})
+                robot = simulated_follower(bus, tmp, cube_observation=True)
                 with robot:
-                    sim = SO101PickEnv().sim  # for the joint ranges of the unit conversion
-                    robot.send_command(to_units(HOME, sim.joint_low, sim.joint_high))  # the episode's start pose
-                    time.sleep(2.0)
+                    bring_to_start(robot, SO101PickEnv())  # the env's start pose (a real arm powers on limp)
                     loop = ControlLoop(robot, address, ControlLoopConfig(control_hz=100))
                     try:
                         summary = loop.run(episode_s, until=lambda _: bus.call("cube")[2] - 0.02 > 0.05)

@@ -3,9 +3,6 @@ LeRobot's driver on the simulated bus (the route demonstrations take on the arm)
 
 from __future__ import annotations
 
-import json
-import time
-
 import mujoco  # noqa: F401  (installed by `make test`; a missing one fails)
 import numpy as np
 
@@ -64,23 +61,17 @@ def test_expert_demonstrations_are_a_lerobot_dataset_that_resumes(tmp_path):
 def test_expert_picks_through_the_lerobot_driver_on_the_simulated_bus(tmp_path):
     from robopolicy.data.recorder import DatasetRecorder
     from robopolicy.robots.feetech_sim import BusProcess
-    from robopolicy.robots.lerobot_robot import LeRobotRobot
     from robopolicy.robots.lerobot_teleop import ScriptedTeleop, record_leader_follower
+    from robopolicy.robots.so101_sim_arm import bring_to_start, simulated_follower
 
     seed = 3
     with BusProcess(seed=seed) as bus:
-        (tmp_path / "sim_arm.json").write_text(json.dumps(bus.calibration))
-        robot = LeRobotRobot(type="so101_follower", port=bus.port, id="sim_arm", calibration_dir=tmp_path,
-                             control_hz=CONTROL_HZ, max_velocity=180.0)
+        robot = simulated_follower(bus, tmp_path)
         planner = SO101PickEnv()  # the expert plans in its own copy of the scene (same seed, same cube)
         planner.reset(seed=seed)
         expert = PickExpert(planner)
         with robot:
-            # the arm powers on limp and sags; like an operator, bring it to the start pose first
-            robot.send_command(to_units(HOME, planner.sim.joint_low, planner.sim.joint_high))
-            time.sleep(2.0)
-            q_start = from_units(robot.read_state().observation["observation.state"], planner.sim.joint_low,
-                                 planner.sim.joint_high)
+            q_start = bring_to_start(robot, planner)  # the arm powers on limp and sags; like an operator
             assert np.abs(q_start[:5] - HOME[:5]).max() < 0.1, q_start
             planner.sim.set_joint_positions(q_start)  # plan from where the arm really is
             expert.reset()
