@@ -170,11 +170,25 @@ def connect_handshake(b, attempts: int = 2) -> None:
                 raise
 
 
+def settled_position(b, motor: str, timeout_s: float = 5.0) -> int:
+    """Present_Position once two reads 100 ms apart agree within a tick: the simulated arm starts limp and sags
+    under gravity, so a register test that compares two reads must not race the motion (CI caught a 4-tick sag)."""
+    deadline = time.monotonic() + timeout_s
+    last = b.read("Present_Position", motor, normalize=False)
+    while True:
+        time.sleep(0.1)
+        now = b.read("Present_Position", motor, normalize=False)
+        if abs(now - last) <= 1:
+            return now
+        assert time.monotonic() < deadline, f"{motor} still moving after {timeout_s} s ({last} -> {now})"
+        last = now
+
+
 def test_lerobot_handshake_homing_offset_sign_and_eeprom_lock(bus):
     b = lerobot_bus(bus.port)
     connect_handshake(b)  # pings every motor, checks model numbers and firmware versions
     try:
-        before = b.read("Present_Position", "elbow_flex", normalize=False)
+        before = settled_position(b, "elbow_flex")  # the limp arm sags after power-on: wait until it rests
         b.write("Homing_Offset", "elbow_flex", -100)  # sign-magnitude, bit 11
         assert bus.servos[3].get(HOMING_OFFSET, 2) == 100 | (1 << 11)
         after = b.read("Present_Position", "elbow_flex", normalize=False)
@@ -268,3 +282,16 @@ def test_stored_calibration_helpers_agree_with_the_servo(bus):
         lo = servo.present_from_angle(bus.sim.joint_low[servo.joint])
         assert name == "wrist_roll" or abs(lo - c["range_min"]) <= 1
     assert np.all(np.diff([c["id"] for c in cal.values()]) == 1)
+
+
+def test_an_in_process_bus_shortens_the_gil_switch_interval_and_restores_it():
+    """The bus thread must get the GIL back within a servo's reply window while the host spins on the port."""
+    import sys
+
+    before = sys.getswitchinterval()
+    with FeetechBusSimulator() as first, FeetechBusSimulator(kinematic=True) as second:
+        assert sys.getswitchinterval() <= FeetechBusSimulator.SWITCH_INTERVAL_S
+        second.close()  # one bus still running: still short
+        assert sys.getswitchinterval() <= FeetechBusSimulator.SWITCH_INTERVAL_S
+        assert first.port
+    assert sys.getswitchinterval() == before
