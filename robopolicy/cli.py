@@ -410,7 +410,8 @@ def cmd_run(cfg: DictConfig) -> dict:
     if not isinstance(fields, dict) or "name" not in fields:
         raise ValueError("run: robot needs a name (robot=<name>, e.g. robot=sim_pusht)")
     robot = make_robot(fields.pop("name"), **fields)
-    loop_cfg = ControlLoopConfig(control_hz=cfg.control_hz, blend=cfg.blend, watchdog_s=cfg.watchdog_s,
+    loop_cfg = ControlLoopConfig(control_hz=cfg.control_hz, blend=cfg.blend, interpolation=cfg.interpolation,
+                                 watchdog_s=cfg.watchdog_s,
                                  latency_margin_s=cfg.latency_margin_s, rtc_soft_steps=cfg.rtc_soft_steps)
     with robot:
         loop = ControlLoop(robot, cfg.server, loop_cfg, curve=curve)

@@ -38,6 +38,23 @@ def test_interpolation_and_validity():
         Waypoints(np.array([1.0, 1.0]), np.zeros((2, 1)), 0.1)
 
 
+def test_hold_interpolation_is_a_zero_order_hold():
+    """``hold``: each action until the next one's time, as a demonstration recorded at the policy rate sent them."""
+    wp = Waypoints(np.array([1.0, 1.1, 1.2]), np.array([[0.0], [1.0], [3.0]]), validity_s=0.05, hold=True)
+    assert wp(0.99) is None
+    np.testing.assert_allclose(wp(1.0), [0.0])
+    np.testing.assert_allclose(wp(1.099), [0.0])
+    np.testing.assert_allclose(wp(1.1), [1.0])
+    np.testing.assert_allclose(wp(1.19), [1.0])
+    np.testing.assert_allclose(wp(1.24), [3.0])
+    assert wp(1.26) is None  # the validity window is the same as linear's
+    # an angle held across the wrap comes back wrapped
+    np.testing.assert_allclose(interpolate(np.array([0.0, 1.0]), np.array([[3.5], [0.0]]), 0.5, angle_dims=[0],
+                                           hold=True), [3.5 - 2 * math.pi])
+    with pytest.raises(ValueError, match="interpolation"):
+        ChunkScheduler(2, 8, 4, 0.1, interpolation="cubic")
+
+
 # ---- safety ---------------------------------------------------------------------------------------
 def test_safety_clips_position_velocity_acceleration_and_rejects_nan():
     f = SafetyFilter(low=[0, 0], high=[10, 10], max_velocity=[100, 100], max_acceleration=[1000, 1000])
@@ -189,6 +206,28 @@ def test_loop_tracks_ramp_policy(tmp_path, blend):
     _assert_no_stale(loop)
     # the ramp moves 1 unit per 0.1 s: after ~1.4 s of control the robot is well away from 0
     assert robot.position[0] > 5
+
+
+def test_loop_with_hold_changes_the_command_only_on_the_policy_grid(tmp_path):
+    with PolicyServer(RampPolicy(step=1.0), address=f"ipc://{tmp_path}/s.ipc", status_every_s=0) as srv:
+        robot = EchoRobot(start=[0.0, 0.0])
+        robot.connect()
+        loop = ControlLoop(robot, srv.endpoint, ControlLoopConfig(control_hz=100, interpolation="hold", watchdog_s=0.3))
+        try:
+            summary = loop.run(1.5)
+        finally:
+            loop.close()
+    assert summary["fatal"] is None
+    records = _policy_records(loop)
+    assert len(records) > 100
+    _assert_no_stale(loop)
+    assert robot.position[0] > 5  # still follows the ramp
+    # linear interpolation changes the command every tick; a hold only when the policy's 0.1 s step turns over
+    # (or a new chunk takes over): at 100 Hz most ticks repeat the previous command
+    changes = sum(not np.array_equal(a.command, b.command) for a, b in zip(records, records[1:]))
+    assert changes <= 1.5 / 0.1 + summary["chunks"] + 2, changes
+    with pytest.raises(ValueError, match="interpolation"):
+        ControlLoop(robot, srv.endpoint, ControlLoopConfig(interpolation="spline"))
 
 
 def test_loop_estop_latches(tmp_path):

@@ -204,6 +204,7 @@ class RunConfig:
     duration_s: float = 60.0
     control_hz: float = 100.0
     blend: str = "rtc"  # rtc | ensemble | replace
+    interpolation: str = "linear"  # linear | hold: hold each action until the next, as the demos commanded the arm
     watchdog_s: float = 0.1
     latency_margin_s: float = 0.0
     rtc_soft_steps: int = 0

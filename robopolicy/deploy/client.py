@@ -47,7 +47,7 @@ from robopolicy.deploy.protocol import (
 )
 from robopolicy.deploy.robot import Robot, RobotState
 from robopolicy.deploy.safety import EStop, SafetyFilter, Watchdog, is_finite_tree
-from robopolicy.deploy.scheduling import ChunkScheduler
+from robopolicy.deploy.scheduling import BLEND_MODES, INTERPOLATION_MODES, ChunkScheduler
 from robopolicy.deploy.timing import PeriodRecorder, precise_wait
 
 log = logging.getLogger("robopolicy.deploy.client")
@@ -157,6 +157,7 @@ class PolicyClient:
 class ControlLoopConfig:
     control_hz: float = 100.0
     blend: str = "rtc"  # rtc | ensemble | replace
+    interpolation: str = "linear"  # linear | hold (each action until the next: as demos recorded at the policy rate)
     watchdog_s: float = 0.1  # server silent this long -> safe action, recreate the socket
     ping_interval_s: float | None = None  # default watchdog_s / 4
     request_timeout_s: float = 1.0  # give up on an inference request after this long
@@ -190,11 +191,13 @@ class ControlLoop:
 
     def __init__(self, robot: Robot, client: PolicyClient | str, config: ControlLoopConfig | None = None,
                  curve: ClientCurve | None = None):
+        c = self.config = config or ControlLoopConfig()
+        if c.blend not in BLEND_MODES or c.interpolation not in INTERPOLATION_MODES:
+            raise ValueError(f"control loop: blend must be one of {BLEND_MODES} (got {c.blend!r}) and interpolation "
+                             f"one of {INTERPOLATION_MODES} (got {c.interpolation!r})")
         self.robot = robot
         self.client = client if isinstance(client, PolicyClient) else PolicyClient(client, curve=curve)
         self._own_client = not isinstance(client, PolicyClient)
-        self.config = config or ControlLoopConfig()
-        c = self.config
         self.period = 1.0 / c.control_hz
         self.ping_interval = c.ping_interval_s or c.watchdog_s / 4
         rs = robot.spec
@@ -268,7 +271,8 @@ class ControlLoop:
             self.scheduler = ChunkScheduler(spec.n_obs_steps, spec.horizon, spec.n_action_steps, spec.dt, c.blend,
                                             c.latency_margin_s, c.validity_s, c.ensemble_m, c.rtc_soft_steps,
                                             c.request_lead_s, angle_dims=self.robot.spec.angle_dims,
-                                            angle_period=self.robot.spec.angle_period)
+                                            angle_period=self.robot.spec.angle_period,
+                                            interpolation=c.interpolation)
             # Enough robot-rate frames to span the To policy steps (the robot may run faster than the policy).
             per_step = max(1, math.ceil(spec.dt * self.robot.spec.control_hz - 1e-9))
             self.history = collections.deque(self.history, maxlen=(spec.n_obs_steps - 1) * per_step + 2)

@@ -1,7 +1,9 @@
 """Time-stamped waypoints and linear interpolation between them, with a validity window.
 
 A waypoint ``(t_i, a_i)`` says "at time t_i the target is a_i". Between two waypoints the target
-is interpolated linearly; after the last one it is held for at most ``validity_s``; outside that
+is interpolated linearly, or held (``hold=True``: a_i until t_{i+1}, a zero-order hold: the way a
+teleoperated demonstration sent one command per frame, so a policy trained on one sees the arm
+move as it did while recording); after the last one it is held for at most ``validity_s``; outside that
 (and before the first waypoint) there is *no* valid target, so the caller must use its safe action.
 
 Angles: the action dimensions listed in ``angle_dims`` are angles that wrap with ``angle_period``
@@ -53,7 +55,7 @@ def weighted_mean(values: Sequence[np.ndarray], weights: np.ndarray, angle_dims:
 
 class Waypoints:
     def __init__(self, times: np.ndarray, actions: np.ndarray, validity_s: float, angle_dims: Sequence[int] = (),
-                 angle_period: float = TWO_PI):
+                 angle_period: float = TWO_PI, hold: bool = False):
         times = np.asarray(times, dtype=np.float64).reshape(-1)
         actions = np.asarray(actions, dtype=np.float64)
         if actions.ndim != 2 or actions.shape[0] != len(times):
@@ -65,6 +67,7 @@ class Waypoints:
         self.validity_s = float(validity_s)
         self.angle_dims = _dims(angle_dims)
         self.angle_period = float(angle_period)
+        self.hold = bool(hold)
 
     def __len__(self) -> int:
         return len(self.times)
@@ -85,7 +88,7 @@ class Waypoints:
         """Target at time ``t``, or None when ``t`` lies outside ``[t_first, t_last + validity]``."""
         if not self.valid_at(t):
             return None
-        return interpolate(self.times, self.actions, t, self.angle_dims, self.angle_period)
+        return interpolate(self.times, self.actions, t, self.angle_dims, self.angle_period, self.hold)
 
     def drop_before(self, t: float) -> int:
         """Drop waypoints whose time is before ``t``; returns how many were dropped."""
@@ -102,9 +105,10 @@ class Waypoints:
 
 
 def interpolate(times: np.ndarray, actions: np.ndarray, t: float, angle_dims: Sequence[int] = (),
-                period: float = TWO_PI) -> np.ndarray:
-    """Linear interpolation of ``actions (N, A)`` at ``t``; held constant outside ``[times[0], times[-1]]``.
-    ``angle_dims`` interpolate the short way round and are returned wrapped into [-period/2, period/2)."""
+                period: float = TWO_PI, hold: bool = False) -> np.ndarray:
+    """Linear interpolation of ``actions (N, A)`` at ``t`` (``hold``: the latest waypoint at or before ``t``);
+    held constant outside ``[times[0], times[-1]]``. ``angle_dims`` interpolate the short way round and are
+    returned wrapped into [-period/2, period/2)."""
     n = len(times)
     dims = _dims(angle_dims)
     if n == 1 or t <= times[0] or t >= times[-1]:
@@ -113,6 +117,11 @@ def interpolate(times: np.ndarray, actions: np.ndarray, t: float, angle_dims: Se
             out[dims] = wrap_angle(out[dims], period)
         return out
     j = int(np.searchsorted(times, t, side="right"))  # times[j-1] <= t < times[j]
+    if hold:
+        out = actions[j - 1].copy()
+        if dims:
+            out[dims] = wrap_angle(out[dims], period)
+        return out
     t0, t1 = times[j - 1], times[j]
     return blend(actions[j - 1], actions[j], (t - t0) / (t1 - t0), dims, period)
 

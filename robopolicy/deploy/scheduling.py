@@ -32,6 +32,7 @@ import numpy as np
 from robopolicy.deploy.interpolation import Waypoints, blend, weighted_mean
 
 BLEND_MODES = ("rtc", "ensemble", "replace")
+INTERPOLATION_MODES = ("linear", "hold")
 
 
 @dataclasses.dataclass
@@ -67,11 +68,16 @@ class ChunkScheduler:
     def __init__(self, n_obs_steps: int, horizon: int, n_action_steps: int, dt: float, mode: str = "rtc",
                  latency_margin_s: float = 0.0, validity_s: float | None = None, ensemble_m: float = 0.01,
                  rtc_soft_steps: int = 0, request_lead_s: float = 0.0, max_chunks: int = 8,
-                 angle_dims: tuple[int, ...] = (), angle_period: float = 2 * math.pi):
+                 angle_dims: tuple[int, ...] = (), angle_period: float = 2 * math.pi, interpolation: str = "linear"):
         """``angle_dims``: action dimensions that are angles wrapping with ``angle_period`` (interpolated and
-        blended the short way round; see :mod:`robopolicy.deploy.interpolation`)."""
+        blended the short way round; see :mod:`robopolicy.deploy.interpolation`). ``interpolation``: ``"linear"``
+        between a chunk's actions, or ``"hold"`` each one until the next (how demonstrations recorded at the
+        policy's rate commanded the arm)."""
         if mode not in BLEND_MODES:
             raise ValueError(f"blend mode must be one of {BLEND_MODES}, got {mode!r}")
+        if interpolation not in INTERPOLATION_MODES:
+            raise ValueError(f"interpolation must be one of {INTERPOLATION_MODES}, got {interpolation!r}")
+        self.hold = interpolation == "hold"
         self.n_obs_steps, self.horizon, self.n_action_steps = n_obs_steps, horizon, n_action_steps
         self.dt = float(dt)
         self.mode = mode
@@ -107,7 +113,7 @@ class ChunkScheduler:
             self.stats.chunks_discarded += 1  # even the last action's hold window is over
             return None
         first = max(n_past - 1, 0)  # keep the last past waypoint as an interpolation anchor only
-        wp = Waypoints(times[first:], actions[first:], self.validity_s, self.angle_dims, self.angle_period)
+        wp = Waypoints(times[first:], actions[first:], self.validity_s, self.angle_dims, self.angle_period, self.hold)
         t_switch = t_valid_from
         if self.mode == "rtc" and t_request is not None:
             d = 0.0 if expected_delay_s is None else max(0.0, expected_delay_s)
@@ -178,4 +184,4 @@ class ChunkScheduler:
         return now + expected_delay_s + self.request_lead_s >= self.plan_end()
 
 
-__all__ = ["BLEND_MODES", "ChunkScheduler", "ScheduleStats", "ScheduledChunk"]
+__all__ = ["BLEND_MODES", "INTERPOLATION_MODES", "ChunkScheduler", "ScheduleStats", "ScheduledChunk"]
