@@ -115,6 +115,35 @@ def test_every_command_is_limited_before_it_reaches_the_bus(calibrated_bus):
     assert cal["shoulder_pan"]["range_min"] <= servo.get(42, 2) <= cal["shoulder_pan"]["range_max"]
 
 
+@pytest.mark.parametrize("sync_io", [True, False])
+def test_sync_io_reads_on_the_callers_tick_and_sends_at_once(calibrated_bus, sync_io):
+    """A slow driver (2 Hz) makes the difference plain: with ``sync_io`` an observation is fresh when read and a
+    command reaches the bus within milliseconds; without, both wait for the driver's period (up to 500 ms)."""
+    bus, cal, directory = calibrated_bus
+    bus.log_goals = True
+    ages, delays = [], []
+    with follower(bus, directory, control_hz=2.0, max_velocity=None, sync_io=sync_io) as robot:
+        hold = robot.read_state().observation["observation.state"].astype(np.float64)
+        for k in range(4):
+            time.sleep(0.13)  # off the driver's grid
+            state = robot.read_state()
+            ages.append(time.monotonic() - state.t)
+            goal = hold.copy()
+            goal[0] += 2.0 * (k + 1)
+            n_before = len(bus.goal_log)
+            t_sent = time.monotonic()
+            robot.send_command(goal)
+            deadline = t_sent + 1.0
+            while len(bus.goal_log) == n_before and time.monotonic() < deadline:
+                time.sleep(0.002)
+            delays.append(bus.goal_log[-1][0] - t_sent if len(bus.goal_log) > n_before else math.inf)
+    if sync_io:
+        assert max(ages) < 0.05, ages
+        assert max(delays) < 0.05, delays
+    else:  # 4 tries 130 ms apart land on every part of a 500 ms period: some wait far longer
+        assert max(ages) > 0.1 or max(delays) > 0.1, (ages, delays)
+
+
 def test_missing_calibration_file_is_a_clear_error(tmp_path):
     with FeetechBusSimulator(raw_at_zero=SO101_RAW_AT_ZERO) as bus:
         robot = follower(bus, tmp_path)

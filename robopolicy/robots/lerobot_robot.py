@@ -14,7 +14,12 @@ Mapping to dataset features (LeRobot's convention, as its recorder writes them):
 - ``action``: the action features in order; :meth:`send_command` maps a vector back to LeRobot's dict.
 
 A driver thread talks to the robot at ``control_hz``: it reads the observation and sends the latest
-command. Every command passes a :class:`~robopolicy.deploy.safety.SafetyFilter` first (position limits
+command, so the arm keeps tracking the last target whoever stops sending. With ``sync_io`` (the default)
+the caller's tick is also the robot's: ``read_state()`` reads the bus right then and ``send_command()``
+reaches the motors at once, as in LeRobot's own record and eval loops. Without it an observation is up
+to one driver period old and a command waits up to one period for the driver: up to ~80 ms at 25 Hz,
+which the SO-101 pick-cube policy does not survive (direct env with 38 ms old observations and 40 ms late
+commands: 52 % against 94 %; docs/benchmarks.md section 10). Every command passes a :class:`~robopolicy.deploy.safety.SafetyFilter` first (position limits
 from the motors' calibration, the configured velocity/acceleration limits), whoever sends it. The safe
 action is "hold": the present position as the goal, torque on. A bus that keeps failing is a fault:
 the driver stops, and the next command raises so the control loop's crash path runs; ``disconnect()``
@@ -193,7 +198,7 @@ class LeRobotRobot(Robot):
                  action_high: list[float] | None = None, safe_action: str = "hold", calibrate: bool = False,
                  max_bus_errors: int = 3, connect_retries: int = 2, state_key: str = STATE_KEY,
                  extra_observation: Callable[[], dict[str, np.ndarray]] | None = None,
-                 extra_features: dict[str, dict] | None = None, **fields: Any):
+                 extra_features: dict[str, dict] | None = None, sync_io: bool = True, **fields: Any):
         import_lerobot()
         from lerobot.robots import make_robot_from_config
 
@@ -201,6 +206,7 @@ class LeRobotRobot(Robot):
         self.robot = make_robot_from_config(self.config)
         self.type = type
         self.calibrate = calibrate
+        self.sync_io = sync_io
         self.max_bus_errors = max_bus_errors
         self.connect_retries = connect_retries
         self.state_key = state_key
@@ -222,6 +228,7 @@ class LeRobotRobot(Robot):
         self._lock = threading.Lock()
         self.bus_lock = threading.Lock()  # the driver thread holds it per cycle: LeRobot's buses are not thread-safe
         self._command: np.ndarray | None = None
+        self._wake = threading.Event()  # sync_io: a new command for the driver to send now
         self._state: RobotState | None = None
         self._seq = 0
         self._stop = threading.Event()
@@ -297,6 +304,7 @@ class LeRobotRobot(Robot):
     def disconnect(self) -> None:
         """Stop the driver thread, then LeRobot's own disconnect (torque off if configured, port closed)."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(5)
             self._thread = None
@@ -315,6 +323,15 @@ class LeRobotRobot(Robot):
 
     # ---- the robot interface -------------------------------------------------------------------------
     def read_state(self) -> RobotState | None:
+        """The observation; with ``sync_io`` read from the bus now (a failed read counts as a bus error and
+        returns the previous one, whose timestamp says how old it is)."""
+        if self.sync_io and self._thread is not None and self.fault is None:
+            try:
+                with self.bus_lock:
+                    self._state = self._read()
+            except (ConnectionError, OSError, RuntimeError) as e:
+                self.bus_errors += 1
+                log.warning("%s read failed (%s); the previous observation stands", self.spec.name, e)
         return self._state
 
     def send_command(self, action: np.ndarray) -> None:
@@ -323,6 +340,8 @@ class LeRobotRobot(Robot):
         a = np.asarray(action, dtype=np.float64).reshape(self.spec.action_dim)
         with self._lock:
             self._command = a.copy()
+        if self.sync_io:
+            self._wake.set()  # the driver sends it now instead of at its next period
 
     def stop(self) -> None:
         """Hold where the arm is now (an arm's stop is a hold with torque on)."""
@@ -359,14 +378,18 @@ class LeRobotRobot(Robot):
         return RobotState(obs, time.monotonic(), self._seq, {"raw": floats, "bus_errors": self.bus_errors})
 
     def _drive(self) -> None:
+        """Every period: read, then send the latest command. A command from ``send_command`` under ``sync_io``
+        wakes the thread early to send it alone; the period's schedule is kept."""
         period = 1.0 / self.spec.control_hz
         next_t = time.monotonic()
         last_sent = None
         errors = 0
+        periodic = True
         while not self._stop.is_set():
             try:
                 with self.bus_lock:
-                    self._state = self._read()
+                    if periodic:
+                        self._state = self._read()
                     now = time.monotonic()
                     with self._lock:
                         target = None if self._command is None else self._command.copy()
@@ -386,12 +409,15 @@ class LeRobotRobot(Robot):
                     self.fault = f"bus failed {errors} times in a row: {e}"
                     log.error("%s: %s; no more commands are sent", self.spec.name, self.fault)
                     return
-            next_t += period
+            if periodic:
+                next_t += period
             delay = next_t - time.monotonic()
             if delay < -period:
                 next_t = time.monotonic()
-            elif delay > 0:
-                self._stop.wait(delay)
+                delay = 0.0
+            woke = self._wake.wait(delay) if delay > 0 else False
+            self._wake.clear()
+            periodic = not woke
 
 
 @dataclasses.dataclass
@@ -408,6 +434,7 @@ class LeRobotRobotConfig:
     calibrate: bool = False
     max_bus_errors: int = 3
     connect_retries: int = 2
+    sync_io: bool = True  # read_state() reads now, send_command() sends now (False: only at control_hz)
 
 
 __all__ = ["LeRobotRobot", "LeRobotRobotConfig", "NotCalibrated", "calibration_limits", "dataset_features", "import_lerobot",

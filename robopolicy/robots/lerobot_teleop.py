@@ -121,11 +121,11 @@ def record_leader_follower(robot: LeRobotRobot, teleop: LeRobotTeleoperator, rec
             if stop is not None and stop.is_set():
                 recorder.discard_episode()
                 return summary
+            state = robot.read_state()  # observe, then act: LeRobot's record loop order (and the policy's)
             raw = teleop.get_action()
             action = np.array([float(raw[k]) for k in names], dtype=np.float64)
             action = robot.filter.clip_position(action)
             robot.send_command(action)
-            state = robot.read_state()
             frame = {k: v for k, v in state.observation.items()}
             if extra_observation is not None:
                 frame.update(extra_observation())

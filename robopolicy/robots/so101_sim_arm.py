@@ -15,7 +15,7 @@ from robopolicy.sim.so101_pick import CONTROL_HZ, ENV_STATE_KEY, SO101PickEnv, f
 
 
 def simulated_follower(bus, calibration_dir: Path, cube_observation: bool = False,
-                       max_velocity: float = 180.0) -> LeRobotRobot:
+                       max_velocity: float | None = 180.0, sync_io: bool = True) -> LeRobotRobot:
     """``SO101Follower`` on ``bus`` (a :class:`~robopolicy.robots.feetech_sim.BusProcess`), calibrated with the
     bus's own file; ``cube_observation`` adds the simulated cube position (what a camera would give a real arm)."""
     calibration_dir = Path(calibration_dir)
@@ -25,7 +25,7 @@ def simulated_follower(bus, calibration_dir: Path, cube_observation: bool = Fals
         extra = dict(extra_observation=lambda: {ENV_STATE_KEY: np.asarray(bus.call("cube"), dtype=np.float32)},
                      extra_features={ENV_STATE_KEY: features()[ENV_STATE_KEY]})
     return LeRobotRobot(type="so101_follower", port=bus.port, id="sim_arm", calibration_dir=calibration_dir,
-                        control_hz=CONTROL_HZ, max_velocity=max_velocity, **extra)
+                        control_hz=CONTROL_HZ, max_velocity=max_velocity, sync_io=sync_io, **extra)
 
 
 def bring_to_start(robot: LeRobotRobot, sim_env: SO101PickEnv, settle_s: float = 2.0) -> np.ndarray:
