@@ -19,8 +19,10 @@ the caller's tick is also the robot's: ``read_state()`` reads the bus right then
 reaches the motors at once, as in LeRobot's own record and eval loops. Without it an observation is up
 to one driver period old and a command waits up to one period for the driver: up to ~80 ms at 25 Hz,
 which the SO-101 pick-cube policy does not survive (direct env with 38 ms old observations and 40 ms late
-commands: 52 % against 94 %; docs/benchmarks.md section 10). Every command passes a :class:`~robopolicy.deploy.safety.SafetyFilter` first (position limits
-from the motors' calibration, the configured velocity/acceleration limits), whoever sends it. The safe
+commands: 52 % against 94 %; docs/benchmarks.md section 10).
+
+Every command passes a :class:`~robopolicy.deploy.safety.SafetyFilter` first (position limits from the
+motors' calibration, the configured velocity/acceleration limits), whoever sends it. The safe
 action is "hold": the present position as the goal, torque on. A bus that keeps failing is a fault:
 the driver stops, and the next command raises so the control loop's crash path runs; ``disconnect()``
 (also on Ctrl-C, through the ``with robot:`` block) lets LeRobot disable torque and close the port.
