@@ -228,13 +228,11 @@ def deploy(run: Path, episodes: int, start_seed: int = EVAL_START_SEED, episode_
 
 def deploy_row(results: list[dict], interpolation: str, max_velocity: float, planned: int, control_hz: float,
                sync_io: bool) -> dict:
-    import numpy as np
-
     from robopolicy.sim.evaluate import wilson_interval
 
     k, n = sum(r["success"] for r in results), len(results)
     low, high = wilson_interval(k, n) if n else (0.0, 1.0)
-    return {"deployed_success_rate": float(np.mean([r["success"] for r in results])) if n else None,
+    return {"deployed_success_rate": k / n if n else None,
             "wilson_95": [round(low, 4), round(high, 4)], "n_episodes": n, "planned_episodes": planned,
             "seeds": f"{results[0]['seed']}..{results[-1]['seed']}" if n else "", "control_hz": control_hz,
             "interpolation": interpolation, "max_velocity_deg_s": max_velocity,

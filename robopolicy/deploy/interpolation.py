@@ -104,6 +104,14 @@ class Waypoints:
             self.times, self.actions = self.times[i:], self.actions[i:]
 
 
+def _held(action: np.ndarray, dims: list[int], period: float) -> np.ndarray:
+    """A copy of one waypoint's action, its angle dimensions wrapped."""
+    out = action.copy()
+    if dims:
+        out[dims] = wrap_angle(out[dims], period)
+    return out
+
+
 def interpolate(times: np.ndarray, actions: np.ndarray, t: float, angle_dims: Sequence[int] = (),
                 period: float = TWO_PI, hold: bool = False) -> np.ndarray:
     """Linear interpolation of ``actions (N, A)`` at ``t`` (``hold``: the latest waypoint at or before ``t``);
@@ -112,16 +120,10 @@ def interpolate(times: np.ndarray, actions: np.ndarray, t: float, angle_dims: Se
     n = len(times)
     dims = _dims(angle_dims)
     if n == 1 or t <= times[0] or t >= times[-1]:
-        out = (actions[0] if n == 1 or t <= times[0] else actions[-1]).copy()
-        if dims:
-            out[dims] = wrap_angle(out[dims], period)
-        return out
+        return _held(actions[0] if n == 1 or t <= times[0] else actions[-1], dims, period)
     j = int(np.searchsorted(times, t, side="right"))  # times[j-1] <= t < times[j]
     if hold:
-        out = actions[j - 1].copy()
-        if dims:
-            out[dims] = wrap_angle(out[dims], period)
-        return out
+        return _held(actions[j - 1], dims, period)
     t0, t1 = times[j - 1], times[j]
     return blend(actions[j - 1], actions[j], (t - t0) / (t1 - t0), dims, period)
 
