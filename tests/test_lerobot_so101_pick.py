@@ -45,6 +45,21 @@ def test_expert_picks_the_cube_and_doing_nothing_does_not():
         assert not terminated and info["coverage"] < 0.2
 
 
+def test_an_episode_starts_with_the_arm_at_rest_under_gravity():
+    """A powered arm holding HOME sags a little; the first observation must be that pose, not HOME itself
+    (deployment starts there, and a policy trained only on HOME starts missed 14 points more picks)."""
+    env = SO101PickEnv()
+    obs, _ = env.reset(seed=4)
+    start = obs["observation.state"].copy()
+    home = to_units(HOME, env.sim.joint_low, env.sim.joint_high)
+    assert 1.0 < start[1] - home[1] < 3.0 and 1.0 < start[2] - home[2] < 3.0, start - home  # shoulder, elbow sag
+    for _ in range(25):  # holding on for another second changes nothing: it was already at rest
+        obs, *_ = env.step(home)
+    np.testing.assert_allclose(obs["observation.state"], start, atol=0.05)
+    unsettled, _ = SO101PickEnv(settle_s=0.0).reset(seed=4)
+    np.testing.assert_allclose(unsettled["observation.state"], home, atol=1e-4)
+
+
 def test_expert_demonstrations_are_a_lerobot_dataset_that_resumes(tmp_path):
     root = tmp_path / "so101_pick"
     assert record_expert_episodes(root, seeds=[0, 1]) == {"saved": 2, "failed": 0}
@@ -73,6 +88,10 @@ def test_expert_picks_through_the_lerobot_driver_on_the_simulated_bus(tmp_path):
         with robot:
             q_start = bring_to_start(robot, planner)  # the arm powers on limp and sags; like an operator
             assert np.abs(q_start[:5] - HOME[:5]).max() < 0.1, q_start
+            # the direct env starts an episode where the arm on the bus rests, not at HOME (which it cannot hold)
+            direct_start = planner._obs()["observation.state"]
+            on_bus = to_units(q_start, planner.sim.joint_low, planner.sim.joint_high)
+            assert np.abs(on_bus - direct_start).max() < 0.4, (on_bus, direct_start)
             planner.sim.set_joint_positions(q_start)  # plan from where the arm really is
             expert.reset()
             teleop = ScriptedTeleop(robot.action_names, expert.act)

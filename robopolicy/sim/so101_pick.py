@@ -29,6 +29,11 @@ from robopolicy.data.recorder import DatasetRecorder
 from robopolicy.sim.so101 import CUBE_HALF, JOINTS, LIFT_SUCCESS_M, SO101Sim
 
 CONTROL_HZ = 25
+# The arm holds its start pose under gravity this long before the first observation, so an episode starts where a
+# powered real arm (or the simulated bus after ``bring_to_start``) rests: the shoulder and elbow sag about 1.9 and
+# 1.6 units below HOME. Starting at HOME itself, a pose the arm cannot hold, cost the deployed policy 14 points
+# (docs/benchmarks.md section 10).
+SETTLE_S = 0.5
 STATE_KEY, ENV_STATE_KEY, ACTION_KEY = "observation.state", "observation.environment_state", "action"
 STATE_NAMES = [f"{j}.pos" for j in JOINTS]
 CUBE_XY_LOW, CUBE_XY_HIGH = (0.19, -0.08), (0.27, 0.08)  # where the top-down grasp is in reach
@@ -66,11 +71,12 @@ class SO101PickEnv(gym.Env):
 
     metadata = {"render_modes": [], "render_fps": CONTROL_HZ}
 
-    def __init__(self, max_steps: int = 150):
+    def __init__(self, max_steps: int = 150, settle_s: float = SETTLE_S):
         self.sim = SO101Sim(scene="pick", cube_xy_low=CUBE_XY_LOW, cube_xy_high=CUBE_XY_HIGH)
         enable_jaw_pads(self.sim)
         self.substeps = round(1.0 / (CONTROL_HZ * self.sim.timestep))
         self.max_steps = max_steps
+        self.settle_steps = round(settle_s / self.sim.timestep)
         self.steps = 0
         low, high = to_units(self.sim.joint_low, self.sim.joint_low, self.sim.joint_high), \
             to_units(self.sim.joint_high, self.sim.joint_low, self.sim.joint_high)
@@ -90,6 +96,7 @@ class SO101PickEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         self.sim.reset(seed)
+        self.sim.step(self.settle_steps)  # holding HOME under gravity, as a real arm would be
         self.steps = 0
         return self._obs(), {}
 
@@ -219,5 +226,5 @@ def record_expert_episodes(root, seeds: list[int], noise_deg: float = 0.0, keep_
     return {"saved": saved, "failed": failed}
 
 
-__all__ = ["CONTROL_HZ", "PickExpert", "SO101PickEnv", "enable_jaw_pads", "features", "from_units",
+__all__ = ["CONTROL_HZ", "SETTLE_S", "PickExpert", "SO101PickEnv", "enable_jaw_pads", "features", "from_units",
            "grasp_point_offset", "record_expert_episodes", "solve_top_down", "to_units"]
