@@ -9,6 +9,8 @@
     python bench/so101_pick.py eval --run flow_merged_4k --episodes 100 --eval-start-seed 50000   # validation
     python bench/so101_pick.py eval --policy diffusion --episodes 100  # --eval-start-seed: a held-out block
     python bench/so101_pick.py deploy --policy diffusion --episodes 100  # same seeds through serve + LeRobot
+    # third round (the numbers in docs/benchmarks.md section 10): everything under --root outputs/bench/so101_pick_settled,
+    # demos re-recorded from the arm's rest pose and merged with the driver demos, run flow_settled_4k, seeds 120000..
 
 ``demos_merged``: ``robopolicy dataset action=merge roots=[<root>/demos,<root>/driver_demos_leader,
 <root>/driver_demos_expert] output=<root>/demos_merged``. Seeds: docs/benchmarks.md, section 10.
@@ -177,7 +179,7 @@ def deploy(run: Path, episodes: int, start_seed: int = EVAL_START_SEED, episode_
     """The trained policy through ``robopolicy serve`` + the control loop + LeRobot's SO101Follower on the
     simulated bus, one bus (fresh scene) per seed; the simulated cube position is the extra observation.
 
-    Chosen on validation seeds 50000..50029 (docs/benchmarks.md section 10): the driver reads and writes on the
+    Chosen on validation seeds 50000..50029 in round 2 (docs/benchmarks.md section 10): the driver reads and writes on the
     loop's tick (``LeRobotRobot(sync_io=True)``), and the 100 Hz loop holds each 25 Hz action until the next
     (``interpolation="hold"``, how the demonstrations commanded the arm): 97 %, against 77 % with linear
     interpolation and 55-70 % when the driver thread's own 25 Hz schedule delayed observations and commands.
