@@ -312,3 +312,29 @@ def test_ctrl_c_in_the_control_loop_holds_then_disconnects_with_torque_off(calib
     assert all(np.array_equal(r.command, hold) for r in ticks)
     assert not robot.robot.is_connected
     assert all(s.get(40, 1) == 0 for s in bus.servos.values())  # LeRobot's disconnect disabled torque
+
+
+def test_robopolicy_run_robot_lerobot_from_the_cli(bus_process, tmp_path, capsys):
+    """The command a user types: ``robopolicy run robot=lerobot robot.type=so101_follower robot.port=...`` against
+    a served policy, through the CLI's entry point, LeRobot's driver and the simulated bus."""
+    from robopolicy import cli
+
+    write_calibration(tmp_path, bus_process.calibration)
+    address = ipc_address("so101_cli")
+    server = start_server_process(make_so101_ramp, address, {}, max_runtime_s=60, status_every_s=0)
+    q0 = bus_process.call("joints")
+    try:
+        capsys.readouterr()
+        rc = cli.main(["run", "robot=lerobot", "robot.type=so101_follower", f"robot.port={bus_process.port}",
+                       "robot.id=sim_arm", f"robot.calibration_dir={tmp_path}", "robot.max_velocity=360",
+                       "robot.max_relative_target=30", "robot.disable_torque_on_disconnect=true",
+                       f"server={address}", "duration_s=2.5", "control_hz=100", "interpolation=hold"])
+    finally:
+        server.kill()
+        server.join(5)
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    summary = json.loads(out[out.index("{"):])
+    assert summary["fatal"] is None and summary["chunks"] >= 2, summary
+    q1 = bus_process.call("joints")
+    assert math.degrees(q1[0] - q0[0]) > 2, (q0, q1)  # the ramp turned the pan joint through the real driver
