@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 from robopolicy import cli
 from robopolicy.deploy.adapter import PolicyAdapter
@@ -64,6 +65,19 @@ def test_a_misspelt_robot_field_is_named(capsys):
         cli.main(["run", "robot=bridge_arm", "+robot.speed=3", "duration_s=0.1"])
     with pytest.raises(KeyError, match="unknown robot 'rocket'"):
         make_robot("rocket")
+
+
+def test_the_runtime_composer_reads_dict_and_list_overrides_as_hydra_does():
+    """A runtime install composes without Hydra; a camera dict typed in Hydra's syntax must come out the same."""
+    from robopolicy.configs import load_config
+
+    overrides = ["robot=lerobot", "robot.cameras={front:{type:opencv,index_or_path:0,fps:30},wrist:{type:opencv}}",
+                 "+robot.action_low=[-90,-90.5,0]", "server=tcp://10.0.0.2:5555", "robot.port=/dev/ttyACM0"]
+    with_hydra, without = (OmegaConf.to_container(load_config("run", overrides, use_hydra=h)) for h in (True, False))
+    assert without["robot"]["cameras"] == {"front": {"type": "opencv", "index_or_path": 0, "fps": 30},
+                                           "wrist": {"type": "opencv"}}
+    assert without["robot"]["action_low"] == [-90, -90.5, 0] and without["server"] == "tcp://10.0.0.2:5555"
+    assert without == with_hydra
 
 
 def test_echo_from_the_cli(capsys, tmp_path):

@@ -11,6 +11,7 @@ overrides); a test keeps the two identical for the runtime commands.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -382,7 +383,7 @@ def compose_without_hydra(command: str, overrides: list[str]) -> DictConfig:
         if key in selections or (config_dir() / key).is_dir():
             selections[key] = (selections.get(key, (key, ""))[0], value)
         else:
-            plain.append(f"{key}={value}")
+            plain.append(f"{key}={_hydra_flow_to_yaml(value)}")
     cfg = OmegaConf.structured(SCHEMAS[command])
     for group, (target, option) in selections.items():
         cfg = OmegaConf.merge(cfg, _at(target, _load_group_option(group, option)))
@@ -391,6 +392,16 @@ def compose_without_hydra(command: str, overrides: list[str]) -> DictConfig:
         return OmegaConf.merge(cfg, OmegaConf.from_dotlist(plain))
     except Exception as e:  # OmegaConf's validation errors name the key; say which command
         raise ValueError(f"{command}: {e}") from e
+
+
+_FLOW_KEY = re.compile(r"([{,]\s*)([^\s:{}\[\],]+):(?!\s)")
+
+
+def _hydra_flow_to_yaml(value: str) -> str:
+    """Hydra writes a dict override as ``{a:1,b:{c:x}}``; YAML needs a space after each key's colon (without it,
+    ``a:1`` is one string). Only keys that open a dict or follow a comma are touched, so ``tcp://host:5555``
+    values stay as they are."""
+    return _FLOW_KEY.sub(r"\1\2: ", value) if value.lstrip().startswith(("{", "[")) else value
 
 
 def _at(dotted: str, node: DictConfig) -> DictConfig:
