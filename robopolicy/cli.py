@@ -460,6 +460,8 @@ def cmd_record(cfg: DictConfig) -> dict:
 
     if not cfg.output:
         raise ValueError("record: give output=<dataset directory> (created, or appended to when it exists)")
+    if cfg.device == "lerobot":
+        return _record_lerobot(cfg)
     if cfg.device == "zmq" and not cfg.address:
         raise ValueError("record: device=zmq needs address=<the leader's PUB address>")
     if cfg.task.startswith("quadrotor_"):
@@ -494,6 +496,56 @@ def cmd_record(cfg: DictConfig) -> dict:
               "discarded": summary.discarded, "attempts": summary.attempts, "quit": summary.quit}
     console.print(f"[bold]{report['dataset']}[/]: saved {report['saved']} episode(s) (now "
                   f"{before + report['saved']}), discarded {summary.discarded}")
+    return report
+
+
+def _record_lerobot(cfg: DictConfig) -> dict:
+    """A LeRobot teleoperator drives a LeRobot robot; every frame is the robot's observation and the command sent
+    (observe, then act, as LeRobot records). Each finished episode is durable; Ctrl-C loses only the current one."""
+    from robopolicy.data.recorder import DatasetRecorder
+    from robopolicy.robots.lerobot_robot import LeRobotRobot
+    from robopolicy.robots.lerobot_teleop import LeRobotTeleoperator, record_leader_follower
+
+    arm, teleop = (OmegaConf.to_container(cfg[key], resolve=True) for key in ("arm", "teleop"))
+    arm.pop("name", None)  # the robot=lerobot config group's own name
+    if not arm.get("type") or not teleop.get("type"):
+        raise ValueError("record device=lerobot: give the robot's and the teleoperator's LeRobot types and ports, "
+                         "e.g. arm.type=so101_follower arm.port=/dev/ttyACM0 arm.id=my_arm teleop.type=so101_leader "
+                         "teleop.port=/dev/ttyACM1 teleop.id=my_leader")
+    if not cfg.single_task:
+        raise ValueError("record device=lerobot: give single_task='<what the demonstrations do>' (stored with "
+                         "every frame, as LeRobot's --dataset.single_task)")
+    robot = LeRobotRobot(**arm)
+    teleoperator = LeRobotTeleoperator(**teleop)
+    recorder = DatasetRecorder(resolve_path(cfg.output), fps=cfg.fps, features=robot.features,
+                               robot_type=arm["type"], overwrite=cfg.overwrite)
+    before = recorder.num_episodes
+
+    def between_episodes(e: int) -> None:
+        if e > 0 and cfg.reset_s > 0:
+            console.print(f"reset the scene: {cfg.reset_s:g} s")
+            time.sleep(cfg.reset_s)
+        console.print(f"episode {before + e}: recording {cfg.episode_s:g} s at {cfg.fps:g} fps (Ctrl-C stops; "
+                      "saved episodes stay)")
+
+    summary, interrupted = None, False
+    try:
+        with robot, teleoperator:
+            summary = record_leader_follower(robot, teleoperator, recorder, fps=cfg.fps, num_episodes=cfg.num_episodes,
+                                             episode_s=cfg.episode_s, task=cfg.single_task,
+                                             between_episodes=between_episodes)
+    except KeyboardInterrupt:
+        interrupted = True  # the episode in progress is discarded by close(); saved ones are on disk
+    finally:
+        recorder.close()
+    saved = recorder.num_episodes - before
+    report = {"dataset": str(resolve_path(cfg.output)), "episodes_before": before, "saved": saved,
+              "interrupted": interrupted, "fps": cfg.fps,
+              "slow_episodes": summary.slow_episodes if summary else None,
+              "achieved_fps": [round(f, 2) for f in summary.achieved_fps] if summary else None}
+    if summary and summary.slow_episodes:
+        console.print(f"[yellow]{summary.slow_episodes} episode(s) ran more than 10 % below {cfg.fps:g} fps[/]")
+    console.print(f"[bold]{report['dataset']}[/]: saved {saved} episode(s) (now {before + saved})")
     return report
 
 

@@ -78,6 +78,9 @@ def test_the_runtime_composer_reads_dict_and_list_overrides_as_hydra_does():
                                            "wrist": {"type": "opencv"}}
     assert without["robot"]["action_low"] == [-90, -90.5, 0] and without["server"] == "tcp://10.0.0.2:5555"
     assert without == with_hydra
+    record = ["device=lerobot", "output=x", "arm.port=/dev/ttyACM0", "teleop.type=so101_leader", "single_task=pick"]
+    with_hydra, without = (OmegaConf.to_container(load_config("record", record, use_hydra=h)) for h in (True, False))
+    assert without == with_hydra and without["arm"]["type"] == "so101_follower"  # robot=lerobot's group at arm
 
 
 def test_echo_from_the_cli(capsys, tmp_path):

@@ -240,13 +240,22 @@ class ExportConfig:
 
 @dataclass
 class RecordConfig:
-    """Record arm demonstrations (robosuite) with a teleop device or the scripted expert, or quadrotor
-    demonstrations (L2F) from the SE(3) expert with DART noise."""
+    """Record arm demonstrations (robosuite) with a teleop device or the scripted expert, quadrotor
+    demonstrations (L2F) from the SE(3) expert with DART noise, or a real arm through LeRobot's drivers
+    (``device=lerobot``: a LeRobot teleoperator, e.g. a leader arm, drives a LeRobot robot)."""
 
     output: str = ""  # dataset root: created, or appended to when it exists (crash-safe, resumable)
     task: str = "Lift"  # Lift | PickPlaceCan | quadrotor_hover | quadrotor_waypoint | quadrotor_figure8
     robot: str = "Panda"
-    device: str = "keyboard"  # keyboard | gamepad | spacemouse | zmq | expert
+    device: str = "keyboard"  # keyboard | gamepad | spacemouse | zmq | expert | lerobot
+    # device=lerobot: the follower's fields (robot=lerobot's: type, port, id, calibration_dir, max_velocity, ...)
+    # and the teleoperator's (LeRobot's: type=so101_leader|keyboard|gamepad|<plugin>, port, id, ...)
+    arm: dict[str, Any] = field(default_factory=dict)
+    teleop: dict[str, Any] = field(default_factory=dict)
+    single_task: str = ""  # device=lerobot: the task description stored with every frame ("pick the cube")
+    fps: float = 30.0  # device=lerobot: the recording rate (LeRobot's default)
+    episode_s: float = 20.0  # device=lerobot: length of each episode
+    reset_s: float = 5.0  # device=lerobot: pause between episodes to reset the scene
     address: str | None = None  # zmq: the leader's PUB address, e.g. tcp://192.168.1.5:5560
     num_episodes: int = 10  # episodes to save in this session
     max_steps: int | None = None  # default: the task's horizon

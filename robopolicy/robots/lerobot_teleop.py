@@ -123,6 +123,11 @@ def record_leader_follower(robot: LeRobotRobot, teleop: LeRobotTeleoperator, rec
                 return summary
             state = robot.read_state()  # observe, then act: LeRobot's record loop order (and the policy's)
             raw = teleop.get_action()
+            missing = [k for k in names if k not in raw]
+            if missing:  # e.g. a keyboard/gamepad teleoperator (end-effector deltas) on a joint-space arm
+                recorder.discard_episode()
+                raise ValueError(f"the teleoperator's action has {sorted(raw)}, but the robot needs {names} "
+                                 f"(missing {missing}): pair it with a robot type that takes its actions")
             action = np.array([float(raw[k]) for k in names], dtype=np.float64)
             action = robot.filter.clip_position(action)
             robot.send_command(action)
