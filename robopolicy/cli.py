@@ -504,7 +504,14 @@ def _record_lerobot(cfg: DictConfig) -> dict:
     (observe, then act, as LeRobot records). Each finished episode is durable; Ctrl-C loses only the current one."""
     from robopolicy.data.recorder import DatasetRecorder
     from robopolicy.robots.lerobot_robot import LeRobotRobot
-    from robopolicy.robots.lerobot_teleop import LeRobotTeleoperator, record_leader_follower
+    from robopolicy.robots.lerobot_teleop import (
+        END_EFFECTOR_TELEOPS,
+        KEYBOARD_EE_BROKEN,
+        EndEffectorLimits,
+        LeRobotTeleoperator,
+        make_end_effector_teleop,
+        record_leader_follower,
+    )
 
     arm, teleop = (OmegaConf.to_container(cfg[key], resolve=True) for key in ("arm", "teleop"))
     arm.pop("name", None)  # the robot=lerobot config group's own name
@@ -515,6 +522,8 @@ def _record_lerobot(cfg: DictConfig) -> dict:
     if not cfg.single_task:
         raise ValueError("record device=lerobot: give single_task='<what the demonstrations do>' (stored with "
                          "every frame, as LeRobot's --dataset.single_task)")
+    if teleop["type"] == "keyboard_ee":
+        raise ValueError(f"record device=lerobot: {KEYBOARD_EE_BROKEN}")
     robot = LeRobotRobot(**arm)
     teleoperator = LeRobotTeleoperator(**teleop)
     recorder = DatasetRecorder(resolve_path(cfg.output), fps=cfg.fps, features=robot.features,
@@ -531,9 +540,18 @@ def _record_lerobot(cfg: DictConfig) -> dict:
     summary, interrupted = None, False
     try:
         with robot, teleoperator:
+            to_joints = None
+            if teleop["type"] in END_EFFECTOR_TELEOPS:
+                ee = cfg.ee
+                limits = EndEffectorLimits(speed=ee.speed, gripper_speed=ee.gripper_speed,
+                                           bounds_min=tuple(ee.bounds_min), bounds_max=tuple(ee.bounds_max))
+                to_joints = make_end_effector_teleop(teleoperator, robot, cfg.fps, model=ee.model, frame=ee.frame,
+                                                     limits=limits)
+                if teleop["type"] == "keyboard":
+                    console.print("keyboard: w/s forward/back, a/d left/right, r/f up/down, o open, c close")
             summary = record_leader_follower(robot, teleoperator, recorder, fps=cfg.fps, num_episodes=cfg.num_episodes,
                                              episode_s=cfg.episode_s, task=cfg.single_task,
-                                             between_episodes=between_episodes)
+                                             between_episodes=between_episodes, to_joints=to_joints)
     except KeyboardInterrupt:
         interrupted = True  # the episode in progress is discarded by close(); saved ones are on disk
     finally:

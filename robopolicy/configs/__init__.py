@@ -239,6 +239,18 @@ class ExportConfig:
 
 
 @dataclass
+class EndEffectorTeleopConfig:
+    """``record device=lerobot teleop.type=keyboard|gamepad``: how the gripper follows the keys or sticks."""
+
+    model: str | None = None  # the arm's MJCF (or URDF, through LeRobot's placo kinematics); SO-100/101: built in
+    frame: str | None = None  # its end-effector site (MJCF) or link (URDF); SO-101 built in: gripperframe
+    speed: float = 0.1  # m/s with a key held or a stick at full travel
+    gripper_speed: float = 100.0  # gripper units per second (SO arms: 0..100)
+    bounds_min: list[float] = field(default_factory=lambda: [0.05, -0.35, 0.0])  # workspace box, metres, model frame
+    bounds_max: list[float] = field(default_factory=lambda: [0.45, 0.35, 0.40])
+
+
+@dataclass
 class RecordConfig:
     """Record arm demonstrations (robosuite) with a teleop device or the scripted expert, quadrotor
     demonstrations (L2F) from the SE(3) expert with DART noise, or a real arm through LeRobot's drivers
@@ -256,6 +268,7 @@ class RecordConfig:
     fps: float = 30.0  # device=lerobot: the recording rate (LeRobot's default)
     episode_s: float = 20.0  # device=lerobot: length of each episode
     reset_s: float = 5.0  # device=lerobot: pause between episodes to reset the scene
+    ee: EndEffectorTeleopConfig = field(default_factory=EndEffectorTeleopConfig)  # keyboard/gamepad teleoperators
     address: str | None = None  # zmq: the leader's PUB address, e.g. tcp://192.168.1.5:5560
     num_episodes: int = 10  # episodes to save in this session
     max_steps: int | None = None  # default: the task's horizon
