@@ -236,3 +236,30 @@ def test_robopolicy_record_with_the_keyboard_on_a_real_x_server(tmp_path, x_disp
     assert xyz[-1, 2] - xyz[back_end, 2] > 0.05  # then ~0.1 m up
     assert np.abs(xyz[:, 1] - xyz[0, 1]).max() < 0.01  # never sideways
     assert action[0, 5] > 20 and action[-1, 5] < 5  # and the jaws closed
+
+
+def test_kinematics_come_from_the_arm_model_and_bad_ones_are_named(tmp_path):
+    """SO arms get the built-in model; another MJCF needs its site; -100..100 units and unknown arms are refused."""
+    from robopolicy.sim.so101 import so101_assets_dir
+
+    mjcf = so101_assets_dir() / "so101_new_calib.xml"
+    keys = LeRobotTeleoperator(type="keyboard")  # built, never connected
+    so101 = LeRobotRobot(type="so101_follower", port="/dev/null", id="a", calibration_dir=tmp_path)
+    built_in = make_end_effector_teleop(keys, so101, fps=30)
+    assert built_in.motor_names == ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper"]
+    from_file = make_end_effector_teleop(keys, so101, fps=30, model=str(mjcf), frame="gripperframe")
+    q = np.array([5.0, -10.0, 20.0, 30.0, 0.0, 40.0])
+    np.testing.assert_allclose(from_file.kinematics.forward_kinematics(q), built_in.kinematics.forward_kinematics(q))
+    with pytest.raises(ValueError, match="give ee.frame"):
+        make_end_effector_teleop(keys, so101, fps=30, model=str(mjcf))
+    with pytest.raises(ValueError, match=r"no site 'tool0'.*gripperframe"):
+        make_end_effector_teleop(keys, so101, fps=30, model=str(mjcf), frame="tool0")
+    with pytest.raises(FileNotFoundError, match="missing.xml"):
+        make_end_effector_teleop(keys, so101, fps=30, model=str(tmp_path / "missing.xml"), frame="x")
+    percent = LeRobotRobot(type="so101_follower", port="/dev/null", id="a", calibration_dir=tmp_path, use_degrees=False)
+    with pytest.raises(ValueError, match="needs degrees: set arm.use_degrees=true"):
+        make_end_effector_teleop(keys, percent, fps=30)
+    lekiwi = LeRobotRobot(type="lekiwi", port="/dev/null", id="k", calibration_dir=tmp_path,
+                          use_degrees=True)  # a Feetech arm on a mobile base
+    with pytest.raises(ValueError, match="no arm model for 'lekiwi': give ee.model"):
+        make_end_effector_teleop(keys, lekiwi, fps=30)

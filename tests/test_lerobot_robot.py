@@ -10,6 +10,8 @@ import json
 import math
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -338,3 +340,69 @@ def test_robopolicy_run_robot_lerobot_from_the_cli(bus_process, tmp_path, capsys
     assert summary["fatal"] is None and summary["chunks"] >= 2, summary
     q1 = bus_process.call("joints")
     assert math.degrees(q1[0] - q0[0]) > 2, (q0, q1)  # the ramp turned the pan joint through the real driver
+
+
+PLUGIN_CONFIG = '''
+from dataclasses import dataclass
+
+from lerobot.robots import RobotConfig
+from lerobot.robots.so_follower.config_so_follower import SOFollowerConfig
+
+
+@RobotConfig.register_subclass("my_arm")
+@dataclass
+class MyArmConfig(RobotConfig, SOFollowerConfig):
+    pass
+'''
+PLUGIN_ROBOT = '''
+from lerobot.robots.so_follower.so_follower import SOFollower
+
+from .config_my_arm import MyArmConfig
+
+
+class MyArm(SOFollower):
+    config_class = MyArmConfig
+    name = "my_arm"
+'''
+PLUGIN_DRIVE = '''
+import json, sys, time
+import numpy as np
+from robopolicy.robots.lerobot_robot import LeRobotRobot
+
+port, calibration_dir = sys.argv[1:3]
+robot = LeRobotRobot(type="my_arm", port=port, id="follower", calibration_dir=calibration_dir, control_hz=30.0)
+with robot:
+    start = robot.read_state().observation["observation.state"].astype(float)
+    target = start.copy()
+    target[0] += 15.0
+    for _ in range(60):
+        robot.send_command(target)
+        time.sleep(1 / 30)
+    end = robot.read_state().observation["observation.state"].astype(float)
+print(json.dumps({"class": type(robot.robot).__module__ + "." + type(robot.robot).__name__,
+                  "names": robot.action_names, "start": start.tolist(), "end": end.tolist()}))
+'''
+
+
+def test_a_plugin_robot_is_driven_with_no_code_of_ours(bus_process, tmp_path):
+    """A ``lerobot_robot_*`` distribution installed in the environment (here: on the path, with its dist-info) is
+    found by LeRobot's own plugin discovery when robopolicy imports LeRobot, and drives the simulated arm by its
+    type name alone; robopolicy has no line about it."""
+    site = tmp_path / "site"
+    package = site / "lerobot_robot_my_arm"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("from .config_my_arm import MyArmConfig\nfrom .my_arm import MyArm\n")
+    (package / "config_my_arm.py").write_text(PLUGIN_CONFIG)
+    (package / "my_arm.py").write_text(PLUGIN_ROBOT)
+    info = site / "lerobot_robot_my_arm-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: lerobot_robot_my_arm\nVersion: 0.1.0\n")
+    (tmp_path / "follower.json").write_text(json.dumps(bus_process.calibration))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", PLUGIN_DRIVE, bus_process.port, str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["class"] == "lerobot_robot_my_arm.my_arm.MyArm"
+    assert result["names"][0] == "shoulder_pan.pos" and result["names"][-1] == "gripper.pos"
+    assert result["end"][0] - result["start"][0] > 10  # the pan joint followed the 15-degree command
