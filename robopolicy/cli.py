@@ -442,13 +442,43 @@ def _record_quadrotor(cfg: DictConfig) -> dict:
     if cfg.device != "expert":
         raise ValueError("record: quadrotor tasks record from device=expert (the SE(3) controller); for a setpoint "
                          "stream from an operator use robopolicy.experts.quadrotor.SetpointTeleop")
+    driver = None
+    if cfg.dagger_policy:
+        driver = _dagger_driver(resolve_path(cfg.dagger_policy))
     report = record_demonstrations(resolve_path(cfg.output), task=task, n_episodes=cfg.num_episodes, n_envs=64,
-                                   seed=cfg.seed, dart_noise=cfg.dart_noise, only_successful=not cfg.keep_failures,
-                                   config=QuadrotorConfig(task=task, sim_hz=cfg.sim_hz), overwrite=cfg.overwrite)
-    e = report["expert"]
-    console.print(f"[bold]{report['root']}[/]: kept {report['episodes_kept']} of {report['episodes_run']} expert episodes "
-                  f"(expert success {e['success_rate']:.1%}, crash {e['crash_rate']:.1%})")
+                                   seed=cfg.seed, dart_noise=cfg.dart_noise,
+                                   only_successful=not cfg.keep_failures and driver is None,
+                                   config=QuadrotorConfig(task=task, sim_hz=cfg.sim_hz), overwrite=cfg.overwrite,
+                                   driver=driver)
+    f = report["flown"]
+    console.print(f"[bold]{report['root']}[/]: kept {report['episodes_kept']} of {report['episodes_run']} episodes flown "
+                  f"by the {report['flown_by']}, labelled by the expert ({report['flown_by']} success "
+                  f"{f['success_rate']:.1%}, crash {f['crash_rate']:.1%})")
     return report
+
+
+def _dagger_driver(checkpoint: Path):
+    """A trained quadrotor policy as a batched ``obs -> actions`` function for DAgger recording. Only policies
+    without observation history or action queue (To = Ta = 1) fit: recording resets each drone on its own."""
+    import torch
+
+    from robopolicy.policies.registry import load_policy
+    from robopolicy.sim.quadrotor import STATE_KEY
+
+    policy = load_policy(checkpoint)
+    policy.eval()
+    c = policy.config
+    if c.n_obs_steps != 1 or c.n_action_steps != 1:
+        raise ValueError(f"dagger_policy={checkpoint}: needs a policy with n_obs_steps = n_action_steps = 1 (the hover "
+                         f"MLP); this one has To={c.n_obs_steps}, Ta={c.n_action_steps}, whose queues cannot follow "
+                         "drones that reset one by one")
+
+    def driver(obs):
+        with torch.no_grad():
+            policy.reset()
+            return policy.select_action({STATE_KEY: obs})
+
+    return driver
 
 
 def cmd_record(cfg: DictConfig) -> dict:

@@ -176,6 +176,53 @@ def test_record_dart_demonstrations(tmp_path):
     assert len(ds) == info["total_frames"]
 
 
+def test_dagger_recording_flies_the_policy_and_stores_the_experts_labels(tmp_path):
+    """A driver that idles the rotors (a policy that lets the drone fall) flies every episode into the ground;
+    each stored state is labelled with the expert's action for that state, and crashed episodes are kept."""
+    ctrl = SE3Controller()
+    idle = np.full(4, -1.0, dtype=np.float32)
+    out = record_demonstrations(tmp_path / "dagger", task="hover", n_episodes=4, n_envs=4, seed=600000,
+                                dart_noise=0.0, only_successful=False, config=QuadrotorConfig(episode_s=3.0),
+                                driver=lambda obs: np.tile(idle, (len(obs), 1)))
+    assert out["flown_by"] == "policy" and out["flown"]["crash_rate"] == 1.0 and out["episodes_kept"] == 4
+    from robopolicy.data.reader import LeRobotDataset
+
+    ds = LeRobotDataset(tmp_path / "dagger")
+    state, action = ds.column(STATE_KEY), ds.column("action")
+    assert not np.allclose(action, idle)  # the labels are not what flew
+    np.testing.assert_allclose(action, ctrl(state.astype(np.float64)), atol=1e-5)  # they are the expert's
+    assert state[:, 2].min() < state[0, 2] - 0.2  # and the drone fell: the policy flew, not the expert
+    expert = record_demonstrations(tmp_path / "expert", task="hover", n_episodes=4, n_envs=4, seed=600000,
+                                   dart_noise=0.0, config=QuadrotorConfig(episode_s=3.0))
+    assert expert["flown_by"] == "expert" and expert["flown"]["crash_rate"] == 0.0
+
+
+def test_record_dagger_policy_from_the_cli_needs_a_stateless_policy(tmp_path):
+    """``robopolicy record task=quadrotor_hover dagger_policy=<checkpoint>``: an MLP with To = Ta = 1 flies; a policy
+    with an observation history is refused by name (its queue cannot follow drones that reset one by one)."""
+    from robopolicy import cli
+    from robopolicy.configs import load_config
+    from robopolicy.data.reader import LeRobotDataset
+    from robopolicy.train.trainer import make_policy_for_dataset
+
+    record_demonstrations(tmp_path / "demos", task="hover", n_episodes=2, n_envs=2, seed=0, only_successful=False,
+                          config=QuadrotorConfig(episode_s=1.0))
+    ds = LeRobotDataset(tmp_path / "demos")
+    for name, to in (("mlp1", 1), ("mlp2", 2)):
+        policy = make_policy_for_dataset({"type": "mlp", "n_obs_steps": to, "horizon": 1 if to == 1 else 2,
+                                          "n_action_steps": 1, "hidden_dims": [16]}, ds, [STATE_KEY], "action",
+                                         "min_max")
+        policy.save(tmp_path / name)
+    args = ["task=quadrotor_hover", "device=expert", "num_episodes=2", "seed=600000"]
+    report = cli.cmd_record(load_config("record", [*args, f"dagger_policy={tmp_path / 'mlp1'}",
+                                                   f"output={tmp_path / 'flights'}"]))
+    assert report["flown_by"] == "policy" and report["episodes_run"] == 2 and report["episodes_kept"] == 2
+    with pytest.raises(ValueError, match="n_obs_steps = n_action_steps = 1.*To=2, Ta=1"):
+        cli.cmd_record(load_config("record", [*args, f"dagger_policy={tmp_path / 'mlp2'}",
+                                              f"output={tmp_path / 'refused'}"]))
+    assert not (tmp_path / "refused").exists()
+
+
 def test_teleop_setpoint_stream_and_record(tmp_path):
     tele = SetpointTeleop(seed=0)
     ep = tele.run(scripted_setpoints([(0.0, 0.0, 0.0), (0.5, 0.0, 0.2)], hold_steps=300))

@@ -281,6 +281,9 @@ class RecordConfig:
     # quadrotor tasks (device=expert only): executed action = expert + N(0, dart_noise^2), label = the clean expert
     dart_noise: float = 0.05
     sim_hz: float = 100.0  # control and dataset rate; 500 for the on-board loop
+    # quadrotor DAgger: this trained policy (To = Ta = 1) flies, the expert labels every state it visits; crashed
+    # episodes are kept (the states before a crash are the ones to learn from)
+    dagger_policy: str | None = None
 
 
 @dataclass

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -196,11 +196,18 @@ DATASET_FEATURES = {
 def record_demonstrations(root: str | Path, task: str = "hover", n_episodes: int = 100, n_envs: int = 32,
                           seed: int = 0, dart_noise: float = 0.05, only_successful: bool = True,
                           config: QuadrotorConfig | None = None, overwrite: bool = False,
-                          controller: SE3Controller | None = None) -> dict[str, Any]:
-    """Record expert episodes to a LeRobot v3.0 dataset; returns counts and the expert's own metrics.
+                          controller: SE3Controller | None = None,
+                          driver: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, Any]:
+    """Record expert episodes to a LeRobot v3.0 dataset; returns counts and the metrics of what flew.
 
     Labels are the clean expert actions; the executed actions carry DART noise of std ``dart_noise``
     (normalized motor units). With ``only_successful`` failed episodes are dropped (and counted).
+
+    ``driver`` (DAgger): a trained policy, ``driver(obs (n, 22)) -> actions (n, 4)``, flies instead of the expert;
+    every visited state is still labelled with the expert's action. So the data covers the states the policy
+    itself drifts into, which expert demonstrations never visit, and retraining on both teaches the way back.
+    The expert's label is a function of the observation alone (it reads the rotor state from it), so it does not
+    matter whose commands got the drone there.
     """
     from robopolicy.data.writer import LeRobotDatasetWriter
 
@@ -221,7 +228,8 @@ def record_demonstrations(root: str | Path, task: str = "hover", n_episodes: int
                               overwrite=overwrite) as writer:
         while len(stats) < n_episodes:
             label = ctrl(obs, target_acc)
-            executed = np.clip(label + rng.normal(0.0, dart_noise, label.shape), -1, 1) if dart_noise else label
+            flown = label if driver is None else np.asarray(driver(obs), dtype=np.float32).reshape(label.shape)
+            executed = np.clip(flown + rng.normal(0.0, dart_noise, flown.shape), -1, 1) if dart_noise else flown
             targets = np.concatenate([env.target_pos, env.target_vel, env.target_acc], axis=1)
             for i in np.flatnonzero(active):
                 b = buffers[i]
@@ -247,7 +255,7 @@ def record_demonstrations(root: str | Path, task: str = "hover", n_episodes: int
     from robopolicy.sim.quadrotor import summarize
 
     return {"root": str(root), "episodes_run": len(stats), "episodes_kept": kept, "dart_noise": dart_noise,
-            "expert": summarize(stats)}
+            "flown_by": "expert" if driver is None else "policy", "flown": summarize(stats)}
 
 
 # ---- teleop: a setpoint stream feeding the same controller and recorder --------------------------
