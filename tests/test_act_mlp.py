@@ -238,6 +238,40 @@ def test_mlp_is_plain_linear_and_activation(lowdim_dataset):
     assert single.predict_chunk({"observation.state": torch.zeros(1, 1, 2)}).shape == (1, 1, 2)
 
 
+def test_mlp_ensemble_trains_each_member_on_its_own_loss_and_acts_with_their_mean(lowdim_dataset):
+    """ensemble = 3: members start apart, the loss is the mean of their own losses (not the mean's loss), the
+    action is their mean, and ``net`` is that mean as one plain MLP 3x as wide (what the exporters read)."""
+    policy = tiny_policy(lowdim_dataset, "mlp", ensemble=3, n_obs_steps=1, horizon=1, n_action_steps=1,
+                         hidden_dims=[16, 8])
+    x = torch.randn(5, 2, generator=torch.Generator().manual_seed(0))
+    members = policy.members(x)
+    assert members.shape == (3, 5, 2) and not torch.allclose(members[0], members[1])
+    net = policy.net
+    assert [type(m) for m in net] == [nn.Linear, nn.ReLU, nn.Linear, nn.ReLU, nn.Linear]
+    assert [m.out_features for m in net if isinstance(m, nn.Linear)] == [48, 24, 2]
+    torch.testing.assert_close(net(x), members.mean(0), atol=1e-6, rtol=0)
+    obs = {"observation.state": x.unsqueeze(1)}
+    torch.testing.assert_close(policy.generate_actions(obs)[:, 0], members.mean(0), atol=1e-6, rtol=0)
+    target = torch.randn(5, 1, 2, generator=torch.Generator().manual_seed(1))
+    batch = {"observation.state": x.unsqueeze(1), "action": target}
+    own = torch.stack([((members[k] - target[:, 0]) ** 2).mean() for k in range(3)]).mean()
+    torch.testing.assert_close(policy.compute_loss(batch), own)
+    losses = train(policy, lowdim_dataset, steps=150)
+    assert losses[-1] < 0.5 * losses[0]
+    with pytest.raises(ValueError, match="ensemble > 1 needs latent_dim = 0"):
+        tiny_policy(lowdim_dataset, "mlp", ensemble=2, latent_dim=4)
+
+
+def test_mlp_ensemble_saves_and_loads(lowdim_dataset, tmp_path):
+    from robopolicy.policies.registry import load_policy
+
+    policy = tiny_policy(lowdim_dataset, "mlp", ensemble=2)
+    policy.save(tmp_path / "p")
+    loaded = load_policy(tmp_path / "p")
+    obs = {"observation.state": torch.randn(3, 2, 2)}
+    torch.testing.assert_close(loaded.predict_chunk(obs), policy.predict_chunk(obs))
+
+
 def test_mlp_averages_two_modes(tmp_path):
     """Identical states lead half the episodes to +0.8 and half to -0.8: MSE regression answers the
     mean, between the modes (the failure diffusion and flow policies avoid)."""

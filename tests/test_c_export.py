@@ -36,9 +36,9 @@ INT8_BOUND_VS_FLOAT = 0.02  # int8 C vs the float policy, relative to max |actio
 
 
 def make_policy(activation: str = "relu", hidden=(32, 32), n_obs_steps: int = 2, horizon: int = 4,
-                n_hypotheses: int = 1) -> MLPPolicy:
+                n_hypotheses: int = 1, ensemble: int = 1) -> MLPPolicy:
     cfg = MLPConfig(n_obs_steps=n_obs_steps, horizon=horizon, n_action_steps=1, hidden_dims=list(hidden),
-                    activation=activation, n_hypotheses=n_hypotheses,
+                    activation=activation, n_hypotheses=n_hypotheses, ensemble=ensemble,
                     input_features=[FeatureSpec("observation.state", (5,)), FeatureSpec("observation.target", (3,))],
                     output_features=[FeatureSpec("action", (4,))],
                     normalization={"observation.state": "min_max", "observation.target": "mean_std",
@@ -72,6 +72,19 @@ def test_host_float_matches_torch(tmp_path, activation):
             "observation.target": torch.from_numpy(obs[:1].reshape(1, 2, 8)[..., 5:])}
     chunk = policy.predict_chunk(hist)[0]
     np.testing.assert_allclose(want[0], chunk[1].numpy(), atol=1e-6)
+
+
+@needs_gcc
+def test_an_ensemble_exports_as_one_wider_mlp_that_flies_as_torch(tmp_path):
+    """ensemble = 3: the C code is one plain MLP 3x as wide whose output is the members' mean, as torch acts."""
+    policy = make_policy(ensemble=3)
+    out = export_c(policy, tmp_path / "c", n_selftest=4)
+    assert subprocess.run([str(build_host(out))]).returncode == 0
+    obs = sample_observations(policy, 64, seed=7)
+    got = run_eval(build_host(out, "main_eval.c"), obs)
+    np.testing.assert_allclose(got, reference_actions(policy, obs), atol=FLOAT_BOUND, rtol=0)
+    widths = [m.out_features for m in policy.net if isinstance(m, torch.nn.Linear)]
+    assert widths[:-1] == [3 * h for h in policy.config.hidden_dims]
 
 
 @needs_gcc

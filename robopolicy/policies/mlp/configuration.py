@@ -42,6 +42,11 @@ class MLPConfig(PolicyConfig):
     n_hypotheses: int = 1
     wta_epsilon: float = 0.05  # share of the regression loss every candidate gets (keeps unused ones alive)
     score_weight: float = 0.1  # weight of the scores' cross-entropy against the winning candidate
+    # > 1 trains that many MLPs side by side from different initializations, each on its own loss; the policy acts
+    # with their mean. The mean is itself one plain MLP, ``ensemble`` times as wide (block-diagonal inner layers),
+    # so exports and the C code see an ordinary network. On the hover task three members crash half as often as
+    # one network, whose crash rate swings 4x between training seeds (docs/benchmarks.md, section 5).
+    ensemble: int = 1
     image_encoder: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
 
     def __post_init__(self) -> None:
@@ -61,3 +66,8 @@ class MLPConfig(PolicyConfig):
             raise ValueError("MLP: choose n_hypotheses > 1 or latent_dim > 0, not both")
         if self.loss not in LOSSES:
             raise ValueError(f"MLP: loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.ensemble < 1:
+            raise ValueError(f"MLP: ensemble must be at least 1, got {self.ensemble}")
+        if self.ensemble > 1 and (self.latent_dim > 0 or self.n_hypotheses > 1 or self.layer_norm):
+            raise ValueError("MLP: ensemble > 1 needs latent_dim = 0, n_hypotheses = 1 and layer_norm = false (the "
+                             "members' mean must be one plain MLP)")
