@@ -85,6 +85,9 @@ def test_an_ensemble_exports_as_one_wider_mlp_that_flies_as_torch(tmp_path):
     np.testing.assert_allclose(got, reference_actions(policy, obs), atol=FLOAT_BOUND, rtol=0)
     widths = [m.out_features for m in policy.net if isinstance(m, torch.nn.Linear)]
     assert widths[:-1] == [3 * h for h in policy.config.hidden_dims]
+    # int8: the self-test's reference is the dequantized wide network, which must be the one the C code holds
+    out8 = export_c(policy, tmp_path / "c8", int8=True, n_selftest=4)
+    assert subprocess.run([str(build_host(out8))]).returncode == 0
 
 
 @needs_gcc

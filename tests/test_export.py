@@ -53,6 +53,8 @@ CONFIGS = {
     "mlp": {"type": "mlp", "n_obs_steps": 2, "horizon": 4, "n_action_steps": 2, "hidden_dims": [32, 32]},
     "mlp_hypotheses": {"type": "mlp", "n_obs_steps": 2, "horizon": 4, "n_action_steps": 2, "hidden_dims": [32, 32],
                        "n_hypotheses": 3},
+    "mlp_ensemble": {"type": "mlp", "n_obs_steps": 2, "horizon": 4, "n_action_steps": 2, "hidden_dims": [32, 32],
+                     "ensemble": 3},
 }
 
 

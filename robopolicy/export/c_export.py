@@ -189,7 +189,7 @@ def export_c(policy: nn.Module, out_dir: str | Path, int8: bool = False, n_selft
         raise CExportError(f"C export supports policy families {SUPPORTED}, got {name!r}")
     if getattr(policy.encoder, "camera_keys", []):
         raise CExportError(f"C export: camera inputs {policy.encoder.camera_keys} are not supported")
-    policy = policy.eval()
+    policy = policy.deployable().eval()
     cfg = policy.config
     is_sfp, is_flow = name == "sfp", name == "flow"
     body, family_meta = {"sfp": _sfp_source, "flow": _flow_source, "mlp": _mlp_source}[name](policy, int8)

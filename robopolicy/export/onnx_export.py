@@ -372,7 +372,7 @@ def export_policy(policy: Policy, out_dir: str | Path, graph_kinds: Sequence[str
         raise ValueError(f"export: fps={fps} contradicts the policy's fps={policy.config.fps} (its training data's "
                          "rate): a server would stamp its chunks at the wrong rate")
     # A CPU copy in eval mode: the caller's policy keeps its device and training mode.
-    policy = export_friendly(copy.deepcopy(policy).to("cpu").eval())
+    policy = export_friendly(copy.deepcopy(policy.deployable()).to("cpu").eval())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     c = policy.config

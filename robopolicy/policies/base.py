@@ -239,6 +239,11 @@ class Policy(nn.Module, ABC):
         out = action.cpu().numpy()
         return out[0] if unbatched else out
 
+    def deployable(self) -> Policy:
+        """The policy as exporters should read it: the same actions from the plainest network that computes them
+        (an ensemble's members folded into one MLP). Default: the policy itself."""
+        return self
+
     # ---- serialization --------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
         """Write config.json, model.safetensors and normalization.json (atomically, file by file)."""

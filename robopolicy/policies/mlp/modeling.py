@@ -20,6 +20,8 @@ demand, so every exporter sees the usual ``nn.Sequential``.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -118,11 +120,24 @@ class MLPPolicy(Policy):
 
     @property
     def net(self) -> nn.Sequential:
-        """The deployed network. (A property on the class; ``self.net = ...`` in ``__init__`` still registers the
-        single MLP as a submodule, since nn.Module stores modules without calling the descriptor.)"""
+        """The deployed network (for an ensemble, a fresh merged copy: see :meth:`deployable`). A property on the
+        class; ``self.net = ...`` in ``__init__`` still registers the single MLP, since nn.Module stores modules
+        without calling the descriptor."""
         if self.config.ensemble > 1:
             return self.members.merged()
         return self._modules["net"]
+
+    def deployable(self) -> MLPPolicy:
+        """An ensemble as one plain MLP policy (hidden widths x K, block-diagonal), acting as the ensemble does;
+        exporters read and may temporarily alter (int8 references) its ``net``, which must persist."""
+        if self.config.ensemble == 1:
+            return self
+        merged = self.members.merged()
+        widths = [m.out_features for m in merged if isinstance(m, nn.Linear)][:-1]
+        single = MLPPolicy(dataclasses.replace(self.config, ensemble=1, hidden_dims=widths), self.normalizer)
+        single.net.load_state_dict(merged.state_dict())
+        single.encoder = self.encoder
+        return single.to(next(self.parameters()).device).train(self.training)
 
     def hypotheses(self, obs: dict[str, Tensor], generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """(scores (B, K), candidate chunks (B, K, T, A)) for n_hypotheses = K > 1."""
