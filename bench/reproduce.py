@@ -260,6 +260,51 @@ def expert_reference(blocks: tuple[int, ...]) -> dict[str, Any]:
                                                   for b, r in reports.items()}}
 
 
+class MeanPolicy:
+    """Several trained policies flown as one: the mean of their actions (what an ensemble does)."""
+
+    def __init__(self, policies: list[Any]):
+        self.policies = policies
+        self.config = policies[0].config
+
+    def reset(self) -> None:
+        for p in self.policies:
+            p.reset()
+
+    def select_action(self, observation: dict[str, Any]):
+        import numpy as np
+
+        return np.mean([np.asarray(p.select_action(observation)) for p in self.policies], axis=0)
+
+
+def crash_overlap(result: Result, seeds: list[int], blocks: tuple[int, ...]) -> dict[str, Any]:
+    """Which starts crash, for the expert and each seed's network (validation blocks only): whether a retrained
+    network's extra crashes are shared (hard starts) or its own (variance), and the seeds' mean action as a probe."""
+    import torch
+
+    from robopolicy.policies.registry import load_policy
+    from robopolicy.sim.quadrotor import evaluate_policy
+
+    def crashes(policy) -> set[int]:
+        with torch.no_grad():
+            return {b + k for b in blocks for k, st in enumerate(evaluate_policy(policy, "hover", n_episodes=2048,
+                                                                                   n_envs=1024, seed=b)) if st.crash}
+
+    expert = crashes(ExpertPolicy())
+    nets = {s: load_policy(run_dir(result, s) / "policy").eval() for s in seeds}
+    per_seed = {s: crashes(p) for s, p in nets.items()}
+    extra = {s: c - expert for s, c in per_seed.items()}
+    mean_action = crashes(MeanPolicy(list(nets.values())))
+    n = 2048 * len(blocks)
+    return {"blocks": list(blocks), "episodes": n, "expert_crashes": sorted(expert),
+            "crashes": {str(s): sorted(c) for s, c in per_seed.items()},
+            "expert_crashes_also_crashed": {str(s): len(c & expert) for s, c in per_seed.items()},
+            "extra_crashes": {str(s): len(e) for s, e in extra.items()},
+            "extra_shared_pairwise": {f"{a},{b}": len(extra[a] & extra[b]) for a in seeds for b in seeds if a < b},
+            "mean_action_of_the_seeds_crash_rate": len(mean_action) / n, "mean_action_crashes": sorted(mean_action),
+            "date": time.strftime("%Y-%m-%d")}
+
+
 # ---- statistics ---------------------------------------------------------------------------------------------
 def aggregate(values: list[float], n_episodes: list[int] | None = None) -> dict[str, Any]:
     """Mean over training seeds, spread, a 95 % t-interval over seeds and (for rates) the pooled Wilson interval."""
@@ -385,6 +430,9 @@ def main() -> None:
                     help="quadrotor: fly each run's in-training snapshots on the validation blocks (crash vs step)")
     ap.add_argument("--snapshot-steps", default="", help="--snapshots: only these steps (comma-separated)")
     ap.add_argument("--expert", action="store_true", help="quadrotor: the SE(3) expert on the same blocks (the floor)")
+    ap.add_argument("--overlap", action="store_true",
+                    help="quadrotor: which validation starts each seed's network and the expert crash, and the seeds' "
+                         "mean action flown as one policy (into <result>/validation/crash_overlap.json)")
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--table", action="store_true", help="only rebuild summary.json / summary.md")
     args = ap.parse_args()
@@ -409,6 +457,15 @@ def main() -> None:
             RESULTS.mkdir(parents=True, exist_ok=True)
             (RESULTS / f"quadrotor_expert_{name}.json").write_text(json.dumps(report, indent=2))
             print(f"expert on the {name} blocks: {json.dumps(report)}", flush=True)
+        return
+    if args.overlap:
+        for result in select(results, args.only):
+            report = crash_overlap(result, seeds, QUADROTOR_VALIDATION_BLOCKS)
+            path = RESULTS / result.name / "validation" / "crash_overlap.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(report, indent=1))
+            print(f"{result.name}: extra crashes {report['extra_crashes']}, shared {report['extra_shared_pairwise']}, "
+                  f"mean action {report['mean_action_of_the_seeds_crash_rate']:.2%}", flush=True)
         return
     if args.snapshots:
         for result in select(results, args.only):
