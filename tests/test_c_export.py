@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -85,6 +86,11 @@ def test_an_ensemble_exports_as_one_wider_mlp_that_flies_as_torch(tmp_path):
     np.testing.assert_allclose(got, reference_actions(policy, obs), atol=FLOAT_BOUND, rtol=0)
     widths = [m.out_features for m in policy.net if isinstance(m, torch.nn.Linear)]
     assert widths[:-1] == [3 * h for h in policy.config.hidden_dims]
+    # the block-diagonal middle layer is written (and run) as its three member blocks, without the zeros
+    meta = json.loads((out / "export.json").read_text())
+    assert meta["diagonal_blocks"] == [1, 3, 1]
+    dense = sum(m.weight.numel() + m.bias.numel() for m in policy.net if isinstance(m, torch.nn.Linear))
+    assert meta["n_params"] == dense - 2 * 32 * 32 * 3  # two thirds of the 96 x 96 middle layer are zeros
     # int8: the self-test's reference is the dequantized wide network, which must be the one the C code holds
     out8 = export_c(policy, tmp_path / "c8", int8=True, n_selftest=4)
     assert subprocess.run([str(build_host(out8))]).returncode == 0

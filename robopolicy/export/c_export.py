@@ -141,7 +141,15 @@ def _mlp_source(policy: nn.Module, int8: bool) -> tuple[str, dict[str, Any]]:
     if linears[0][0].shape[1] != obs_dim or linears[-1][0].shape[0] != out_dim:
         raise CExportError("C export: network shape does not match the config's observation/action dims")
     max_width = max(max(w.shape) for w, _ in linears)
-    parts = [_weights_c(str(i), w, b, int8) for i, (w, b) in enumerate(linears)]
+    blocks = [_diagonal_blocks(w) for w, _ in linears]
+    parts = []
+    for i, ((w, b), k) in enumerate(zip(linears, blocks)):
+        if k == 1:
+            parts.append(_weights_c(str(i), w, b, int8))
+            continue
+        br, bc = w.shape[0] // k, w.shape[1] // k  # each member's block alone: the zeros are neither stored nor run
+        parts += [_weights_c(f"{i}_{j}", w[j * br:(j + 1) * br, j * bc:(j + 1) * bc], b[j * br:(j + 1) * br], int8)
+                  for j in range(k)]
     parts.append(f"\nstatic float buf_a[{max_width}];\nstatic float buf_b[{max_width}];\n")
     parts.append(_linear_c())
     parts.append(template("activations.c"))
@@ -157,7 +165,14 @@ static const float *forward(const float *obs)
     for kind, p in layers:
         if kind == "linear":
             rows, cols = p[0].shape
-            body.append(f"    linear({_linear_args(str(idx), int8)}, x, y, {rows}, {cols}); t = x; x = y; y = t;")
+            k = blocks[idx]
+            if k == 1:
+                body.append(f"    linear({_linear_args(str(idx), int8)}, x, y, {rows}, {cols}); t = x; x = y; y = t;")
+            else:
+                br, bc = rows // k, cols // k
+                body += [f"    linear({_linear_args(f'{idx}_{j}', int8)}, x + {j * bc}, y + {j * br}, {br}, {bc});"
+                         for j in range(k)]
+                body.append("    t = x; x = y; y = t;")
             idx, last_rows = idx + 1, rows
         else:
             body.append(f"    act_{kind}(x, {last_rows});")
@@ -174,9 +189,27 @@ static const float *forward(const float *obs)
 }
 """)
     parts.append(template("mlp_api.c"))
-    meta = {"n_params": int(sum(w.size + b.size for w, b in linears)), "weight_bytes": _weight_bytes(linears, int8),
-            "activations": [k for k, _ in layers if k != "linear"], "n_hypotheses": n_hyp}
+    stored = [(w, b) if k == 1 else (w[:, : w.shape[1] // k], b) for (w, b), k in zip(linears, blocks)]
+    meta = {"n_params": int(sum(w.size + b.size for w, b in stored)), "weight_bytes": _weight_bytes(stored, int8),
+            "activations": [k for k, _ in layers if k != "linear"], "n_hypotheses": n_hyp,
+            "diagonal_blocks": blocks}
     return "\n".join(parts), meta
+
+
+def _diagonal_blocks(w: np.ndarray) -> int:
+    """K > 1 when ``w`` is block-diagonal with K equal square-tiled blocks and exact zeros elsewhere (an ensemble's
+    inner layer, members side by side); 1 otherwise."""
+    rows, cols = w.shape
+    for k in range(min(rows, cols), 1, -1):
+        if rows % k or cols % k:
+            continue
+        br, bc = rows // k, cols // k
+        off = np.ones_like(w, dtype=bool)
+        for j in range(k):
+            off[j * br:(j + 1) * br, j * bc:(j + 1) * bc] = False
+        if not np.any(w[off]):
+            return k
+    return 1
 
 
 def export_c(policy: nn.Module, out_dir: str | Path, int8: bool = False, n_selftest: int = 4,
