@@ -5,6 +5,7 @@
     python bench/reproduce.py --only quadrotor_mlp,quadrotor_flow --seeds 0,1,2,3
     python bench/reproduce.py --only pusht --dry-run                   # a group; print the commands only
     python bench/reproduce.py --table                                  # rebuild the table from what has run
+    python bench/reproduce.py --only quadrotor_mlp --overlap           # which validation starts crash, and why
 
 Each result is a documented recipe: the demonstrations (``robopolicy record``, once per dataset), the training
 command (``robopolicy train``, once per training seed, step-based, no time budget, so a slower machine gets the
@@ -18,8 +19,8 @@ Everything lands in ``bench/results/reproduce/``: ``<result>/seed<s>.json`` per 
 present, so an interrupted run resumes; ``--force`` redoes), ``summary.json`` and ``summary.md`` for all
 results that have run. Runs and datasets go to ``outputs/reproduce/`` (relative to the repository root).
 
-Results: ``quadrotor_mlp`` (about 3 minutes per seed on a quiet 2-core machine), ``quadrotor_flow`` (~5),
-``quadrotor_sfp`` (~27), ``lift_flow`` (~20 plus 200 demos), the PushT families that train in under 15 minutes
+Results: ``quadrotor_mlp`` (about 3 minutes per seed on a quiet 2-core machine), ``quadrotor_mlp_ensemble`` (the
+same as a 3-member ensemble, ~4), ``quadrotor_flow`` (~5), ``quadrotor_sfp`` (~27), ``lift_flow`` (~20 plus 200 demos), the PushT families that train in under 15 minutes
 (``pusht_flow``, ``pusht_mlp``, ``pusht_sfp_d``, ``pusht_sfp_s``, ``pusht_act``) and ``export_latency`` (no
 training: the latency table's speed-ups measured ``--seeds``-many times). ``--only`` takes result names or
 group names (``quadrotor``, ``lift``, ``pusht``, ``export``).
