@@ -2,9 +2,10 @@
 2-core machine; run before a release or after touching training, the quadrotor simulator, the expert or the MLP
 policy; see README, "Tests").
 
-Records the hover demos with the SE(3) expert and DART noise, trains the 22-32-32-4 MLP with the documented
-command and flies it on a held-out seed block (docs/benchmarks.md, "Reproduction across training seeds"). A
-regression in training, simulation, the expert or the observation shows up as a crash rate above the bound.
+Records the hover demos with the SE(3) expert and DART noise, trains the hover MLP as the documented 3-member ensemble
+(``policy.ensemble=3``, the route that meets the crash bound over training seeds) and flies it on a held-out seed
+block (docs/benchmarks.md, "Reproduction across training seeds"). A regression in training, simulation, the expert,
+the ensemble or the observation shows up as a rate beyond the bound.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 pytest.importorskip("l2f")
 
-# docs/benchmarks.md ("Reproduction across training seeds"): over three training seeds the route averages 99.34 %
-# success and 0.66 % crashes; single runs on single 2,048-start blocks ranged 98.7-99.8 % and 0.24-1.32 %. One run is
-# held to that documented per-run range (rounded outward), so a regression beyond the seed-to-seed spread fails.
-# (Training seed 0 on block 300000 measured 98.83 % and 1.17 %; record and training are deterministic on one thread.)
-SINGLE_RUN_MIN_SUCCESS = 0.985
-SINGLE_RUN_MAX_CRASH = 0.015
+# docs/benchmarks.md ("Reproduction across training seeds"): over three training seeds the ensemble route averages
+# 99.74 % success and 0.26 % crashes; single runs on single 2,048-start blocks (held-out and validation) ranged
+# 99.61-99.85 % and 0.15-0.39 %.
+# One run is held to the issue's bound itself (>= 99 % success, <= 0.5 % crashes), which every measured run met.
+# (Training seed 0 on block 300000 measured 99.76 % and 0.24 %; record and training are deterministic on one thread.)
+SINGLE_RUN_MIN_SUCCESS = 0.99
+SINGLE_RUN_MAX_CRASH = 0.005
 HELD_OUT_BLOCK = 300000
 
 
@@ -35,10 +37,11 @@ def robopolicy(*args: str, cwd: Path) -> None:
 
 
 @pytest.mark.slow
-def test_quadrotor_hover_mlp_reproduces_from_the_documented_commands(tmp_path):
+def test_quadrotor_hover_mlp_ensemble_reproduces_from_the_documented_commands(tmp_path):
     robopolicy("record", "task=quadrotor_hover", "device=expert", "num_episodes=1000", "output=hover_expert",
                cwd=tmp_path)
-    robopolicy("train", "policy=mlp_quadrotor", "dataset.root=hover_expert", "dataset.observation_keys=[observation.state]",
+    robopolicy("train", "policy=mlp_quadrotor", "policy.ensemble=3", "dataset.root=hover_expert",
+               "dataset.observation_keys=[observation.state]",
                "steps=100000", "batch_size=512", "lr=1e-3", "num_threads=1", "progress=false", "seed=0",
                "output_dir=run", cwd=tmp_path)
     robopolicy("eval", "checkpoint=run/policy", "env.name=quadrotor_hover", "n_episodes=2048",

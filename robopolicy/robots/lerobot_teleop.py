@@ -133,9 +133,8 @@ def keyboard_to_ee_delta(pressed: dict[str, Any]) -> dict[str, float]:
     for key, (axis, sign) in KEYBOARD_EE_KEYS.items():
         if key in held:
             action[axis] += sign
-    opening, closing = "o" in held, "c" in held
-    action["gripper"] = GRIPPER_OPEN if opening and not closing else GRIPPER_CLOSE if closing and not opening \
-        else GRIPPER_STAY
+    commands = {KEYBOARD_GRIPPER_KEYS[k] for k in held if k in KEYBOARD_GRIPPER_KEYS}
+    action["gripper"] = commands.pop() if len(commands) == 1 else GRIPPER_STAY  # both held: stay
     return action
 
 
@@ -155,10 +154,11 @@ class EndEffectorTeleop:
     """A keyboard or gamepad that moves the arm's gripper: each frame, its end-effector deltas become joint targets.
 
     LeRobot's processor steps do the work (the chain its gym_manipulator builds for the same teleoperators): the
-    delta is scaled to ``speed / fps`` and added to the gripper's present pose (forward kinematics of the joints
-    just read), clipped to the workspace box, and solved back to joints by inverse kinematics started from the
-    present joints; the gripper command opens or closes at ``gripper_speed``. With nothing pressed the target
-    holds the last commanded pose, so an arm that sags under gravity is pulled back instead of drifting.
+    delta is scaled to ``speed / fps`` and added to the last commanded gripper pose (forward kinematics of the
+    previous inverse-kinematics solution; at an episode's start, of the joints just read), clipped to the workspace
+    box, and solved back to joints by inverse kinematics; the gripper command opens or closes at
+    ``gripper_speed``. With nothing pressed the target holds the last commanded pose, so an arm that sags under
+    gravity is pulled back instead of drifting.
 
     ``kinematics``: anything with LeRobot's ``RobotKinematics`` interface, in the robot's units (degrees):
     :class:`~robopolicy.robots.arm_kinematics.MujocoKinematics` or LeRobot's placo ``RobotKinematics``.
