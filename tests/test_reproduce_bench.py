@@ -54,7 +54,10 @@ def test_bounds_are_judged_on_the_mean_and_the_best_run_is_labelled(reproduce):
 def test_only_selects_results_and_groups_and_rejects_unknown_names(reproduce):
     results = reproduce.all_results()
     assert [r.name for r in reproduce.select(results, "quadrotor")] == ["quadrotor_mlp", "quadrotor_flow",
-                                                                         "quadrotor_sfp"]
+                                                                         "quadrotor_sfp", "quadrotor_mlp_ensemble"]
+    # the ensemble route is the documented MLP recipe plus policy.ensemble=3, nothing else
+    assert sorted(results["quadrotor_mlp_ensemble"].train) == sorted([*results["quadrotor_mlp"].train,
+                                                                      "policy.ensemble=3"])
     assert [r.name for r in reproduce.select(results, "quadrotor_mlp,export")] == ["quadrotor_mlp", "export_latency"]
     with pytest.raises(SystemExit, match="quadrotor_mpl"):
         reproduce.select(results, "quadrotor_mpl")
