@@ -1,5 +1,5 @@
-"""The cheapest headline reproduction, end to end from the documented commands (slow: about 15 minutes on a loaded
-2-core machine; run before a release or after touching training, the quadrotor simulator, the expert or the MLP
+"""The cheapest headline reproduction, end to end from the documented commands (slow: 4 minutes on the 2-core VM with
+three training jobs beside it, 2026-12-06; run before a release or after touching training, the quadrotor simulator, the expert or the MLP
 policy; see README, "Tests").
 
 Records the hover demos with the SE(3) expert and DART noise, trains the hover MLP as the documented 3-member ensemble
