@@ -44,6 +44,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 RESULTS = REPO / "bench" / "results" / "reproduce"
 OUT = "outputs/reproduce"  # runs and datasets, relative to the repository root (the commands run there)
+# --threads: torch threads of every command (training's num_threads, evaluation's workers). None keeps each recipe's
+# own. Two single-thread lines side by side use the two cores as well as one two-thread line, and the thread count
+# does not change what is trained (same seed, same steps; only float summation order).
+THREADS: int | None = None
 
 # Held-out evaluation seeds, declared in docs/benchmarks.md before they were flown; never used for a choice.
 # A quadrotor block of 2,048 episodes from seed s flies the starts seeded s .. s + 2047 (episode k: seed s + k).
@@ -127,10 +131,24 @@ def robopolicy_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "robopolicy.cli", *args]
 
 
+def with_threads(overrides: list[str]) -> list[str]:
+    """The recipe's overrides with ``num_threads`` set to ``--threads`` (when given)."""
+    if THREADS is None:
+        return overrides
+    return [*(o for o in overrides if not o.startswith("num_threads=")), f"num_threads={THREADS}"]
+
+
+def command_env() -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    if THREADS is not None:  # evaluation commands have no num_threads; torch reads these at start-up
+        env |= {"OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}
+    return env
+
+
 def run(cmd: list[str], dry_run: bool) -> None:
     print("$ " + " ".join(cmd), flush=True)
     if not dry_run:
-        subprocess.run(cmd, check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+        subprocess.run(cmd, check=True, cwd=REPO, env=command_env())
 
 
 def ensure_dataset(key: str, dry_run: bool) -> None:
@@ -147,7 +165,7 @@ def run_dir(result: Result, seed: int) -> Path:
 def train(result: Result, seed: int, dry_run: bool) -> Path:
     out = run_dir(result, seed)
     if not (out / "policy").is_dir():
-        run(robopolicy_cmd("train", *result.train, f"seed={seed}", f"output_dir={out}"), dry_run)
+        run(robopolicy_cmd("train", *with_threads(result.train), f"seed={seed}", f"output_dir={out}"), dry_run)
     return out
 
 
@@ -182,7 +200,7 @@ def eval_runner(result: Result, policy: Path, dry_run: bool) -> dict[str, Any]:
     from robopolicy.sim.evaluate import evaluate
 
     if result.evaluate == "pusht":
-        row = next(r for r in ROWS if r.key == result.pusht_family)
+        row = next(r for r in ROWS if r.run == result.pusht_family)  # the family's first (headline) row
         task, episodes, start, max_steps = "pusht", PUSHT_EPISODES, PUSHT_START_SEED, 300
     else:
         row, task, episodes, start, max_steps = Row("flow_euler10", "flow", "flow", ("euler", 10)), "Lift", \
@@ -192,7 +210,7 @@ def eval_runner(result: Result, policy: Path, dry_run: bool) -> dict[str, Any]:
         return {}
     keys = [f.key for f in load_policy(policy).config.input_features]
     report = evaluate(partial(load_row_policy, str(policy), row), n_episodes=episodes, start_seed=start,
-                      env_factory=env_factory(task, keys, render=False), n_workers=2, n_videos=0,
+                      env_factory=env_factory(task, keys, render=False), n_workers=THREADS or 2, n_videos=0,
                       max_steps=max_steps, output_dir=policy.parent / f"eval_{start}").to_dict()
     return {"success_rate": report["success_rate"], "n_episodes": report["n_episodes"],
             **({"mean_max_coverage": report["mean_max_coverage"]} if task == "pusht" else {})}
@@ -434,9 +452,17 @@ def main() -> None:
     ap.add_argument("--overlap", action="store_true",
                     help="quadrotor: which validation starts each seed's network and the expert crash, and the seeds' "
                          "mean action flown as one policy (into <result>/validation/crash_overlap.json)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads per command (training num_threads, evaluation workers); default: the recipe's")
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--table", action="store_true", help="only rebuild summary.json / summary.md")
     args = ap.parse_args()
+    global THREADS
+    THREADS = args.threads
+    if THREADS is not None:  # in-process work (a one-worker evaluation) too
+        import torch
+
+        torch.set_num_threads(THREADS)
     results = all_results()
     if args.variant:
         tag, _, extra = args.variant.partition("=")

@@ -81,3 +81,27 @@ def test_normalizer_errors():
         Normalizer({"f": {"min": [0], "max": [1]}}, {"g": "min_max"})
     with pytest.raises(KeyError, match=r"lack \['std'\]"):
         Normalizer({"f": {"mean": [0]}}, {"f": "mean_std"})
+
+
+def test_final_approach_weights_draw_near_goal_windows_as_often_as_asked():
+    """Windows whose current frame (the last observed one) has reward >= threshold get the weight; the draw follows."""
+    n = 40
+    reward = np.zeros(n, dtype=np.float32)
+    reward[30:] = 0.9  # the last 10 frames of the second episode are "near the goal"
+    data = {"obs": torch.arange(n, dtype=torch.float32)[:, None], "act": torch.zeros(n, 1)}
+    s = WindowSampler(data, np.array([[0, 20], [20, 40]]), ["obs"], "act", n_obs_steps=2, horizon=6, n_action_steps=3)
+    uniform = s.draw_ids(4000, torch.Generator().manual_seed(0))
+    s.weigh(reward[:, None], threshold=0.8, weight=5.0)
+    current = s.windows[:, 1]
+    near = current >= 30
+    np.testing.assert_array_equal(s.window_weights.numpy(), np.where(near.numpy(), 5.0, 1.0))
+    drawn = s.draw_ids(20000, torch.Generator().manual_seed(0))
+    expected = 5 * near.sum().item() / (5 * near.sum().item() + (~near).sum().item())
+    assert abs(near[drawn].float().mean().item() - expected) < 0.02
+    assert near[uniform].float().mean().item() < 0.35 < expected  # uniform draws see them at their share
+    batch = s.sample(512, torch.Generator().manual_seed(1))
+    assert abs((batch["obs"][:, 1, 0] >= 30).float().mean().item() - expected) < 0.07  # the gathered windows too
+    s.weigh(reward, threshold=0.8, weight=1.0)  # 1 = uniform again
+    assert s.window_weights is None
+    with pytest.raises(ValueError, match="final_approach_weight must be positive"):
+        s.weigh(reward, threshold=0.8, weight=0.0)

@@ -114,6 +114,11 @@ class TrainConfig:
     # Gaussian noise (normalized units) added to every low-dim observation of a training batch, the actions
     # left as demonstrated: the policy sees states slightly off the demos and learns to steer back (as in DART).
     obs_noise_std: float = 0.0
+    # Draw training windows whose current frame has reward >= final_approach_reward (the dataset's
+    # final_approach_key column; PushT: goal coverage / 0.95) this many times as often. 1 = uniform.
+    final_approach_weight: float = 1.0
+    final_approach_reward: float = 0.8
+    final_approach_key: str = "next.reward"
     # "bf16": forward and backward under bfloat16 autocast (weights, optimizer and EMA stay fp32). On CPUs with
     # AMX, large matrix products run several times faster; whole PushT training steps here gained 1.1-1.35x.
     # The saved policy is fp32 either way.

@@ -75,7 +75,7 @@ class DistContext:
 
     def sample(self, sampler: WindowSampler, batch_size: int, index_generator: torch.Generator) -> dict[str, Tensor]:
         """This rank's slice of the global batch: the B ids a 1-process run draws, cut into W contiguous parts."""
-        ids = torch.randint(len(sampler), (batch_size,), generator=index_generator)  # as WindowSampler.sample
+        ids = sampler.draw_ids(batch_size, index_generator)  # as WindowSampler.sample
         n = self.per_rank_batch(batch_size)
         return sampler.get(ids[self.rank * n : (self.rank + 1) * n])
 

@@ -171,6 +171,12 @@ class Trainer:
             raise ValueError(f"obs_noise_std must be non-negative, got {cfg.obs_noise_std}")
         self.sampler = make(bounds[: len(bounds) - n_val])
         self.val_sampler = make(bounds[len(bounds) - n_val :]) if n_val else None
+        if cfg.final_approach_weight != 1:  # the validation loss stays on uniform windows
+            key = cfg.final_approach_key
+            if key not in self.dataset.features:
+                raise KeyError(f"final_approach_weight={cfg.final_approach_weight} weighs windows by the dataset's "
+                               f"{key!r} column, which {cfg.dataset.root} lacks (it has {sorted(self.dataset.features)})")
+            self.sampler.weigh(self.dataset.column(key), cfg.final_approach_reward, cfg.final_approach_weight)
 
         self.optimizer = speed.make_adamw(self.policy.parameters(), cfg.lr, tuple(cfg.betas), cfg.weight_decay,
                                           self.device, fused=cfg.fused_optimizer)
