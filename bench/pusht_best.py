@@ -1,0 +1,175 @@
+"""Issue 31 item 1: the best state-based PushT policy from at most one hour of 2-core training, judged on seeds
+that chose nothing.
+
+    python bench/pusht_best.py rate                                  # each candidate's steps/s here (2 threads, idle)
+    python bench/pusht_best.py train --only mirror_noise --threads 1  # train candidates (step-sized, no time cap)
+    python bench/pusht_best.py validate --only mirror_noise --ta 4,8,12   # validation seeds: every choice is made here
+    python bench/pusht_best.py validate --policy <dir> --name flow_doc    # any trained policy, e.g. a reproduce run
+    python bench/pusht_best.py final --only mirror_noise --ta 8      # the declared seeds, once, for the chosen setting
+
+Seeds (declared in docs/benchmarks.md section 12 before any was flown): validation 1,200,000-1,200,199 (200
+episodes per setting, all tuning), evaluation 1,300,000-1,300,499 (500 episodes, only the chosen candidate and
+Ta). Every candidate trains a fixed step count sized so that it takes at most an hour at the rate ``rate`` measures
+on the idle 2-core machine; the runs themselves may take longer in wall time (one thread each, side by side),
+which does not change what is trained. Results: ``bench/results/pusht_best/{validation,final}/<name>_ta<N>.json``,
+skipped when present (``--force`` redoes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pusht_diffusion import machine  # noqa: E402
+from pusht_families import MIRROR_DATASET, Row, load_row_policy  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results" / "pusht_best"
+RUNS = REPO / "outputs" / "pusht_best"
+VALIDATION_SEED, VALIDATION_EPISODES = 1_200_000, 200
+FINAL_SEED, FINAL_EPISODES = 1_300_000, 500
+BUDGET_MIN = 60.0
+
+# The documented flow recipe (docs/benchmarks.md section 1b, row "Flow matching, Euler 10": 3,000 steps, 58 %) is
+# the baseline; each candidate changes it as named. 6,500 steps x 256 is 58 min at the idle rate of `make demo`
+# (483 samples/s, section 11); `rate` checks each candidate's own rate.
+FLOW = ["policy=flow", "lr=5e-4", "batch_size=256", "warmup_steps=500", "log_every=100", "progress=false"]
+CANDIDATES: dict[str, list[str]] = {
+    # the documented recipe trained for the hour instead of 3,000 steps
+    "long": [*FLOW, "steps=6500", "save_every=1625", "keep_checkpoints=0"],
+    # + the demos' mirror images (twice the data) and DART-like observation noise, which lifted the MLP and ACT
+    "mirror_noise": [*FLOW, "steps=6500", "save_every=1625", "keep_checkpoints=0", f"dataset.root={MIRROR_DATASET}",
+                     "obs_noise_std=0.02"],
+    # + windows near the goal (coverage >= 0.76, the rarest 8 % of frames) drawn 3x as often
+    "mirror_noise_final": [*FLOW, "steps=6500", "save_every=1625", "keep_checkpoints=0",
+                           f"dataset.root={MIRROR_DATASET}", "obs_noise_std=0.02", "final_approach_weight=3"],
+}
+
+
+def run_dir(name: str) -> Path:
+    return RUNS / name
+
+
+def ensure_mirror() -> None:
+    if not (REPO / MIRROR_DATASET / "meta" / "info.json").is_file():
+        subprocess.run([sys.executable, "-m", "robopolicy.cli", "convert", f"output={MIRROR_DATASET}",
+                        "with_images=false", "mirror=true"], check=True, cwd=REPO)
+
+
+def cmd_train(names: list[str], threads: int) -> None:
+    for name in names:
+        out = run_dir(name)
+        if (out / "train_summary.json").is_file():
+            print(f"{name}: trained ({out})", flush=True)
+            continue
+        if any(MIRROR_DATASET in o for o in CANDIDATES[name]):
+            ensure_mirror()
+        cmd = [sys.executable, "-m", "robopolicy.cli", "train", *CANDIDATES[name], f"num_threads={threads}",
+               f"output_dir={out}"]
+        print("$ " + " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True, cwd=REPO)
+
+
+def cmd_rate(names: list[str], steps: int) -> None:
+    """Seconds per training step of each candidate with 2 threads (run it on the idle machine)."""
+    import torch
+
+    from robopolicy.configs import load_config
+    from robopolicy.train.trainer import Trainer
+
+    torch.set_num_threads(2)
+    rates = {}
+    for name in names:
+        if any(MIRROR_DATASET in o for o in CANDIDATES[name]):
+            ensure_mirror()
+        overrides = [o for o in CANDIDATES[name] if not o.startswith(("steps=", "save_every="))]
+        cfg = load_config("train", [*overrides, "steps=100000", "num_threads=2",
+                                    f"output_dir={RUNS / 'rate' / f'{name}_{time.time_ns()}'}"])
+        trainer = Trainer(cfg)
+        for _ in range(3):
+            trainer.train_step()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            trainer.train_step()
+        per_step = (time.perf_counter() - t0) / steps
+        planned = int(next(o for o in CANDIDATES[name] if o.startswith("steps=")).split("=")[1])
+        rates[name] = {"s_per_step": per_step, "planned_steps": planned, "planned_min": planned * per_step / 60,
+                       "within_budget": planned * per_step / 60 <= BUDGET_MIN}
+        print(f"{name}: {per_step * 1000:.0f} ms/step, {planned} steps = {planned * per_step / 60:.1f} min", flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "rate.json").write_text(json.dumps({"rates": rates, "timed_steps": steps, "machine": machine(),
+                                                    "date": time.strftime("%Y-%m-%d %H:%M")}, indent=2))
+
+
+def evaluate_policy(name: str, policy_dir: Path, ta: int, start_seed: int, episodes: int, folder: str,
+                    force: bool, workers: int) -> dict:
+    from robopolicy.sim.evaluate import evaluate
+
+    out = RESULTS / folder / f"{name}_ta{ta}.json"
+    if out.is_file() and not force:
+        print(f"{out.name}: done", flush=True)
+        return json.loads(out.read_text())
+    row = Row(f"{name}_ta{ta}", f"{name}, Euler 10, Ta {ta}", name, ("euler", 10), action_steps=ta)
+    report = evaluate(partial(load_row_policy, str(policy_dir), row), n_episodes=episodes, start_seed=start_seed,
+                      n_workers=workers, n_videos=2 if folder == "final" else 0,
+                      output_dir=RUNS / "eval" / folder / f"{name}_ta{ta}", progress=True).to_dict()
+    payload = {"name": name, "policy": str(policy_dir), "ta": ta, "seeds": [start_seed, start_seed + episodes - 1],
+               "success_rate": report["success_rate"], "success_ci95": report.get("success_ci95"),
+               "mean_max_coverage": report.get("mean_max_coverage"), "n_episodes": report["n_episodes"],
+               "train": _train_summary(policy_dir), "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M")}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2))
+    print(f"{out.name}: success {payload['success_rate']:.1%}, coverage {payload['mean_max_coverage']:.3f}", flush=True)
+    return payload
+
+
+def _train_summary(policy_dir: Path) -> dict:
+    path = policy_dir.parent / "train_summary.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", choices=["rate", "train", "validate", "final"])
+    ap.add_argument("--only", default=",".join(CANDIDATES), help="comma-separated candidates")
+    ap.add_argument("--ta", default="8", help="comma-separated execution horizons (Ta) to evaluate")
+    ap.add_argument("--policy", default=None, help="validate: a trained policy directory instead of a candidate")
+    ap.add_argument("--name", default=None, help="with --policy: the name its results are saved under")
+    ap.add_argument("--checkpoint", default=None, help="a checkpoint step of the candidate instead of its final policy")
+    ap.add_argument("--threads", type=int, default=1, help="train: torch threads; evaluation: worker processes")
+    ap.add_argument("--rate-steps", type=int, default=30)
+    ap.add_argument("--force", action="store_true")
+    args = ap.parse_args()
+    names = [n for n in args.only.split(",") if n]
+    unknown = [n for n in names if n not in CANDIDATES]
+    if unknown and args.policy is None:
+        raise SystemExit(f"unknown candidates {unknown}; choose from {sorted(CANDIDATES)}")
+    if args.command == "rate":
+        return cmd_rate(names, args.rate_steps)
+    if args.command == "train":
+        return cmd_train(names, args.threads)
+    seed, episodes, folder = ((VALIDATION_SEED, VALIDATION_EPISODES, "validation") if args.command == "validate"
+                              else (FINAL_SEED, FINAL_EPISODES, "final"))
+    if args.policy is not None:
+        targets = [(args.name or Path(args.policy).parent.name, Path(args.policy))]
+    else:
+        targets = []
+        for name in names:
+            if args.checkpoint:
+                targets.append((f"{name}_step{int(args.checkpoint)}",
+                                run_dir(name) / "checkpoints" / f"step-{int(args.checkpoint):08d}"))
+            else:
+                targets.append((name, run_dir(name) / "policy"))
+    for name, policy_dir in targets:
+        for ta in (int(t) for t in args.ta.split(",")):
+            evaluate_policy(name, policy_dir, ta, seed, episodes, folder, args.force, args.threads)
+
+
+if __name__ == "__main__":
+    main()
