@@ -334,15 +334,21 @@ def test_manifest_contents(artifacts):
 
 
 def _drive_torch(policy, observations, noises):
-    """torch select_action with the given noise for each new chunk."""
-    original = policy.generate_actions
+    """torch select_action with the given noise for each new chunk (SFP's select_action integrates only the
+    executed actions through ``_stream``; the other families sample whole chunks in ``generate_actions``)."""
     it = iter(noises)
-    policy.generate_actions = lambda obs, generator=None: original(obs, noise=torch.as_tensor(next(it)))
+    if policy.name == "sfp":
+        name, original = "_stream", policy._stream
+        patched = lambda obs, generator=None, **kw: original(obs, generator, **{**kw, "noise": torch.as_tensor(next(it))})  # noqa: E731
+    else:
+        name, original = "generate_actions", policy.generate_actions
+        patched = lambda obs, generator=None: original(obs, noise=torch.as_tensor(next(it)))  # noqa: E731
+    setattr(policy, name, patched)
     try:
         policy.reset()
         return [policy.select_action(o) for o in observations]
     finally:
-        del policy.generate_actions
+        delattr(policy, name)
 
 
 def _drive_runtime(runtime, observations, noises):

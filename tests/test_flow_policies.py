@@ -94,7 +94,7 @@ def test_chunk_shapes_and_action_queue(lowdim_dataset, family):
     chunk = policy.predict_chunk({"observation.state": torch.randn(3, 2, 2)}, generator=g(0))
     assert chunk.shape == (3, 8, 2) and torch.isfinite(chunk).all()
     policy.reset()
-    policy.generate_actions = counter = CallCounter(policy.generate_actions)
+    policy.predict_executable = counter = CallCounter(policy.predict_executable)
     for _ in range(6):
         assert policy.select_action({"observation.state": np.zeros(2, np.float32)}, generator=g(1)).shape == (2,)
     assert counter.calls == 2  # Ta = 4: inference at steps 0 and 4
@@ -420,3 +420,31 @@ def test_camera_features_train_and_round_trip(kind, tmp_path):
     loaded = load_policy(tmp_path / "p")
     torch.testing.assert_close(loaded.predict_chunk(obs, generator=g(1)), policy.predict_chunk(obs, generator=g(1)),
                                rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("variant", ["deterministic", "stochastic"])
+@pytest.mark.parametrize("ta", [1, 4])
+def test_sfp_select_action_integrates_only_the_executed_actions(variant, ta):
+    """select_action executes the whole chunk's first Ta actions, computed through the first Ta of K - 1 actions'
+    integration only (same Euler steps, same noise): the quadrotor's Ta = 1 of 4 costs a quarter of the calls."""
+    policy = tensor_policy("sfp", horizon=5, n_obs_steps=2, n_action_steps=ta, variant=variant, k=2.0,
+                           integration_steps_per_action=3, hidden_dim=32, n_layers=1).eval()
+    history = {"observation.state": torch.randn(3, 2, 2, generator=g(1))}
+    policy.last_action = torch.randn(3, 2, generator=g(2))
+    chunk = policy.executable_actions(policy.predict_chunk(history, generator=g(0)))
+    calls = 0
+
+    def count(*_):
+        nonlocal calls
+        calls += 1
+
+    policy.net.register_forward_hook(count)
+    executed = policy.predict_executable(history, generator=g(0))
+    assert calls == ta * policy.nfe_per_action and policy.nfe == 4 * policy.nfe_per_action
+    torch.testing.assert_close(executed, chunk, atol=1e-6, rtol=0)
+    policy.reset()
+    policy.last_action = torch.randn(3, 2, generator=g(2))
+    actions = [policy.select_action({"observation.state": history["observation.state"][:, -1].numpy()}, generator=g(0))
+               for _ in range(ta)]
+    assert calls == 2 * ta * policy.nfe_per_action  # one chunk for Ta steps
+    np.testing.assert_allclose(actions[-1], policy.last_action.numpy(), atol=0)

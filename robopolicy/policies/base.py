@@ -215,6 +215,13 @@ class Policy(nn.Module, ABC):
         start = self.config.n_obs_steps - 1
         return chunk[:, start : start + self.config.n_action_steps]
 
+    def predict_executable(self, obs_history: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
+        """The Ta actions (B, Ta, A) in robot units that ``select_action`` executes from this history.
+
+        Families whose sampler yields actions in order (SFP) override this to compute only those Ta.
+        """
+        return self.executable_actions(self.predict_chunk(obs_history, generator=generator))
+
     @torch.no_grad()
     def select_action(self, observation: dict[str, Any], generator: torch.Generator | None = None) -> np.ndarray:
         """One action in robot units for the current observation (single env or batched).
@@ -230,7 +237,7 @@ class Policy(nn.Module, ABC):
             self._obs_queue.append(obs)
         if not self._action_queue:
             history = {k: torch.stack([o[k] for o in self._obs_queue], dim=1) for k in obs}
-            chunk = self.executable_actions(self.predict_chunk(history, generator=generator))
+            chunk = self.predict_executable(history, generator=generator)
             self._action_queue.extend(chunk.transpose(0, 1))  # Ta tensors of shape (B, A)
         action = self._action_queue.popleft()
         unbatched = np.asarray(observation[self.config.input_features[0].key]).ndim == len(

@@ -222,6 +222,14 @@ class StreamingFlowPolicy(Policy):
         past = start.unsqueeze(1).expand(-1, self.config.n_obs_steps - 1, -1)
         return torch.cat([past, torch.stack(streamed, dim=1)], dim=1)
 
+    def predict_executable(self, obs_history: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
+        """Only the Ta executed actions are integrated. The stream reaches them first, through the same Euler steps
+        as the whole chunk, so the rest of the flow (K - 1 - Ta actions) is never computed: 4x fewer network calls
+        for the quadrotor's Ta = 1 of 4, about 2x for PushT's 8 of 15."""
+        obs = {f.key: self.normalizer.normalize(f.key, obs_history[f.key]) for f in self.config.input_features}
+        streamed = list(self._stream(obs, generator, n_actions=self.config.n_action_steps))
+        return self.normalizer.unnormalize(self.action_key, torch.stack(streamed, dim=1))
+
     @torch.no_grad()
     def select_action(self, observation: dict[str, Any], generator: torch.Generator | None = None) -> np.ndarray:
         """As for every family (queue of Ta actions), and the returned action becomes ``last_action``."""
