@@ -269,6 +269,21 @@ def test_resume_continues_exactly(lowdim_dataset, tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_a_run_saved_before_a_training_field_existed_resumes_with_its_default(lowdim_dataset, tmp_path):
+    """config.yaml of an older run lacks newer fields (here final_approach_weight and obs_noise_std): resume fills
+    them with the schema's defaults, which is what that run trained with, instead of failing on the missing key."""
+    Trainer(train_cfg(lowdim_dataset, tmp_path / "old", steps=10)).fit()
+    saved = OmegaConf.load(tmp_path / "old" / "config.yaml")
+    for key in ("final_approach_weight", "final_approach_reward", "final_approach_key", "obs_noise_std"):
+        del saved[key]
+    OmegaConf.save(saved, tmp_path / "old" / "config.yaml")
+    resumed = Trainer(train_cfg(lowdim_dataset, tmp_path / "old", steps=12, resume=True))
+    assert resumed.step == 10 and resumed.cfg.final_approach_weight == 1.0 and resumed.cfg.obs_noise_std == 0.0
+    assert resumed.sampler.window_weights is None
+    resumed.fit()
+    assert json.loads((tmp_path / "old" / "train_summary.json").read_text())["steps"] == 12
+
+
 def test_new_run_refuses_to_overwrite(lowdim_dataset, tmp_path):
     Trainer(train_cfg(lowdim_dataset, tmp_path / "a", steps=10)).fit()
     with pytest.raises(FileExistsError, match="a run already exists"):

@@ -30,7 +30,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from robopolicy.configs import default_output_dir, policy_config_from, resolve_path
+from robopolicy.configs import TrainConfig, default_output_dir, policy_config_from, resolve_path
 from robopolicy.data.normalize import Normalizer
 from robopolicy.data.reader import LeRobotDataset
 from robopolicy.data.sampler import WindowSampler
@@ -120,7 +120,9 @@ class Trainer:
             if not saved.is_file():
                 raise FileNotFoundError(f"{saved}: cannot resume, the run has no saved config")
             # The run's own config wins; only how long to train (and on which device) may change on resume.
-            resumed = OmegaConf.load(saved)
+            # Merged onto the schema: a run saved before a field existed resumes with that field's default (what it
+            # trained with), instead of failing on the missing key.
+            resumed = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(saved))
             for key in ("steps", "time_budget_min", "progress", "eval_every", "device",  # checkpoints are device-free
                         "dist_timeout_min", "dist_eval_timeout_min",
                         "compile", "fused_optimizer", "ema_foreach"):  # the fast path computes the same steps
