@@ -130,6 +130,9 @@ def evaluate_policy(name: str, policy_dir: Path, ta: int, start_seed: int, episo
 
 
 def _train_summary(policy_dir: Path) -> dict:
+    """The run's summary; for a checkpoint (``<run>/checkpoints/step-N/policy``) just its step."""
+    if policy_dir.parent.parent.name == "checkpoints":
+        return {"checkpoint_step": int(policy_dir.parent.name.split("-")[1])}
     path = policy_dir.parent / "train_summary.json"
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -163,7 +166,7 @@ def main() -> None:
         for name in names:
             if args.checkpoint:
                 targets.append((f"{name}_step{int(args.checkpoint)}",
-                                run_dir(name) / "checkpoints" / f"step-{int(args.checkpoint):08d}"))
+                                run_dir(name) / "checkpoints" / f"step-{int(args.checkpoint):08d}" / "policy"))
             else:
                 targets.append((name, run_dir(name) / "policy"))
     for name, policy_dir in targets:
