@@ -1,0 +1,39 @@
+"""bench/pusht_image_curve.py: the learning-curve fit that extrapolates image PushT to the anchor (fast, no training)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.special import expit
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.fixture(scope="module")
+def curve():
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location("pusht_image_curve_bench", BENCH / "pusht_image_curve.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module
+    sys.path.remove(str(BENCH))
+
+
+def test_fit_recovers_a_known_curve_and_the_samples_where_it_reaches_the_anchor(curve):
+    x = np.log10([1e5, 3e5, 1e6, 3e6])
+    n = np.full(4, 100_000.0)
+    k = np.round(expit(-12 + 2 * x) * n)
+    a, b = curve.fit_logistic(x, k, n)
+    assert a == pytest.approx(-12, abs=0.05) and b == pytest.approx(2, abs=0.01)
+    expected = 10 ** ((np.log(curve.ANCHOR / (1 - curve.ANCHOR)) + 12) / 2)  # 1.92 M samples
+    assert curve.samples_at(a, b, curve.ANCHOR) == pytest.approx(expected, rel=0.01)
+
+
+def test_a_curve_that_does_not_rise_never_reaches_the_anchor(curve):
+    x = np.log10([1e5, 3e5, 1e6])
+    a, b = curve.fit_logistic(x, np.array([30.0, 20.0, 10.0]), np.full(3, 100.0))
+    assert b < 0 and curve.samples_at(a, b, curve.ANCHOR) == float("inf")
