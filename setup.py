@@ -11,7 +11,7 @@ from pathlib import Path
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
-BUNDLED_DATASETS = {"pusht": Path("datasets/pusht/lerobot")}
+BUNDLED_DATASETS = {"pusht": Path("datasets/pusht/lerobot"), "pusht_mirror": Path("datasets/pusht_mirror/lerobot")}
 
 
 class BuildPyWithDatasets(build_py):

@@ -276,6 +276,24 @@ def test_bundled_dataset_is_the_full_human_demo_set():
     assert set(ds.features) >= {"observation.state", "observation.environment_state", "action", "observation.image"}
 
 
+def test_bundled_mirror_dataset_is_the_demos_and_their_mirror_images():
+    """bundled:pusht_mirror (the best state recipe's training set) holds the 206 demos and their 206 mirror images:
+    each mirrored episode's actions are the original's reflected across x + y = 512, and its rewards are the same."""
+    from robopolicy.configs import resolve_path
+
+    mirror = LeRobotDataset(resolve_path("bundled:pusht_mirror"))
+    plain = LeRobotDataset(resolve_path("bundled:pusht"))
+    assert mirror.num_episodes == 412 and mirror.num_frames == 2 * plain.num_frames == 51300
+    assert "observation.image" not in mirror.features and "next.reward" in mirror.features
+    starts, ends = mirror.episode_bounds[:, 0], mirror.episode_bounds[:, 1]
+    lengths = ends - starts
+    np.testing.assert_array_equal(lengths[0::2], lengths[1::2])  # episode 2k + 1 is episode 2k mirrored
+    a, b = mirror.episode_bounds[0], mirror.episode_bounds[1]
+    actions, rewards = mirror.column("action"), mirror.column("next.reward")
+    np.testing.assert_allclose(actions[b[0]:b[1]], 512 - actions[a[0]:a[1], ::-1], atol=1e-3)
+    np.testing.assert_allclose(rewards[b[0]:b[1]], rewards[a[0]:a[1]], atol=1e-4)
+
+
 # ---- bad input ---------------------------------------------------------------------------------
 
 def _edit_info(root: Path, **changes):

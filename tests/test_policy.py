@@ -324,13 +324,27 @@ def test_cli_composes_typed_config():
         load_config("train", ["steps=many"])
 
 
-@pytest.mark.parametrize("preset", sorted(p.stem for p in (Path(__file__).parents[1] / "configs" / "policy").glob("*.yaml")))
+POLICY_PRESETS = sorted(p.stem for p in (Path(__file__).parents[1] / "robopolicy" / "configs" / "policy").glob("*.yaml"))
+
+
+def test_the_preset_list_is_the_shipped_configs():
+    """The parametrization below reads the package's config folder (it once pointed at a folder that does not exist
+    and so collected no case at all)."""
+    assert {"diffusion", "flow", "sfp", "act", "mlp", "flow_pusht", "mlp_quadrotor"} <= set(POLICY_PRESETS)
+
+
+@pytest.mark.parametrize("preset", POLICY_PRESETS)
 def test_every_policy_preset_builds_its_family(lowdim_dataset, preset):
     """Each ``policy=<preset>`` composes (presets may extend another) into a valid typed config and a policy."""
     cfg = load_config("train", [f"policy={preset}"])
     policy = make_policy_for_dataset(OmegaConf.to_container(cfg.policy), LeRobotDataset(lowdim_dataset),
                                      ["observation.state"], "action", "min_max")
     assert policy.name == cfg.policy.type
+    if preset == "flow_pusht":  # the best state-based PushT recipe's policy: flow executing 12 of 16 actions
+        base = load_config("train", ["policy=flow"]).policy
+        assert cfg.policy.n_action_steps == 12
+        assert {k: v for k, v in cfg.policy.items() if k != "n_action_steps"} == \
+            {k: v for k, v in base.items() if k != "n_action_steps"}
     if preset.endswith("_cpu"):  # a CPU preset overrides only its family's U-Net size and activation
         base = load_config("train", [f"policy={preset.removesuffix('_cpu')}"]).policy
         assert cfg.policy.down_dims == [64, 128] and cfg.policy.activation == "silu"
