@@ -134,10 +134,12 @@ def full_venv(tmp_path_factory, wheel) -> Path:
 def test_full_install_runs_from_an_empty_directory(full_venv, tmp_path):
     python, cli = str(full_venv / "python"), str(full_venv / "robopolicy")
     located = _run([python, "-c", "import robopolicy, robopolicy.configs as c; "
-                    "print(robopolicy.__file__); print(c.resolve_path('bundled:pusht'))"], cwd=tmp_path).stdout.split()
+                    "print(robopolicy.__file__); print(c.resolve_path('bundled:pusht')); "
+                    "print(c.resolve_path('bundled:pusht_mirror'))"], cwd=tmp_path).stdout.split()
     package_dir = Path(located[0]).parent
     assert package_dir.is_relative_to(full_venv.parent), "the wheel's robopolicy, not the checkout's"
     assert Path(located[1]) == package_dir / "_bundled" / "pusht"
+    assert Path(located[2]) == package_dir / "_bundled" / "pusht_mirror"  # policy=flow_pusht's training set
     assert "usage: robopolicy <command>" in _run([cli, "--help"], cwd=tmp_path).stdout
     composed = _run([cli, "train", "--cfg", "job", "policy=mlp"], cwd=tmp_path).stdout
     assert "root: bundled:pusht" in composed and "type: mlp" in composed
