@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from scipy.special import expit
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from tests.helpers import bench_module
 
 
 @pytest.fixture(scope="module")
 def curve():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("pusht_image_curve_bench", BENCH / "pusht_image_curve.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
-    sys.path.remove(str(BENCH))
+    yield from bench_module("pusht_image_curve")
 
 
 def test_fit_recovers_a_known_curve_and_the_samples_where_it_reaches_the_anchor(curve):

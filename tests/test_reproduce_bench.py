@@ -3,26 +3,15 @@ held-out evaluation seeds stay disjoint from the validation seeds and from those
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 from scipy import stats
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from tests.helpers import bench_module
 
 
 @pytest.fixture(scope="module")
 def reproduce():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("reproduce_bench", BENCH / "reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name)
-    sys.path.remove(str(BENCH))
+    yield from bench_module("reproduce")
 
 
 def test_aggregate_reports_mean_spread_t_interval_and_pooled_wilson(reproduce):
