@@ -77,6 +77,10 @@ class Result:
     evaluate: str = "quadrotor"  # quadrotor | lift | pusht | export
     bounds: dict[str, tuple[str, float]] = field(default_factory=dict)  # metric -> (">=" | "<=", bound), on the mean
     pusht_family: str | None = None
+    # An evaluation variant flies another result's trained networks (``networks``: that result's name) with extra
+    # ``robopolicy eval`` overrides (e.g. ``n_action_steps=1``): a change of execution judged without retraining.
+    networks: str | None = None
+    eval_overrides: tuple[str, ...] = ()
 
 
 def _quad(name: str, documented: str, overrides: list[str]) -> Result:
@@ -159,7 +163,7 @@ def ensure_dataset(key: str, dry_run: bool) -> None:
 
 
 def run_dir(result: Result, seed: int) -> Path:
-    return REPO / OUT / "runs" / f"{result.name}_seed{seed}"
+    return REPO / OUT / "runs" / f"{result.networks or result.name}_seed{seed}"
 
 
 def train(result: Result, seed: int, dry_run: bool) -> Path:
@@ -169,13 +173,15 @@ def train(result: Result, seed: int, dry_run: bool) -> Path:
     return out
 
 
-def eval_quadrotor(policy: Path, blocks: tuple[int, ...], dry_run: bool) -> dict[str, Any]:
-    """``robopolicy eval`` on each 2,048-episode block; per-block rates and the pooled counts."""
+def eval_quadrotor(policy: Path, blocks: tuple[int, ...], dry_run: bool, overrides: tuple[str, ...] = (),
+                   tag: str = "") -> dict[str, Any]:
+    """``robopolicy eval`` on each 2,048-episode block; per-block rates and the pooled counts. ``overrides`` are
+    extra eval overrides; their reports go to ``eval_<tag>_<start>`` beside the network's own."""
     per_block = {}
     for start in blocks:
-        out = policy.parent / f"eval_{start}"
+        out = policy.parent / (f"eval_{tag}_{start}" if tag else f"eval_{start}")
         run(robopolicy_cmd("eval", f"checkpoint={policy}", "env.name=quadrotor_hover", "n_episodes=2048",
-                           f"start_seed={start}", f"output_dir={out}"), dry_run)
+                           f"start_seed={start}", *overrides, f"output_dir={out}"), dry_run)
         if dry_run:
             continue
         report = json.loads((out / "eval_report.json").read_text())
@@ -417,8 +423,20 @@ def reproduce(result: Result, seed: int, dry_run: bool, blocks: tuple[int, ...])
         ensure_dataset(result.dataset, dry_run)
     out = train(result, seed, dry_run)
     if result.evaluate == "quadrotor":
-        return eval_quadrotor(out / "policy", blocks, dry_run)
+        return eval_quadrotor(out / "policy", blocks, dry_run, result.eval_overrides,
+                              result.name.partition("@")[2] if result.networks else "")
     return eval_runner(result, out / "policy", dry_run)
+
+
+def eval_variants(base: list[Result], spec: str) -> dict[str, Result]:
+    """``NAME=OVERRIDES`` -> ``<result>@NAME``: each base result's networks flown with the extra eval overrides."""
+    tag, _, extra = spec.partition("=")
+    if not tag or not extra or any("=" not in o for o in extra.split()):
+        raise SystemExit(f"--eval-variant: expected NAME=KEY=VALUE [KEY=VALUE ...], got {spec!r}")
+    if any(r.evaluate != "quadrotor" for r in base):
+        raise SystemExit("--eval-variant: only quadrotor results take evaluation overrides; choose them with --only")
+    return {f"{r.name}@{tag}": replace(r, name=f"{r.name}@{tag}", networks=r.networks or r.name,
+                                       eval_overrides=(*r.eval_overrides, *extra.split())) for r in base}
 
 
 def select(results: dict[str, Result], only: str) -> list[Result]:
@@ -445,6 +463,10 @@ def main() -> None:
     ap.add_argument("--variant", default="",
                     help="NAME=OVERRIDES: train with extra overrides (space-separated) as result <result>+NAME, "
                          "e.g. --variant 'long=steps=300000' --validation (a candidate change, judged on validation seeds)")
+    ap.add_argument("--eval-variant", default="",
+                    help="NAME=OVERRIDES: fly each chosen quadrotor result's trained networks with extra eval "
+                         "overrides (space-separated) as result <result>@NAME, e.g. --eval-variant 'ta1=n_action_steps=1' "
+                         "--validation (no retraining)")
     ap.add_argument("--snapshots", action="store_true",
                     help="quadrotor: fly each run's in-training snapshots on the validation blocks (crash vs step)")
     ap.add_argument("--snapshot-steps", default="", help="--snapshots: only these steps (comma-separated)")
@@ -470,6 +492,9 @@ def main() -> None:
         keys = {o.split("=")[0] for o in extra.split()}  # the variant's value replaces the documented one
         results = {f"{r.name}+{tag}": replace(r, name=f"{r.name}+{tag}", train=[
             *(o for o in r.train if o.split("=")[0] not in keys), *extra.split()]) for r in base}
+        args.only = ",".join(results)
+    if args.eval_variant:
+        results = eval_variants(select(results, args.only), args.eval_variant)
         args.only = ",".join(results)
     if args.list:
         for r in results.values():
@@ -521,6 +546,7 @@ def main() -> None:
                 folder.mkdir(parents=True, exist_ok=True)
                 payload = {"result": result.name, "seed": seed, "metrics": metrics,
                            "train": training_info(run_dir(result, seed)), "train_overrides": result.train,
+                           "eval_overrides": list(result.eval_overrides),
                            "eval_blocks": list(blocks) if result.evaluate == "quadrotor" else None,
                            "wall_s": time.perf_counter() - t0, "machine": machine(),
                            "date": time.strftime("%Y-%m-%d")}
@@ -528,7 +554,7 @@ def main() -> None:
                 print(f"{result.name} seed {seed}: {json.dumps({k: v for k, v in metrics.items() if k != 'blocks'})}",
                       flush=True)
     if not args.dry_run:
-        summaries = write_summary(results)
+        summaries = write_summary(all_results() | results)  # every result saved so far, variants included
         print(markdown(summaries) if summaries else "nothing has run yet")
 
 

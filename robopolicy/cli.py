@@ -202,12 +202,12 @@ def _eval_quadrotor(cfg: DictConfig, policy_dir: Path, out: Path, policy=None) -
     """
     import torch
 
-    from robopolicy.policies.registry import load_policy
     from robopolicy.sim.envs import evaluate_quadrotor
 
     torch.manual_seed(cfg.start_seed)
-    if policy is None:
-        policy = load_policy(policy_dir)
+    if policy is None:  # the sampler and Ta overrides apply here as on every other task
+        policy = load_policy_for_eval(str(policy_dir), cfg.noise_scheduler_type, cfg.num_inference_steps,
+                                      cfg.n_action_steps)
     else:
         policy.seed(cfg.start_seed)  # the runtime's own noise
     report = evaluate_quadrotor(policy, cfg.env.name, n_episodes=cfg.n_episodes,

@@ -367,3 +367,38 @@ def test_record_train_eval_and_serve_on_the_quadrotor(tmp_path):
     assert served["control_hz"] == 500.0 and ep["seed"] == 4
     assert ep["steps"] == 200 or ep["crash"]  # 0.4 s at 500 Hz, unless the barely trained policy crashed
     assert {"late_p99_us", "watchdog_trips", "safe_entries", "sim_overruns"} <= set(ep)
+
+
+def test_quadrotor_eval_applies_the_sampler_and_execution_horizon_overrides(tmp_path, monkeypatch):
+    """`robopolicy eval env.name=quadrotor_hover n_action_steps=1 num_inference_steps=3` flies the checkpoint with
+    Ta 1 and 3 integration steps (the vectorized route once ignored both and flew the trained settings), and a Ta
+    that does not fit the chunk is refused with the checkpoint named."""
+    import robopolicy.sim.envs as envs
+    from robopolicy.cli import cmd_eval, cmd_record
+    from robopolicy.configs import load_config
+    from robopolicy.data.reader import LeRobotDataset
+    from robopolicy.train.trainer import make_policy_for_dataset
+
+    demos = cmd_record(load_config("record", [f"output={tmp_path / 'hover'}", "task=quadrotor_hover",
+                                              "device=expert", "num_episodes=2", "seed=2"]))
+    assert demos["episodes_kept"] >= 1
+    policy = make_policy_for_dataset({"type": "flow", "backbone": "mlp", "n_obs_steps": 2, "horizon": 8,
+                                      "n_action_steps": 2, "mlp_hidden_dim": 16, "mlp_layers": 2,
+                                      "num_inference_steps": 5}, LeRobotDataset(tmp_path / "hover"),
+                                     ["observation.state"], "action", "min_max")
+    policy.save(tmp_path / "policy")
+    flown = []
+    real = envs.evaluate_quadrotor
+
+    def recording(policy, *args, **kwargs):
+        flown.append((policy.config.n_action_steps, policy.config.num_inference_steps))
+        return real(policy, *args, **kwargs)
+
+    monkeypatch.setattr(envs, "evaluate_quadrotor", recording)
+    common = [f"checkpoint={tmp_path / 'policy'}", "env.name=quadrotor_hover", "n_episodes=4"]
+    cmd_eval(load_config("eval", [*common, f"output_dir={tmp_path / 'e0'}"]))
+    report = cmd_eval(load_config("eval", [*common, "n_action_steps=1", "num_inference_steps=3",
+                                           f"output_dir={tmp_path / 'e1'}"]))
+    assert flown == [(2, 5), (1, 3)] and report["n_episodes"] == 4
+    with pytest.raises(ValueError, match=r"n_action_steps=9 does not fit the policy at .*policy"):
+        cmd_eval(load_config("eval", [*common, "n_action_steps=9", f"output_dir={tmp_path / 'e2'}"]))

@@ -108,3 +108,27 @@ def test_threads_replace_the_recipe_thread_count_and_reach_evaluations(reproduce
     assert [o for o in changed if o.startswith("num_threads=")] == ["num_threads=1"]
     assert [o for o in changed if not o.startswith("num_threads=")] == [o for o in overrides if o != "num_threads=2"]
     assert reproduce.command_env()["OMP_NUM_THREADS"] == "1"
+
+
+def test_eval_variant_flies_the_trained_networks_with_extra_overrides(reproduce, capsys, monkeypatch, tmp_path):
+    """``--eval-variant ta1=n_action_steps=1`` judges a change of execution on the same networks: no training,
+    the override reaches every ``robopolicy eval``, and its reports do not overwrite the network's own."""
+    monkeypatch.setattr(reproduce, "REPO", tmp_path)
+    results = reproduce.all_results()
+    variants = reproduce.eval_variants([results["quadrotor_flow"]], "ta1=n_action_steps=1")
+    variant = variants["quadrotor_flow@ta1"]
+    assert reproduce.run_dir(variant, 2) == reproduce.run_dir(results["quadrotor_flow"], 2)
+    policy = reproduce.run_dir(variant, 2) / "policy"
+    policy.mkdir(parents=True)  # trained already: the variant must not train
+    (tmp_path / reproduce.OUT / "quad_hover_expert" / "meta").mkdir(parents=True)
+    (tmp_path / reproduce.OUT / "quad_hover_expert" / "meta" / "info.json").write_text("{}")
+    reproduce.reproduce(variant, 2, dry_run=True, blocks=reproduce.QUADROTOR_VALIDATION_BLOCKS)
+    out = capsys.readouterr().out
+    assert " train " not in out and " record " not in out
+    evals = [line for line in out.splitlines() if " eval " in line]
+    assert len(evals) == 2 and all("n_action_steps=1" in line for line in evals)
+    assert all(f"output_dir={policy.parent}/eval_ta1_20" in line for line in evals)
+    with pytest.raises(SystemExit, match="only quadrotor"):
+        reproduce.eval_variants([results["lift_flow"]], "ta1=n_action_steps=1")
+    with pytest.raises(SystemExit, match="NAME=KEY=VALUE"):
+        reproduce.eval_variants([results["quadrotor_flow"]], "ta1")
