@@ -545,7 +545,7 @@ def main() -> None:
                     continue
                 folder.mkdir(parents=True, exist_ok=True)
                 payload = {"result": result.name, "seed": seed, "metrics": metrics,
-                           "train": training_info(run_dir(result, seed)), "train_overrides": result.train,
+                           "train": training_info(run_dir(result, seed)), "train_overrides": with_threads(result.train),
                            "eval_overrides": list(result.eval_overrides),
                            "eval_blocks": list(blocks) if result.evaluate == "quadrotor" else None,
                            "wall_s": time.perf_counter() - t0, "machine": machine(),
