@@ -14,7 +14,7 @@ import torch
 from robopolicy.data.reader import LeRobotDataset
 from robopolicy.export import export_policy
 from robopolicy.runtime import ArtifactError, OnnxPolicy, sha256_file
-from robopolicy.runtime.manifest import write_manifest
+from robopolicy.runtime.manifest import CHUNK_FAMILIES, write_manifest
 from robopolicy.train.trainer import make_policy_for_dataset
 
 TOL = 1e-4
@@ -55,6 +55,9 @@ CONFIGS = {
                        "n_hypotheses": 3},
     "mlp_ensemble": {"type": "mlp", "n_obs_steps": 2, "horizon": 4, "n_action_steps": 2, "hidden_dims": [32, 32],
                      "ensemble": 3},
+    # MIP: two passes of flow's U-Net in one graph, with a clip that bites (the random net's outputs exceed 0.2).
+    "mip": {"type": "mip", "n_obs_steps": 2, "horizon": 8, "n_action_steps": 4, "down_dims": [32, 64],
+            "step_embed_dim": 32, "clip_sample_range": 0.2},
 }
 
 
@@ -116,7 +119,7 @@ def test_parity_random_inputs(artifacts, name, graph):
     policy, path = artifacts[name]
     runtime = OnnxPolicy.load(path, graph=graph)
     history = random_history(policy, seed=1)
-    noise = None if policy.name in ("act", "mlp") else np.random.default_rng(2).standard_normal(noise_shape(policy)).astype(np.float32)
+    noise = None if policy.name in CHUNK_FAMILIES else np.random.default_rng(2).standard_normal(noise_shape(policy)).astype(np.float32)
     policy.reset()
     expected = torch_chunk(policy, history, noise)
     got = runtime.predict_chunk(history, noise=noise)
@@ -735,7 +738,7 @@ def test_openvino_backend_parity(artifacts, name, graph):
     assert runtime.providers == ["OpenVINO (CPU)"]
     for batch in (B, 1, B):  # a new batch size compiles a new static-shape model; the first stays cached
         history = random_history(policy, batch=batch, seed=batch)
-        noise = (None if policy.name in ("act", "mlp")
+        noise = (None if policy.name in CHUNK_FAMILIES
                  else np.random.default_rng(2).standard_normal(noise_shape(policy, batch)).astype(np.float32))
         policy.reset()
         runtime.reset()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import signal
@@ -345,6 +347,13 @@ def test_every_policy_preset_builds_its_family(lowdim_dataset, preset):
         assert cfg.policy.n_action_steps == 12
         assert {k: v for k, v in cfg.policy.items() if k != "n_action_steps"} == \
             {k: v for k, v in base.items() if k != "n_action_steps"}
+    if preset == "mip":  # MIP builds flow's network from the same fields, so a comparison changes only the objective
+        from robopolicy.policies.chunk_backbone import ChunkBackboneConfig
+
+        flow = load_config("train", ["policy=flow"]).policy
+        shared = {f.name for f in dataclasses.fields(ChunkBackboneConfig)} & set(flow) - {"type"}
+        assert {"backbone", "down_dims", "activation", "timestep_scale", "image_encoder", "horizon"} <= shared
+        assert {k: cfg.policy[k] for k in shared} == {k: flow[k] for k in shared}
     if preset.endswith("_cpu"):  # a CPU preset overrides only its family's U-Net size and activation
         base = load_config("train", [f"policy={preset.removesuffix('_cpu')}"]).policy
         assert cfg.policy.down_dims == [64, 128] and cfg.policy.activation == "silu"

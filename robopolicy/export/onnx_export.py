@@ -34,6 +34,8 @@ from torch import Tensor, nn
 
 from robopolicy.policies.base import Policy
 from robopolicy.runtime.manifest import (
+    CHUNK_FAMILIES,
+    FAMILIES,
     FORMAT_NAME,
     FORMAT_VERSION,
     host_loop_only_sampling,
@@ -134,7 +136,7 @@ class StepGraph(nn.Module):
 
 
 class ChunkGraph(_ObsModule):
-    """obs... -> normalized chunk (ACT, MLP: deterministic)."""
+    """obs... -> normalized chunk (ACT, MLP, MIP: deterministic)."""
 
     def forward(self, *obs: Tensor) -> Tensor:
         return self.policy.generate_actions(self.obs(obs))
@@ -366,7 +368,7 @@ def export_policy(policy: Policy, out_dir: str | Path, graph_kinds: Sequence[str
     if unknown or not graph_kinds:
         raise ValueError(f"graph_kinds must be a non-empty subset of {GRAPH_KINDS}, got {list(graph_kinds)}")
     name = policy.name
-    if name not in ("diffusion", "flow", "sfp", "act", "mlp"):
+    if name not in FAMILIES:
         raise ValueError(f"export: unknown policy family {name!r}")
     if fps is not None and policy.config.fps is not None and float(fps) != float(policy.config.fps):
         raise ValueError(f"export: fps={fps} contradicts the policy's fps={policy.config.fps} (its training data's "
@@ -388,7 +390,7 @@ def export_policy(policy: Policy, out_dir: str | Path, graph_kinds: Sequence[str
         sampler_section["tables"] = _scheduler_tables(policy, sampler, c.num_inference_steps)
     graphs: dict[str, Any] = {}
 
-    if name in ("act", "mlp"):
+    if name in CHUNK_FAMILIES:
         _export(ChunkGraph(policy), tuple(obs), obs_names, "chunk", out / "policy.onnx", opset, exporter)
         for kind in graph_kinds:
             graphs[kind] = {"files": {"policy": "policy.onnx"}}

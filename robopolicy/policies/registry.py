@@ -17,6 +17,7 @@ _BUILTIN_MODULES = {
     "sfp": "robopolicy.policies.sfp.modeling",
     "act": "robopolicy.policies.act.modeling",
     "mlp": "robopolicy.policies.mlp.modeling",
+    "mip": "robopolicy.policies.mip.modeling",
 }
 
 

@@ -22,10 +22,12 @@ FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 MANIFEST_FILE = "manifest.json"
 MANIFEST_HASH_FILE = "manifest.json.sha256"
-FAMILIES = ("diffusion", "flow", "sfp", "act", "mlp")
+# Families whose chunk is a deterministic function of the observation: exported as one graph, obs -> chunk.
+CHUNK_FAMILIES = ("act", "mlp", "mip")
+FAMILIES = ("diffusion", "flow", "sfp", *CHUNK_FAMILIES)
 GRAPH_KINDS = ("per_step", "fused")
 # The graph files each family's runtime opens, by graph kind.
-GRAPH_ROLES = {"act": {"per_step": {"policy"}, "fused": {"policy"}}, "mlp": {"per_step": {"policy"}, "fused": {"policy"}},
+GRAPH_ROLES = {**{f: {"per_step": {"policy"}, "fused": {"policy"}} for f in CHUNK_FAMILIES},
                **{f: {"per_step": {"encoder", "step"}, "fused": {"fused"}} for f in ("diffusion", "flow", "sfp")}}
 # Sampler fields the runtime reads for each family.
 SAMPLER_FIELDS = {
@@ -33,8 +35,7 @@ SAMPLER_FIELDS = {
                   "clip_sample_range", "alphas_cumprod"),
     "flow": ("integrator", "num_inference_steps", "clip_sample", "clip_sample_range"),
     "sfp": ("integrator", "integration_steps_per_action", "n_knots", "sigma0", "state_dim"),
-    "act": (),
-    "mlp": (),
+    **{f: () for f in CHUNK_FAMILIES},
 }
 NORMALIZATION_STATS = {"identity": (), "min_max": ("min", "max"), "mean_std": ("mean", "std")}
 

@@ -22,7 +22,13 @@ import numpy as np
 
 from robopolicy.runtime import solvers
 from robopolicy.runtime.ensemble import TemporalEnsembler
-from robopolicy.runtime.manifest import MANIFEST_FILE, ArtifactError, host_loop_only_sampling, read_manifest
+from robopolicy.runtime.manifest import (
+    CHUNK_FAMILIES,
+    MANIFEST_FILE,
+    ArtifactError,
+    host_loop_only_sampling,
+    read_manifest,
+)
 from robopolicy.runtime.normalize import NumpyNormalizer
 from robopolicy.runtime.queues import batched_observation, push_observation, stacked_history
 from robopolicy.runtime.tensorrt_engines import ENGINE_PROVIDERS
@@ -376,7 +382,7 @@ class OnnxPolicy:
     # ---- families -----------------------------------------------------------------------------------
     def _generate(self, obs: dict[str, np.ndarray], noise, rng) -> np.ndarray:
         b = next(iter(obs.values())).shape[0]
-        if self.family in ("act", "mlp"):
+        if self.family in CHUNK_FAMILIES:
             return self._run("policy", self._obs_feed(obs))
         if self.family == "sfp":
             start = self._sfp_start(obs)

@@ -14,12 +14,10 @@ from torch import Tensor
 
 from robopolicy.data.normalize import Normalizer
 from robopolicy.policies.base import Policy
+from robopolicy.policies.chunk_backbone import make_chunk_backbone
 from robopolicy.policies.encoders import make_observation_encoder
 from robopolicy.policies.flow.configuration import FlowConfig
 from robopolicy.policies.flow.integrators import VelocityField, check_method, integrate, nfe
-from robopolicy.policies.networks.film_mlp import ConditionalChunkMLP
-from robopolicy.policies.networks.transformer1d import ConditionalTransformer1D
-from robopolicy.policies.networks.unet1d import ConditionalUnet1D
 from robopolicy.policies.noise import rand, randn
 from robopolicy.policies.registry import register_policy
 
@@ -32,39 +30,7 @@ class FlowPolicy(Policy):
         super().__init__(config, normalizer)
         self.config: FlowConfig = config
         self.encoder = make_observation_encoder(config.input_features, config.n_obs_steps, config.image_encoder)
-        if config.backbone == "unet":
-            self.net = ConditionalUnet1D(
-                action_dim=config.action_dim,
-                global_cond_dim=self.encoder.output_dim,
-                step_embed_dim=config.step_embed_dim,
-                down_dims=tuple(config.down_dims),
-                kernel_size=config.kernel_size,
-                n_groups=config.n_groups,
-                timestep_scale=config.timestep_scale,
-                blocks_per_level=config.blocks_per_level,
-                activation=config.activation,
-            )
-        elif config.backbone == "mlp":
-            self.net = ConditionalChunkMLP(
-                action_dim=config.action_dim,
-                horizon=config.horizon,
-                global_cond_dim=self.encoder.output_dim,
-                hidden_dim=config.mlp_hidden_dim,
-                n_layers=config.mlp_layers,
-                time_embed_dim=config.step_embed_dim,
-                timestep_scale=config.timestep_scale,
-            )
-        else:
-            self.net = ConditionalTransformer1D(
-                action_dim=config.action_dim,
-                horizon=config.horizon,
-                global_cond_dim=self.encoder.output_dim,
-                n_embd=config.n_embd,
-                n_layer=config.n_layer,
-                n_head=config.n_head,
-                dropout=config.dropout,
-                timestep_scale=config.timestep_scale,
-            )
+        self.net = make_chunk_backbone(config, self.encoder.output_dim)  # its output is read as a velocity
         # Velocity evaluations each chunk of the last generate_actions call actually used, (B,).
         self.last_nfe: Tensor | None = None
         # Adaptive mode's straightness measure per chunk of the last call, (B,).
