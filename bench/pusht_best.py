@@ -54,6 +54,12 @@ CANDIDATES: dict[str, list[str]] = {
     "preset": ["policy=flow_pusht", "steps=6500", "save_every=1625", "keep_checkpoints=0",
                "dataset.root=bundled:pusht_mirror", "obs_noise_std=0.02", "final_approach_weight=3", "log_every=100",
                "progress=false"],
+    # MIP (policy=mip: flow's network, two supervised steps, two evaluations per chunk) on the winner's data and
+    # options. A MIP step runs the network forward and backward twice, so the hour holds about half of flow's
+    # steps; `rate` checks 3,500 against the budget before the run.
+    "mip": ["policy=mip", "policy.n_action_steps=12", "lr=5e-4", "batch_size=256", "warmup_steps=500", "steps=3500",
+            "save_every=875", "keep_checkpoints=0", "dataset.root=bundled:pusht_mirror", "obs_noise_std=0.02",
+            "final_approach_weight=3", "log_every=100", "progress=false"],
 }
 
 
@@ -120,7 +126,12 @@ def evaluate_policy(name: str, policy_dir: Path, ta: int, start_seed: int, episo
     if out.is_file() and not force:
         print(f"{out.name}: done", flush=True)
         return json.loads(out.read_text())
-    row = Row(f"{name}_ta{ta}", f"{name}, Euler 10, Ta {ta}", name, ("euler", 10), action_steps=ta)
+    from robopolicy.policies.base import read_policy_config
+
+    if read_policy_config(policy_dir).type == "flow":  # the flow candidates sample with Euler 10, as documented
+        row = Row(f"{name}_ta{ta}", f"{name}, Euler 10, Ta {ta}", name, ("euler", 10), action_steps=ta)
+    else:  # a family without a sampler to choose (MIP: its two fixed evaluations)
+        row = Row(f"{name}_ta{ta}", f"{name}, Ta {ta}", name, action_steps=ta)
     report = evaluate(partial(load_row_policy, str(policy_dir), row), n_episodes=episodes, start_seed=start_seed,
                       n_workers=workers, n_videos=2 if folder == "final" else 0,
                       output_dir=RUNS / "eval" / folder / f"{name}_ta{ta}", progress=True).to_dict()

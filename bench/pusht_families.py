@@ -298,6 +298,8 @@ def nfe(policy, row: Row) -> tuple[int, int]:
         return policy.nfe, policy.nfe
     if policy.name == "sfp":
         return policy.nfe, policy.nfe_per_action
+    if policy.name == "mip":
+        return 2, 2
     return 1, 1
 
 
