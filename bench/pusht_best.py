@@ -5,6 +5,7 @@ that chose nothing.
     python bench/pusht_best.py train --only mirror_noise --threads 1  # train candidates (step-sized, no time cap)
     python bench/pusht_best.py validate --only mirror_noise --ta 4,8,12   # validation seeds: every choice is made here
     python bench/pusht_best.py validate --policy <dir> --name flow_doc    # any trained policy, e.g. a reproduce run
+    python bench/pusht_best.py validate --only preset --ta 12 --compose <diffusion dir> --weights 0.25,0.5  # GPC
     python bench/pusht_best.py final --only mirror_noise --ta 8      # the declared seeds, once, for the chosen setting
 
 Seeds (declared in docs/benchmarks.md section 12 before any was flown): validation 1,200,000-1,200,199 (200
@@ -54,6 +55,12 @@ CANDIDATES: dict[str, list[str]] = {
     "preset": ["policy=flow_pusht", "steps=6500", "save_every=1625", "keep_checkpoints=0",
                "dataset.root=bundled:pusht_mirror", "obs_noise_std=0.02", "final_approach_weight=3", "log_every=100",
                "progress=false"],
+    # Diffusion Policy on the winner's data and options, for the GPC composition with `preset` (the two must share
+    # the normalization statistics, so the same dataset): the default DP U-Net, whose step costs what flow's does.
+    "diffusion_mirror_final": ["policy=diffusion", "policy.n_action_steps=12", "lr=5e-4", "batch_size=256",
+                               "warmup_steps=500", "steps=6500", "save_every=1625", "keep_checkpoints=0",
+                               "dataset.root=bundled:pusht_mirror", "obs_noise_std=0.02", "final_approach_weight=3",
+                               "log_every=100", "progress=false"],
     # MIP (policy=mip: flow's network, two supervised steps, two evaluations per chunk) on the winner's data and
     # options. A MIP step runs the network forward and backward twice, so the hour holds about half of flow's
     # steps; `rate` checks 3,500 against the budget before the run.
@@ -119,26 +126,37 @@ def cmd_rate(names: list[str], steps: int) -> None:
 
 
 def evaluate_policy(name: str, policy_dir: Path, ta: int, start_seed: int, episodes: int, folder: str,
-                    force: bool, workers: int) -> dict:
+                    force: bool, workers: int, compose_with: tuple[Path, float] | None = None) -> dict:
+    """One setting on one seed range. ``compose_with`` = (diffusion policy dir, weight): the GPC composition of that
+    diffusion policy with the flow policy at ``policy_dir`` (robopolicy.policies.composition), Euler 10."""
+    from robopolicy.policies.base import read_policy_config
+    from robopolicy.policies.composition import compose
     from robopolicy.sim.evaluate import evaluate
 
     out = RESULTS / folder / f"{name}_ta{ta}.json"
     if out.is_file() and not force:
         print(f"{out.name}: done", flush=True)
         return json.loads(out.read_text())
-    from robopolicy.policies.base import read_policy_config
-
-    if read_policy_config(policy_dir).type == "flow":  # the flow candidates sample with Euler 10, as documented
-        row = Row(f"{name}_ta{ta}", f"{name}, Euler 10, Ta {ta}", name, ("euler", 10), action_steps=ta)
+    if compose_with is not None:
+        factory = partial(compose, str(compose_with[0]), str(policy_dir), compose_with[1], 10, ta)
+    elif read_policy_config(policy_dir).type == "flow":  # the flow candidates sample with Euler 10, as documented
+        factory = partial(load_row_policy, str(policy_dir),
+                          Row(f"{name}_ta{ta}", f"{name}, Euler 10, Ta {ta}", name, ("euler", 10), action_steps=ta))
+    elif read_policy_config(policy_dir).type == "diffusion":  # DDIM 10, as the documented DP rows
+        factory = partial(load_row_policy, str(policy_dir),
+                          Row(f"{name}_ta{ta}", f"{name}, DDIM 10, Ta {ta}", name, ("DDIM", 10), action_steps=ta))
     else:  # a family without a sampler to choose (MIP: its two fixed evaluations)
-        row = Row(f"{name}_ta{ta}", f"{name}, Ta {ta}", name, action_steps=ta)
-    report = evaluate(partial(load_row_policy, str(policy_dir), row), n_episodes=episodes, start_seed=start_seed,
+        factory = partial(load_row_policy, str(policy_dir), Row(f"{name}_ta{ta}", f"{name}, Ta {ta}", name,
+                                                                action_steps=ta))
+    report = evaluate(factory, n_episodes=episodes, start_seed=start_seed,
                       n_workers=workers, n_videos=2 if folder == "final" else 0,
                       output_dir=RUNS / "eval" / folder / f"{name}_ta{ta}", progress=True).to_dict()
     payload = {"name": name, "policy": str(policy_dir), "ta": ta, "seeds": [start_seed, start_seed + episodes - 1],
                "success_rate": report["success_rate"], "success_ci95": report.get("success_ci95"),
                "mean_max_coverage": report.get("mean_max_coverage"), "n_episodes": report["n_episodes"],
-               "train": _train_summary(policy_dir), "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M")}
+               "train": _train_summary(policy_dir), "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"),
+               **({"composition": {"diffusion": str(compose_with[0]), "flow": str(policy_dir),
+                                   "diffusion_weight": compose_with[1]}} if compose_with else {})}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2))
     print(f"{out.name}: success {payload['success_rate']:.1%}, coverage {payload['mean_max_coverage']:.3f}", flush=True)
@@ -160,6 +178,9 @@ def main() -> None:
     ap.add_argument("--ta", default="8", help="comma-separated execution horizons (Ta) to evaluate")
     ap.add_argument("--policy", default=None, help="validate: a trained policy directory instead of a candidate")
     ap.add_argument("--name", default=None, help="with --policy: the name its results are saved under")
+    ap.add_argument("--compose", default=None, metavar="DIFFUSION_DIR",
+                    help="validate: compose this diffusion policy with each flow target (GPC), one run per --weights")
+    ap.add_argument("--weights", default="0.5", help="--compose: comma-separated diffusion weights in [0, 1]")
     ap.add_argument("--checkpoint", default=None, help="a checkpoint step of the candidate instead of its final policy")
     ap.add_argument("--threads", type=int, default=1, help="train: torch threads; evaluation: worker processes")
     ap.add_argument("--rate-steps", type=int, default=30)
@@ -187,7 +208,12 @@ def main() -> None:
                 targets.append((name, run_dir(name) / "policy"))
     for name, policy_dir in targets:
         for ta in (int(t) for t in args.ta.split(",")):
-            evaluate_policy(name, policy_dir, ta, seed, episodes, folder, args.force, args.threads)
+            if args.compose is None:
+                evaluate_policy(name, policy_dir, ta, seed, episodes, folder, args.force, args.threads)
+                continue
+            for w in (float(x) for x in args.weights.split(",")):
+                evaluate_policy(f"gpc_w{w:g}_{name}", policy_dir, ta, seed, episodes, folder, args.force, args.threads,
+                                (Path(args.compose), w))
 
 
 if __name__ == "__main__":
