@@ -6,6 +6,8 @@ that chose nothing.
     python bench/pusht_best.py validate --only mirror_noise --ta 4,8,12   # validation seeds: every choice is made here
     python bench/pusht_best.py validate --policy <dir> --name flow_doc    # any trained policy, e.g. a reproduce run
     python bench/pusht_best.py validate --only preset --ta 12 --compose <diffusion dir> --weights 0.25,0.5  # GPC
+    python bench/pusht_best.py critic --only preset && python bench/pusht_best.py validate --only preset --ta 12 \
+        --select 4,16                                                # sample-and-select with a learned critic
     python bench/pusht_best.py final --only mirror_noise --ta 8      # the declared seeds, once, for the chosen setting
 
 Seeds (declared in docs/benchmarks.md section 12 before any was flown): validation 1,200,000-1,200,199 (200
@@ -125,12 +127,42 @@ def cmd_rate(names: list[str], steps: int) -> None:
                                                     "date": time.strftime("%Y-%m-%d %H:%M")}, indent=2))
 
 
+def cmd_critic(names: list[str], steps: int, threads: int) -> None:
+    """The sample-and-select critic of each trained candidate (robopolicy.train.critic), into <run>/critic."""
+    import torch
+
+    from robopolicy.configs import load_config
+    from robopolicy.policies.registry import load_policy
+    from robopolicy.train.critic import train_critic
+
+    torch.set_num_threads(threads)
+    for name in names:
+        out = run_dir(name) / "critic"
+        if (out / "critic.json").is_file():
+            print(f"{name}: critic trained ({out})", flush=True)
+            continue
+        cfg = load_config("train", CANDIDATES[name])
+        policy = load_policy(run_dir(name) / "policy")
+        if policy.name == "flow":
+            policy.set_sampler("euler", 10)  # the sampler it is evaluated with
+        critic, report = train_critic(policy, cfg.dataset.root, list(cfg.dataset.observation_keys),
+                                      cfg.dataset.action_key, steps=steps, seed=0)
+        critic.save(out)
+        report |= {"candidate": name, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M")}
+        (RESULTS / "critic").mkdir(parents=True, exist_ok=True)
+        (RESULTS / "critic" / f"{name}.json").write_text(json.dumps(report, indent=2))
+        print(f"{name}: critic held-out accuracy {report['held_out_accuracy']:.3f}", flush=True)
+
+
 def evaluate_policy(name: str, policy_dir: Path, ta: int, start_seed: int, episodes: int, folder: str,
-                    force: bool, workers: int, compose_with: tuple[Path, float] | None = None) -> dict:
+                    force: bool, workers: int, compose_with: tuple[Path, float] | None = None,
+                    select_k: int | None = None) -> dict:
     """One setting on one seed range. ``compose_with`` = (diffusion policy dir, weight): the GPC composition of that
-    diffusion policy with the flow policy at ``policy_dir`` (robopolicy.policies.composition), Euler 10."""
+    diffusion policy with the flow policy at ``policy_dir`` (robopolicy.policies.composition), Euler 10.
+    ``select_k``: sample-and-select, K chunks per observation and the critic in ``<run>/critic`` picks one."""
     from robopolicy.policies.base import read_policy_config
     from robopolicy.policies.composition import compose
+    from robopolicy.policies.selection import select
     from robopolicy.sim.evaluate import evaluate
 
     out = RESULTS / folder / f"{name}_ta{ta}.json"
@@ -139,6 +171,9 @@ def evaluate_policy(name: str, policy_dir: Path, ta: int, start_seed: int, episo
         return json.loads(out.read_text())
     if compose_with is not None:
         factory = partial(compose, str(compose_with[0]), str(policy_dir), compose_with[1], 10, ta)
+    elif select_k is not None:
+        sampler = ("euler", 10) if read_policy_config(policy_dir).type == "flow" else (None, None)
+        factory = partial(select, str(policy_dir), str(policy_dir.parent / "critic"), select_k, ta, sampler)
     elif read_policy_config(policy_dir).type == "flow":  # the flow candidates sample with Euler 10, as documented
         factory = partial(load_row_policy, str(policy_dir),
                           Row(f"{name}_ta{ta}", f"{name}, Euler 10, Ta {ta}", name, ("euler", 10), action_steps=ta))
@@ -156,7 +191,8 @@ def evaluate_policy(name: str, policy_dir: Path, ta: int, start_seed: int, episo
                "mean_max_coverage": report.get("mean_max_coverage"), "n_episodes": report["n_episodes"],
                "train": _train_summary(policy_dir), "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"),
                **({"composition": {"diffusion": str(compose_with[0]), "flow": str(policy_dir),
-                                   "diffusion_weight": compose_with[1]}} if compose_with else {})}
+                                   "diffusion_weight": compose_with[1]}} if compose_with else {}),
+               **({"select_k": select_k, "critic": str(policy_dir.parent / "critic")} if select_k else {})}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2))
     print(f"{out.name}: success {payload['success_rate']:.1%}, coverage {payload['mean_max_coverage']:.3f}", flush=True)
@@ -173,7 +209,7 @@ def _train_summary(policy_dir: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["rate", "train", "validate", "final"])
+    ap.add_argument("command", choices=["rate", "train", "critic", "validate", "final"])
     ap.add_argument("--only", default=",".join(CANDIDATES), help="comma-separated candidates")
     ap.add_argument("--ta", default="8", help="comma-separated execution horizons (Ta) to evaluate")
     ap.add_argument("--policy", default=None, help="validate: a trained policy directory instead of a candidate")
@@ -181,6 +217,9 @@ def main() -> None:
     ap.add_argument("--compose", default=None, metavar="DIFFUSION_DIR",
                     help="validate: compose this diffusion policy with each flow target (GPC), one run per --weights")
     ap.add_argument("--weights", default="0.5", help="--compose: comma-separated diffusion weights in [0, 1]")
+    ap.add_argument("--select", default=None, help="validate: comma-separated K for sample-and-select with the "
+                    "candidate's critic (train it first with the critic command)")
+    ap.add_argument("--critic-steps", type=int, default=3000)
     ap.add_argument("--checkpoint", default=None, help="a checkpoint step of the candidate instead of its final policy")
     ap.add_argument("--threads", type=int, default=1, help="train: torch threads; evaluation: worker processes")
     ap.add_argument("--rate-steps", type=int, default=30)
@@ -194,6 +233,8 @@ def main() -> None:
         return cmd_rate(names, args.rate_steps)
     if args.command == "train":
         return cmd_train(names, args.threads)
+    if args.command == "critic":
+        return cmd_critic(names, args.critic_steps, args.threads)
     seed, episodes, folder = ((VALIDATION_SEED, VALIDATION_EPISODES, "validation") if args.command == "validate"
                               else (FINAL_SEED, FINAL_EPISODES, "final"))
     if args.policy is not None:
@@ -208,6 +249,11 @@ def main() -> None:
                 targets.append((name, run_dir(name) / "policy"))
     for name, policy_dir in targets:
         for ta in (int(t) for t in args.ta.split(",")):
+            if args.select is not None:
+                for k in (int(x) for x in args.select.split(",")):
+                    evaluate_policy(f"select_k{k}_{name}", policy_dir, ta, seed, episodes, folder, args.force,
+                                    args.threads, select_k=k)
+                continue
             if args.compose is None:
                 evaluate_policy(name, policy_dir, ta, seed, episodes, folder, args.force, args.threads)
                 continue
