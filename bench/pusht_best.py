@@ -8,6 +8,7 @@ that chose nothing.
     python bench/pusht_best.py validate --only preset --ta 12 --compose <diffusion dir> --weights 0.25,0.5  # GPC
     python bench/pusht_best.py critic --only preset && python bench/pusht_best.py validate --only preset --ta 12 \
         --select 4,16                                                # sample-and-select with a learned critic
+    python bench/pusht_best.py critic --policy <run>/policy --name <name>   # any run's policy (its config.yaml's data)
     python bench/pusht_best.py final --only mirror_noise --ta 8      # the declared seeds, once, for the chosen setting
 
 Seeds (declared in docs/benchmarks.md section 12 before any was flown): validation 1,200,000-1,200,199 (200
@@ -127,28 +128,30 @@ def cmd_rate(names: list[str], steps: int) -> None:
                                                     "date": time.strftime("%Y-%m-%d %H:%M")}, indent=2))
 
 
-def cmd_critic(names: list[str], steps: int, threads: int) -> None:
-    """The sample-and-select critic of each trained candidate (robopolicy.train.critic), into <run>/critic."""
+def cmd_critic(targets: list[tuple[str, Path]], steps: int, threads: int) -> None:
+    """The sample-and-select critic of each trained policy (robopolicy.train.critic), into <run>/critic, on the
+    dataset its run trained on (the run's saved config.yaml)."""
     import torch
+    from omegaconf import OmegaConf
 
-    from robopolicy.configs import load_config
     from robopolicy.policies.registry import load_policy
     from robopolicy.train.critic import train_critic
 
     torch.set_num_threads(threads)
-    for name in names:
-        out = run_dir(name) / "critic"
+    for name, policy_dir in targets:
+        out = policy_dir.parent / "critic"
         if (out / "critic.json").is_file():
             print(f"{name}: critic trained ({out})", flush=True)
             continue
-        cfg = load_config("train", CANDIDATES[name])
-        policy = load_policy(run_dir(name) / "policy")
+        dataset = OmegaConf.load(policy_dir.parent / "config.yaml").dataset
+        policy = load_policy(policy_dir)
         if policy.name == "flow":
             policy.set_sampler("euler", 10)  # the sampler it is evaluated with
-        critic, report = train_critic(policy, cfg.dataset.root, list(cfg.dataset.observation_keys),
-                                      cfg.dataset.action_key, steps=steps, seed=0)
+        critic, report = train_critic(policy, dataset.root, list(dataset.observation_keys), dataset.action_key,
+                                      steps=steps, seed=0)
         critic.save(out)
-        report |= {"candidate": name, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M")}
+        report |= {"name": name, "policy": str(policy_dir), "machine": machine(),
+                   "date": time.strftime("%Y-%m-%d %H:%M")}
         (RESULTS / "critic").mkdir(parents=True, exist_ok=True)
         (RESULTS / "critic" / f"{name}.json").write_text(json.dumps(report, indent=2))
         print(f"{name}: critic held-out accuracy {report['held_out_accuracy']:.3f}", flush=True)
@@ -233,10 +236,6 @@ def main() -> None:
         return cmd_rate(names, args.rate_steps)
     if args.command == "train":
         return cmd_train(names, args.threads)
-    if args.command == "critic":
-        return cmd_critic(names, args.critic_steps, args.threads)
-    seed, episodes, folder = ((VALIDATION_SEED, VALIDATION_EPISODES, "validation") if args.command == "validate"
-                              else (FINAL_SEED, FINAL_EPISODES, "final"))
     if args.policy is not None:
         targets = [(args.name or Path(args.policy).parent.name, Path(args.policy))]
     else:
@@ -247,6 +246,10 @@ def main() -> None:
                                 run_dir(name) / "checkpoints" / f"step-{int(args.checkpoint):08d}" / "policy"))
             else:
                 targets.append((name, run_dir(name) / "policy"))
+    if args.command == "critic":
+        return cmd_critic(targets, args.critic_steps, args.threads)
+    seed, episodes, folder = ((VALIDATION_SEED, VALIDATION_EPISODES, "validation") if args.command == "validate"
+                              else (FINAL_SEED, FINAL_EPISODES, "final"))
     for name, policy_dir in targets:
         for ta in (int(t) for t in args.ta.split(",")):
             if args.select is not None:
