@@ -342,8 +342,9 @@ def aggregate(values: list[float], n_episodes: list[int] | None = None) -> dict[
     half = stats.t.ppf(0.975, len(values) - 1) * std / math.sqrt(len(values)) if len(values) > 1 else float("nan")
     out = {"mean": mean, "std": std, "min": min(values), "max": max(values), "t95": [mean - half, mean + half],
            "per_seed": values}
-    if n_episodes:  # a rate: its interval stays in [0, 1]
-        out["t95"] = [max(0.0, mean - half), min(1.0, mean + half)]
+    if n_episodes:  # a rate: its interval stays in [0, 1] (one seed has none: nan, not a clipped 0-100 %)
+        if len(values) > 1:
+            out["t95"] = [max(0.0, mean - half), min(1.0, mean + half)]
         total = sum(n_episodes)
         out["pooled_wilson95"] = list(wilson_interval(round(sum(v * n for v, n in zip(values, n_episodes))), total))
         out["pooled_episodes"] = total

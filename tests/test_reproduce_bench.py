@@ -3,6 +3,8 @@ held-out evaluation seeds stay disjoint from the validation seeds and from those
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from scipy import stats
 
@@ -25,6 +27,8 @@ def test_aggregate_reports_mean_spread_t_interval_and_pooled_wilson(reproduce):
     assert (agg["min"], agg["max"]) == (0.004, 0.010)
     lo, hi = agg["pooled_wilson95"]
     assert agg["pooled_episodes"] == 18432 and lo < 0.007 < hi and hi - lo < 0.003
+    one = reproduce.aggregate([0.075], [200])  # one seed: no spread and no t-interval (not a clipped 0-100 %)
+    assert all(math.isnan(v) for v in (one["std"], *one["t95"])) and one["pooled_episodes"] == 200
 
 
 def test_bounds_are_judged_on_the_mean_and_the_best_run_is_labelled(reproduce):
