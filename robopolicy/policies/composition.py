@@ -30,6 +30,7 @@ from robopolicy.policies.base import Policy, PolicyConfig
 from robopolicy.policies.diffusion.modeling import DiffusionPolicy
 from robopolicy.policies.flow.modeling import FlowPolicy
 from robopolicy.policies.noise import randn
+from robopolicy.policies.registry import load_policy
 
 
 class ComposedPolicy(Policy):
@@ -137,8 +138,6 @@ class ComposedPolicy(Policy):
 def compose(diffusion_dir: str, flow_dir: str, weight: float, num_inference_steps: int = 10,
             n_action_steps: int | None = None) -> ComposedPolicy:
     """Load two checkpoints and compose them (what evaluation workers call)."""
-    from robopolicy.policies.registry import load_policy
-
     diffusion, flow = load_policy(diffusion_dir), load_policy(flow_dir)
     return ComposedPolicy(diffusion, flow, weight, num_inference_steps, n_action_steps)
 

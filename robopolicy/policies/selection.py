@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from robopolicy.data.normalize import Normalizer
 from robopolicy.policies.base import FeatureSpec, Policy, PolicyLoadError
 from robopolicy.policies.encoders import make_observation_encoder
+from robopolicy.policies.registry import load_policy
 
 CRITIC_CONFIG_FILE = "critic.json"
 CRITIC_WEIGHTS_FILE = "critic.safetensors"
@@ -157,8 +158,6 @@ class SelectingPolicy(Policy):
 def select(policy_dir: str, critic_dir: str, k: int, n_action_steps: int | None = None,
            sampler: tuple[str | None, int | None] = (None, None)) -> SelectingPolicy:
     """Load a policy (optionally with another Ta or sampler) and its critic, paired (what evaluation workers call)."""
-    from robopolicy.policies.registry import load_policy
-
     policy = load_policy(policy_dir)
     if n_action_steps is not None:
         policy.config.n_action_steps = n_action_steps
