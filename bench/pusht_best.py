@@ -172,19 +172,15 @@ def evaluate_policy(name: str, policy_dir: Path, ta: int, start_seed: int, episo
     if out.is_file() and not force:
         print(f"{out.name}: done", flush=True)
         return json.loads(out.read_text())
+    # The sampler each family is documented with (flow: Euler 10, diffusion: DDIM 10); MIP has none to choose.
+    sampler = {"flow": ("euler", 10), "diffusion": ("DDIM", 10)}.get(read_policy_config(policy_dir).type, (None, None))
     if compose_with is not None:
         factory = partial(compose, str(compose_with[0]), str(policy_dir), compose_with[1], 10, ta)
     elif select_k is not None:
-        sampler = ("euler", 10) if read_policy_config(policy_dir).type == "flow" else (None, None)
         factory = partial(select, str(policy_dir), str(policy_dir.parent / "critic"), select_k, ta, sampler)
-    elif read_policy_config(policy_dir).type == "flow":  # the flow candidates sample with Euler 10, as documented
-        factory = partial(load_row_policy, str(policy_dir),
-                          Row(f"{name}_ta{ta}", f"{name}, Euler 10, Ta {ta}", name, ("euler", 10), action_steps=ta))
-    elif read_policy_config(policy_dir).type == "diffusion":  # DDIM 10, as the documented DP rows
-        factory = partial(load_row_policy, str(policy_dir),
-                          Row(f"{name}_ta{ta}", f"{name}, DDIM 10, Ta {ta}", name, ("DDIM", 10), action_steps=ta))
-    else:  # a family without a sampler to choose (MIP: its two fixed evaluations)
-        factory = partial(load_row_policy, str(policy_dir), Row(f"{name}_ta{ta}", f"{name}, Ta {ta}", name,
+    else:
+        label = f"{name}, {sampler[0]} {sampler[1]}, Ta {ta}" if sampler[0] else f"{name}, Ta {ta}"
+        factory = partial(load_row_policy, str(policy_dir), Row(f"{name}_ta{ta}", label, name, sampler,
                                                                 action_steps=ta))
     report = evaluate(factory, n_episodes=episodes, start_seed=start_seed,
                       n_workers=workers, n_videos=2 if folder == "final" else 0,
