@@ -150,7 +150,7 @@ def test_full_install_runs_from_an_empty_directory(full_venv, tmp_path):
     report = json.loads((tmp_path / "demo" / "demo_report.json").read_text())
     assert report["train"]["steps"] == 20 and report["eval"]["n_episodes"] == 2, report
     assert report["control_loop"]["n_episodes"] == 1, report
-    assert Path(report["dataset"]) == package_dir / "_bundled" / "pusht"
+    assert Path(report["dataset"]) == package_dir / "_bundled" / "pusht_mirror"  # section 12's recipe trains on it
     assert Path(report["artifacts"]["onnx"]).is_relative_to(tmp_path), "outputs go under the current directory"
 
 

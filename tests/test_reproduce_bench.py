@@ -100,6 +100,35 @@ def test_pusht_results_evaluate_their_family_headline_row(reproduce, capsys, mon
     assert out.count("on pusht, seeds 400000-400199") == len(pusht)
 
 
+def test_demo_result_runs_make_demo_itself_on_held_out_seeds_without_the_cap(reproduce, capsys, monkeypatch,
+                                                                            tmp_path):
+    """``pusht_demo`` reruns ``robopolicy demo`` (the command ``make demo`` runs, its recipe read from
+    configs/demo.yaml) with the training seed set, on the held-out PushT seeds, with the wall-clock cap lifted; it
+    reads the demo's own report and refuses one whose training was cut short."""
+    import json
+
+    monkeypatch.setattr(reproduce, "REPO", tmp_path)
+    monkeypatch.setattr(reproduce, "THREADS", 1)
+    demo = reproduce.all_results()["pusht_demo"]
+    assert demo.bounds == {"success_rate": (">=", 0.5)}
+    reproduce.reproduce(demo, 2, dry_run=True, blocks=reproduce.QUADROTOR_BLOCKS)
+    cmd = capsys.readouterr().out.strip().splitlines()[-1].split()
+    assert cmd[2:5] == ["-m", "robopolicy.cli", "demo"]
+    assert {"train.seed=2", "eval.start_seed=400000", "eval.n_episodes=200", "train.time_budget_min=0",
+            "train.num_threads=1", "eval.n_workers=1", "control_episodes=0"} <= set(cmd)
+    assert not [o for o in cmd if o.startswith(("train.steps=", "train.policy", "policy="))]  # the demo's own recipe
+    out = reproduce.run_dir(demo, 2)
+    out.mkdir(parents=True)
+    report = {"train": {"steps": 3000, "steps_planned": 3000},
+              "eval": {"success_rate": 0.6, "n_episodes": 200, "mean_max_coverage": 0.93}}
+    (out / "demo_report.json").write_text(json.dumps(report))
+    assert reproduce.reproduce(demo, 2, dry_run=False, blocks=()) == {"success_rate": 0.6, "n_episodes": 200,
+                                                                       "mean_max_coverage": 0.93}
+    (out / "demo_report.json").write_text(json.dumps({"warning": "training was cut short", **report}))
+    with pytest.raises(SystemExit, match="cut short"):
+        reproduce.reproduce(demo, 2, dry_run=False, blocks=())
+
+
 def test_threads_replace_the_recipe_thread_count_and_reach_evaluations(reproduce, monkeypatch):
     overrides = reproduce.all_results()["pusht_flow"].train
     assert "num_threads=2" in overrides
