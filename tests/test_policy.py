@@ -334,6 +334,19 @@ def test_the_preset_list_is_the_shipped_configs():
     assert {"diffusion", "flow", "sfp", "act", "mlp", "flow_pusht", "mlp_quadrotor"} <= set(POLICY_PRESETS)
 
 
+def test_the_demo_trains_the_best_recipe_for_its_step_budget():
+    """``make demo`` trains section 12's recipe (docs/benchmarks.md) with the demo's own step count: the policy of the
+    one command ``policy=flow_pusht``, its mirrored training set, observation noise and near-goal weighting. The
+    measured demo figures (section 11, ``bench/reproduce.py --only pusht_demo``) hold for exactly this."""
+    demo = load_config("demo").train
+    recipe = load_config("train", ["policy=flow_pusht", "dataset.root=bundled:pusht_mirror", "obs_noise_std=0.02",
+                                   "final_approach_weight=3", "lr=5e-4", "steps=3000"])
+    assert demo.policy == recipe.policy and demo.policy.n_action_steps == 12
+    for key in ("obs_noise_std", "final_approach_weight", "lr", "batch_size", "warmup_steps", "steps"):
+        assert demo[key] == recipe[key], key
+    assert demo.dataset == recipe.dataset and demo.time_budget_min > 0  # the cap stays a safety net
+
+
 @pytest.mark.parametrize("preset", POLICY_PRESETS)
 def test_every_policy_preset_builds_its_family(lowdim_dataset, preset):
     """Each ``policy=<preset>`` composes (presets may extend another) into a valid typed config and a policy."""
