@@ -47,7 +47,11 @@ def test_bounds_are_judged_on_the_mean_and_the_best_run_is_labelled(reproduce):
 def test_only_selects_results_and_groups_and_rejects_unknown_names(reproduce):
     results = reproduce.all_results()
     assert [r.name for r in reproduce.select(results, "quadrotor")] == ["quadrotor_mlp", "quadrotor_flow",
-                                                                         "quadrotor_sfp", "quadrotor_mlp_ensemble"]
+                                                                         "quadrotor_sfp", "quadrotor_mlp_ensemble",
+                                                                         "quadrotor_flow_100k"]
+    # the flow route that meets the bound is the documented flow recipe with 100,000 steps, nothing else
+    assert sorted(results["quadrotor_flow_100k"].train) == sorted(
+        "steps=100000" if o == "steps=30000" else o for o in results["quadrotor_flow"].train)
     # the ensemble route is the documented MLP recipe plus policy.ensemble=3, nothing else
     assert sorted(results["quadrotor_mlp_ensemble"].train) == sorted([*results["quadrotor_mlp"].train,
                                                                       "policy.ensemble=3"])
