@@ -124,8 +124,10 @@ def cmd_rate(names: list[str], steps: int) -> None:
                        "within_budget": planned * per_step / 60 <= BUDGET_MIN}
         print(f"{name}: {per_step * 1000:.0f} ms/step, {planned} steps = {planned * per_step / 60:.1f} min", flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "rate.json").write_text(json.dumps({"rates": rates, "timed_steps": steps, "machine": machine(),
-                                                    "date": time.strftime("%Y-%m-%d %H:%M")}, indent=2))
+    out = RESULTS / f"rate_{time.strftime('%Y%m%dT%H%M')}.json"  # one file per measurement: machines differ
+    out.write_text(json.dumps({"rates": rates, "timed_steps": steps, "machine": machine(),
+                               "date": time.strftime("%Y-%m-%d %H:%M")}, indent=2))
+    print(f"written {out}")
 
 
 def cmd_critic(targets: list[tuple[str, Path]], steps: int, threads: int) -> None:
