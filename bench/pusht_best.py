@@ -9,6 +9,7 @@ that chose nothing.
     python bench/pusht_best.py critic --only preset && python bench/pusht_best.py validate --only preset --ta 12 \
         --select 4,16                                                # sample-and-select with a learned critic
     python bench/pusht_best.py critic --policy <run>/policy --name <name>   # any run's policy (its config.yaml's data)
+    python bench/pusht_best.py validate --policy <run>/checkpoints/step-N/policy --name <n> --raw-weights  # EMA off
     python bench/pusht_best.py final --only mirror_noise --ta 8      # the declared seeds, once, for the chosen setting
 
 Seeds (declared in docs/benchmarks.md section 12 before any was flown): validation 1,200,000-1,200,199 (200
@@ -44,6 +45,9 @@ BUDGET_MIN = 60.0
 # the baseline; each candidate changes it as named. 6,500 steps x 256 is 58 min at the idle rate of `make demo`
 # (483 samples/s, section 11); `rate` checks each candidate's own rate.
 FLOW = ["policy=flow", "lr=5e-4", "batch_size=256", "warmup_steps=500", "log_every=100", "progress=false"]
+# `make demo`'s training (robopolicy/configs/demo.yaml) as `robopolicy train` options, without its step and batch
+DEMO = ["policy=flow_pusht", "dataset.root=bundled:pusht_mirror", "obs_noise_std=0.02", "final_approach_weight=3",
+        "log_every=100", "progress=false"]
 CANDIDATES: dict[str, list[str]] = {
     # the documented recipe trained for the hour instead of 3,000 steps
     "long": [*FLOW, "steps=6500", "save_every=1625", "keep_checkpoints=0"],
@@ -70,7 +74,16 @@ CANDIDATES: dict[str, list[str]] = {
     "mip": ["policy=mip", "policy.n_action_steps=12", "lr=5e-4", "batch_size=256", "warmup_steps=500", "steps=3500",
             "save_every=875", "keep_checkpoints=0", "dataset.root=bundled:pusht_mirror", "obs_noise_std=0.02",
             "final_approach_weight=3", "log_every=100", "progress=false"],
+    # Schedule and batch, measured at the demo's scale against its seed-0 run (outputs/reproduce/runs/pusht_demo_seed0,
+    # `python bench/reproduce.py --only pusht_demo`): the demo's recipe and training seed with one thing changed.
+    # The learning rate held after warm-up instead of cosine decay to 0:
+    "demo_constant_lr": [*DEMO, "steps=3000", "lr=5e-4", "batch_size=256", "lr_schedule=constant_with_warmup"],
+    # twice the batch at the same number of samples (half the steps, warm-up included) and the learning rate
+    # scaled with it (the linear rule):
+    "demo_batch512": [*DEMO, "steps=1500", "lr=1e-3", "batch_size=512", "warmup_steps=250"],
 }
+# EMA is judged without a second run: `validate --policy <run>/checkpoints/step-N/policy --raw-weights` flies the
+# checkpoint's raw training weights (what ema=false would have saved) against its EMA policy.
 
 
 def run_dir(name: str) -> Path:
@@ -200,10 +213,26 @@ def evaluate_policy(name: str, policy_dir: Path, ta: int, start_seed: int, episo
     return payload
 
 
+def raw_weights_target(name: str, policy_dir: Path) -> tuple[str, Path]:
+    """Save a checkpoint's raw training weights as a policy directory (``outputs/pusht_best/raw/<name>/policy``)."""
+    from robopolicy.train.checkpoint import raw_weights_policy
+
+    checkpoint = policy_dir.parent
+    if not (checkpoint / "training_state.safetensors").is_file():
+        raise SystemExit(f"--raw-weights: {policy_dir} is not a checkpoint's policy (expected "
+                         "<run>/checkpoints/step-N/policy beside training_state.safetensors)")
+    out = RUNS / "raw" / name / "policy"
+    raw_weights_policy(checkpoint).save(out)
+    (out.parent / "raw_weights_of.txt").write_text(str(checkpoint) + "\n")
+    return f"raw_{name}", out
+
+
 def _train_summary(policy_dir: Path) -> dict:
     """The run's summary; for a checkpoint (``<run>/checkpoints/step-N/policy``) just its step."""
     if policy_dir.parent.parent.name == "checkpoints":
         return {"checkpoint_step": int(policy_dir.parent.name.split("-")[1])}
+    if (policy_dir.parent / "raw_weights_of.txt").is_file():
+        return {"raw_weights_of": (policy_dir.parent / "raw_weights_of.txt").read_text().strip()}
     path = policy_dir.parent / "train_summary.json"
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -220,6 +249,8 @@ def main() -> None:
     ap.add_argument("--weights", default="0.5", help="--compose: comma-separated diffusion weights in [0, 1]")
     ap.add_argument("--select", default=None, help="validate: comma-separated K for sample-and-select with the "
                     "candidate's critic (train it first with the critic command)")
+    ap.add_argument("--raw-weights", action="store_true", help="validate: fly each target checkpoint's raw training "
+                    "weights instead of its EMA policy (--policy <run>/checkpoints/step-N/policy, or --checkpoint N)")
     ap.add_argument("--critic-steps", type=int, default=3000)
     ap.add_argument("--checkpoint", default=None, help="a checkpoint step of the candidate instead of its final policy")
     ap.add_argument("--threads", type=int, default=1, help="train: torch threads; evaluation: worker processes")
@@ -246,6 +277,8 @@ def main() -> None:
                 targets.append((name, run_dir(name) / "policy"))
     if args.command == "critic":
         return cmd_critic(targets, args.critic_steps, args.threads)
+    if args.raw_weights:
+        targets = [raw_weights_target(name, policy_dir) for name, policy_dir in targets]
     seed, episodes, folder = ((VALIDATION_SEED, VALIDATION_EPISODES, "validation") if args.command == "validate"
                               else (FINAL_SEED, FINAL_EPISODES, "final"))
     for name, policy_dir in targets:

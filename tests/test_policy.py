@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import math
 import json
 import os
 import signal
@@ -20,7 +22,7 @@ from robopolicy.configs import load_config
 from robopolicy.data.reader import LeRobotDataset
 from robopolicy.policies import available_policies, load_policy
 from robopolicy.policies.registry import get_policy_class
-from robopolicy.train.checkpoint import latest_checkpoint, list_checkpoints
+from robopolicy.train.checkpoint import latest_checkpoint, list_checkpoints, raw_weights_policy
 from robopolicy.train.trainer import Trainer, make_policy_for_dataset, resolve_device
 from tests.helpers import CallCounter
 
@@ -268,6 +270,42 @@ def test_resume_continues_exactly(lowdim_dataset, tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
     for a, b in zip(straight.ema_policy.parameters(), resumed.ema_policy.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant_with_warmup"])
+def test_the_learning_rate_follows_the_chosen_schedule(lowdim_dataset, tmp_path, schedule):
+    """Warm-up to lr over warmup_steps, then: cosine and linear decay towards 0 at the last step, constant holds."""
+    trainer = Trainer(train_cfg(lowdim_dataset, tmp_path / schedule, steps=40, warmup_steps=10, lr=1e-3,
+                                lr_schedule=schedule, log_every=1, save_every=0))
+    trainer.fit()
+    with open(trainer.run_dir / "train_log.csv") as f:
+        lr = {int(row["step"]): float(row["lr"]) for row in csv.DictReader(f)}
+    assert lr[5] == pytest.approx(0.5e-3) and lr[10] == pytest.approx(1e-3)  # the warm-up is the same for all
+    expected_at_25 = {"cosine": 0.5e-3 * (1 + math.cos(math.pi * 15 / 30)), "linear": 1e-3 * 15 / 30,
+                      "constant_with_warmup": 1e-3}[schedule]
+    assert lr[25] == pytest.approx(expected_at_25)
+    assert lr[40] == pytest.approx(1e-3 if schedule == "constant_with_warmup" else 0.0, abs=1e-12)
+
+
+def test_an_unknown_lr_schedule_is_refused_by_name(lowdim_dataset, tmp_path):
+    with pytest.raises(ValueError, match=r"lr_schedule must be one of \['cosine', 'linear', 'constant_with_warmup'\], "
+                                         r"got 'step'"):
+        Trainer(train_cfg(lowdim_dataset, tmp_path / "run", steps=10, lr_schedule="step"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_raw_weights_policy_is_the_training_network_not_its_average(lowdim_dataset, tmp_path):
+    """A checkpoint's raw weights (what ema=false would have saved) are the trainer's network, and differ from the
+    EMA policy saved beside them."""
+    trainer = Trainer(train_cfg(lowdim_dataset, tmp_path / "run", steps=20, save_every=20))
+    trainer.fit()
+    checkpoint = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    raw = raw_weights_policy(checkpoint)
+    for (key, a), b in zip(trainer.policy.state_dict().items(), raw.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=0, atol=0, msg=key)
+    averaged = load_policy(checkpoint / "policy")
+    assert any(not torch.equal(a, b) for a, b in zip(raw.parameters(), averaged.parameters()))
+    assert raw.config == averaged.config
 
 
 def test_a_run_saved_before_a_training_field_existed_resumes_with_its_default(lowdim_dataset, tmp_path):

@@ -110,6 +110,9 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.95, 0.999])
     weight_decay: float = 1e-6
     warmup_steps: int = 500
+    # The learning rate after warm-up: cosine (decays to 0 at the last step, Diffusion Policy's) | linear (to 0) |
+    # constant_with_warmup (held at lr). docs/benchmarks.md section 12 measures them on PushT.
+    lr_schedule: str = "cosine"
     grad_clip_norm: float = 1.0
     # Gaussian noise (normalized units) added to every low-dim observation of a training batch, the actions
     # left as demonstrated: the policy sees states slightly off the demos and learns to steer back (as in DART).

@@ -19,7 +19,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from robopolicy.data.checksums import file_digest
+from robopolicy.policies.base import Policy
+from robopolicy.policies.registry import load_policy
 from robopolicy.utils.io import atomic_write_text, fsync_dir
+from robopolicy.utils.state_dict import strip_compile_prefix
 
 LATEST = "LATEST"
 STATE_TENSORS = "training_state.safetensors"
@@ -113,3 +116,15 @@ def optimizer_from_flat(optimizer: torch.optim.Optimizer, tensors: dict[str, tor
         pid, name = key.split(".", 1)
         state.setdefault(int(pid), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def raw_weights_policy(checkpoint: Path) -> Policy:
+    """The checkpoint's policy with the raw (not EMA-averaged) training weights: what the run would have produced
+    with ``ema=false`` at that step, so EMA's effect can be judged from one run instead of two."""
+    policy = load_policy(checkpoint / POLICY_DIR)
+    tensors, _ = load_checkpoint(checkpoint)
+    raw = strip_compile_prefix({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    if not raw:
+        raise KeyError(f"{checkpoint / STATE_TENSORS}: no 'model.*' tensors (the raw weights); is it a training checkpoint?")
+    policy.load_state_dict(raw)
+    return policy

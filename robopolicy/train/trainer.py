@@ -43,6 +43,7 @@ from robopolicy.utils.state_dict import strip_compile_prefix
 
 console = Console()
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+LR_SCHEDULES = ("cosine", "linear", "constant_with_warmup")  # diffusers' names, all with linear warm-up
 LOG_FIELDS = ["step", "loss", "val_loss", "lr", "grad_norm", "samples_per_s", "elapsed_s", "eval_success", "eval_coverage"]
 
 
@@ -138,6 +139,10 @@ class Trainer:
 
             check_env_name(cfg.env.name)  # fail now, not at the first evaluation
         self.device = resolve_device(str(cfg.get("device", "auto")))  # before anything is written
+        if cfg.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {list(LR_SCHEDULES)}, got {cfg.lr_schedule!r}")
+        if cfg.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {cfg.precision!r}")
         self.cfg = cfg
         self.dist: distributed.DistContext | None = None  # set when torchrun started this process
         if distributed.launched_by_torchrun():
@@ -166,8 +171,6 @@ class Trainer:
         self.policy.to(self.device)
         data = {k: v.to(self.device) for k, v in data.items()}  # batches are gathered where they are used
         make = lambda b: WindowSampler(data, b, obs_keys, action_key, pc.n_obs_steps, pc.horizon, pc.n_action_steps)  # noqa: E731
-        if cfg.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {cfg.precision!r}")
         self.noisy_obs_keys = [k for k in obs_keys if k not in self.dataset.video_keys]
         if cfg.obs_noise_std < 0:
             raise ValueError(f"obs_noise_std must be non-negative, got {cfg.obs_noise_std}")
@@ -182,7 +185,7 @@ class Trainer:
 
         self.optimizer = speed.make_adamw(self.policy.parameters(), cfg.lr, tuple(cfg.betas), cfg.weight_decay,
                                           self.device, fused=cfg.fused_optimizer)
-        self.lr_scheduler = get_scheduler("cosine", self.optimizer, num_warmup_steps=cfg.warmup_steps,
+        self.lr_scheduler = get_scheduler(cfg.lr_schedule, self.optimizer, num_warmup_steps=cfg.warmup_steps,
                                           num_training_steps=cfg.steps)
         self.ema = EMAModel(self.policy.parameters(), decay=cfg.ema_max_decay, use_ema_warmup=True,
                             power=cfg.ema_power, foreach=cfg.ema_foreach) if cfg.ema and self.is_main else None
