@@ -10,6 +10,7 @@ that chose nothing.
         --select 4,16                                                # sample-and-select with a learned critic
     python bench/pusht_best.py critic --policy <run>/policy --name <name>   # any run's policy (its config.yaml's data)
     python bench/pusht_best.py validate --policy <run>/checkpoints/step-N/policy --name <n> --raw-weights  # EMA off
+    python bench/pusht_best.py levers     # docs/img/pusht_levers.png: every measured lever on the validation seeds
     python bench/pusht_best.py final --only mirror_noise --ta 8      # the declared seeds, once, for the chosen setting
 
 Seeds (declared in docs/benchmarks.md section 12 before any was flown): validation 1,200,000-1,200,199 (200
@@ -227,6 +228,58 @@ def raw_weights_target(name: str, policy_dir: Path) -> tuple[str, Path]:
     return f"raw_{name}", out
 
 
+# The levers of issue 31 as measured on the validation seeds, grouped with the run each is compared against:
+# (group, result file in bench/results/pusht_best/validation, label)
+LEVERS = [
+    ("EMA (demo, 3,000 steps)", "demo_seed0_ta12", "EMA weights (the default)"),
+    ("EMA (demo, 3,000 steps)", "raw_demo_seed0_ta12", "raw training weights"),
+    ("schedule (demo, 3,000 steps)", "demo_seed0_ta12", "cosine to 0 (the default)"),
+    ("schedule (demo, 3,000 steps)", "demo_constant_lr_ta12", "constant after warm-up"),
+    ("family (an hour)", "preset_ta12", "flow, 6,500 steps (the winner)"),
+    ("family (an hour)", "mip_ta12", "MIP, 3,500 steps"),
+    ("family (an hour)", "diffusion_mirror_final_ta12", "diffusion, 6,500 steps"),
+    ("GPC (diffusion + demo flow)", "demo_seed0_ta12", "flow alone (w = 0)"),
+    ("GPC (diffusion + demo flow)", "gpc_w0.25_demo_seed0_ta12", "w = 0.25"),
+    ("GPC (diffusion + demo flow)", "gpc_w0.5_demo_seed0_ta12", "w = 0.5"),
+    ("GPC (diffusion + demo flow)", "diffusion_mirror_final_ta12", "diffusion alone (w = 1)"),
+]
+
+
+def cmd_levers(out: Path) -> None:
+    """One figure of every measured lever: success on the validation seeds with its 95 % Wilson interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = []
+    for group, stem, label in LEVERS:
+        path = RESULTS / "validation" / f"{stem}.json"
+        if path.is_file():
+            r = json.loads(path.read_text())
+            rows.append((group, label, r["success_rate"], r["success_ci95"]))
+        else:
+            print(f"{path.name}: not measured, left out", flush=True)
+    if not rows:
+        raise SystemExit(f"no lever results in {RESULTS / 'validation'}")
+    fig, ax = plt.subplots(figsize=(10.5, 0.38 * len(rows) + 1.2))
+    groups = list(dict.fromkeys(g for g, *_ in rows))
+    colors = dict(zip(groups, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for i, (group, label, rate, (lo, hi)) in enumerate(rows):
+        ax.errorbar(100 * rate, -i, xerr=[[100 * (rate - lo)], [100 * (hi - rate)]], fmt="o", capsize=3,
+                    color=colors[group], label=group if label == next(l for g, l, *_ in rows if g == group) else None)
+    ax.set_yticks([-i for i in range(len(rows))], [label for _, label, *_ in rows])
+    ax.set_xlabel(f"success on validation episodes {VALIDATION_SEED:,}-{VALIDATION_SEED + VALIDATION_EPISODES - 1:,} "
+                  "(%, 95 % Wilson)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    ax.set_title("PushT levers (issue 31), Ta 12, 200 episodes each")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}")
+
+
 def _train_summary(policy_dir: Path) -> dict:
     """The run's summary; for a checkpoint (``<run>/checkpoints/step-N/policy``) just its step."""
     if policy_dir.parent.parent.name == "checkpoints":
@@ -239,7 +292,7 @@ def _train_summary(policy_dir: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["rate", "train", "critic", "validate", "final"])
+    ap.add_argument("command", choices=["rate", "train", "critic", "validate", "final", "levers"])
     ap.add_argument("--only", default=",".join(CANDIDATES), help="comma-separated candidates")
     ap.add_argument("--ta", default="8", help="comma-separated execution horizons (Ta) to evaluate")
     ap.add_argument("--policy", default=None, help="validate: a trained policy directory instead of a candidate")
@@ -265,6 +318,8 @@ def main() -> None:
         return cmd_rate(names, args.rate_steps)
     if args.command == "train":
         return cmd_train(names, args.threads)
+    if args.command == "levers":
+        return cmd_levers(REPO / "docs" / "img" / "pusht_levers.png")
     if args.policy is not None:
         targets = [(args.name or Path(args.policy).parent.name, Path(args.policy))]
     else:
