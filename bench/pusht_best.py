@@ -235,6 +235,8 @@ LEVERS = [
     ("EMA (demo, 3,000 steps)", "raw_demo_seed0_ta12", "raw training weights"),
     ("schedule (demo, 3,000 steps)", "demo_seed0_ta12", "cosine to 0 (the default)"),
     ("schedule (demo, 3,000 steps)", "demo_constant_lr_ta12", "constant after warm-up"),
+    ("batch (demo, same samples)", "demo_seed0_ta12", "batch 256, 3,000 steps (the default)"),
+    ("batch (demo, same samples)", "demo_batch512_ta12", "batch 512, 1,500 steps, lr x2"),
     ("family (an hour)", "preset_ta12", "flow, 6,500 steps (the winner)"),
     ("family (an hour)", "mip_ta12", "MIP, 3,500 steps"),
     ("family (an hour)", "diffusion_mirror_final_ta12", "diffusion, 6,500 steps"),
