@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -77,6 +78,8 @@ CANDIDATES: dict[str, list[str]] = {
             "final_approach_weight=3", "log_every=100", "progress=false"],
     # Schedule and batch, measured at the demo's scale against its seed-0 run (outputs/reproduce/runs/pusht_demo_seed0,
     # `python bench/reproduce.py --only pusht_demo`): the demo's recipe and training seed with one thing changed.
+    # The demo's own training (what `make demo` and the reproduce runs train), for `rate` to compare against:
+    "demo": [*DEMO, "steps=3000", "lr=5e-4", "batch_size=256"],
     # The learning rate held after warm-up instead of cosine decay to 0:
     "demo_constant_lr": [*DEMO, "steps=3000", "lr=5e-4", "batch_size=256", "lr_schedule=constant_with_warmup"],
     # twice the batch at the same number of samples (half the steps, warm-up included) and the learning rate
@@ -111,35 +114,45 @@ def cmd_train(names: list[str], threads: int) -> None:
         subprocess.run(cmd, check=True, cwd=REPO)
 
 
-def cmd_rate(names: list[str], steps: int) -> None:
-    """Seconds per training step of each candidate with 2 threads (run it on the idle machine)."""
+def cmd_rate(names: list[str], steps: int, rounds: int = 1) -> None:
+    """Seconds per training step of each candidate with 2 threads (run it on the idle machine). With several
+    rounds the candidates take turns (round-robin), so a change in the machine's load hits all of them; each
+    candidate's figure is its median round."""
     import torch
 
     from robopolicy.configs import load_config
     from robopolicy.train.trainer import Trainer
 
     torch.set_num_threads(2)
-    rates = {}
+    trainers, per_round = {}, {name: [] for name in names}
     for name in names:
         if any(MIRROR_DATASET in o for o in CANDIDATES[name]):
             ensure_mirror()
         overrides = [o for o in CANDIDATES[name] if not o.startswith(("steps=", "save_every="))]
         cfg = load_config("train", [*overrides, "steps=100000", "num_threads=2",
                                     f"output_dir={RUNS / 'rate' / f'{name}_{time.time_ns()}'}"])
-        trainer = Trainer(cfg)
+        trainers[name] = Trainer(cfg)
         for _ in range(3):
-            trainer.train_step()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            trainer.train_step()
-        per_step = (time.perf_counter() - t0) / steps
+            trainers[name].train_step()
+    for _ in range(rounds):
+        for name in names:
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                trainers[name].train_step()
+            per_round[name].append((time.perf_counter() - t0) / steps)
+    rates = {}
+    for name in names:
+        per_step = float(statistics.median(per_round[name]))
+        batch = trainers[name].cfg.batch_size
         planned = int(next(o for o in CANDIDATES[name] if o.startswith("steps=")).split("=")[1])
-        rates[name] = {"s_per_step": per_step, "planned_steps": planned, "planned_min": planned * per_step / 60,
-                       "within_budget": planned * per_step / 60 <= BUDGET_MIN}
-        print(f"{name}: {per_step * 1000:.0f} ms/step, {planned} steps = {planned * per_step / 60:.1f} min", flush=True)
+        rates[name] = {"s_per_step": per_step, "rounds_s_per_step": per_round[name], "batch_size": batch,
+                       "samples_per_s": batch / per_step, "planned_steps": planned,
+                       "planned_min": planned * per_step / 60, "within_budget": planned * per_step / 60 <= BUDGET_MIN}
+        print(f"{name}: {per_step * 1000:.0f} ms/step ({batch / per_step:.0f} samples/s), {planned} steps = "
+              f"{planned * per_step / 60:.1f} min", flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"rate_{time.strftime('%Y%m%dT%H%M')}.json"  # one file per measurement: machines differ
-    out.write_text(json.dumps({"rates": rates, "timed_steps": steps, "machine": machine(),
+    out.write_text(json.dumps({"rates": rates, "timed_steps": steps, "rounds": rounds, "machine": machine(),
                                "date": time.strftime("%Y-%m-%d %H:%M")}, indent=2))
     print(f"written {out}")
 
@@ -310,6 +323,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", default=None, help="a checkpoint step of the candidate instead of its final policy")
     ap.add_argument("--threads", type=int, default=1, help="train: torch threads; evaluation: worker processes")
     ap.add_argument("--rate-steps", type=int, default=30)
+    ap.add_argument("--rate-rounds", type=int, default=1, help="rate: candidates take turns this many times")
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args()
     names = [n for n in args.only.split(",") if n]
@@ -317,7 +331,7 @@ def main() -> None:
     if unknown and args.policy is None:
         raise SystemExit(f"unknown candidates {unknown}; choose from {sorted(CANDIDATES)}")
     if args.command == "rate":
-        return cmd_rate(names, args.rate_steps)
+        return cmd_rate(names, args.rate_steps, args.rate_rounds)
     if args.command == "train":
         return cmd_train(names, args.threads)
     if args.command == "levers":

@@ -41,6 +41,7 @@ def test_the_demo_scale_levers_change_only_their_lever(best):
         cfg = OmegaConf.to_container(load_config("train", [*best.CANDIDATES[name], "num_threads=1"]), resolve=True)
         return {k: cfg[k] for k in cfg if k not in ignored and cfg[k] != demo.get(k)}
 
+    assert changed("demo") == {}
     assert changed("demo_constant_lr") == {"lr_schedule": "constant_with_warmup"}
     batch = changed("demo_batch512")
     assert batch == {"batch_size": 512, "steps": 1500, "lr": 1e-3, "warmup_steps": 250}
