@@ -282,7 +282,7 @@ def cmd_levers(out: Path) -> None:
     colors = dict(zip(groups, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     for i, (group, label, rate, (lo, hi)) in enumerate(rows):
         ax.errorbar(100 * rate, -i, xerr=[[100 * (rate - lo)], [100 * (hi - rate)]], fmt="o", capsize=3,
-                    color=colors[group], label=group if label == next(l for g, l, *_ in rows if g == group) else None)
+                    color=colors[group], label=group if label == next(lab for g, lab, *_ in rows if g == group) else None)
     ax.set_yticks([-i for i in range(len(rows))], [label for _, label, *_ in rows])
     ax.set_xlabel(f"success on validation episodes {VALIDATION_SEED:,}-{VALIDATION_SEED + VALIDATION_EPISODES - 1:,} "
                   "(%, 95 % Wilson)")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import math
 import json
+import math
 import os
 import signal
 import subprocess

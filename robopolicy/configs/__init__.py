@@ -111,7 +111,7 @@ class TrainConfig:
     weight_decay: float = 1e-6
     warmup_steps: int = 500
     # The learning rate after warm-up: cosine (decays to 0 at the last step, Diffusion Policy's) | linear (to 0) |
-    # constant_with_warmup (held at lr). docs/benchmarks.md section 12 measures them on PushT.
+    # constant_with_warmup (held at lr). On PushT, constant lost 17 points to cosine (docs/benchmarks.md section 12).
     lr_schedule: str = "cosine"
     grad_clip_norm: float = 1.0
     # Gaussian noise (normalized units) added to every low-dim observation of a training batch, the actions

@@ -118,12 +118,17 @@ def optimizer_from_flat(optimizer: torch.optim.Optimizer, tensors: dict[str, tor
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def model_weights(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The training network's state dict out of a checkpoint's tensors (saved as ``model.*``, compiled or not)."""
+    return strip_compile_prefix({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+
+
 def raw_weights_policy(checkpoint: Path) -> Policy:
     """The checkpoint's policy with the raw (not EMA-averaged) training weights: what the run would have produced
     with ``ema=false`` at that step, so EMA's effect can be judged from one run instead of two."""
     policy = load_policy(checkpoint / POLICY_DIR)
     tensors, _ = load_checkpoint(checkpoint)
-    raw = strip_compile_prefix({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    raw = model_weights(tensors)
     if not raw:
         raise KeyError(f"{checkpoint / STATE_TENSORS}: no 'model.*' tensors (the raw weights); is it a training checkpoint?")
     policy.load_state_dict(raw)

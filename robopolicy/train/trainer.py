@@ -39,7 +39,6 @@ from robopolicy.policies.encoders import set_image_stats
 from robopolicy.policies.registry import get_policy_class
 from robopolicy.train import checkpoint as ckpt
 from robopolicy.train import distributed, speed
-from robopolicy.utils.state_dict import strip_compile_prefix
 
 console = Console()
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -231,8 +230,7 @@ class Trainer:
         if path is None:
             raise FileNotFoundError(f"{self.run_dir / 'checkpoints'}: no complete checkpoint to resume from")
         tensors, meta = ckpt.load_checkpoint(path)
-        model = strip_compile_prefix({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-        self.policy.load_state_dict(model)
+        self.policy.load_state_dict(ckpt.model_weights(tensors))
         ckpt.optimizer_from_flat(self.optimizer, tensors, meta["optimizer"])
         self.lr_scheduler.load_state_dict({**meta["lr_scheduler"], "lr_lambdas": [None] * len(self.optimizer.param_groups)})
         self.generator.set_state(tensors["rng.generator"])
