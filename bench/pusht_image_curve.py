@@ -1,8 +1,8 @@
 """Issue 31 item 2 without a GPU: image-based PushT's learning curve on this CPU, and what it extrapolates to.
 
     python bench/pusht_image_curve.py train [--minutes 120] [--threads 2]   # checkpoints every 2,000 steps
-    python bench/pusht_image_curve.py curve [--episodes 100]                # every checkpoint, validation seeds
-    python bench/pusht_image_curve.py fit                                   # success vs samples; where 63.8 % lies
+    python bench/pusht_image_curve.py curve [--episodes 100] [--steps 2000,4000]  # checkpoints, validation seeds
+    python bench/pusht_image_curve.py fit                      # success vs samples; where 63.8 % lies; the figure
 
 The recipe is the one-hour image run of docs/benchmarks.md section 1b ("An hour of image training gets a policy
 that pushes", 23.5 %): flow matching, U-Net (64, 128) with SiLU, the image encoder at half width, 96 x 96 camera
@@ -31,42 +31,67 @@ from pusht_diffusion import machine  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "pusht_image_curve"
 RUN = REPO / "outputs" / "pusht_image_curve" / "flow_image"
+FIGURE = REPO / "docs" / "img" / "pusht_image_curve.png"
 SEED = 1_200_000
 ANCHOR = 0.638  # LeRobot diffusion_pusht, 500 episodes
 BATCH = 64
 RECIPE = ["policy=flow", "dataset.observation_keys=[observation.image,observation.state]", "policy.down_dims=[64,128]",
           "policy.activation=silu", "policy.image_encoder.width=16", f"batch_size={BATCH}", "lr=3e-4",
-          "warmup_steps=500", "steps=60000", "save_every=2000", "keep_checkpoints=0", "log_every=100", "progress=false"]
+          "warmup_steps=500", "steps=60000", "keep_checkpoints=0", "log_every=100", "progress=false"]
 
 
-def cmd_train(minutes: float, threads: int) -> None:
-    cmd = [sys.executable, "-m", "robopolicy.cli", "train", *RECIPE, f"time_budget_min={minutes}",
-           f"num_threads={threads}", f"output_dir={RUN}", *(["resume=true"] if (RUN / "config.yaml").is_file() else [])]
+def train_command(minutes: float, threads: int, run: Path, device: str = "cpu", save_every: int = 2000) -> list[str]:
+    """The recipe's ``robopolicy train`` call; it resumes when ``run`` was trained before (the budget adds up)."""
+    return [sys.executable, "-m", "robopolicy.cli", "train", *RECIPE, f"save_every={save_every}",
+            f"time_budget_min={minutes}", f"num_threads={threads}", f"device={device}", f"output_dir={run}",
+            *(["resume=true"] if (run / "config.yaml").is_file() else [])]
+
+
+def cmd_train(minutes: float, threads: int, run: Path = RUN, device: str = "cpu", save_every: int = 2000) -> None:
+    cmd = train_command(minutes, threads, run, device, save_every)
     print("$ " + " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=REPO)
 
 
-def checkpoints() -> list[tuple[int, Path]]:
-    found = sorted((int(p.name.split("-")[1]), p / "policy") for p in (RUN / "checkpoints").glob("step-*"))
+def checkpoints(run: Path = RUN) -> list[tuple[int, Path]]:
+    found = sorted((int(p.name.split("-")[1]), p / "policy") for p in (run / "checkpoints").glob("step-*"))
     return [(step, path) for step, path in found if path.is_dir()]
 
 
-def cmd_curve(episodes: int, workers: int, force: bool) -> None:
+def chosen(found: list[tuple[int, Path]], steps: list[int] | None) -> list[tuple[int, Path]]:
+    """The checkpoints to fly: all of them, or only the named steps (0 names the last one).
+
+    A log-samples fit learns most from checkpoints spread evenly in log steps, so a CPU-bound curve names a few
+    doublings instead of flying every 2,000 steps. A named step that was never saved is an error, not a skip.
+    """
+    if steps is None or not found:
+        return found
+    by_step = dict(found)
+    wanted = {found[-1][0] if step == 0 else step for step in steps}
+    missing = sorted(wanted - set(by_step))
+    if missing:
+        raise SystemExit(f"--steps {missing}: no such checkpoint (have {sorted(by_step)})")
+    return [(step, by_step[step]) for step in sorted(wanted)]
+
+
+def cmd_curve(episodes: int, workers: int, force: bool, steps: list[int] | None = None,
+              ta: int | None = None, run: Path = RUN, results: Path = RESULTS) -> None:
+    """Fly checkpoints on the validation seeds; ``ta`` executes another horizon (a side point, left out of the fit)."""
     from robopolicy.cli import load_policy_for_eval
     from robopolicy.sim.envs import env_factory
     from robopolicy.sim.evaluate import evaluate
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    for step, policy in checkpoints():
-        out = RESULTS / f"step{step:06d}.json"
+    results.mkdir(parents=True, exist_ok=True)
+    for step, policy in chosen(checkpoints(run), steps):
+        out = results / f"step{step:06d}{f'_ta{ta}' if ta else ''}.json"
         if out.is_file() and not force:
             continue
-        report = evaluate(partial(load_policy_for_eval, str(policy), None, None, None), n_episodes=episodes,
+        report = evaluate(partial(load_policy_for_eval, str(policy), None, None, ta), n_episodes=episodes,
                           start_seed=SEED, env_factory=env_factory("pusht", ["observation.image", "observation.state"]),
-                          n_workers=workers, n_videos=1, output_dir=RUN / "eval" / f"step{step:06d}",
+                          n_workers=workers, n_videos=1, output_dir=run / "eval" / out.stem,
                           progress=True).to_dict()
-        payload = {"step": step, "samples": step * BATCH, "n_episodes": report["n_episodes"],
-                   "n_successes": report["n_successes"], "success_rate": report["success_rate"],
+        payload = {"step": step, "samples": step * BATCH, "n_action_steps": ta, "fitted": ta is None,
+                   "n_episodes": report["n_episodes"], "n_successes": report["n_successes"], "success_rate": report["success_rate"],
                    "success_ci95": report["success_ci95"], "mean_max_coverage": report["mean_max_coverage"],
                    "seeds": [SEED, SEED + episodes - 1], "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M")}
         out.write_text(json.dumps(payload, indent=2))
@@ -89,17 +114,19 @@ def samples_at(a: float, b: float, p: float) -> float:
     return float(10 ** ((np.log(p / (1 - p)) - a) / b)) if b > 0 else float("inf")
 
 
-def cmd_fit(bootstrap: int) -> dict:
-    points = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("step*.json"))]
+def cmd_fit(bootstrap: int, run: Path = RUN, results: Path = RESULTS, figure: Path | None = FIGURE) -> dict:
+    flown = [json.loads(p.read_text()) for p in sorted(results.glob("step*.json"))]
+    points = [p for p in flown if p.get("fitted", True)]
+    side = [p for p in flown if not p.get("fitted", True)]
     if len(points) < 3:
-        raise SystemExit(f"need at least 3 evaluated checkpoints in {RESULTS}, found {len(points)}")
+        raise SystemExit(f"need at least 3 evaluated checkpoints in {results}, found {len(points)}")
     x = np.log10([p["samples"] for p in points])
     k = np.array([p["n_successes"] for p in points], dtype=float)
     n = np.array([p["n_episodes"] for p in points], dtype=float)
     a, b = fit_logistic(x, k, n)
     rng = np.random.default_rng(0)
     draws = [samples_at(*fit_logistic(x, rng.binomial(n.astype(int), k / n), n), ANCHOR) for _ in range(bootstrap)]
-    summary_path = RUN / "train_summary.json"
+    summary_path = run / "train_summary.json"
     train = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     rate = train["steps"] * train["batch_size"] / train["train_time_s"] if train.get("train_time_s") else None
     needed = samples_at(a, b, ANCHOR)
@@ -108,10 +135,57 @@ def cmd_fit(bootstrap: int) -> dict:
               "fit": {"a": a, "b_per_decade": b}, "anchor": ANCHOR, "samples_to_anchor": needed,
               "samples_to_anchor_bootstrap95": [float(lo), float(hi)], "train_samples_per_s": rate,
               "hours_to_anchor_here": needed / rate / 3600 if rate else None,
+              "side_points": [{k_: p[k_] for k_ in ("step", "n_action_steps", "success_rate", "success_ci95",
+                                                    "mean_max_coverage")} for p in side],
               "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine()}
-    (RESULTS / "fit.json").write_text(json.dumps(result, indent=2))
+    (results / "fit.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
+    if figure is not None:
+        plot(points, a, b, needed, (float(lo), float(hi)), figure, side)
     return result
+
+
+def plot(points: list[dict], a: float, b: float, needed: float, needed_ci: tuple[float, float], out: Path,
+         side: list[dict] = ()) -> None:
+    """The measured checkpoints with their intervals, the fitted curve carried on to the anchor, and the anchor;
+    ``side`` points (another Ta on a checkpoint) are drawn apart, since the fit does not use them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy.special import expit
+
+    samples = np.array([p["samples"] for p in points], dtype=float)
+    rate = np.array([p["success_rate"] for p in points])
+    lo, hi = np.array([p["success_ci95"] for p in points]).T
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.errorbar(samples, 100 * rate, yerr=[100 * (rate - lo), 100 * (hi - rate)], fmt="o", capsize=3,
+                label=f"checkpoints, {points[0]['n_episodes']} validation episodes each (95 % Wilson)")
+    for p in side:
+        r, (l_, h_) = p["success_rate"], p["success_ci95"]
+        ax.errorbar(p["samples"] * 1.04, 100 * r, yerr=[[100 * (r - l_)], [100 * (h_ - r)]], fmt="s", capsize=3,
+                    color="C2", label=f"Ta {p['n_action_steps']} on that checkpoint (not fitted)")
+    end = min(max(needed_ci[1], needed, samples.max()) * 1.5, samples.max() * 1e3) if np.isfinite(needed) else \
+        samples.max() * 10
+    grid = np.logspace(np.log10(samples.min()), np.log10(end), 200)
+    measured = grid <= samples.max()
+    fit = 100 * expit(a + b * np.log10(grid))
+    ax.plot(grid[measured], fit[measured], color="C1", label=f"fit: sigmoid(a + b log10 samples), b = {b:.2f}/decade")
+    ax.plot(grid[~measured], fit[~measured], color="C1", linestyle="--", label="extrapolation (assumes the shape holds)")
+    ax.axhline(100 * ANCHOR, color="C3", linestyle=":", label=f"LeRobot diffusion_pusht {ANCHOR:.1%} (images, GPU)")
+    if np.isfinite(needed):
+        ax.axvspan(*needed_ci, color="C3", alpha=0.1, label="samples to the anchor, bootstrap 95 %")
+    ax.set_xscale("log")
+    ax.set_xlabel("training samples (windows of batch 64)")
+    ax.set_ylabel("success (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title("Image PushT on 2 CPU cores: flow, U-Net (64, 128), encoder width 16")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}")
 
 
 def main() -> None:
@@ -121,14 +195,22 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--episodes", type=int, default=100)
     ap.add_argument("--bootstrap", type=int, default=500)
+    ap.add_argument("--steps", type=lambda text: [int(v) for v in text.split(",")], default=None,
+                    help="curve: comma-separated checkpoint steps to fly (default: every checkpoint)")
+    ap.add_argument("--ta", type=int, default=None, help="curve: execute Ta actions per chunk (a side point, not fitted)")
     ap.add_argument("--force", action="store_true")
+    ap.add_argument("--device", default="cpu", help="train: cpu or cuda (bench/gpu_image_pusht.sh)")
+    ap.add_argument("--save-every", type=int, default=2000, help="train: checkpoint interval in steps")
+    ap.add_argument("--run", type=Path, default=RUN, help="the training run's folder")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="where curve writes and fit reads")
+    ap.add_argument("--figure", type=Path, default=FIGURE, help="fit: the figure to write")
     args = ap.parse_args()
     if args.command == "train":
-        cmd_train(args.minutes, args.threads)
+        cmd_train(args.minutes, args.threads, args.run, args.device, args.save_every)
     elif args.command == "curve":
-        cmd_curve(args.episodes, args.threads, args.force)
+        cmd_curve(args.episodes, args.threads, args.force, args.steps, args.ta, args.run, args.results)
     else:
-        cmd_fit(args.bootstrap)
+        cmd_fit(args.bootstrap, args.run, args.results, args.figure)
 
 
 if __name__ == "__main__":
