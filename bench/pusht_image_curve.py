@@ -114,41 +114,61 @@ def samples_at(a: float, b: float, p: float) -> float:
     return float(10 ** ((np.log(p / (1 - p)) - a) / b)) if b > 0 else float("inf")
 
 
-def cmd_fit(bootstrap: int, run: Path = RUN, results: Path = RESULTS, figure: Path | None = FIGURE) -> dict:
+def extrapolate(points: list[dict], bootstrap: int, seed: int = 0) -> dict:
+    """The logistic fit over ``points`` and the samples where it reaches the anchor, with a parametric bootstrap
+    (episode counts redrawn from the measured rates). ``None`` means never: the fitted curve does not rise."""
+    x = np.log10([p["samples"] for p in points])
+    k = np.array([p["n_successes"] for p in points], dtype=float)
+    n = np.array([p["n_episodes"] for p in points], dtype=float)
+    a, b = fit_logistic(x, k, n)
+    rng = np.random.default_rng(seed)
+    draws = np.array([samples_at(*fit_logistic(x, rng.binomial(n.astype(int), k / n), n), ANCHOR)
+                      for _ in range(bootstrap)])
+    lo, hi = np.quantile(draws, [0.025, 0.975], method="nearest")
+    finite = lambda v: float(v) if np.isfinite(v) else None  # noqa: E731
+    return {"steps": [p["step"] for p in points], "a": a, "b_per_decade": b,
+            "samples_to_anchor": finite(samples_at(a, b, ANCHOR)),
+            "samples_to_anchor_bootstrap95": [finite(lo), finite(hi)],
+            "bootstrap_share_never": float(np.mean(~np.isfinite(draws)))}
+
+
+def cmd_fit(bootstrap: int, run: Path = RUN, results: Path = RESULTS, figure: Path | None = FIGURE,
+            late_from_step: int | None = None) -> dict:
+    """Fit every flown checkpoint; ``late_from_step`` adds a second fit over the later ones alone, a check on the
+    shape the extrapolation assumes (a curve that bends over shows as a shallower late slope)."""
     flown = [json.loads(p.read_text()) for p in sorted(results.glob("step*.json"))]
     points = [p for p in flown if p.get("fitted", True)]
     side = [p for p in flown if not p.get("fitted", True)]
     if len(points) < 3:
         raise SystemExit(f"need at least 3 evaluated checkpoints in {results}, found {len(points)}")
-    x = np.log10([p["samples"] for p in points])
-    k = np.array([p["n_successes"] for p in points], dtype=float)
-    n = np.array([p["n_episodes"] for p in points], dtype=float)
-    a, b = fit_logistic(x, k, n)
-    rng = np.random.default_rng(0)
-    draws = [samples_at(*fit_logistic(x, rng.binomial(n.astype(int), k / n), n), ANCHOR) for _ in range(bootstrap)]
+    fits = {"all": extrapolate(points, bootstrap)}
+    if late_from_step is not None:
+        late = [p for p in points if p["step"] >= late_from_step]
+        if len(late) < 3:
+            raise SystemExit(f"--late-from-step {late_from_step}: {len(late)} checkpoints from there, need 3")
+        fits["late"] = extrapolate(late, bootstrap)
     summary_path = run / "train_summary.json"
     train = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     rate = train["steps"] * train["batch_size"] / train["train_time_s"] if train.get("train_time_s") else None
-    needed = samples_at(a, b, ANCHOR)
-    lo, hi = np.percentile(draws, [2.5, 97.5])
-    result = {"points": [{k_: p[k_] for k_ in ("step", "samples", "success_rate", "mean_max_coverage")} for p in points],
-              "fit": {"a": a, "b_per_decade": b}, "anchor": ANCHOR, "samples_to_anchor": needed,
-              "samples_to_anchor_bootstrap95": [float(lo), float(hi)], "train_samples_per_s": rate,
-              "hours_to_anchor_here": needed / rate / 3600 if rate else None,
+    for fit in fits.values():
+        needed = fit["samples_to_anchor"]
+        fit["hours_to_anchor_here"] = needed / rate / 3600 if rate and needed else None
+    result = {"points": [{k_: p[k_] for k_ in ("step", "samples", "n_successes", "n_episodes", "success_rate",
+                                               "success_ci95", "mean_max_coverage")} for p in points],
+              "fits": fits, "anchor": ANCHOR, "train_samples_per_s": rate, "train": train,
               "side_points": [{k_: p[k_] for k_ in ("step", "n_action_steps", "success_rate", "success_ci95",
                                                     "mean_max_coverage")} for p in side],
               "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine()}
     (results / "fit.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     if figure is not None:
-        plot(points, a, b, needed, (float(lo), float(hi)), figure, side)
+        plot(points, fits, figure, side)
     return result
 
 
-def plot(points: list[dict], a: float, b: float, needed: float, needed_ci: tuple[float, float], out: Path,
-         side: list[dict] = ()) -> None:
-    """The measured checkpoints with their intervals, the fitted curve carried on to the anchor, and the anchor;
-    ``side`` points (another Ta on a checkpoint) are drawn apart, since the fit does not use them."""
+def plot(points: list[dict], fits: dict[str, dict], out: Path, side: list[dict] = ()) -> None:
+    """The measured checkpoints with their intervals, each fit carried on past them, and the anchor; ``side``
+    points (another Ta on a checkpoint) are drawn apart, since no fit uses them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -159,28 +179,32 @@ def plot(points: list[dict], a: float, b: float, needed: float, needed_ci: tuple
     rate = np.array([p["success_rate"] for p in points])
     lo, hi = np.array([p["success_ci95"] for p in points]).T
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    ax.errorbar(samples, 100 * rate, yerr=[100 * (rate - lo), 100 * (hi - rate)], fmt="o", capsize=3,
+    ax.errorbar(samples, 100 * rate, yerr=[100 * (rate - lo), 100 * (hi - rate)], fmt="o", capsize=3, color="C0",
                 label=f"checkpoints, {points[0]['n_episodes']} validation episodes each (95 % Wilson)")
     for p in side:
         r, (l_, h_) = p["success_rate"], p["success_ci95"]
         ax.errorbar(p["samples"] * 1.04, 100 * r, yerr=[[100 * (r - l_)], [100 * (h_ - r)]], fmt="s", capsize=3,
                     color="C2", label=f"Ta {p['n_action_steps']} on that checkpoint (not fitted)")
-    end = min(max(needed_ci[1], needed, samples.max()) * 1.5, samples.max() * 1e3) if np.isfinite(needed) else \
-        samples.max() * 10
-    grid = np.logspace(np.log10(samples.min()), np.log10(end), 200)
-    measured = grid <= samples.max()
-    fit = 100 * expit(a + b * np.log10(grid))
-    ax.plot(grid[measured], fit[measured], color="C1", label=f"fit: sigmoid(a + b log10 samples), b = {b:.2f}/decade")
-    ax.plot(grid[~measured], fit[~measured], color="C1", linestyle="--", label="extrapolation (assumes the shape holds)")
+    reach = [v for fit in fits.values() for v in (fit["samples_to_anchor"], *fit["samples_to_anchor_bootstrap95"])
+             if v is not None]
+    end = min(max([samples.max() * 10, *reach]) * 1.5, samples.max() * 1e3)
+    for (name, fit), color in zip(fits.items(), ("C1", "C4")):
+        first = min(p["samples"] for p in points if p["step"] in fit["steps"])
+        grid = np.logspace(np.log10(first), np.log10(end), 200)
+        measured = grid <= samples.max()
+        curve = 100 * expit(fit["a"] + fit["b_per_decade"] * np.log10(grid))
+        where = f"{fit['samples_to_anchor'] / 1e6:.1f} M samples" if fit["samples_to_anchor"] else "never"
+        over = "every checkpoint" if name == "all" else f"steps >= {min(fit['steps']):,}"
+        ax.plot(grid[measured], curve[measured], color=color,
+                label=f"fit over {over}: {fit['b_per_decade']:.2f}/decade, anchor at {where}")
+        ax.plot(grid[~measured], curve[~measured], color=color, linestyle="--")
     ax.axhline(100 * ANCHOR, color="C3", linestyle=":", label=f"LeRobot diffusion_pusht {ANCHOR:.1%} (images, GPU)")
-    if np.isfinite(needed):
-        ax.axvspan(*needed_ci, color="C3", alpha=0.1, label="samples to the anchor, bootstrap 95 %")
     ax.set_xscale("log")
-    ax.set_xlabel("training samples (windows of batch 64)")
+    ax.set_xlabel("training samples (windows; batch 64); dashed: extrapolation")
     ax.set_ylabel("success (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left")
     ax.set_title("Image PushT on 2 CPU cores: flow, U-Net (64, 128), encoder width 16")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -204,13 +228,14 @@ def main() -> None:
     ap.add_argument("--run", type=Path, default=RUN, help="the training run's folder")
     ap.add_argument("--results", type=Path, default=RESULTS, help="where curve writes and fit reads")
     ap.add_argument("--figure", type=Path, default=FIGURE, help="fit: the figure to write")
+    ap.add_argument("--late-from-step", type=int, default=None, help="fit: also fit the checkpoints from this step on")
     args = ap.parse_args()
     if args.command == "train":
         cmd_train(args.minutes, args.threads, args.run, args.device, args.save_every)
     elif args.command == "curve":
         cmd_curve(args.episodes, args.threads, args.force, args.steps, args.ta, args.run, args.results)
     else:
-        cmd_fit(args.bootstrap, args.run, args.results, args.figure)
+        cmd_fit(args.bootstrap, args.run, args.results, args.figure, args.late_from_step)
 
 
 if __name__ == "__main__":

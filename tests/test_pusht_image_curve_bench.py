@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from scipy.special import expit
@@ -38,15 +40,27 @@ def test_named_steps_pick_those_checkpoints_and_an_unsaved_step_is_refused(curve
         curve.chosen(found, [4000, 5000])
 
 
-def test_the_figure_is_drawn_from_the_points_and_the_fit(curve, tmp_path):
-    x = np.log10([1.28e5, 2.56e5, 5.12e5, 1.024e6])
-    k = np.array([2.0, 8.0, 15.0, 25.0])
-    points = [{"samples": 10 ** xi, "success_rate": ki / 100, "success_ci95": [max(ki / 100 - 0.08, 0), ki / 100 + 0.08],
-               "n_episodes": 100} for xi, ki in zip(x, k)]
-    a, b = curve.fit_logistic(x, k, np.full(4, 100.0))
-    out = tmp_path / "curve.png"
-    curve.plot(points, a, b, curve.samples_at(a, b, curve.ANCHOR), (5e6, 2e7), out)
-    assert out.stat().st_size > 10_000 and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_the_fit_and_its_late_check_are_written_and_drawn(curve, tmp_path):
+    rates = {2000: 0.02, 4000: 0.05, 8000: 0.25, 16000: 0.45, 24000: 0.55, 32000: 0.55}
+    for step, rate in rates.items():
+        (tmp_path / f"step{step:06d}.json").write_text(json.dumps({
+            "step": step, "samples": step * 64, "n_action_steps": None, "fitted": True, "n_episodes": 100,
+            "n_successes": round(rate * 100), "success_rate": rate, "success_ci95": [max(rate - 0.08, 0), rate + 0.08],
+            "mean_max_coverage": 0.8}))
+    (tmp_path / "step032000_ta12.json").write_text(json.dumps({
+        "step": 32000, "samples": 32000 * 64, "n_action_steps": 12, "fitted": False, "n_episodes": 100,
+        "n_successes": 60, "success_rate": 0.6, "success_ci95": [0.5, 0.7], "mean_max_coverage": 0.9}))
+    figure = tmp_path / "curve.png"
+    result = curve.cmd_fit(50, run=tmp_path, results=tmp_path, figure=figure, late_from_step=16000)
+    everything, late = result["fits"]["all"], result["fits"]["late"]
+    assert everything["steps"] == list(rates) and late["steps"] == [16000, 24000, 32000]
+    assert everything["b_per_decade"] > late["b_per_decade"] > 0  # the curve bends over: the late slope is shallower
+    assert late["samples_to_anchor"] > everything["samples_to_anchor"] > 32000 * 64
+    assert [p["n_action_steps"] for p in result["side_points"]] == [12]  # the Ta point is shown, never fitted
+    assert json.loads((tmp_path / "fit.json").read_text())["fits"]["late"]["steps"] == [16000, 24000, 32000]
+    assert figure.stat().st_size > 10_000 and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit, match="need 3"):
+        curve.cmd_fit(10, run=tmp_path, results=tmp_path, figure=None, late_from_step=24000)
 
 
 def test_the_train_command_is_the_recipe_on_the_chosen_device_and_resumes_a_run(curve, tmp_path):
