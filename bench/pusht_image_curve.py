@@ -187,7 +187,7 @@ def plot(points: list[dict], fits: dict[str, dict], out: Path, side: list[dict] 
                     color="C2", label=f"Ta {p['n_action_steps']} on that checkpoint (not fitted)")
     reach = [v for fit in fits.values() for v in (fit["samples_to_anchor"], *fit["samples_to_anchor_bootstrap95"])
              if v is not None]
-    end = min(max([samples.max() * 10, *reach]) * 1.5, samples.max() * 1e3)
+    end = min(max([samples.max() * 10, *reach]) * 1.5, samples.max() * 30)
     for (name, fit), color in zip(fits.items(), ("C1", "C4")):
         first = min(p["samples"] for p in points if p["step"] in fit["steps"])
         grid = np.logspace(np.log10(first), np.log10(end), 200)
