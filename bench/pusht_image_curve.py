@@ -2,7 +2,7 @@
 
     python bench/pusht_image_curve.py train [--minutes 120] [--threads 2]   # checkpoints every 2,000 steps
     python bench/pusht_image_curve.py curve [--episodes 100] [--steps 2000,4000]  # checkpoints, validation seeds
-    python bench/pusht_image_curve.py fit                      # success vs samples; where 63.8 % lies; the figure
+    python bench/pusht_image_curve.py fit [--late-from-step 16000]  # success vs samples; where 63.8 % lies; figure
 
 The recipe is the one-hour image run of docs/benchmarks.md section 1b ("An hour of image training gets a policy
 that pushes", 23.5 %): flow matching, U-Net (64, 128) with SiLU, the image encoder at half width, 96 x 96 camera
@@ -180,7 +180,8 @@ def plot(points: list[dict], fits: dict[str, dict], out: Path, side: list[dict] 
     lo, hi = np.array([p["success_ci95"] for p in points]).T
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.errorbar(samples, 100 * rate, yerr=[100 * (rate - lo), 100 * (hi - rate)], fmt="o", capsize=3, color="C0",
-                label=f"checkpoints, {points[0]['n_episodes']} validation episodes each (95 % Wilson)")
+                label=f"checkpoints, {' or '.join(str(n) for n in sorted({p['n_episodes'] for p in points}))} "
+                      "validation episodes each (95 % Wilson)")
     for p in side:
         r, (l_, h_) = p["success_rate"], p["success_ci95"]
         ax.errorbar(p["samples"] * 1.04, 100 * r, yerr=[[100 * (r - l_)], [100 * (h_ - r)]], fmt="s", capsize=3,
