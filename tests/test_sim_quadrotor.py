@@ -27,15 +27,27 @@ def _wait(robot: SimQuadrotorRobot, seconds: float, command: np.ndarray | None =
         time.sleep(1.0 / hz)
 
 
-@pytest.fixture
-def drone():
-    robot = SimQuadrotorRobot("waypoint", seed=0, episode_s=30.0, command_timeout_s=0.05, max_runtime_s=60)
+def _connected(command_timeout_s: float):
+    robot = SimQuadrotorRobot("waypoint", seed=0, episode_s=30.0, command_timeout_s=command_timeout_s, max_runtime_s=60)
     robot.connect()
     yield robot
     robot.disconnect()
 
 
-def test_publishes_at_500_hz_and_holds_position_in_hover_safe_mode(drone):
+@pytest.fixture
+def drone():
+    yield from _connected(0.05)
+
+
+@pytest.fixture
+def stopped_drone():
+    """A drone whose first safe-mode entry is the test's own stop(): with a 50 ms watchdog, a loaded machine can
+    pause the test longer than that between connect() and stop(), and the watchdog (rightly) trips first."""
+    yield from _connected(5.0)
+
+
+def test_publishes_at_500_hz_and_holds_position_in_hover_safe_mode(stopped_drone):
+    drone = stopped_drone
     s0 = drone.read_state()
     assert s0.observation[STATE_KEY].shape == (22,) and drone.spec.control_hz == 500 and drone.spec.safe_action == "stop"
     p0 = _position(drone)
@@ -66,7 +78,8 @@ def test_watchdog_enters_safe_mode_when_commands_stop_and_policy_command_leaves_
     assert drone.read_state().info["safe"] == ""
 
 
-def test_bad_commands_are_ignored(drone):
+def test_bad_commands_are_ignored(stopped_drone):
+    drone = stopped_drone
     drone.stop()
     _wait(drone, 0.1)
     drone._send(["cmd", [float("nan")] * 4])
