@@ -16,9 +16,10 @@ them in turn, round after round (interleaved), so slow drift in the machine's lo
   (lr 1e-4, betas 0.95/0.999, weight decay 1e-6), its cosine schedule and its ``EMAModel`` -- the step of
   ``TrainDiffusionUnetLowdimWorkspace.run`` (no gradient clipping there).
 - robopolicy: ``Trainer.train_step`` on the bundled PushT dataset (the same 206 episodes, converted from that
-  zarr), per variant: ``default`` (the shipped defaults: fused AdamW, foreach EMA), ``compiled`` (plus
-  ``train.compile=true``), ``eager`` (all three off, the code before this change) or any
-  ``name=override;override`` of train config fields.
+  zarr), per variant: ``default`` (the shipped defaults: fused AdamW, foreach EMA, compiled Mish kernels),
+  ``bf16`` (plus ``train.precision=bf16``: bf16 autocast with the reordered convolution backwards), ``compiled``
+  (plus ``train.compile=true``), ``eager`` (every fast-path switch off) or any ``name=override;override`` of
+  train config fields.
 Both: ConditionalUnet1D with down_dims (64, 128, 256), step embedding 128, kernel 5, 8 groups; batch 256; the
 same thread count. Reports samples/s per round, the per-round ratio robopolicy / DP and the ratio of totals.
 """
@@ -38,8 +39,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-VARIANTS = {"default": [], "compiled": ["compile=true"],
-            "eager": ["compile=false", "fused_optimizer=false", "ema_foreach=false"]}
+VARIANTS = {"default": [], "bf16": ["precision=bf16"], "compiled": ["compile=true"],
+            "eager": ["compile=false", "fused_optimizer=false", "ema_foreach=false", "fused_activations=false"]}
 
 
 # ---- workers (each in its own process) ------------------------------------------------------------------------

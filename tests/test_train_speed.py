@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from robopolicy.policies import load_policy
+from robopolicy.policies.networks.fast_ops import Mish
 from robopolicy.train import speed
 from robopolicy.train.trainer import Trainer
 from robopolicy.utils.state_dict import strip_compile_prefix
@@ -125,13 +126,51 @@ def test_a_failing_compile_falls_back_to_the_same_eager_steps(lowdim_dataset, tm
 
     monkeypatch.setattr(speed, "compile_network", compile_with_a_broken_backend)
     broken = Trainer(train_cfg(lowdim_dataset, tmp_path / "broken", steps=4, compile="true"))
-    eager = Trainer(train_cfg(lowdim_dataset, tmp_path / "eager", steps=4, compile="false"))
+    # a compiled run's Mish is left to inductor, so the fallback trains on ATen's: the eager run below too
+    eager = Trainer(train_cfg(lowdim_dataset, tmp_path / "eager", steps=4, compile="false", fused_activations=False))
+    assert not broken.fused_activations
     assert broken.compiled
     for _ in range(4):
         assert broken.train_step() == eager.train_step()  # the failed first step left no trace
     assert not broken.compiled
     said = " ".join(capsys.readouterr().out.split())
     assert "compiling the network failed" in said and "no usable compiler" in said
+
+
+@needs_compiler
+def test_fused_activations_train_like_atens_mish_and_checkpoints_move(lowdim_dataset, tmp_path):
+    """The compiled Mish kernels against ATen's over 12 float32 steps: losses within 1e-5 relative (float32 rounding
+    of the one-exponential form, compounded over the steps); then resuming the fused run with them off."""
+    stock = Trainer(train_cfg(lowdim_dataset, tmp_path / "stock", steps=12, fused_activations=False))
+    fused = Trainer(train_cfg(lowdim_dataset, tmp_path / "fused", steps=12))
+    assert stock.fused_activations == 0
+    assert fused.fused_activations == sum(isinstance(m, Mish) for m in fused.policy.modules()) > 0
+    assert not any(getattr(m, "fused", False) for m in fused.ema_policy.modules())  # the saved policy stays stock
+    for _ in range(12):
+        loss_stock, _ = stock.train_step()
+        loss_fused, _ = fused.train_step()
+        assert loss_fused == pytest.approx(loss_stock, rel=1e-5, abs=1e-7)
+    for a, b in zip(stock.policy.parameters(), fused.policy.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    fused.fit()  # saves at step 12
+    resumed = Trainer(train_cfg(lowdim_dataset, tmp_path / "fused", steps=14, resume=True, fused_activations=False))
+    assert resumed.step == 12 and resumed.fused_activations == 0
+    for a, b in zip(fused.policy.state_dict().values(), resumed.policy.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    resumed.fit()
+    load_policy(tmp_path / "fused" / "policy")
+
+
+def test_fused_activations_without_a_compiler_use_atens_mish_and_say_so(lowdim_dataset, tmp_path, monkeypatch,
+                                                                        capsys):
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    trainer = Trainer(train_cfg(lowdim_dataset, tmp_path / "run", steps=2))
+    assert trainer.fused_activations == 0
+    assert not any(getattr(m, "fused", False) for m in trainer.policy.modules())
+    said = " ".join(capsys.readouterr().out.split())
+    assert "train.fused_activations: inductor needs a C++ compiler" in said and "ATen's kernel" in said
+    trainer.fit()
 
 
 def test_compile_setting_is_checked():

@@ -1,10 +1,14 @@
-"""The training step's fast path: a compiled denoising network, a fused AdamW and a foreach EMA update.
+"""The training step's fast path: compiled Mish kernels, a fused AdamW, a foreach EMA update, optionally a
+compiled denoising network.
 
 On a 2-core CPU a PushT U-Net step is mostly small convolutions whose GroupNorm, Mish and FiLM around them are
-separate memory-bound passes; inductor (``torch.compile``) fuses those into a few C++ loops, and the per-parameter
-Python loops of AdamW and of diffusers' EMA become one fused kernel / a handful of foreach calls. None of this
-changes what is computed: losses agree with eager to float32 rounding (tests/test_train_speed.py), and checkpoints
-move freely between the two paths. Measured against the original Diffusion Policy code in bench/dp_train_speed.py.
+separate memory-bound passes. ATen's Mish is the slowest of them; two compiled one-exponential kernels replace it
+in the training network (robopolicy/policies/networks/fast_ops.py). The per-parameter Python loops of AdamW and of
+diffusers' EMA become one fused kernel / a handful of foreach calls. ``train.compile`` hands the whole network to
+inductor instead (no faster on the 2-core CPU). None of this changes what is computed beyond float32 rounding
+(tests/test_train_speed.py), and checkpoints move freely between the paths. ``train.precision=bf16`` is the one
+switch here that changes numerics (bf16 autocast, with the reordered convolution backwards of fast_ops). Measured
+against the original Diffusion Policy code in bench/dp_train_speed.py (docs/benchmarks.md section 9).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import shutil
 import torch
 from rich.console import Console
 from torch import nn
+
+from robopolicy.policies.networks.fast_ops import Mish
 
 console = Console()
 AUTO_COMPILE_MIN_STEPS = 5000  # train.compile=auto: a shorter run (the 3,000-step demo) would not repay a cold compile
@@ -61,6 +67,24 @@ def compile_network(policy: nn.Module) -> bool:
         return False
     net.compile()
     return True
+
+
+def fuse_activations(policy: nn.Module, device: torch.device) -> int:
+    """Switch the training network's Mish layers to the compiled one-exponential kernels (CPU only, where
+    inductor has a C++ compiler). Returns how many layers were switched; the EMA copy, saved as the policy, is
+    left stock (the layers have no parameters, so checkpoints are the same either way)."""
+    if device.type != "cpu":
+        return 0  # measured on the CPU only; CUDA's Mish kernel is a single fused pass already
+    layers = [m for m in policy.modules() if isinstance(m, Mish)]
+    if not layers:
+        return 0
+    reason = compile_unavailable_reason(device)
+    if reason is not None:
+        console.print(f"[yellow]train.fused_activations: {reason}; Mish trains on ATen's kernel (same results, slower)")
+        return 0
+    for layer in layers:
+        layer.fused = True
+    return len(layers)
 
 
 def uncompile_network(policy: nn.Module) -> None:

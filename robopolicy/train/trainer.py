@@ -125,7 +125,8 @@ class Trainer:
             resumed = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(saved))
             for key in ("steps", "time_budget_min", "progress", "eval_every", "device",  # checkpoints are device-free
                         "dist_timeout_min", "dist_eval_timeout_min",
-                        "compile", "fused_optimizer", "ema_foreach"):  # the fast path computes the same steps
+                        "compile", "fused_optimizer", "ema_foreach",  # the fast path computes the same steps
+                        "fused_activations"):
                 resumed[key] = cfg[key]
             resumed.resume = True
             cfg = resumed
@@ -198,6 +199,9 @@ class Trainer:
             OmegaConf.save(cfg, self.run_dir / "config.yaml")
         # After the EMA copy: only the training network is compiled; the EMA policy that is saved stays eager.
         self.compiled = speed.resolve_compile(cfg.compile, self.device, cfg.steps) and speed.compile_network(self.policy)
+        # Mish layers switched to the compiled kernels (0: none); a compiled network leaves them to inductor
+        self.fused_activations = (speed.fuse_activations(self.policy, self.device)
+                                  if cfg.fused_activations and not self.compiled else 0)
         self.compile_s: float | None = None  # the first step's time when compiled
         self._compile_tried = False
         self.ddp = distributed.wrap(self.policy, self.dist) if self.dist is not None else None
@@ -420,6 +424,7 @@ class Trainer:
                    "stopped_by": "steps" if self.step >= cfg.steps else "time_budget",
                    "train_time_s": round(self.elapsed(), 1), "batch_size": cfg.batch_size,
                    "compiled": self.compiled, "compile_s": self.compile_s,
+                   "precision": self.cfg.precision, "fused_activations": self.fused_activations,
                    "parameters": n_params, "policy_dir": str(self.run_dir / "policy")}
         if self.dist is not None:
             summary["world_size"] = self.dist.world_size  # batch_size is the global batch

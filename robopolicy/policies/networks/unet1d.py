@@ -16,6 +16,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from robopolicy.policies.networks.fast_ops import Conv1d, ConvTranspose1d, Mish
+
 
 class SinusoidalPosEmb(nn.Module):
     def __init__(self, dim: int):
@@ -31,7 +33,7 @@ class SinusoidalPosEmb(nn.Module):
         return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
-ACTIVATIONS = {"mish": nn.Mish, "silu": nn.SiLU}
+ACTIVATIONS = {"mish": Mish, "silu": nn.SiLU}
 
 
 def make_activation(name: str) -> nn.Module:
@@ -46,7 +48,7 @@ class Conv1dBlock(nn.Sequential):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, n_groups: int,
                  activation: str = "mish"):
         super().__init__(
-            nn.Conv1d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
+            Conv1d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
             nn.GroupNorm(n_groups, out_channels),
             make_activation(activation),
         )
@@ -60,7 +62,7 @@ class ConditionalResidualBlock1D(nn.Module):
         self.conv1 = Conv1dBlock(in_channels, out_channels, kernel_size, n_groups, activation)
         self.conv2 = Conv1dBlock(out_channels, out_channels, kernel_size, n_groups, activation)
         self.film = nn.Sequential(make_activation(activation), nn.Linear(cond_dim, 2 * out_channels))
-        self.residual = nn.Conv1d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        self.residual = Conv1d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
         h = self.conv1(x)
@@ -110,16 +112,16 @@ class ConditionalUnet1D(nn.Module):
         for level, (i, o) in enumerate(pairs):
             last = level == len(pairs) - 1
             self.down.append(nn.ModuleList([block(i, o), *(block(o, o) for _ in range(n - 1)),
-                                             nn.Conv1d(o, o, 3, stride=2, padding=1) if not last else nn.Identity()]))
+                                             Conv1d(o, o, 3, stride=2, padding=1) if not last else nn.Identity()]))
         mid = down_dims[-1]
         self.mid = nn.ModuleList([block(mid, mid) for _ in range(n)])
         self.up = nn.ModuleList()
         # Every up level doubles the length back; the finest skip (level 0) is not concatenated.
         for i, o in reversed(pairs[1:]):
             self.up.append(nn.ModuleList([block(o * 2, i), *(block(i, i) for _ in range(n - 1)),
-                                           nn.ConvTranspose1d(i, i, 4, stride=2, padding=1)]))
+                                           ConvTranspose1d(i, i, 4, stride=2, padding=1)]))
         self.final = nn.Sequential(Conv1dBlock(down_dims[0], down_dims[0], kernel_size, n_groups, activation),
-                                   nn.Conv1d(down_dims[0], action_dim, 1))
+                                   Conv1d(down_dims[0], action_dim, 1))
 
     def forward(self, sample: Tensor, timestep: Tensor, global_cond: Tensor) -> Tensor:
         """sample (B, T, A), timestep (B,) or scalar, global_cond (B, C) -> (B, T, A)."""
