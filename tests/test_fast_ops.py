@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from robopolicy.policies.networks import fast_ops
 from robopolicy.policies.networks.fast_ops import Conv1d, ConvTranspose1d, Mish
@@ -131,6 +132,8 @@ def test_fused_mish_layer_trains_like_the_stock_one():
         torch.testing.assert_close(g_fused, g_stock, rtol=tol, atol=tol)
     with torch.no_grad():  # inference takes the stock layer
         assert fused(torch.randn(3)).grad_fn is None
+    with FlopCounterMode(display=False):  # so does a forward under a dispatch mode (nothing compiles inside one)
+        assert "FusedMish" not in type(fused(torch.randn(3, requires_grad=True)).grad_fn).__name__
     assert fast_ops.KERNELS.failure is None
 
 

@@ -173,6 +173,14 @@ def test_fused_activations_without_a_compiler_use_atens_mish_and_say_so(lowdim_d
     trainer.fit()
 
 
+def test_a_float32_unet_run_on_a_bf16_cpu_hears_of_the_switch(lowdim_dataset, tmp_path, monkeypatch, capsys):
+    for has_units, precision, said in ((True, "fp32", True), (False, "fp32", False), (True, "bf16", False)):
+        monkeypatch.setattr(speed, "cpu_has_bf16_units", lambda has_units=has_units: has_units)
+        Trainer(train_cfg(lowdim_dataset, tmp_path / f"{has_units}{precision}", steps=1, precision=precision))
+        out = " ".join(capsys.readouterr().out.split())
+        assert ("train.precision=bf16 trained the PushT U-Net" in out) == said, (has_units, precision, out)
+
+
 def test_compile_setting_is_checked():
     cpu = torch.device("cpu")
     assert not speed.resolve_compile("false", cpu, 10**6)

@@ -202,6 +202,8 @@ class Trainer:
         # Mish layers switched to the compiled kernels (0: none); a compiled network leaves them to inductor
         self.fused_activations = (speed.fuse_activations(self.policy, self.device)
                                   if cfg.fused_activations and not self.compiled else 0)
+        if self.is_main:
+            speed.suggest_precision(self.device, cfg.precision, self.policy)
         self.compile_s: float | None = None  # the first step's time when compiled
         self._compile_tried = False
         self.ddp = distributed.wrap(self.policy, self.dist) if self.dist is not None else None
