@@ -1,16 +1,19 @@
 """Where a GPU training step's time goes, and whether CUDA graphs remove a kernel-launch bound (issue 33, part 2).
 
     python bench/gpu_train_profile.py [--steps 100] [--batch-size 256] [--out DIR]
+        [--variants eager,bf16,compiled,reduce-overhead] [--device cuda]
 
 On the bundled PushT data with the default Diffusion Policy (ConditionalUnet1D 64/128/256), one process:
 1. ``torch.profiler`` over 5 eager training steps: the top operators by GPU and by CPU time, the number of kernel
    launches per step and the GPU's busy share of the step (summed kernel time / wall time), written as a table and
    a Chrome trace (``trace_eager.json``).
-2. samples/s and GPU busy share (nvidia-smi's utilization, sampled while timing) for: eager; the network compiled
-   (``train.compile=true``, inductor default mode); compiled with ``mode="reduce-overhead"`` (CUDA graphs); each
-   ``--steps`` timed steps after a warm-up that includes the compile, whose time is reported.
-Prints a markdown table and writes everything to ``--out``. Not run yet: docs/benchmarks.md marks the GPU numbers
-as not measured.
+2. samples/s and GPU busy share (nvidia-smi's utilization, sampled while timing) for: eager; eager under bf16
+   autocast (``train.precision=bf16``); the network compiled (``train.compile=true``, inductor default mode);
+   compiled with ``mode="reduce-overhead"`` (CUDA graphs); each ``--steps`` timed steps after a warm-up that
+   includes the compile, whose time is reported.
+Prints a markdown table and writes everything to ``--out``. Not run on a GPU yet: docs/benchmarks.md marks the GPU
+numbers as not measured. ``--device cpu`` runs the same code on the CPU (no CUDA activity, no utilization), so
+that the script is known to work before GPU minutes are spent on it (tests/test_gpu_train_profile_bench.py).
 """
 
 from __future__ import annotations
@@ -29,14 +32,22 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+DEVICE = "cuda"
+VARIANTS = ("eager", "bf16", "compiled", "reduce-overhead")
 
-def make_trainer(batch_size: int, compile_setting: str):
+
+def sync() -> None:
+    if DEVICE.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def make_trainer(batch_size: int, compile_setting: str, precision: str = "fp32"):
     from robopolicy.configs import load_config
     from robopolicy.train.trainer import Trainer
 
     cfg = load_config("train", [f"output_dir={tempfile.mkdtemp(prefix='gpu_profile_')}", "progress=false",
-                                "save_every=0", "steps=100000", f"batch_size={batch_size}", "device=cuda",
-                                f"compile={compile_setting}"])
+                                "save_every=0", "steps=100000", f"batch_size={batch_size}", f"device={DEVICE}",
+                                f"compile={compile_setting}", f"precision={precision}"])
     return Trainer(cfg)
 
 
@@ -76,13 +87,14 @@ def profile_eager(batch_size: int, out: Path) -> dict:
     trainer = make_trainer(batch_size, "false")
     for _ in range(10):
         trainer.train_step()
-    torch.cuda.synchronize()
+    sync()
     n = 5
     t0 = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE.startswith("cuda") else [])
+    with profile(activities=activities) as prof:
         for _ in range(n):
             trainer.train_step()
-        torch.cuda.synchronize()
+        sync()
     wall = time.perf_counter() - t0
     events = prof.key_averages()
     kernel_us = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
@@ -97,23 +109,23 @@ def profile_eager(batch_size: int, out: Path) -> dict:
 
 
 def throughput(name: str, batch_size: int, steps: int) -> dict:
-    trainer = make_trainer(batch_size, "true" if name == "compiled" else "false")
+    trainer = make_trainer(batch_size, "true" if name == "compiled" else "false", "bf16" if name == "bf16" else "fp32")
     if name == "reduce-overhead":
         trainer.policy.net.compile(mode="reduce-overhead")  # CUDA graphs over the compiled network
         trainer.compiled = True
     t0 = time.perf_counter()
     for _ in range(3):
         trainer.train_step()
-    torch.cuda.synchronize()
+    sync()
     warmup_s = time.perf_counter() - t0
     for _ in range(10):
         trainer.train_step()
-    torch.cuda.synchronize()
+    sync()
     with GpuUtilization() as util:
         t0 = time.perf_counter()
         for _ in range(steps):
             trainer.train_step()
-        torch.cuda.synchronize()
+        sync()
         dt = time.perf_counter() - t0
     return {"variant": name, "samples_per_s": steps * batch_size / dt, "ms_per_step": 1000 * dt / steps,
             "warmup_and_compile_s": warmup_s, "gpu_util_percent": util.mean()}
@@ -124,20 +136,28 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--out", default="gpu_train_profile")
+    ap.add_argument("--variants", default="eager,bf16,compiled,reduce-overhead")
+    ap.add_argument("--device", default="cuda", help="cuda (the measurement) or cpu (a check that the script runs)")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
+    global DEVICE
+    DEVICE = args.device
+    unknown = sorted(set(args.variants.split(",")) - set(VARIANTS))
+    if unknown:
+        sys.exit(f"gpu_train_profile: unknown --variants {unknown}; expected some of {list(VARIANTS)}")
+    if DEVICE.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("gpu_train_profile: torch sees no CUDA GPU")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "batch_size": args.batch_size,
+    name = torch.cuda.get_device_name(0) if DEVICE.startswith("cuda") else f"CPU ({DEVICE})"
+    result = {"gpu": name, "torch": torch.__version__, "batch_size": args.batch_size,
               "profile": profile_eager(args.batch_size, out)}
     print(json.dumps(result["profile"]), flush=True)
     result["variants"] = []
-    for name in ("eager", "compiled", "reduce-overhead"):
+    for variant in args.variants.split(","):
         try:
-            row = throughput(name, args.batch_size, args.steps)
+            row = throughput(variant, args.batch_size, args.steps)
         except Exception as e:  # one variant failing (e.g. no triton) must not cost the others
-            row = {"variant": name, "error": f"{type(e).__name__}: {e}"[:500]}
+            row = {"variant": variant, "error": f"{type(e).__name__}: {e}"[:500]}
         result["variants"].append(row)
         print(json.dumps(row), flush=True)
     (out / "gpu_train_profile.json").write_text(json.dumps(result, indent=2))
