@@ -426,7 +426,7 @@ class Trainer:
                    "stopped_by": "steps" if self.step >= cfg.steps else "time_budget",
                    "train_time_s": round(self.elapsed(), 1), "batch_size": cfg.batch_size,
                    "compiled": self.compiled, "compile_s": self.compile_s,
-                   "precision": self.cfg.precision, "fused_activations": self.fused_activations,
+                   "precision": cfg.precision, "fused_activations": self.fused_activations,
                    "parameters": n_params, "policy_dir": str(self.run_dir / "policy")}
         if self.dist is not None:
             summary["world_size"] = self.dist.world_size  # batch_size is the global batch

@@ -3,20 +3,20 @@
 A Diffusion Policy U-Net step on a 2-core CPU is convolutions plus elementwise passes around them
 (docs/benchmarks.md section 9). Two of those are slower than they need to be:
 
-- **Mish.** ATen's CPU kernel evaluates ``x * tanh(log1p(exp(x)))`` with three vectorized transcendentals, ~8x the
+- **Mish.** ATen's CPU kernel evaluates ``x * tanh(log1p(exp(x)))`` with three vectorized transcendentals, ~9x the
   time of SiLU. ``tanh(softplus(x)) = 1 - 2 / ((1 + e^x)^2 + 1)`` needs one exponential; compiled by inductor into
-  one loop for the forward and one for the backward, Mish and its gradient run 2-4x faster and agree with ATen's
-  to float32 rounding. Only layers switched on with ``fused = True`` (the trainer's training network,
-  ``train.fused_activations``) take this path, and only while they build a graph; inference and export use the
-  stock layer. (Folding the FiLM that follows a block's first Mish into the same loops was slower: inductor's
-  loops over the 4-16 long time axis, across which FiLM's scale and bias broadcast, do not vectorize.)
+  one loop for the forward and one for the backward, Mish and its gradient together run 1.5-2.6x faster at batch
+  256 and agree with ATen's to float32 rounding. Only layers switched on with ``fused = True`` (the trainer's
+  training network, ``train.fused_activations``) take this path, and only while they build a graph; inference and
+  export use the stock layer. (Folding the FiLM that follows a block's first Mish into the same loops was slower:
+  inductor's loops over the 4-16 long time axis, across which FiLM's scale and bias broadcast, do not vectorize.)
 - **Convolution backward under bf16 autocast.** oneDNN's bf16 convolution backward runs no faster than its
   float32 one at the U-Net's sequence lengths (4-16), while its bf16 forward kernels and bf16 matrix products use
   the CPU's AMX/AVX512-BF16 units. ``Conv1d`` and ``ConvTranspose1d`` compute the input gradient with the other
   one's forward kernel (a convolution's input gradient is a transposed convolution of the output gradient, and
   the other way round) and the weight gradient as one matrix product over windows of the input: the same sums,
   reordered. This changes numerics only as far as bf16 rounding of sums taken in another order; in float32 the
-  stock backward is as fast or faster and stays.
+  stock backward is faster overall (docs/benchmarks.md section 9) and stays.
 """
 
 from __future__ import annotations
@@ -54,9 +54,9 @@ def mish_backward(grad: Tensor, x: Tensor) -> Tensor:
 
 
 class _CompiledKernels:
-    """Inductor-compiled versions of the functions above, built on first use (cached on disk: ~10 s the first
-    time on a 2-core CPU, about a second after). A compile that fails leaves the stock ATen operators in their
-    place for the rest of the process, said once."""
+    """Inductor-compiled versions of the functions above, built on first use (cached on disk: the first training
+    step takes ~14 s more the first time on a 2-core CPU, ~3 s more after). A compile that fails leaves the stock
+    ATen operators in their place for the rest of the process, said once."""
 
     def __init__(self) -> None:
         self.compiled: dict[str, Callable] = {}
