@@ -173,12 +173,15 @@ def test_fused_activations_without_a_compiler_use_atens_mish_and_say_so(lowdim_d
     trainer.fit()
 
 
-def test_a_float32_unet_run_on_a_bf16_cpu_hears_of_the_switch(lowdim_dataset, tmp_path, monkeypatch, capsys):
-    for has_units, precision, said in ((True, "fp32", True), (False, "fp32", False), (True, "bf16", False)):
+def test_the_trainer_names_the_faster_precision_for_this_cpu(lowdim_dataset, tmp_path, monkeypatch, capsys):
+    """A float32 U-Net run on a CPU with bf16 units hears of the switch; a bf16 run on a CPU without them is warned."""
+    for has_units, precision, hint, warning in ((True, "fp32", True, False), (False, "fp32", False, False),
+                                                (True, "bf16", False, False), (False, "bf16", False, True)):
         monkeypatch.setattr(speed, "cpu_has_bf16_units", lambda has_units=has_units: has_units)
         Trainer(train_cfg(lowdim_dataset, tmp_path / f"{has_units}{precision}", steps=1, precision=precision))
         out = " ".join(capsys.readouterr().out.split())
-        assert ("train.precision=bf16 trained the PushT U-Net" in out) == said, (has_units, precision, out)
+        assert ("train.precision=bf16 trained the PushT U-Net" in out) == hint, (has_units, precision, out)
+        assert ("this CPU has no bf16 units" in out) == warning, (has_units, precision, out)
 
 
 def test_compile_setting_is_checked():
