@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+from unittest.mock import create_autospec
 
 import pytest
 import torch
@@ -120,7 +121,7 @@ def test_a_failing_compile_falls_back_to_the_same_eager_steps(lowdim_dataset, tm
     def boom(graph, example_inputs):
         raise RuntimeError("no usable compiler")
 
-    def compile_with_a_broken_backend(policy):
+    def compile_with_a_broken_backend(policy, mode):
         policy.net.compile(backend=boom)
         return True
 
@@ -191,6 +192,32 @@ def test_compile_setting_is_checked():
     assert speed.resolve_compile("auto", cpu, speed.AUTO_COMPILE_MIN_STEPS) == needs_compiler_present()
     with pytest.raises(ValueError, match="train.compile must be true, false or auto"):
         speed.resolve_compile("yes", cpu, 10)
+
+
+def test_compile_mode_is_checked(lowdim_dataset, tmp_path):
+    assert speed.check_compile_mode("reduce-overhead") == "reduce-overhead"
+    with pytest.raises(ValueError, match="train.compile_mode must be one of default, reduce-overhead"):
+        Trainer(train_cfg(lowdim_dataset, tmp_path / "run", steps=1, compile="true", compile_mode="fast"))
+
+
+@needs_compiler
+@pytest.mark.parametrize("mode, marks_steps", [("reduce-overhead", True), ("default", False)])
+def test_compile_mode_reaches_torch_compile_and_cuda_graph_runs_mark_each_step(lowdim_dataset, tmp_path,
+                                                                              monkeypatch, mode, marks_steps):
+    """``train.compile_mode`` is handed to torch.compile, and a CUDA-graph mode starts each training step with
+    ``cudagraph_mark_step_begin`` (otherwise the replay of step n+1 may overwrite step n's outputs). torch.compile
+    is replaced by a fake with its real signature that returns the function uncompiled, so nothing compiles."""
+    fake_compile = create_autospec(torch.compile, side_effect=lambda fn, **kwargs: fn)
+    mark_step = create_autospec(torch.compiler.cudagraph_mark_step_begin)
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", mark_step)
+    trainer = Trainer(train_cfg(lowdim_dataset, tmp_path / "run", steps=3, compile="true", compile_mode=mode))
+    assert trainer.compiled
+    fake_compile.assert_called_once()
+    assert fake_compile.call_args.kwargs["mode"] == mode
+    for _ in range(3):
+        trainer.train_step()
+    assert mark_step.call_count == (3 if marks_steps else 0)
 
 
 def needs_compiler_present() -> bool:

@@ -137,6 +137,10 @@ class TrainConfig:
     # CPU it gained 0-10 % (within the noise) for a 140 s cold compile. Without a compiler, true trains eagerly
     # and says so. Results are the same either way.
     compile: str = "false"
+    # torch.compile's mode for train.compile: default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs.
+    # reduce-overhead captures the network's forward and backward as CUDA graphs on a GPU (one launch each instead
+    # of hundreds of small kernels); bench/gpu_train_profile.py measures it. No effect beyond default on a CPU.
+    compile_mode: str = "default"
     fused_optimizer: bool = True  # AdamW as one fused kernel (CPU and CUDA)
     ema_foreach: bool = True  # diffusers' EMA update as foreach calls instead of a loop over parameters
     # The U-Net's Mish layers train through two compiled one-exponential kernels (CPU, where a C++ compiler

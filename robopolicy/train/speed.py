@@ -24,6 +24,10 @@ from robopolicy.policies.networks.fast_ops import Conv1d, Mish
 
 console = Console()
 AUTO_COMPILE_MIN_STEPS = 5000  # train.compile=auto: a shorter run (the 3,000-step demo) would not repay a cold compile
+# train.compile_mode: torch.compile's modes. The two with CUDA graphs replay a whole captured forward and backward
+# as one launch on a GPU (nothing changes on a CPU, where inductor skips them).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 def compile_unavailable_reason(device: torch.device) -> str | None:
@@ -58,14 +62,21 @@ def resolve_compile(setting: str | bool, device: torch.device, steps: int) -> bo
 
 
 
-def compile_network(policy: nn.Module) -> bool:
+def check_compile_mode(mode: str) -> str:
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"train.compile_mode must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+    return mode
+
+
+def compile_network(policy: nn.Module, mode: str = "default") -> bool:
     """Compile ``policy.net`` in place (``nn.Module.compile``: parameter names and state-dict keys stay as they
-    are, so checkpoints are the same as eager ones). Returns False for a policy without a ``net``."""
+    are, so checkpoints are the same as eager ones) in torch.compile's ``mode``. Returns False for a policy without
+    a ``net``."""
     net = getattr(policy, "net", None)
     if not isinstance(net, nn.Module):
         console.print(f"[yellow]train.compile: {type(policy).__name__} has no .net to compile; training in eager mode")
         return False
-    net.compile()
+    net.compile(mode=check_compile_mode(mode))
     return True
 
 

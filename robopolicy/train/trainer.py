@@ -125,7 +125,7 @@ class Trainer:
             resumed = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(saved))
             for key in ("steps", "time_budget_min", "progress", "eval_every", "device",  # checkpoints are device-free
                         "dist_timeout_min", "dist_eval_timeout_min",
-                        "compile", "fused_optimizer", "ema_foreach",  # the fast path computes the same steps
+                        "compile", "compile_mode", "fused_optimizer", "ema_foreach",  # the fast path: same steps
                         "fused_activations"):
                 resumed[key] = cfg[key]
             resumed.resume = True
@@ -198,7 +198,9 @@ class Trainer:
         elif self.is_main:
             OmegaConf.save(cfg, self.run_dir / "config.yaml")
         # After the EMA copy: only the training network is compiled; the EMA policy that is saved stays eager.
-        self.compiled = speed.resolve_compile(cfg.compile, self.device, cfg.steps) and speed.compile_network(self.policy)
+        speed.check_compile_mode(cfg.compile_mode)
+        self.compiled = (speed.resolve_compile(cfg.compile, self.device, cfg.steps)
+                         and speed.compile_network(self.policy, cfg.compile_mode))
         # Mish layers switched to the compiled kernels (0: none); a compiled network leaves them to inductor
         self.fused_activations = (speed.fuse_activations(self.policy, self.device)
                                   if cfg.fused_activations and not self.compiled else 0)
@@ -283,6 +285,9 @@ class Trainer:
             generator, loss_fn = self.dist.step_generator(self.cfg.seed, self.step), self.ddp
         if self.cfg.obs_noise_std > 0:
             batch = add_observation_noise(batch, self.noisy_obs_keys, self.cfg.obs_noise_std, generator)
+        if self.compiled and self.cfg.compile_mode in speed.CUDA_GRAPH_MODES:
+            # A new iteration for CUDA graph trees: the last step's graph outputs may be overwritten by this replay
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(self.policy.device.type, dtype=PRECISIONS[self.cfg.precision],
                             enabled=self.cfg.precision != "fp32"):
             loss = loss_fn(batch, generator=generator).float()
