@@ -200,6 +200,14 @@ def test_compile_mode_is_checked(lowdim_dataset, tmp_path):
         Trainer(train_cfg(lowdim_dataset, tmp_path / "run", steps=1, compile="true", compile_mode="fast"))
 
 
+def test_cuda_graph_modes_fall_back_to_default_under_torchrun(capsys):
+    assert speed.compile_mode_for("reduce-overhead", distributed=False) == "reduce-overhead"
+    assert speed.compile_mode_for("max-autotune-no-cudagraphs", distributed=True) == "max-autotune-no-cudagraphs"
+    assert speed.compile_mode_for("reduce-overhead", distributed=True) == "default"
+    said = " ".join(capsys.readouterr().out.split())
+    assert "train.compile_mode=reduce-overhead: CUDA graphs under torchrun" in said and "mode 'default'" in said
+
+
 @needs_compiler
 @pytest.mark.parametrize("mode, marks_steps", [("reduce-overhead", True), ("default", False)])
 def test_compile_mode_reaches_torch_compile_and_cuda_graph_runs_mark_each_step(lowdim_dataset, tmp_path,

@@ -68,6 +68,18 @@ def check_compile_mode(mode: str) -> str:
     return mode
 
 
+def compile_mode_for(mode: str, distributed: bool) -> str:
+    """The torch.compile mode this run uses. Under torchrun the CUDA-graph modes fall back to ``default``, saying
+    so: CUDA graphs with DDP have open crash and slowdown reports (pytorch/pytorch#128218, #139207, #140395)
+    and were not measured here."""
+    check_compile_mode(mode)
+    if distributed and mode in CUDA_GRAPH_MODES:
+        console.print(f"[yellow]train.compile_mode={mode}: CUDA graphs under torchrun (DDP) are not supported here "
+                      "(torch has open crash reports for the pairing); compiling in mode 'default' instead")
+        return "default"
+    return mode
+
+
 def compile_network(policy: nn.Module, mode: str = "default") -> bool:
     """Compile ``policy.net`` in place (``nn.Module.compile``: parameter names and state-dict keys stay as they
     are, so checkpoints are the same as eager ones) in torch.compile's ``mode``. Returns False for a policy without

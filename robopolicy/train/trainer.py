@@ -143,6 +143,7 @@ class Trainer:
             raise ValueError(f"lr_schedule must be one of {list(LR_SCHEDULES)}, got {cfg.lr_schedule!r}")
         if cfg.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {cfg.precision!r}")
+        speed.check_compile_mode(cfg.compile_mode)
         self.cfg = cfg
         self.dist: distributed.DistContext | None = None  # set when torchrun started this process
         if distributed.launched_by_torchrun():
@@ -198,9 +199,9 @@ class Trainer:
         elif self.is_main:
             OmegaConf.save(cfg, self.run_dir / "config.yaml")
         # After the EMA copy: only the training network is compiled; the EMA policy that is saved stays eager.
-        speed.check_compile_mode(cfg.compile_mode)
+        self.compile_mode = speed.compile_mode_for(cfg.compile_mode, distributed=self.dist is not None)
         self.compiled = (speed.resolve_compile(cfg.compile, self.device, cfg.steps)
-                         and speed.compile_network(self.policy, cfg.compile_mode))
+                         and speed.compile_network(self.policy, self.compile_mode))
         # Mish layers switched to the compiled kernels (0: none); a compiled network leaves them to inductor
         self.fused_activations = (speed.fuse_activations(self.policy, self.device)
                                   if cfg.fused_activations and not self.compiled else 0)
@@ -285,7 +286,7 @@ class Trainer:
             generator, loss_fn = self.dist.step_generator(self.cfg.seed, self.step), self.ddp
         if self.cfg.obs_noise_std > 0:
             batch = add_observation_noise(batch, self.noisy_obs_keys, self.cfg.obs_noise_std, generator)
-        if self.compiled and self.cfg.compile_mode in speed.CUDA_GRAPH_MODES:
+        if self.compiled and self.compile_mode in speed.CUDA_GRAPH_MODES:
             # A new iteration for CUDA graph trees: the last step's graph outputs may be overwritten by this replay
             torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(self.policy.device.type, dtype=PRECISIONS[self.cfg.precision],
@@ -430,7 +431,7 @@ class Trainer:
         summary = {"steps": self.step, "steps_planned": cfg.steps,
                    "stopped_by": "steps" if self.step >= cfg.steps else "time_budget",
                    "train_time_s": round(self.elapsed(), 1), "batch_size": cfg.batch_size,
-                   "compiled": self.compiled, "compile_s": self.compile_s,
+                   "compiled": self.compiled, "compile_mode": self.compile_mode, "compile_s": self.compile_s,
                    "precision": cfg.precision, "fused_activations": self.fused_activations,
                    "parameters": n_params, "policy_dir": str(self.run_dir / "policy")}
         if self.dist is not None:
