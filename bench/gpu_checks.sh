@@ -7,6 +7,13 @@ set -u
 out=${1:-gpu_checks}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# Wheels carried from the workstation (bench/gpu_wheels.sh), for the packages the machine lacks: on PYTHONPATH,
+# so they would take precedence over a copy the machine has of the same package
+wheels=${WHEELS:-.gpu_wheels}
+if compgen -G "$wheels/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/robopolicy_deps "$wheels"/*.whl 2>&1 | tail -3
+  export PYTHONPATH="$PYTHONPATH:/tmp/robopolicy_deps"
+fi
 {
   date -u
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
@@ -15,6 +22,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
   python3 -c "import tensorrt; print('tensorrt', tensorrt.__version__)" 2>&1 | tail -1
   python3 -c "from cuda.bindings import runtime as r; print('cuda-python runtime, devices:', r.cudaGetDeviceCount())" 2>&1 | tail -1
   echo "libnvinfer: $( (ldconfig -p; find /usr /opt -name 'libnvinfer*' 2>/dev/null) | grep -c nvinfer) files"
+  python3 -c "import robopolicy.train.trainer, robopolicy.export; print('robopolicy training and export import')"
 } 2>&1 | tee "$out/machine.txt"
 timeout 300 python3 -m pytest -q -p no:cacheprovider -rfEs tests/test_tensorrt.py tests/test_policy.py \
   -k "real or cuda or generator or device" 2>&1 | tee "$out/gpu_tests.txt"
