@@ -143,13 +143,14 @@ class Trainer:
             raise ValueError(f"lr_schedule must be one of {list(LR_SCHEDULES)}, got {cfg.lr_schedule!r}")
         if cfg.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {cfg.precision!r}")
-        speed.check_compile_mode(cfg.compile_mode)
         self.cfg = cfg
         self.dist: distributed.DistContext | None = None  # set when torchrun started this process
         if distributed.launched_by_torchrun():
             self.dist = distributed.setup(self.device, cfg.batch_size, cfg.dist_timeout_min, cfg.dist_eval_timeout_min)
             self.device = self.dist.device
         self.is_main = self.dist is None or self.dist.is_main  # rank 0 alone keeps EMA, logs, evaluates, saves
+        # Checked before anything is written; the CUDA-graph modes fall back to default under torchrun
+        self.compile_mode = speed.compile_mode_for(cfg.compile_mode, distributed=self.dist is not None)
         if self.is_main:  # (without output_dir, other ranks may time-stamp another name: they write nothing)
             self.run_dir.mkdir(parents=True, exist_ok=True)
         if cfg.num_threads:
@@ -199,7 +200,6 @@ class Trainer:
         elif self.is_main:
             OmegaConf.save(cfg, self.run_dir / "config.yaml")
         # After the EMA copy: only the training network is compiled; the EMA policy that is saved stays eager.
-        self.compile_mode = speed.compile_mode_for(cfg.compile_mode, distributed=self.dist is not None)
         self.compiled = (speed.resolve_compile(cfg.compile, self.device, cfg.steps)
                          and speed.compile_network(self.policy, self.compile_mode))
         # Mish layers switched to the compiled kernels (0: none); a compiled network leaves them to inductor
